@@ -1,0 +1,5 @@
+import sys
+
+from lambdapool.cli import main
+
+sys.exit(main())

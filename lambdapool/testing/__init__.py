@@ -1,0 +1,20 @@
+"""Test tools for lambdapool and for users' own handlers: throwaway Postgres, the local proxy,
+the emulator and a pytest plugin. Nothing here is imported by ``import lambdapool``."""
+
+from lambdapool.testing.postgres import (
+    ExternalPostgres,
+    PostgresNotFound,
+    PostgresServer,
+    find_bin_dir,
+    free_port,
+    postgres_from_env,
+)
+
+__all__ = [
+    "ExternalPostgres",
+    "PostgresNotFound",
+    "PostgresServer",
+    "find_bin_dir",
+    "free_port",
+    "postgres_from_env",
+]

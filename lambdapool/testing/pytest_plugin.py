@@ -1,0 +1,74 @@
+"""pytest fixtures for testing handlers against real parts (registered as plugin ``lambdapool``).
+
+* ``pg_server`` (session): a Postgres for tests that need nothing special; an existing server
+  when ``LAMBDAPOOL_TEST_DSN`` is set, else a private throwaway cluster.
+* ``pg_factory`` (function): ``pg_factory(max_connections=30, password="pw", tls=True, ...)``
+  starts private clusters with the settings a test needs and stops them at teardown.
+* :func:`missing` skips a test on a laptop that lacks a component, but fails it in CI
+  (``CI=true``), so a skipped test is never counted as passing there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from lambdapool.testing.postgres import (
+    ExternalPostgres,
+    PostgresNotFound,
+    PostgresServer,
+    postgres_from_env,
+    sweep_orphans,
+)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing(component: str, why: str) -> None:
+    """Skip (developer laptop) or fail (CI) a test whose component is not on this machine."""
+    message = f"{component} unavailable: {why}"
+    if in_ci():
+        pytest.fail(f"{message} (CI=true: missing components fail, they do not skip)", pytrace=False)
+    pytest.skip(message)
+
+
+def _start(server: PostgresServer | ExternalPostgres) -> PostgresServer | ExternalPostgres:
+    try:
+        return server.start()
+    except PostgresNotFound as exc:
+        missing("Postgres server binaries", str(exc))
+        raise  # unreachable: missing() always raises
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    sweep_orphans()  # clusters of earlier runs that were killed before their teardown
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer | ExternalPostgres]:
+    server = _start(postgres_from_env())
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_factory() -> Iterator[Callable[..., PostgresServer]]:
+    started: list[PostgresServer] = []
+
+    def make(**settings: object) -> PostgresServer:
+        server = PostgresServer(**settings)  # type: ignore[arg-type]
+        started.append(server)
+        _start(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in started:
+            server.stop()
