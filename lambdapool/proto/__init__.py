@@ -1,0 +1,29 @@
+"""The Postgres wire protocol without I/O: framing (:mod:`.framing`) and messages (:mod:`.messages`).
+
+Used by the local proxy (:mod:`lambdapool.testing.proxy`); usable by anything that needs to
+read or write Postgres messages on its own sockets.
+"""
+
+from lambdapool.proto.framing import (
+    NEED_DATA,
+    CancelRequest,
+    GSSENCRequest,
+    Message,
+    Parser,
+    ProtocolError,
+    SSLAnswer,
+    SSLRequest,
+    StartupMessage,
+)
+
+__all__ = [
+    "NEED_DATA",
+    "CancelRequest",
+    "GSSENCRequest",
+    "Message",
+    "Parser",
+    "ProtocolError",
+    "SSLAnswer",
+    "SSLRequest",
+    "StartupMessage",
+]
