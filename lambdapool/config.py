@@ -1,0 +1,263 @@
+"""Settings: from code or ``LAMBDAPOOL_*`` environment variables, validated once at init.
+
+Each setting resolves as argument, then environment variable, then default (Powertools'
+order). Defaults come with their reason in ``SETTINGS``; the README's settings table is made
+from the same table. Pooler-specific settings (``proxy_name``, ``secret_arn``...) are declared
+by each adapter and validated the same way (:func:`coerce`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Union
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from lambdapool.errors import ConfigError
+
+DRIVERS = ("psycopg", "psycopg-async", "asyncpg")
+ENV_PREFIX = "LAMBDAPOOL_"
+
+PasswordSource = Union[str, Callable[[], Any], None]
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: type
+    default: Any
+    why: str
+
+
+# name, type, default, and why that default. One table: validation, env and docs read it.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("dsn", str, None, "libpq URI or key=value string; falls back to DATABASE_URL"),
+    Setting("driver", str, "psycopg", "psycopg (sync), psycopg-async or asyncpg"),
+    Setting("pooler", str, "direct", "direct, rds-proxy, pgbouncer, local, or a plugin's name"),
+    Setting("connect_timeout", float, 5.0,
+            "seconds for one connect attempt; a healthy pooler answers in milliseconds"),
+    Setting("acquire_timeout", float, 10.0,
+            "seconds to get a connection, retries included; never past the invocation's deadline"),
+    Setting("ping_after_idle", float, 60.0,
+            "idle seconds after which a round-trip ping replaces the free socket check: "
+            "only a round trip finds a peer that vanished without a FIN (NAT, proxy timeouts)"),
+    Setting("invocation_timeout", float, 60.0,
+            "seconds an invocation may run where the platform gives no deadline (Cloud Functions, local)"),
+    Setting("max_per_instance", int, 4,
+            "connections one instance may hold for concurrent requests (Cloud Functions); "
+            "Lambda runs one invocation at a time and uses one. Fleet cost = instances x this"),
+    Setting("reset_session", bool, False,
+            "reset session state (SET, temp tables, LISTEN, advisory locks) after each "
+            "invocation; costs a round trip, and pins sessions behind RDS Proxy"),
+    Setting("prewarm", bool, False,
+            "connect during init (useful with provisioned concurrency / SnapStart is not: "
+            "connections are closed before the snapshot)"),
+    Setting("emit_metrics", bool, False,
+            "print one CloudWatch Embedded Metric Format line per invocation (no API call)"),
+    Setting("application_name", str, None,
+            "shown in pg_stat_activity; default lambdapool:<function name>"),
+    Setting("handle_sigterm", bool, True,
+            "close connections on SIGTERM, chaining any handler already installed"),
+    Setting("password", str, None,
+            "password (or a callable returning one) when it is not in the DSN"),
+)  # fmt: skip
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def coerce(name: str, value: Any, kind: type, *, source: str = "") -> Any:
+    """Convert ``value`` (maybe an env string) to ``kind``, or raise ConfigError naming ``name``."""
+    where = f" (from {source})" if source else ""
+    if value is None:
+        return None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ConfigError(f"{name}{where} must be true or false, got {value!r}")
+    if kind in (int, float):
+        try:
+            number = kind(value)
+            if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}{where} must be a {kind.__name__}, got {value!r}") from None
+        if number < 0:
+            raise ConfigError(f"{name}{where} must be zero or more, got {value!r}")
+        return number
+    if kind is str and not isinstance(value, str):
+        raise ConfigError(f"{name}{where} must be a string, got {type(value).__name__}")
+    return value
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def from_environment(names: list[str], environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The ``LAMBDAPOOL_<NAME>`` values set for ``names`` (DATABASE_URL stands in for the DSN)."""
+    env = os.environ if environ is None else environ
+    found = {n: env[env_name(n)] for n in names if env_name(n) in env}
+    if "dsn" in names and "dsn" not in found and env.get("DATABASE_URL"):
+        found["dsn"] = env["DATABASE_URL"]
+    return found
+
+
+# -- DSN ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DsnParts:
+    """A parsed DSN. ``repr`` never shows the password."""
+
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    dbname: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+
+
+_KV_RE = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)")
+_URI_SCHEMES = ("postgresql", "postgres")
+
+
+def parse_dsn(dsn: str) -> DsnParts:
+    """Parse a libpq URI or key=value string; errors never echo the password."""
+    if not isinstance(dsn, str) or not dsn.strip():
+        raise ConfigError("dsn must be a non-empty string such as postgresql://user@host:5432/dbname")
+    dsn = dsn.strip()
+    if "://" in dsn:
+        return _parse_uri(dsn)
+    values: dict[str, str] = {}
+    pos = 0
+    while pos < len(dsn):
+        m = _KV_RE.match(dsn, pos)
+        if not m:
+            raise ConfigError(
+                f"dsn is malformed near character {pos}: expected key=value pairs "
+                "(host=... port=... dbname=... user=...) or a postgresql:// URI"
+            )
+        raw = m.group(2)
+        if raw.startswith("'"):
+            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        values[m.group(1)] = raw
+        pos = m.end()
+        while pos < len(dsn) and dsn[pos].isspace():
+            pos += 1
+    return _from_mapping(values)
+
+
+def _parse_uri(dsn: str) -> DsnParts:
+    scheme = dsn.split("://", 1)[0]
+    if scheme not in _URI_SCHEMES:
+        raise ConfigError(f"dsn scheme must be postgresql:// or postgres://, got {scheme}://")
+    try:
+        parts = urlsplit(dsn)
+        port = parts.port
+    except ValueError:
+        raise ConfigError("dsn has an invalid port: expected postgresql://user@host:5432/dbname") from None
+    values = {k: v for k, v in parse_qsl(parts.query, keep_blank_values=True)}
+    if parts.hostname:
+        values.setdefault("host", unquote(parts.hostname))
+    if port is not None:
+        values.setdefault("port", str(port))
+    if parts.username:
+        values.setdefault("user", unquote(parts.username))
+    if parts.password is not None:
+        values.setdefault("password", unquote(parts.password))
+    if parts.path and parts.path != "/":
+        values.setdefault("dbname", unquote(parts.path.lstrip("/")))
+    return _from_mapping(values)
+
+
+def _from_mapping(values: dict[str, str]) -> DsnParts:
+    port = values.pop("port", None)
+    if port is not None:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"dsn port must be a number from 1 to 65535, got {port!r}")
+    return DsnParts(
+        host=values.pop("host", None) or None,
+        port=int(port) if port else None,
+        user=values.pop("user", None) or None,
+        password=values.pop("password", None),
+        dbname=values.pop("dbname", None) or None,
+        params=values,
+    )
+
+
+def redact_dsn(dsn: str | None) -> str:
+    """The DSN with any password replaced by ``***`` (for logs and reprs)."""
+    if not dsn:
+        return repr(dsn)
+    redacted = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", redacted)
+
+
+# -- Settings ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated core settings. Build with :meth:`build`; ``repr`` hides secrets."""
+
+    dsn: str | None
+    driver: str
+    pooler: str
+    connect_timeout: float
+    acquire_timeout: float
+    ping_after_idle: float
+    invocation_timeout: float
+    max_per_instance: int
+    reset_session: bool
+    prewarm: bool
+    emit_metrics: bool
+    application_name: str | None
+    handle_sigterm: bool
+    password: PasswordSource = field(repr=False)
+    parts: DsnParts = field(repr=False, default_factory=DsnParts)
+    pooler_options: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr and f.name != "dsn"
+        )
+        return f"Settings(dsn={redact_dsn(self.dsn)}, {shown})"
+
+    @classmethod
+    def build(cls, values: dict[str, Any], *, env: dict[str, str] | None = None) -> Settings:
+        """Validate ``values`` (code) over ``env`` (strings from LAMBDAPOOL_*); unknown names are
+        returned in ``pooler_options`` for the adapter to validate."""
+        env = env or {}
+        resolved: dict[str, Any] = {}
+        for s in SETTINGS:
+            if s.name in values and values[s.name] is not None:
+                raw, source = values[s.name], ""
+            elif s.name in env:
+                raw, source = env[s.name], env_name(s.name)
+            else:
+                resolved[s.name] = s.default
+                continue
+            if s.name == "password" and callable(raw):
+                resolved[s.name] = raw
+                continue
+            resolved[s.name] = coerce(s.name, raw, s.kind, source=source)
+        extra = {k: v for k, v in values.items() if k not in _BY_NAME}
+        extra.update({k: v for k, v in env.items() if k not in _BY_NAME and k not in extra})
+
+        if resolved["driver"] not in DRIVERS:
+            raise ConfigError(f"driver must be one of {', '.join(DRIVERS)}; got {resolved['driver']!r}")
+        if resolved["max_per_instance"] < 1:
+            raise ConfigError("max_per_instance must be at least 1")
+        if resolved["connect_timeout"] == 0 or resolved["acquire_timeout"] == 0:
+            raise ConfigError("connect_timeout and acquire_timeout must be more than 0 seconds")
+        parts = parse_dsn(resolved["dsn"]) if resolved["dsn"] else DsnParts()
+        return cls(**resolved, parts=parts, pooler_options=extra)
+
+
+def setting_names() -> list[str]:
+    return [s.name for s in SETTINGS]

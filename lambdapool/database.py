@@ -1,0 +1,420 @@
+"""``lambdapool.Database``: the instance's warm connection(s), lent to each invocation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Callable, TypeVar
+
+from lambdapool import adapters, drivers, lifecycle
+from lambdapool.config import SETTINGS, Settings, from_environment, redact_dsn
+from lambdapool.metrics import emf_record, emit
+from lambdapool.runtime import Instance, Invocation, function_name
+from lambdapool.stats import Stats
+
+logger = logging.getLogger("lambdapool")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Stop connecting this long before the platform's deadline, so the handler still has time to
+# report ConnectionUnavailable (never more than a tenth of the invocation's budget).
+DEADLINE_MARGIN = 0.25
+
+
+class _InvocationState:
+    """What one invocation (or one ad-hoc ``connection()`` block outside a handler) holds."""
+
+    __slots__ = ("invocation", "deadline", "holder", "conn", "depth", "acquire_ms")
+
+    def __init__(self, invocation: Invocation | None, deadline: float) -> None:
+        self.invocation = invocation
+        self.deadline = deadline
+        self.holder: Any = None
+        self.conn: Any = None
+        self.depth = 0
+        self.acquire_ms = 0.0
+
+
+class Database:
+    """One per process (module level), shared by every invocation the instance serves.
+
+    ``Database(dsn, driver="psycopg", pooler="direct", **settings)``; see the settings table
+    in the README (and ``lambdapool.config.SETTINGS``). Nothing connects until an invocation
+    asks (``prewarm=True`` connects during init). Raises :class:`~lambdapool.ConfigError` for
+    bad settings.
+    """
+
+    def __init__(self, dsn: str | None = None, *, driver: str | None = None, pooler: str | None = None,
+                 **settings: Any) -> None:  # fmt: skip
+        values = dict(settings)
+        for key, value in (("dsn", dsn), ("driver", driver), ("pooler", pooler)):
+            if value is not None:
+                values[key] = value
+        self._setup(values, env={})
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Database:
+        """Settings from ``LAMBDAPOOL_<NAME>`` variables (``DATABASE_URL`` for the DSN);
+        keyword arguments win over the environment."""
+        core = [s.name for s in SETTINGS]
+        env = from_environment(core)
+        pooler = overrides.get("pooler") or env.get("pooler") or "direct"
+        options = [o.name for o in adapters.load(pooler).OPTIONS]
+        env.update(from_environment(options))
+        db = cls.__new__(cls)
+        db._setup(overrides, env=env)
+        return db
+
+    def _setup(self, values: dict[str, Any], env: dict[str, str]) -> None:
+        self.settings = settings = Settings.build(values, env=env)
+        self._instance = Instance()
+        self._function = function_name()
+        app_name = settings.application_name or f"lambdapool:{self._function}"[:63]
+        self.adapter = adapters.load(settings.pooler)(settings, application_name=app_name)
+        self.driver = drivers.load(settings.driver)
+        self.is_async = bool(self.driver.is_async)
+        self._stats = Stats()
+        self._lock = threading.Lock()
+        self._current: contextvars.ContextVar[_InvocationState | None] = contextvars.ContextVar(
+            "lambdapool_invocation", default=None
+        )
+        self._last: Invocation | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        if self.is_async:
+            from lambdapool.slots import AsyncSlots
+            from lambdapool.warm_async import AsyncConnector, AsyncWarmConnection
+
+            connector = AsyncConnector(self.driver, self.adapter, settings, self._stats)
+            self._slots: Any = AsyncSlots(settings.max_per_instance, lambda: AsyncWarmConnection(connector))
+        else:
+            from lambdapool.slots import Slots
+            from lambdapool.warm import Connector, WarmConnection
+
+            sync_connector = Connector(self.driver, self.adapter, settings, self._stats)
+            self._slots = Slots(settings.max_per_instance, lambda: WarmConnection(sync_connector))
+        lifecycle.register(
+            self, handle_sigterm=settings.handle_sigterm, snap_start=self._instance.init_type == "snap-start"
+        )
+        if settings.prewarm:
+            self._prewarm()
+
+    def __repr__(self) -> str:
+        return (
+            f"<lambdapool.Database driver={self.settings.driver} pooler={self.settings.pooler} "
+            f"dsn={redact_dsn(self.settings.dsn)}>"
+        )
+
+    # -- decorators (lambdapool.handlers does the work) -------------------------------------
+    def lambda_handler(self, handler: F) -> F:
+        """Decorate an AWS Lambda handler ``(event, context)``, ``def`` or ``async def``."""
+        from lambdapool.handlers import wrap_lambda
+
+        return wrap_lambda(self, handler)  # type: ignore[return-value]
+
+    def cloud_function(self, function: F) -> F:
+        """Decorate a Google Cloud Function: HTTP ``(request)`` or CloudEvent ``(cloud_event)``."""
+        from lambdapool.handlers import wrap_cloud_function
+
+        return wrap_cloud_function(self, function)  # type: ignore[return-value]
+
+    # -- what handlers see -----------------------------------------------------------------
+    @property
+    def invocation(self) -> Invocation:
+        """The running invocation (else the last one, else a placeholder numbered 0)."""
+        state = self._current.get()
+        if state is not None and state.invocation is not None:
+            return state.invocation
+        if self._last is not None:
+            return self._last
+        return Invocation(
+            cold_start=True, number=0, init_type=self._instance.init_type, platform=self._instance.platform,
+            deadline=time.monotonic() + self.settings.invocation_timeout,
+        )  # fmt: skip
+
+    def stats(self) -> dict[str, float]:
+        """Counters since the instance started (keys in ``lambdapool.stats.KEYS``), plus
+        ``open_connections``."""
+        out = self._stats.snapshot()
+        out["open_connections"] = sum(1 for h in self._slots.all if h.conn is not None)
+        return out
+
+    def connection(self) -> Any:
+        """The invocation's connection: a context manager (``async with`` for async drivers)
+        yielding the driver's own connection object.
+
+        Lazy (nothing opens until asked), re-entrant (nested blocks get the same connection).
+        When the outermost block exits cleanly, psycopg commits (as psycopg_pool does) and
+        asyncpg rolls back any transaction left open (as asyncpg.Pool does); an exception rolls
+        back. Outside a handler each outermost block acts as its own invocation.
+        """
+        return self._async_connection() if self.is_async else self._sync_connection()
+
+    # -- invocation bookkeeping ------------------------------------------------------------
+    def _begin(self, context: Any) -> _InvocationState:
+        with self._lock:
+            invocation = self._instance.begin(context, self.settings.invocation_timeout)
+            self._last = invocation
+        self._stats.incr("invocations")
+        if invocation.cold_start:
+            self._stats.incr("cold_starts")
+        return _InvocationState(invocation, invocation.deadline)
+
+    def _adhoc(self) -> _InvocationState:
+        return _InvocationState(None, time.monotonic() + self.settings.invocation_timeout)
+
+    def _acquire_deadline(self, state: _InvocationState) -> float:
+        now = time.monotonic()
+        margin = min(DEADLINE_MARGIN, 0.1 * max(0.0, state.deadline - now))
+        return min(state.deadline - margin, now + self.settings.acquire_timeout)
+
+    def _after(self, state: _InvocationState) -> None:
+        with self._lock:
+            self._instance.end()
+        if self.settings.emit_metrics and state.invocation is not None:
+            self._emit(state)
+
+    def _emit(self, state: _InvocationState) -> None:
+        holder, inv = state.holder, state.invocation
+        assert inv is not None
+        outcome = holder.outcome if holder is not None else ""
+        figures = {
+            "ColdStart": int(inv.cold_start),
+            "Connects": int(outcome in ("connect", "reconnect")),
+            "Reconnects": int(outcome == "reconnect"),
+            "AcquireMs": round(state.acquire_ms, 3),
+        }
+        emit(emf_record(self._function, figures, {"invocation": inv.number, "requestId": inv.request_id}))
+
+    # -- sync path -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _sync_connection(self) -> Iterator[Any]:
+        state = self._current.get()
+        token = None
+        if state is None:
+            state = self._adhoc()
+            token = self._current.set(state)
+        try:
+            if state.conn is None:
+                self._sync_acquire(state)
+            state.depth += 1
+            try:
+                yield state.conn
+            except BaseException:
+                if state.depth == 1:
+                    self._sync_rollback_quietly(state.conn)
+                raise
+            else:
+                if state.depth == 1:
+                    self.driver.block_succeeded(state.conn)
+            finally:
+                state.depth -= 1
+        finally:
+            if token is not None:
+                self._current.reset(token)
+                self._sync_finish(state)
+
+    def _sync_acquire(self, state: _InvocationState) -> None:
+        started = time.monotonic()
+        deadline = self._acquire_deadline(state)
+        holder = self._slots.take(deadline - started)
+        try:
+            state.conn = holder.acquire(deadline)
+        except BaseException:
+            self._slots.give(holder)
+            raise
+        state.holder = holder
+        state.acquire_ms = (time.monotonic() - started) * 1000.0
+        self._stats.add("acquire_ms_total", state.acquire_ms)
+
+    def _sync_rollback_quietly(self, conn: Any) -> None:
+        try:
+            if self.driver.usable(conn) and self.driver.in_transaction(conn):
+                self.driver.rollback(conn)
+        except Exception:  # the handler's exception is the one that matters; release drops it
+            pass
+
+    def _sync_finish(self, state: _InvocationState) -> None:
+        holder, state.holder, state.conn = state.holder, None, None
+        if holder is None:
+            return
+        try:
+            keep = True
+            if holder.conn is not None and self.driver.usable(holder.conn):
+                keep = self.adapter.keep_warm(self.driver, holder.conn)
+                if not keep:
+                    self._stats.incr("guard_closes")
+            holder.release(keep)
+        except Exception:
+            logger.warning("lambdapool: releasing the connection failed; dropping it", exc_info=True)
+            holder.terminate()
+        finally:
+            self._slots.give(holder)
+
+    def _sync_end(self, state: _InvocationState) -> None:
+        self._sync_finish(state)
+        self._after(state)
+
+    # -- async path ------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _async_connection(self) -> AsyncIterator[Any]:
+        state = self._current.get()
+        token = None
+        if state is None:
+            state = self._adhoc()
+            token = self._current.set(state)
+        try:
+            if state.conn is None:
+                await self._async_acquire(state)
+            state.depth += 1
+            try:
+                yield state.conn
+            except BaseException:
+                if state.depth == 1:
+                    await self._async_rollback_quietly(state.conn)
+                raise
+            else:
+                if state.depth == 1:
+                    await self.driver.block_succeeded(state.conn)
+            finally:
+                state.depth -= 1
+        finally:
+            if token is not None:
+                self._current.reset(token)
+                await self._async_finish(state)
+
+    async def _async_acquire(self, state: _InvocationState) -> None:
+        started = time.monotonic()
+        deadline = self._acquire_deadline(state)
+        holder = await self._slots.take(deadline - started)
+        try:
+            state.conn = await holder.acquire(deadline)
+        except BaseException:
+            self._slots.give(holder)
+            raise
+        state.holder = holder
+        state.acquire_ms = (time.monotonic() - started) * 1000.0
+        self._stats.add("acquire_ms_total", state.acquire_ms)
+
+    async def _async_rollback_quietly(self, conn: Any) -> None:
+        try:
+            if self.driver.usable(conn) and self.driver.in_transaction(conn):
+                await self.driver.rollback(conn)
+        except Exception:
+            pass
+
+    async def _async_finish(self, state: _InvocationState) -> None:
+        holder, state.holder, state.conn = state.holder, None, None
+        if holder is None:
+            return
+        try:
+            keep = True
+            if holder.conn is not None and self.driver.usable(holder.conn):
+                keep = await self.adapter.akeep_warm(self.driver, holder.conn)
+                if not keep:
+                    self._stats.incr("guard_closes")
+            # Shielded: a cancelled invocation must not lose the slot (asyncpg Pool.release does the same).
+            await asyncio.shield(holder.release(keep))
+        except Exception:
+            logger.warning("lambdapool: releasing the connection failed; dropping it", exc_info=True)
+            holder.terminate()
+        finally:
+            self._slots.give(holder)
+
+    async def _async_end(self, state: _InvocationState) -> None:
+        if self.is_async:
+            await self._async_finish(state)
+        else:
+            self._sync_finish(state)
+        self._after(state)
+
+    # -- the instance's event loop (async handlers) -----------------------------------------
+    def _run(self, coro: Any, *, threaded: bool = False) -> Any:
+        """Run ``coro`` on the one loop this instance keeps for its whole life.
+
+        Lambda runs it in the calling thread (one invocation at a time). Cloud Functions
+        serve requests on several threads, so there the loop runs in its own thread.
+        """
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        try:
+            asyncio.get_running_loop()
+            threaded = True  # called from inside someone's loop: cannot block it
+        except RuntimeError:
+            pass
+        if threaded or self._loop_thread is not None:
+            self._ensure_loop_thread()
+            return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        return self._loop.run_until_complete(coro)
+
+    def _ensure_loop_thread(self) -> None:
+        with self._lock:
+            if self._loop_thread is not None:
+                return
+            assert self._loop is not None
+            loop = self._loop
+            self._loop_thread = threading.Thread(target=loop.run_forever, name="lambdapool-loop", daemon=True)
+            self._loop_thread.start()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _prewarm(self) -> None:
+        try:
+            if self.is_async:
+
+                async def warm() -> None:
+                    async with self._async_connection():
+                        pass
+
+                self._run(warm())
+            else:
+                with self._sync_connection():
+                    pass
+        except Exception as exc:  # init must not fail for want of a connection: connect later
+            logger.warning("lambdapool: prewarm failed (%s); will connect on first use", type(exc).__name__)
+
+    def _restored(self) -> None:
+        with self._lock:
+            self._instance.restored()
+
+    def _shutdown(self, reason: str) -> None:
+        """Close every connection now (SIGTERM, exit, before a snapshot); never raises."""
+        holders = list(self._slots.all)
+        if not any(h.conn is not None for h in holders):
+            return
+        logger.info("lambdapool: closing %d connection(s) (%s)", len(holders), reason)
+        loop = self._loop
+        if self.is_async and loop is not None and not loop.is_running() and not loop.is_closed():
+            try:
+                loop.run_until_complete(asyncio.wait_for(self._aclose_holders(holders), 2.0))
+                return
+            except Exception:
+                pass
+        for holder in holders:
+            if self.is_async:
+                holder.terminate()
+            else:
+                try:
+                    holder.discard()
+                except Exception:
+                    holder.terminate()
+
+    @staticmethod
+    async def _aclose_holders(holders: list[Any]) -> None:
+        for holder in holders:
+            await holder.discard()
+
+    def close(self) -> None:
+        """Close this instance's connections (they reopen lazily if used again)."""
+        if self.is_async and self._loop is not None and self._loop_thread is not None:
+            asyncio.run_coroutine_threadsafe(self._aclose_holders(list(self._slots.all)), self._loop).result(5)
+            return
+        self._shutdown("close")
+
+    async def aclose(self) -> None:
+        """Async drivers: close this instance's connections from inside a running loop."""
+        await self._aclose_holders(list(self._slots.all))

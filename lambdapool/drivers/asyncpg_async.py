@@ -1,0 +1,80 @@
+"""asyncpg. Semantics follow asyncpg.Pool: statements autocommit; on release an open
+transaction is rolled back (the block does not commit for you: use ``conn.transaction()``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lambdapool.drivers.base import ConnectParams, socket_is_quiet
+
+
+def ssl_argument(p: ConnectParams) -> Any:
+    if p.sslrootcert and p.sslmode in ("verify-ca", "verify-full"):
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=p.sslrootcert)
+        ctx.check_hostname = p.sslmode == "verify-full"
+        return ctx
+    return p.sslmode  # asyncpg takes libpq's mode names; None means its default, 'prefer'
+
+
+class AsyncpgDriver:
+    name = "asyncpg"
+    is_async = True
+
+    async def connect(self, params: ConnectParams, timeout: float) -> Any:
+        import asyncpg
+
+        kwargs: dict[str, Any] = {
+            "host": params.host, "port": params.port, "user": params.user,
+            "password": params.password, "database": params.dbname,
+            "ssl": ssl_argument(params), "timeout": timeout,
+        }  # fmt: skip
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        if params.application_name:
+            kwargs["server_settings"] = {"application_name": params.application_name}
+        kwargs.update(params.options)
+        return await asyncpg.connect(**kwargs)
+
+    @staticmethod
+    def quick_state(conn: Any) -> str:
+        if conn.is_closed():
+            return "closed"
+        # asyncpg only notices a dead peer when its loop polls the socket; between invocations
+        # the loop does not run, so look at the socket ourselves.
+        transport = getattr(conn, "_transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            return "readable"  # cannot tell: verify with a ping
+        return "quiet" if socket_is_quiet(sock.fileno()) else "readable"
+
+    @staticmethod
+    def in_transaction(conn: Any) -> bool:
+        return conn.is_in_transaction()
+
+    @staticmethod
+    def usable(conn: Any) -> bool:
+        return not conn.is_closed()
+
+    async def ping(self, conn: Any) -> None:
+        await conn.execute("SELECT 1")  # no arguments: simple protocol, no prepared statement
+
+    async def block_succeeded(self, conn: Any) -> None:
+        if conn.is_in_transaction():
+            await conn.execute("ROLLBACK")
+
+    async def rollback(self, conn: Any) -> None:
+        await conn.execute("ROLLBACK")
+
+    async def reset(self, conn: Any) -> None:
+        await conn.reset()  # asyncpg's own: advisory locks, cursors, LISTEN (and its listeners), RESET ALL
+        await conn.execute("DISCARD TEMP; DISCARD SEQUENCES")
+
+    async def close(self, conn: Any) -> None:
+        await conn.close(timeout=2)
+
+    def terminate(self, conn: Any) -> None:
+        conn.terminate()
+
+    def backend_pid(self, conn: Any) -> int:
+        return conn.get_server_pid()

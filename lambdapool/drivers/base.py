@@ -1,0 +1,71 @@
+"""What every driver shares: connect parameters, the free liveness check, error classes."""
+
+from __future__ import annotations
+
+import select
+from dataclasses import dataclass, field
+from typing import Any
+
+# Runs after a rollback, outside any transaction. Not DISCARD ALL: that also drops prepared
+# statements the drivers have cached (psycopg copes, asyncpg does not).
+RESET_SQL = (
+    "CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); RESET ALL; "
+    "SET SESSION AUTHORIZATION DEFAULT; DISCARD TEMP; DISCARD SEQUENCES"
+)
+
+
+@dataclass(frozen=True)
+class ConnectParams:
+    """Everything one connect needs; ``repr`` shows where, never the password."""
+
+    host: str | None
+    port: int | None
+    user: str | None
+    dbname: str | None
+    password: str | None = field(default=None, repr=False)
+    sslmode: str | None = None
+    sslrootcert: str | None = None
+    application_name: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # driver-specific keyword arguments
+
+    def where(self) -> str:
+        return f"{self.user or '(default user)'}@{self.host or '(default host)'}:{self.port or 5432}/{self.dbname or ''}"
+
+
+def socket_is_quiet(fd: int) -> bool:
+    """True when nothing waits on an idle connection's socket (~1.5 us, no round trip).
+
+    Readable on an idle connection means the server said something unasked: almost always a
+    FATAL before it hung up (terminated backend, idle_session_timeout, a pooler's idle client
+    timeout), sometimes a NOTIFY. Either way the caller verifies before a user statement runs.
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return not poller.poll(0)
+
+
+# SQLSTATEs worth another try: the server or pooler is full or not ready yet.
+RETRY_SQLSTATES = {"53300", "53400", "57P03", "08000", "08001", "08004", "08006"}
+AUTH_SQLSTATES = {"28P01", "28000"}
+_RETRY_TEXT = (
+    "too many clients", "remaining connection slots are reserved", "too many connections",
+    "starting up", "shutting down", "in recovery", "connection refused", "connection reset",
+    "server closed the connection", "timeout expired", "timed out", "timed-out",
+    "could not receive data", "no connection to the server", "terminating connection",
+    "borrow", "network is unreachable", "connection timed out", "eof detected",
+)  # fmt: skip
+_AUTH_TEXT = ("password authentication failed", "pam authentication failed",
+              "iam authentication failed", "no pg_hba.conf entry", "authentication failed")  # fmt: skip
+
+
+def classify_connect_error(exc: BaseException) -> str:
+    """'retry' (transient), 'auth' (credentials rejected) or 'fatal' (retrying cannot help)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    text = str(exc).lower()
+    if sqlstate in AUTH_SQLSTATES or any(t in text for t in _AUTH_TEXT):
+        return "auth"
+    if sqlstate in RETRY_SQLSTATES or any(t in text for t in _RETRY_TEXT):
+        return "retry"
+    if isinstance(exc, (OSError, TimeoutError)):
+        return "retry"
+    return "fatal"

@@ -1,0 +1,55 @@
+"""psycopg 3, asyncio. Same semantics as the sync driver (psycopg_pool's AsyncConnectionPool)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lambdapool.drivers.base import RESET_SQL, ConnectParams
+from lambdapool.drivers.psycopg_sync import connect_kwargs, in_transaction, quick_state, usable
+
+
+class AsyncPsycopgDriver:
+    name = "psycopg-async"
+    is_async = True
+
+    async def connect(self, params: ConnectParams, timeout: float) -> Any:
+        import asyncio
+
+        import psycopg
+
+        # libpq's own timeout has a 2 s floor; wait_for honours a tighter deadline.
+        return await asyncio.wait_for(psycopg.AsyncConnection.connect(**connect_kwargs(params, timeout)), timeout)
+
+    quick_state = staticmethod(quick_state)
+    in_transaction = staticmethod(in_transaction)
+    usable = staticmethod(usable)
+
+    async def ping(self, conn: Any) -> None:
+        await conn.set_autocommit(True)
+        try:
+            await conn.execute("")
+        finally:
+            await conn.set_autocommit(False)
+
+    async def block_succeeded(self, conn: Any) -> None:
+        if in_transaction(conn):
+            await conn.commit()
+
+    async def rollback(self, conn: Any) -> None:
+        await conn.rollback()
+
+    async def reset(self, conn: Any) -> None:
+        await conn.set_autocommit(True)
+        try:
+            await conn.execute(RESET_SQL)
+        finally:
+            await conn.set_autocommit(False)
+
+    async def close(self, conn: Any) -> None:
+        await conn.close()
+
+    def terminate(self, conn: Any) -> None:
+        conn.pgconn.finish()  # sync: usable from a signal handler while the loop is busy
+
+    def backend_pid(self, conn: Any) -> int:
+        return conn.info.backend_pid

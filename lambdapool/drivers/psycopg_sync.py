@@ -1,0 +1,87 @@
+"""psycopg 3, synchronous. Semantics follow psycopg_pool: a clean block commits, an error rolls back."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lambdapool.drivers.base import RESET_SQL, ConnectParams, socket_is_quiet
+
+
+def connect_kwargs(p: ConnectParams, timeout: float) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "host": p.host, "port": p.port, "user": p.user, "password": p.password, "dbname": p.dbname,
+        "sslmode": p.sslmode, "sslrootcert": p.sslrootcert, "application_name": p.application_name,
+        # libpq counts whole seconds and treats anything under 2 as 2.
+        "connect_timeout": max(2, math.ceil(timeout)),
+    }  # fmt: skip
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    kwargs.update(p.options)
+    return kwargs
+
+
+def quick_state(conn: Any) -> str:
+    """'closed', 'readable' (verify before use) or 'quiet'; no round trip."""
+    if conn.closed or conn.broken:
+        return "closed"
+    try:
+        fd = conn.pgconn.socket
+    except Exception:  # psycopg raises if the libpq connection is gone
+        return "closed"
+    return "quiet" if socket_is_quiet(fd) else "readable"
+
+
+def in_transaction(conn: Any) -> bool:
+    from psycopg.pq import TransactionStatus
+
+    return conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+
+
+def usable(conn: Any) -> bool:
+    from psycopg.pq import TransactionStatus
+
+    return not conn.closed and not conn.broken and conn.info.transaction_status != TransactionStatus.UNKNOWN
+
+
+class PsycopgDriver:
+    name = "psycopg"
+    is_async = False
+
+    def connect(self, params: ConnectParams, timeout: float) -> Any:
+        import psycopg
+
+        return psycopg.Connection.connect(**connect_kwargs(params, timeout))
+
+    quick_state = staticmethod(quick_state)
+    in_transaction = staticmethod(in_transaction)
+    usable = staticmethod(usable)
+
+    def ping(self, conn: Any) -> None:
+        # psycopg_pool's check_connection: an empty query in autocommit starts no transaction.
+        conn.autocommit = True
+        try:
+            conn.execute("")
+        finally:
+            conn.autocommit = False
+
+    def block_succeeded(self, conn: Any) -> None:
+        if in_transaction(conn):
+            conn.commit()
+
+    def rollback(self, conn: Any) -> None:
+        conn.rollback()
+
+    def reset(self, conn: Any) -> None:
+        conn.autocommit = True
+        try:
+            conn.execute(RESET_SQL)  # no parameters: one simple-protocol round trip
+        finally:
+            conn.autocommit = False
+
+    def close(self, conn: Any) -> None:
+        conn.close()
+
+    terminate = close
+
+    def backend_pid(self, conn: Any) -> int:
+        return conn.info.backend_pid

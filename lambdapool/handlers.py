@@ -1,0 +1,94 @@
+"""The handler decorators: each invocation begins, runs the user's code, and always ends.
+
+Ending an invocation releases its connection (rolls back what is open, resets if asked) and
+counts it. The handler's own result or exception passes through untouched. ``async def``
+handlers run on the instance's single event loop (``Database._run``): a new loop per
+invocation would orphan the loop-bound connections that the warm connection is made of.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable
+
+from lambdapool.errors import ConfigError
+
+
+def _check_sync_allowed(db: Any, fn: Callable[..., Any], decorator: str) -> None:
+    if db.is_async:
+        raise ConfigError(
+            f"{decorator}: driver {db.settings.driver!r} is asynchronous, so {fn.__name__} must be "
+            f"'async def' (or choose driver='psycopg' for a plain def handler)"
+        )
+
+
+def _check_arity(fn: Callable[..., Any], count: int, decorator: str, shape: str) -> None:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    variadic = any(p.kind == p.VAR_POSITIONAL for p in params)
+    required = [p for p in positional if p.default is p.empty]
+    if len(required) > count or (len(positional) < count and not variadic):
+        raise ConfigError(f"{decorator}: {fn.__name__} must take {shape}")
+
+
+def _invoke_sync(db: Any, fn: Callable[..., Any], args: tuple, context: Any) -> Any:
+    state = db._begin(context)
+    token = db._current.set(state)
+    try:
+        return fn(*args)
+    finally:
+        db._current.reset(token)
+        db._sync_end(state)
+
+
+async def _invoke_async(db: Any, fn: Callable[..., Any], args: tuple, context: Any) -> Any:
+    state = db._begin(context)
+    token = db._current.set(state)
+    try:
+        return await fn(*args)
+    finally:
+        db._current.reset(token)
+        await db._async_end(state)
+
+
+def wrap_lambda(db: Any, handler: Callable[..., Any]) -> Callable[[Any, Any], Any]:
+    _check_arity(handler, 2, "lambda_handler", "(event, context)")
+    if inspect.iscoroutinefunction(handler):
+
+        @functools.wraps(handler)
+        def run_async(event: Any, context: Any) -> Any:
+            return db._run(_invoke_async(db, handler, (event, context), context))
+
+        return run_async
+
+    _check_sync_allowed(db, handler, "lambda_handler")
+
+    @functools.wraps(handler)
+    def run(event: Any, context: Any) -> Any:
+        return _invoke_sync(db, handler, (event, context), context)
+
+    return run
+
+
+def wrap_cloud_function(db: Any, function: Callable[..., Any]) -> Callable[[Any], Any]:
+    _check_arity(function, 1, "cloud_function", "one argument: (request) or (cloud_event)")
+    if inspect.iscoroutinefunction(function):
+
+        @functools.wraps(function)
+        def run_async(arg: Any) -> Any:
+            # functions-framework calls us on several threads: the loop runs in its own thread.
+            return db._run(_invoke_async(db, function, (arg,), None), threaded=True)
+
+        return run_async
+
+    _check_sync_allowed(db, function, "cloud_function")
+
+    @functools.wraps(function)
+    def run(arg: Any) -> Any:
+        return _invoke_sync(db, function, (arg,), None)
+
+    return run

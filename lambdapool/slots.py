@@ -1,0 +1,76 @@
+"""The bounded set of warm connections one instance may hold (``max_per_instance``).
+
+Lambda runs one invocation at a time, so it only ever uses the first slot. Cloud Functions
+serves concurrent requests on threads (or tasks): each takes its own slot, never sharing a
+connection, and waits for one when all are lent. Idle slots are handed out most recently
+used first, so the warmest connection is reused and the others can idle out.
+No background timers: they do not run in a frozen instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Callable
+
+from lambdapool.errors import ConnectionUnavailable
+
+
+def _exhausted(size: int, waited: float) -> ConnectionUnavailable:
+    return ConnectionUnavailable(
+        f"all {size} connections of this instance are lent to concurrent requests "
+        f"(max_per_instance={size}); waited {waited:.2f}s. Raise max_per_instance, or lower the "
+        "platform's per-instance concurrency"
+    )
+
+
+class Slots:
+    def __init__(self, size: int, make: Callable[[], Any]) -> None:
+        self.size = size
+        self._make = make
+        self._free = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+        self._idle: list[Any] = []
+        self.all: list[Any] = []
+
+    def take(self, timeout: float) -> Any:
+        if not self._free.acquire(timeout=max(0.0, timeout)):
+            raise _exhausted(self.size, timeout)
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+            holder = self._make()
+            self.all.append(holder)
+            return holder
+
+    def give(self, holder: Any) -> None:
+        with self._lock:
+            self._idle.append(holder)
+        self._free.release()
+
+
+class AsyncSlots:
+    def __init__(self, size: int, make: Callable[[], Any]) -> None:
+        self.size = size
+        self._make = make
+        self._free: asyncio.Semaphore | None = None  # made on the instance's loop
+        self._idle: list[Any] = []
+        self.all: list[Any] = []
+
+    async def take(self, timeout: float) -> Any:
+        if self._free is None:
+            self._free = asyncio.Semaphore(self.size)
+        try:
+            await asyncio.wait_for(self._free.acquire(), max(0.0, timeout))
+        except asyncio.TimeoutError:
+            raise _exhausted(self.size, timeout) from None
+        if self._idle:
+            return self._idle.pop()
+        holder = self._make()
+        self.all.append(holder)
+        return holder
+
+    def give(self, holder: Any) -> None:
+        self._idle.append(holder)
+        assert self._free is not None
+        self._free.release()

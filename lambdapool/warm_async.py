@@ -1,0 +1,178 @@
+"""The warm connection an instance keeps across invocations (asyncio drivers).
+
+Written by hand; ``warm.py`` (sync drivers) is generated from it by ``tools/unasync.py``:
+edit this file, then run ``python tools/unasync.py``.
+
+Theory of operation
+-------------------
+acquire (first ``db.connection()`` of an invocation):
+  * no connection: connect (with retries) - a *connect*;
+  * a connection whose socket is quiet and which was used less than ``ping_after_idle`` ago:
+    hand it out - a *reuse*, costing one ``poll()`` and no round trip;
+  * readable socket (the server spoke unasked: usually a FATAL before hanging up) or a long
+    idle gap (a freeze: a silently dropped peer only shows on a round trip): ping it; a good
+    ping is a reuse, a bad one drops it and connects anew - a *reconnect*;
+  * all before any user statement runs, so no statement is ever sent twice.
+release (end of the invocation): roll back whatever is open, reset session state if asked,
+drop a connection left broken or one the adapter does not want kept warm.
+connect: retries transient errors (server or pooler full, refused, not ready) with full-jitter
+exponential backoff, and an auth failure once after refreshing the credentials; never past
+the deadline. Failures raise ConnectionUnavailable / AuthError chained to the driver's error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from lambdapool.drivers.base import classify_connect_error
+from lambdapool.errors import AuthError, ConnectionUnavailable
+from lambdapool.retry import backoff_delay, describe_error
+from lambdapool.stats import Stats
+
+logger = logging.getLogger("lambdapool")
+
+class AsyncConnector:
+    """Opens connections for one Database: adapter parameters, driver, retries, stats."""
+
+    def __init__(self, driver: Any, adapter: Any, settings: Any, stats: Stats) -> None:
+        self.driver = driver
+        self.adapter = adapter
+        self.settings = settings
+        self.stats = stats
+
+    async def connect(self, deadline: float) -> Any:
+        started = time.monotonic()
+        attempts = 0
+        refreshed = False
+        where = "(unknown)"
+        while True:
+            params = await self.adapter.aconnect_params()
+            where = params.where()
+            remaining = deadline - time.monotonic()
+            attempts += 1
+            t0 = time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError("no time left before the deadline")
+                conn = await self.driver.connect(params, min(self.settings.connect_timeout, remaining))
+            except Exception as exc:
+                self.stats.incr("connect_failures")
+                kind = classify_connect_error(exc)
+                detail = describe_error(exc, (params.password,))
+                if kind == "auth":
+                    if not refreshed and self.adapter.invalidate_credentials():
+                        refreshed = True
+                        self.stats.incr("auth_refreshes")
+                        logger.info("lambdapool: credentials rejected by %s; fetched them again", where)
+                        continue
+                    raise AuthError(
+                        f"{where} rejected the credentials"
+                        + (" even after fetching them again" if refreshed else "")
+                        + f" ({detail}); check the user, the password/secret and pg_hba / the proxy's auth"
+                    ) from exc
+                elapsed = time.monotonic() - started
+                delay = backoff_delay(attempts)
+                if kind == "fatal" or time.monotonic() + delay >= deadline:
+                    budget = deadline - started
+                    why = "the error is not transient" if kind == "fatal" else f"the budget of {budget:.2f}s ran out"
+                    raise ConnectionUnavailable(
+                        f"could not connect to {where} via pooler {self.adapter.name!r}: "
+                        f"{attempts} attempt{'s' if attempts > 1 else ''} in {elapsed:.2f}s, stopped because "
+                        f"{why}; last error: {detail}"
+                    ) from exc
+                self.stats.incr("connect_retries")
+                logger.debug("lambdapool: connect to %s failed (%s); retrying in %.3fs", where, detail, delay)
+                await asyncio.sleep(delay)
+                continue
+            self.stats.incr("connects")
+            self.stats.add("connect_ms_total", (time.monotonic() - t0) * 1000.0)
+            return conn
+
+
+class AsyncWarmConnection:
+    """One slot of an instance: at most one connection, lent to one invocation at a time."""
+
+    def __init__(self, connector: AsyncConnector) -> None:
+        self.connector = connector
+        self.driver = connector.driver
+        self.stats = connector.stats
+        self.settings = connector.settings
+        self.conn: Any = None
+        self.last_used = 0.0
+        self.outcome = ""  # what the last acquire did: reuse, connect or reconnect
+
+    async def acquire(self, deadline: float) -> Any:
+        conn = self.conn
+        if conn is not None:
+            self.stats.incr("liveness_checks")
+            state = self.driver.quick_state(conn)
+            idle = time.monotonic() - self.last_used
+            if state == "quiet" and idle < self.settings.ping_after_idle:
+                self.stats.incr("reuses")
+                self.outcome = "reuse"
+                return conn
+            if state != "closed" and await self._ping_ok(conn):
+                self.stats.incr("reuses")
+                self.outcome = "reuse"
+                return conn
+            await self.discard()
+            self.conn = await self.connector.connect(deadline)
+            self.stats.incr("reconnects")
+            self.outcome = "reconnect"
+            return self.conn
+        self.conn = await self.connector.connect(deadline)
+        self.outcome = "connect"
+        return self.conn
+
+    async def _ping_ok(self, conn: Any) -> bool:
+        self.stats.incr("pings")
+        try:
+            await self.driver.ping(conn)
+            return True
+        except Exception as exc:
+            logger.info("lambdapool: warm connection failed its ping (%s); reconnecting", type(exc).__name__)
+            return False
+
+    async def release(self, keep: bool = True) -> None:
+        """End of invocation: leave the connection idle and clean, or drop it."""
+        conn = self.conn
+        if conn is None:
+            return
+        self.last_used = time.monotonic()
+        try:
+            if not self.driver.usable(conn):
+                keep = False
+            else:
+                if self.driver.in_transaction(conn):
+                    self.stats.incr("rollbacks")
+                    await self.driver.rollback(conn)
+                if self.settings.reset_session and keep:
+                    self.stats.incr("resets")
+                    await self.driver.reset(conn)
+        except Exception as exc:
+            logger.info("lambdapool: cleaning the connection failed (%s); dropping it", type(exc).__name__)
+            keep = False
+        if not keep:
+            await self.discard()
+
+    async def discard(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        self.stats.incr("discarded")
+        try:
+            await self.driver.close(conn)
+        except Exception:  # already dead: nothing to say goodbye to
+            pass
+
+    def terminate(self) -> None:
+        """Close without awaiting (signal handlers, before a snapshot)."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                self.driver.terminate(conn)
+            except Exception:
+                pass

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Generate the sync modules from their hand-written async originals (httpcore's unasync idea).
+
+    python tools/unasync.py          # rewrite the generated files
+    python tools/unasync.py --check  # exit 1 if a generated file is stale (the tests run this)
+
+Each substitution must be used at least once, so a stale rule fails loudly.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PAIRS = [("lambdapool/warm_async.py", "lambdapool/warm.py")]
+RULES = [
+    (r"^import asyncio\n", ""),
+    (r"\basync def ", "def "),
+    (r"\bawait ", ""),
+    (r"\basyncio\.sleep\b", "time.sleep"),
+    (r"\bAsyncConnector\b", "Connector"),
+    (r"\bAsyncWarmConnection\b", "WarmConnection"),
+    (r"\baconnect_params\b", "connect_params"),
+    (r"\(asyncio drivers\)", "(sync drivers)"),
+    (r"Written by hand; ``warm.py`` \(sync drivers\) is generated from it by ``tools/unasync.py``:\n"
+     r"edit this file, then run ``python tools/unasync.py``.",
+     "DO NOT EDIT: generated from ``warm_async.py`` by ``tools/unasync.py``."),
+]  # fmt: skip
+
+
+def convert(text: str) -> str:
+    for pattern, repl in RULES:
+        text, n = re.subn(pattern, repl, text, flags=re.MULTILINE)
+        if n == 0:
+            raise SystemExit(f"unasync: rule {pattern!r} matched nothing; update tools/unasync.py")
+    return text
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    stale = []
+    for src, dst in PAIRS:
+        out = convert((ROOT / src).read_text())
+        target = ROOT / dst
+        if target.exists() and target.read_text() == out:
+            continue
+        if check:
+            stale.append(dst)
+        else:
+            target.write_text(out)
+            print(f"wrote {dst}")
+    if stale:
+        print(f"stale: {', '.join(stale)}; run python tools/unasync.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
