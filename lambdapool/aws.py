@@ -169,20 +169,22 @@ def _client_error(
 ) -> Exception:
     error = exc.response.get("Error", {})
     code = error.get("Code", "Unknown")
-    said = f"AWS said {code}: {error.get('Message', '')}".rstrip(": ")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    message = " ".join(str(error.get("Message", "")).split())[:300]
+    said = f"AWS said {code}: {message}".rstrip(": ")
     if code in _NOT_FOUND:
         return AwsNotFound(f"{not_found or f'could not {action}: not found in {region}'} ({said})")
-    if code in _DENIED:
-        need = f" the caller needs IAM permission {permission} on it" if permission else ""
-        return AuthError(f"could not {action}:{need} ({said})")
-    if code in _KMS:
-        return AuthError(
-            f"could not {action}: the secret's KMS key cannot be used; the caller needs "
-            f"kms:Decrypt on that key ({said})"
-        )
     if code in _BAD_CREDENTIALS:
         return AuthError(
             f"could not {action}: AWS rejected the credentials; check AWS_ACCESS_KEY_ID/"
             f"AWS_PROFILE and that temporary credentials have not expired ({said})"
         )
+    if code in _KMS:
+        return AuthError(
+            f"could not {action}: the secret's KMS key cannot be used; the caller needs "
+            f"kms:Decrypt on that key ({said})"
+        )
+    if code in _DENIED or status == 403:
+        need = f" the caller needs IAM permission {permission} on it" if permission else ""
+        return AuthError(f"could not {action}:{need} ({said})")
     return ConfigError(f"could not {action} in {region} ({said})")

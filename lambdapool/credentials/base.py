@@ -16,12 +16,15 @@ made under a lock, and the cache checked again inside it.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 Clock = Callable[[], float]
+
+logger = logging.getLogger("lambdapool.credentials")
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class CachedProvider:
         # Lifetime counts from before the fetch began: never trust a secret longer than it lives.
         self._secret, self._expires = secret, started + lifetime
         self.fetches += 1
+        logger.debug("%r: fetched (fetch %d), cached for %.0f s", self, self.fetches, lifetime)
         return secret
 
     def _fetch(self) -> tuple[Secret, float]:
