@@ -373,3 +373,71 @@ def test_secret_never_appears_in_repr_errors_or_logs(mocked: None, caplog: pytes
     assert "fetched (fetch 2)" in caplog.text
     for text in (caplog.text, repr(provider), repr(secret), str(secret)):
         assert PASSWORD not in text
+
+
+# -- A rotation against a real Postgres ---------------------------------------------------------
+
+
+def _rotate(client: Any, server: Any, new_password: str) -> None:
+    """The rotation Lambda's steps, done by hand (moto cannot run one): new value, then ALTER ROLE."""
+    current = json.loads(client.get_secret_value(SecretId="prod/db")["SecretString"])
+    client.put_secret_value(SecretId="prod/db", SecretString=json.dumps({**current, "password": new_password}))
+    server.psql(f"ALTER ROLE postgres PASSWORD '{new_password}'")
+
+
+def _pg_secret(server: Any) -> dict[str, Any]:
+    return {"username": "postgres", "password": "old-pw", "host": server.host, "port": server.port,
+            "dbname": "postgres", "engine": "postgres"}  # fmt: skip
+
+
+def test_rotated_secret_is_rejected_then_refetched_once_and_connects(mocked: None, pg_factory) -> None:
+    psycopg = pytest.importorskip("psycopg")
+    server = pg_factory(password="old-pw")
+    client = make_secret(_pg_secret(server))
+    provider = SecretsManagerSecret("prod/db")
+
+    def connect() -> Any:
+        s = provider.get()
+        return psycopg.connect(host=s.host, port=s.port, user=s.username, password=s.password,
+                               dbname=s.dbname, connect_timeout=5)  # fmt: skip
+
+    with connect() as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+    _rotate(client, server, "new-pw")
+    with pytest.raises(psycopg.OperationalError) as rejected:
+        connect()  # the cached (old) secret
+    # psycopg's connect errors carry no sqlstate: the server's message is the signal to re-fetch.
+    assert "password authentication failed" in str(rejected.value)
+    assert_no_leak(rejected.value, "old-pw", "new-pw")
+
+    provider.invalidate()
+    with connect() as conn:
+        assert conn.execute("select current_user").fetchone() == ("postgres",)
+    assert provider.fetches == 2
+
+
+def test_rotated_secret_async_refetched_once_and_connects(moto_url: str, pg_factory) -> None:
+    psycopg = pytest.importorskip("psycopg")
+    server = pg_factory(password="old-pw")
+    client = make_secret(_pg_secret(server), moto_url)
+    provider = SecretsManagerSecret("prod/db", endpoint_url=moto_url)
+
+    async def connect() -> Any:
+        s = await provider.aget()
+        return await psycopg.AsyncConnection.connect(host=s.host, port=s.port, user=s.username,
+                                                     password=s.password, dbname=s.dbname,
+                                                     connect_timeout=5)  # fmt: skip
+
+    async def scenario() -> None:
+        await (await connect()).close()
+        _rotate(client, server, "new-pw")
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            await connect()
+        provider.invalidate()
+        conn = await connect()
+        async with conn:
+            assert await (await conn.execute("select 1")).fetchone() == (1,)
+
+    asyncio.run(scenario())
+    assert provider.fetches == 2
