@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 _I32 = struct.Struct("!i")
 _HDR = struct.Struct("!ci")
@@ -51,9 +52,11 @@ class ProtocolError(Exception):
     __module__ = "lambdapool.proto"
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One typed message: ``type`` (e.g. ``"Q"``) and ``data``, the whole frame."""
+class Message(NamedTuple):
+    """One typed message: ``type`` (e.g. ``"Q"``) and ``data``, the whole frame.
+
+    A NamedTuple rather than a dataclass: a relay makes one per message, so it must be cheap.
+    """
 
     type: str
     data: bytes

@@ -9,9 +9,11 @@ from lambdapool.testing.postgres import (
     free_port,
     postgres_from_env,
 )
+from lambdapool.testing.proxy import LocalProxy
 
 __all__ = [
     "ExternalPostgres",
+    "LocalProxy",
     "PostgresNotFound",
     "PostgresServer",
     "find_bin_dir",

@@ -1,0 +1,37 @@
+"""The virtual admin database (``lambdapool`` or ``pgbouncer``): ``SHOW POOLS`` / ``SHOW STATS``.
+
+Column names follow PgBouncer's admin console where one exists (``cl_active``, ``sv_idle``,
+``total_xact_count``...), so tools that read PgBouncer's console can read ours.
+"""
+
+from __future__ import annotations
+
+import re
+
+from lambdapool.proto import messages as m
+
+
+def _table(columns: list[str], rows: list[list[object]], tag: str) -> bytes:
+    return m.row_description(columns) + b"".join(m.data_row(r) for r in rows) + m.command_complete(f"{tag} {len(rows)}")
+
+
+def answer(sql: str, stats: dict, database: str, user: str) -> bytes:
+    """The reply (without ReadyForQuery) to one admin query."""
+    command = re.sub(r"\s+", " ", sql.strip().rstrip(";").strip()).upper()
+    if command == "SHOW POOLS":
+        return _table(
+            ["database", "user", "cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_login", "maxwait",
+             "maxwait_us", "pool_mode", "max_backends"],
+            [[database, user, stats["clients"] - stats["waiting"], stats["waiting"], stats["backends_in_use"],
+              stats["backends_idle"], stats["backends_connecting"], int(stats["max_wait_seconds"]),
+              int(stats["max_wait_seconds"] % 1 * 1e6), "transaction", stats["max_backends"]]],
+            "SHOW",
+        )  # fmt: skip
+    if command == "SHOW STATS":
+        keys = [k for k, v in stats.items() if not isinstance(v, dict)]
+        return _table(["database", *keys], [[database, *(stats[k] for k in keys)]], "SHOW")
+    if command in ("SHOW PINS", "SHOW PIN_REASONS"):
+        return _table(["reason", "count"], [[k, v] for k, v in sorted(stats["pin_reasons"].items())], "SHOW")
+    return m.error_response(
+        "42601", f"lambdapool local proxy admin console: unknown command {sql.strip()[:80]!r}; try SHOW POOLS, SHOW STATS or SHOW PINS"
+    )

@@ -1,0 +1,514 @@
+"""One client connection of the proxy: its handshake, auth, and what it sends to a borrowed backend.
+
+Theory of operation
+-------------------
+A client is *attached* to a backend only while it has a transaction going; between
+transactions it holds nothing. Messages that arrive while detached wait in ``pending`` until
+the pool lends a backend (see ``pool.py``); a Sync, Flush or Close of a statement with
+nothing pending is answered by the proxy itself, so an idle client never borrows.
+
+On the way to the backend every message is matched to the answer it will get (see
+``backend.py``) and rewritten where the session would otherwise leak:
+
+* Named prepared statements (Parse with a name) are the client's, not the backend's: the
+  proxy records ``name -> (proxy name, query)`` and prepares the query on each backend the
+  client uses under a name derived from the query text (``lp_<hash>``), shared by every
+  client, re-preparing it before a Bind or Describe on a backend that lacks it. No pin.
+* The unnamed statement is re-sent before a Bind that follows a Parse sent in an earlier
+  transaction (on another backend).
+* Startup parameters (``application_name``, ``TimeZone``, ``-c`` options...) are applied with
+  ``SET`` on each backend whose applied settings differ, before the client's messages.
+* SQL that needs a session (``pinning.py``) pins the client to its backend; the pin is
+  counted with its reasons, and the backend is reset with ``DISCARD ALL`` when the client leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shlex
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from lambdapool.proto import NEED_DATA, CancelRequest, GSSENCRequest, Parser, ProtocolError, SSLRequest, StartupMessage
+from lambdapool.proto import messages as m
+from lambdapool.testing.proxy.auth import AuthFailed, verify_iam_token
+from lambdapool.testing.proxy.config import ADMIN_DATABASES
+from lambdapool.testing.proxy.pinning import pin_reasons
+
+if TYPE_CHECKING:
+    from lambdapool.testing.proxy.backend import Backend
+    from lambdapool.testing.proxy.server import ProxyServer
+
+PROXY = "lambdapool local proxy"
+_NOT_SETTINGS = frozenset(("user", "database", "replication", "options"))
+_DROPS_ALL_STATEMENTS = re.compile(r"\b(?:DEALLOCATE\s+(?:PREPARE\s+)?ALL|DISCARD\s+ALL)\b", re.I)
+READY_IDLE = m.ready_for_query("I")
+
+
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def quote_ident(name: str) -> str:
+    return name if re.fullmatch(r"[a-z_][a-z0-9_.]*", name) else '"' + name.replace('"', '""') + '"'
+
+
+class Client(asyncio.Protocol):
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.parser = Parser(frontend=True)
+        self.transport: asyncio.Transport | None = None
+        self.state = "startup"
+        self.closed = False
+        self.tls = False
+        self.user = self.database = ""
+        self.settings: dict[str, str] = {}
+        self.statements: dict[bytes, tuple[bytes, bytes]] = {}
+        self.unnamed: bytes | None = None
+        self.backend: Backend | None = None
+        self.pending: list = []
+        self.waiting = False
+        self.wait_timer: asyncio.TimerHandle | None = None
+        self.enqueued_at = 0.0
+        self.pinned: str | None = None
+        self.pin_reasons: set[str] = set()
+        self.skip_to_sync = False
+        self.pid, self.secret = server.new_key()
+        self.last_active = time.monotonic()
+        self._unnamed_ok = False
+        self._scram_state: object | None = None
+        self._held: list[bytes] = []
+        self._delayed: deque[tuple[float, Backend, bytes]] = deque()
+
+    # -- connection ------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.client_connected(self)
+        if self.server.hanging:
+            self.state = "hung"
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        if self.state == "hung":
+            self._held.append(data)
+            return
+        self.parser.receive_data(data)
+        try:
+            if self.state == "ready":
+                self._ready_messages()
+            else:
+                self._handshake()
+        except ProtocolError as exc:
+            self.fatal("08P01", f"{PROXY}: invalid message from the client: {exc}")
+
+    def unhang(self) -> None:
+        """``hang_on_connect`` was turned off: handle what this client sent meanwhile."""
+        if self.state == "hung" and not self.closed:
+            self.state = "startup"
+            held, self._held = b"".join(self._held), []
+            if held:
+                self.data_received(held)
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def fatal(self, code: str, message: str) -> None:
+        """Send a FATAL error and close this client only."""
+        if not self.closed:
+            self.transport.write(m.error_response(code, message, severity="FATAL"))  # type: ignore[union-attr]
+            self.transport.close()  # type: ignore[union-attr]
+        self._cleanup()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self._cleanup()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.waiting:
+            self.waiting = False
+            self.server.pool.cancel(self)
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            backend.reset(discard=self.pinned is not None)
+        self.server.client_gone(self)
+
+    # -- flow control ----------------------------------------------------------------------
+    def pause_writing(self) -> None:
+        if self.backend is not None:
+            self.backend.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.backend is not None:
+            self.backend.resume_reading()
+
+    def pause_reading(self) -> None:
+        if not self.closed:
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def resume_reading(self) -> None:
+        if not self.closed:
+            self.transport.resume_reading()  # type: ignore[union-attr]
+
+    # -- startup and auth --------------------------------------------------------------------
+    def _handshake(self) -> None:
+        while not self.closed and self.state not in ("ready", "tls"):
+            event = self.parser.next_event()
+            if event is NEED_DATA:
+                return
+            if isinstance(event, SSLRequest):
+                if self.server.ssl_context is not None and not self.tls:
+                    self.transport.write(b"S")  # type: ignore[union-attr]
+                    self.state = "tls"
+                    self.server.loop.create_task(self._start_tls())
+                    return
+                self.transport.write(b"N")  # type: ignore[union-attr]
+            elif isinstance(event, GSSENCRequest):
+                self.transport.write(b"N")  # type: ignore[union-attr]
+            elif isinstance(event, CancelRequest):
+                self.server.cancel(event.process_id, event.secret_key)
+                self.abort()
+            elif isinstance(event, StartupMessage):
+                self._startup(event.params)
+            elif self.state == "admin":
+                self._admin_message(event)
+            elif event.type == "p" and self.state in ("sasl1", "sasl2", "password"):
+                self._auth_message(event.body)
+            else:
+                raise ProtocolError(f"unexpected message {event.type!r} during authentication")
+        if self.state == "ready":
+            self._ready_messages()
+
+    async def _start_tls(self) -> None:
+        try:
+            self.transport = await self.server.loop.start_tls(
+                self.transport, self, self.server.ssl_context, server_side=True  # type: ignore[arg-type]
+            )
+        except (OSError, ConnectionError, Exception):  # noqa: BLE001 - a failed handshake ends this client
+            self.abort()
+            return
+        self.tls = True
+        self.state = "startup"
+        if self.parser.buffered:
+            self._handshake()
+
+    def _startup(self, params: dict[str, str]) -> None:
+        settings = self.server.settings
+        self.user = params["user"]
+        self.database = params.get("database") or self.user
+        if settings.require_tls and not self.tls:
+            self.server.counters["auth_failures"] += 1
+            self.fatal("28000", f"{PROXY}: TLS is required (require_tls=True); connect with sslmode=require")
+            return
+        limit = settings.max_client_connections
+        if limit is not None and len(self.server.clients) > limit:
+            self.fatal("53300", f"{PROXY}: too many client connections (max_client_connections={limit})")
+            return
+        if self.database not in ADMIN_DATABASES and self.database != settings.backend.database:
+            self.fatal("3D000", f'{PROXY}: database "{self.database}" is not served here; '
+                                f'use "{settings.backend.database}" (or "lambdapool" for the admin console)')  # fmt: skip
+            return
+        self.settings = self._wanted_settings(params)
+        if settings.auth == "scram":
+            self.state = "sasl1"
+            self.write(m.auth_sasl(["SCRAM-SHA-256"]))
+        elif settings.auth == "iam":
+            self.state = "password"
+            self.write(m.auth_request(m.AUTH_CLEARTEXT))
+        else:
+            self._auth_ok()
+
+    def _wanted_settings(self, params: dict[str, str]) -> dict[str, str]:
+        wanted = {k.lower(): v for k, v in params.items() if k not in _NOT_SETTINGS}
+        words = shlex.split(params.get("options", "").replace("\\ ", "\0"))
+        for i, word in enumerate(words):
+            word = word.replace("\0", " ")
+            option = word[2:] if word.startswith("-c") and len(word) > 2 else (words[i + 1] if word == "-c" and i + 1 < len(words) else "")
+            if option.startswith("--"):
+                option = option[2:]
+            key, sep, value = option.replace("\0", " ").partition("=")
+            if sep:
+                wanted[key.replace("-", "_").lower()] = value
+        baseline = self.server.baseline_lower
+        return {k: v for k, v in wanted.items() if baseline.get(k) != v}
+
+    def _auth_message(self, body: bytes) -> None:
+        verifier = self.server.scram
+        try:
+            if self.state == "sasl1":
+                mechanism, first = m.read_sasl_initial(body)
+                if mechanism != "SCRAM-SHA-256":
+                    raise AuthFailed(f"unsupported SASL mechanism {mechanism!r}")
+                self._scram_state, server_first = verifier.start(self.user, first)  # type: ignore[union-attr]
+                self.state = "sasl2"
+                self.write(m.auth_request(m.AUTH_SASL_CONTINUE, server_first))
+                return
+            if self.state == "sasl2":
+                final = verifier.finish(self.user, self._scram_state, body)  # type: ignore[union-attr]
+                self.write(m.auth_request(m.AUTH_SASL_FINAL, final))
+            else:
+                settings = self.server.settings
+                verify_iam_token(m.read_password(body), hosts=self.server.iam_hosts, port=self.server.port,
+                                 user=self.user, credentials=settings.iam_credentials, region=settings.region)  # fmt: skip
+        except AuthFailed as exc:
+            self.server.counters["auth_failures"] += 1
+            self.fatal("28P01", f"{PROXY}: {exc}")
+            return
+        self._auth_ok()
+
+    def _auth_ok(self) -> None:
+        out = [m.auth_ok()]
+        reported = dict(self.server.baseline)
+        names = {k.lower(): k for k in reported}
+        for key, value in self.settings.items():
+            if key in names:
+                reported[names[key]] = value
+        out += [m.parameter_status(k, v) for k, v in reported.items()]
+        out += [m.backend_key_data(self.pid, self.secret), READY_IDLE]
+        self.write(b"".join(out))
+        self.state = "admin" if self.database in ADMIN_DATABASES else "ready"
+
+    def _admin_message(self, msg) -> None:
+        if msg.type == "X":
+            self.abort()
+        elif msg.type == "Q":
+            self.write(self.server.admin_answer(m.read_query(msg.body)) + READY_IDLE)
+        elif msg.type == "S":
+            self.write(READY_IDLE)
+        elif msg.type != "H":
+            self.write(m.error_response("0A000", f"{PROXY}: the admin console speaks only simple queries (SHOW POOLS, SHOW STATS)"))
+
+    # -- transactions ----------------------------------------------------------------------
+    def _ready_messages(self) -> None:
+        parser = self.parser
+        batch = []
+        while True:
+            msg = parser.next_event()
+            if msg is NEED_DATA:
+                break
+            kind = msg[0]
+            if kind == "X":
+                if batch:
+                    self._forward(batch)
+                self.abort()
+                return
+            if self.backend is not None:
+                batch.append(msg)
+            elif self.pending:
+                self.pending.append(msg)
+            elif self.skip_to_sync:
+                if kind == "S":
+                    self.skip_to_sync = False
+                    self.write(READY_IDLE)
+            elif kind == "S":
+                self.write(READY_IDLE)
+            elif kind == "H":
+                pass
+            elif kind == "C" and self._close_statement(msg[1][5:]):
+                self.write(m.close_complete())
+            else:
+                self.pending.append(msg)
+        if batch:
+            self._forward(batch)
+        if self.pending and not self.waiting and self.backend is None and not self.closed:
+            self.waiting = True
+            self.server.pool.acquire(self)
+
+    def _close_statement(self, body: bytes) -> bool:
+        kind, name = m.read_target(body)
+        if kind == "S" and name:
+            self.statements.pop(name, None)
+            return True
+        return False
+
+    def attach(self, backend: Backend) -> None:
+        """The pool lends ``backend``: apply our settings, then send what waited."""
+        self.waiting = False
+        self.backend = backend
+        backend.client = self
+        self._unnamed_ok = False
+        self.server.counters["borrows"] += 1
+        if self.settings != backend.applied:
+            self._apply_settings(backend)
+        pending, self.pending = self.pending, []
+        self._forward(pending)
+
+    def _apply_settings(self, backend: Backend) -> None:
+        sql = [f"RESET {quote_ident(k)}" for k in backend.applied if k not in self.settings]
+        sql += [f"SET {quote_ident(k)} = {quote_literal(v)}" for k, v in self.settings.items() if backend.applied.get(k) != v]
+        backend.applied = dict(self.settings)
+        backend.expect.append(("hQ", None))
+        self._send(backend, m.query("; ".join(sql)))
+
+    def _forward(self, msgs: list) -> None:
+        backend = self.backend
+        assert backend is not None
+        expect = backend.expect
+        statements = self.statements
+        out: list[bytes] = []
+        for kind, data in msgs:
+            if kind == "B":
+                portal, stmt, rest = m.read_bind(data[5:])
+                if stmt:
+                    entry = statements.get(stmt)
+                    if entry is not None:
+                        data = m.frame("B", portal + b"\0" + self._ensure(entry, backend, out) + b"\0" + data[5 + rest :])
+                else:
+                    self._ensure_unnamed(backend, out)
+                expect.append(("B", None))
+            elif kind == "E":
+                expect.append(("E", None))
+            elif kind == "S":
+                expect.append(("S", None))
+            elif kind == "P":
+                name, rest, sql = m.read_parse(data[5:])
+                if self.pinned is None:
+                    self._check_pin(sql, backend)
+                if name:
+                    proxy_name = self.server.statement_name(rest)
+                    statements[name] = (proxy_name, rest)
+                    if proxy_name in backend.prepared:
+                        self._fake("f1", expect, out)
+                        continue
+                    backend.prepared.add(proxy_name)
+                    data = m.parse_raw(proxy_name, rest)
+                    expect.append(("P", proxy_name))
+                else:
+                    self.unnamed = rest
+                    self._unnamed_ok = True
+                    expect.append(("P", None))
+            elif kind == "D":
+                target, name = m.read_target(data[5:])
+                if target == "S":
+                    if name:
+                        entry = statements.get(name)
+                        if entry is not None:
+                            data = m.frame("D", b"S" + self._ensure(entry, backend, out) + b"\0")
+                    else:
+                        self._ensure_unnamed(backend, out)
+                    expect.append(("DS", None))
+                else:
+                    expect.append(("DP", None))
+            elif kind == "Q":
+                if self.pinned is None:
+                    self._check_pin(m.read_query(data[5:]), backend)
+                self._unnamed_ok = False
+                expect.append(("Q", None))
+            elif kind == "C":
+                if self._close_statement(data[5:]):
+                    self._fake("f3", expect, out)
+                    continue
+                expect.append(("C", None))
+            elif kind == "F":
+                expect.append(("F", None))
+            out.append(data)
+        if out:
+            self._send(backend, b"".join(out))
+
+    def _fake(self, kind: str, expect: deque, out: list[bytes]) -> None:
+        """Answer a request ourselves, in order: now if nothing is owed, else when its turn comes."""
+        if expect:
+            expect.append((kind, None))
+        else:
+            self.write(m.parse_complete() if kind == "f1" else m.close_complete())
+
+    def _ensure(self, entry: tuple[bytes, bytes], backend: Backend, out: list[bytes]) -> bytes:
+        proxy_name, rest = entry
+        if proxy_name not in backend.prepared:
+            backend.prepared.add(proxy_name)
+            out.append(m.parse_raw(proxy_name, rest))
+            backend.expect.append(("hP", proxy_name))
+            self.server.counters["reprepared"] += 1
+        return proxy_name
+
+    def _ensure_unnamed(self, backend: Backend, out: list[bytes]) -> None:
+        if not self._unnamed_ok and self.unnamed is not None:
+            out.append(m.parse_raw(b"", self.unnamed))
+            backend.expect.append(("hP", None))
+            self._unnamed_ok = True
+
+    def _check_pin(self, sql: str, backend: Backend) -> None:
+        reasons = self.server.pin_reasons_cached(sql, backend.status != "I")
+        if not reasons:
+            return
+        counts = self.server.pin_counts
+        for reason in reasons:
+            if reason not in self.pin_reasons:
+                self.pin_reasons.add(reason)
+                counts[reason] = counts.get(reason, 0) + 1
+        if self.pinned is None:
+            self.pinned = reasons[0]
+            self.server.counters["pinned_sessions"] += 1
+        if _DROPS_ALL_STATEMENTS.search(sql):
+            backend.prepared.clear()
+
+    def _send(self, backend: Backend, data: bytes) -> None:
+        latency = self.server.latency
+        if not latency and not self._delayed:
+            backend.write(data)
+            return
+        loop = self.server.loop
+        self._delayed.append((loop.time() + latency, backend, data))
+        if len(self._delayed) == 1:
+            loop.call_at(self._delayed[0][0], self._send_delayed)
+
+    def _send_delayed(self) -> None:
+        loop = self.server.loop
+        while self._delayed and self._delayed[0][0] <= loop.time():
+            _, backend, data = self._delayed.popleft()
+            backend.write(data)
+        if self._delayed:
+            loop.call_at(self._delayed[0][0], self._send_delayed)
+
+    def transaction_done(self, backend: Backend) -> None:
+        """The backend said idle with nothing owed: give it back."""
+        self.backend = None
+        backend.client = None
+        self.server.counters["transactions"] += 1
+        self.server.pool.release(backend)
+
+    # -- failures --------------------------------------------------------------------------
+    def borrow_timed_out(self, *, busy: int, cap: int) -> None:
+        timeout = self.server.settings.borrow_timeout
+        self._fail_pending(m.error_response(
+            "53300",
+            f"{PROXY}: timed out after {timeout:g}s waiting to borrow a database connection "
+            f"(all {cap} backends busy; raise max_backends or borrow_timeout)",
+            hint=f"{busy} of {cap} backends were in use and {len(self.server.pool.waiters)} other clients waiting",
+        ))  # fmt: skip
+
+    def backend_unavailable(self, reason: str) -> None:
+        self._fail_pending(m.error_response("08001", f"{PROXY}: could not open a database connection: {reason}"))
+
+    def _fail_pending(self, error: bytes) -> None:
+        """Answer every request that waited for a backend with ``error``, as the server would."""
+        self.waiting = False
+        pending, self.pending = self.pending, []
+        out, unsynced = [], False
+        for msg in pending:
+            if msg[0] in ("Q", "S", "F"):
+                if msg[0] == "Q" or unsynced:
+                    out.append(error)
+                out.append(READY_IDLE)
+                unsynced = False
+            else:
+                unsynced = True
+        if unsynced:
+            out.append(error)
+            self.skip_to_sync = True
+        self.write(b"".join(out))
+
+    def backend_lost(self, *, by_proxy: bool) -> None:
+        """The backend died mid-transaction: like a server crash, this client's session ends."""
+        self.backend = None
+        why = "the proxy closed it (fault injection or lifetime)" if by_proxy else "the server closed it"
+        self.fatal("08006", f"{PROXY}: lost the database connection in the middle of a transaction ({why})")

@@ -1,0 +1,164 @@
+"""The backend pool: a cap, idle backends, and a fair FIFO queue of clients waiting to borrow.
+
+Theory of operation
+-------------------
+State is three collections: ``idle`` (backends nobody holds; LIFO so the warm ones are
+reused and the cold ones age out), ``backends`` (every open backend) and ``waiters`` (clients
+in arrival order). A backend is only ever handed to the *head* waiter, whether it was
+returned by a client or freshly connected, so nobody overtakes; a client arriving while
+others wait queues behind them even if a backend is idle at that instant.
+
+Backends open lazily: one connection attempt per waiter beyond those already connecting,
+while ``open + connecting < cap``. A failed attempt fails the head waiter with the reason
+(that is what a client of RDS Proxy sees when the database refuses). Each waiter has a
+borrow-timeout timer; when it fires the client is answered with SQLSTATE 53300.
+
+Lifetimes are enforced at return time and by a periodic sweep (the proxy process is never
+frozen, unlike a function sandbox): a backend older than ``backend_max_lifetime`` is
+closed instead of reused, and idle backends beyond ``max_idle_backends`` are closed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lambdapool.testing.proxy.backend import Backend
+    from lambdapool.testing.proxy.client import Client
+    from lambdapool.testing.proxy.server import ProxyServer
+
+
+class Pool:
+    def __init__(self, server: ProxyServer, cap: int) -> None:
+        self.server = server
+        self.cap = cap
+        self.idle: deque[Backend] = deque()
+        self.backends: set[Backend] = set()
+        self.waiters: deque[Client] = deque()
+        self.connecting = 0
+        self.refusing = False
+        self.peak = 0
+
+    @property
+    def in_use(self) -> int:
+        return len(self.backends) - len(self.idle)
+
+    # -- borrowing -------------------------------------------------------------------------
+    def acquire(self, client: Client) -> None:
+        """Lend a backend to ``client`` now or queue it; ends in ``client.attach`` or an error."""
+        if not self.waiters and self.idle:
+            client.attach(self.idle.pop())
+            return
+        client.enqueued_at = time.monotonic()
+        loop = self.server.loop
+        client.wait_timer = loop.call_later(self.server.settings.borrow_timeout, self._timed_out, client)
+        self.waiters.append(client)
+        self.server.counters["waited"] += 1
+        self._grow()
+
+    def cancel(self, client: Client) -> None:
+        """The client left (or timed out) while waiting."""
+        if client.wait_timer is not None:
+            client.wait_timer.cancel()
+            client.wait_timer = None
+        try:
+            self.waiters.remove(client)
+        except ValueError:
+            pass
+
+    def _timed_out(self, client: Client) -> None:
+        client.wait_timer = None
+        self.cancel(client)
+        self.server.counters["borrow_timeouts"] += 1
+        client.borrow_timed_out(busy=self.in_use, cap=self.cap)
+
+    def _hand_to_head(self, backend: Backend) -> bool:
+        while self.waiters:
+            client = self.waiters.popleft()
+            if client.wait_timer is not None:
+                client.wait_timer.cancel()
+                client.wait_timer = None
+            if client.closed:
+                continue
+            self.server.note_wait(time.monotonic() - client.enqueued_at)
+            client.attach(backend)
+            return True
+        return False
+
+    # -- returning -------------------------------------------------------------------------
+    def release(self, backend: Backend) -> None:
+        """A backend is free again (after its client's transaction, or a reset)."""
+        settings = self.server.settings
+        if backend.closed:
+            self.forget(backend)
+            return
+        if settings.backend_max_lifetime is not None and backend.age() > settings.backend_max_lifetime:
+            backend.close()
+            self.forget(backend)
+            return
+        if self._hand_to_head(backend):
+            return
+        backend.idle_since = time.monotonic()
+        self.idle.append(backend)
+        limit = settings.max_idle_backends
+        while limit is not None and len(self.idle) > limit:
+            oldest = self.idle.popleft()
+            oldest.close()
+            self.backends.discard(oldest)
+
+    def forget(self, backend: Backend) -> None:
+        """A backend is gone (closed by us, the server or a fault); maybe open a replacement."""
+        self.backends.discard(backend)
+        try:
+            self.idle.remove(backend)
+        except ValueError:
+            pass
+        self._grow()
+
+    # -- growing ---------------------------------------------------------------------------
+    def _grow(self) -> None:
+        while len(self.waiters) > self.connecting and len(self.backends) + self.connecting < self.cap:
+            self.connecting += 1
+            self.server.loop.create_task(self._open())
+
+    async def _open(self) -> None:
+        try:
+            backend = await self.server.connect_backend(refuse=self.refusing)
+        except Exception as exc:  # noqa: BLE001 - any failure is reported to the waiter
+            self.connecting -= 1
+            if self.waiters:
+                client = self.waiters.popleft()
+                self.cancel(client)
+                client.backend_unavailable(str(exc))
+            return
+        self.connecting -= 1
+        self.backends.add(backend)
+        self.peak = max(self.peak, len(self.backends))
+        self.release(backend)
+
+    def add_connected(self, backend: Backend) -> None:
+        """A backend opened outside a borrow (the one the proxy opens at start)."""
+        self.backends.add(backend)
+        self.peak = max(self.peak, len(self.backends))
+        self.release(backend)
+
+    def sweep(self) -> None:
+        """Close idle backends past their lifetime (called periodically)."""
+        lifetime = self.server.settings.backend_max_lifetime
+        if lifetime is None:
+            return
+        for backend in [b for b in self.idle if b.age() > lifetime]:
+            self.idle.remove(backend)
+            backend.close()
+            self.backends.discard(backend)
+        self._grow()
+
+    def close_all(self) -> None:
+        """Close every backend now (in-use ones end their client's session)."""
+        backends = list(self.backends)
+        self.idle.clear()
+        self.backends.clear()
+        for backend in backends:
+            backend.close()

@@ -1,0 +1,284 @@
+"""The proxy's asyncio core: listening, the shared state of clients and backends, stats, faults.
+
+Everything here runs on one event loop (``LocalProxy`` gives it its own thread when used from
+synchronous code). Protocols (``data_received``) rather than streams carry the bytes: a relay
+is mostly callbacks, and they are markedly faster than streams for that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import socket
+import ssl
+import time
+from typing import Callable
+
+from lambdapool.proto import messages as m
+from lambdapool.testing.proxy import admin
+from lambdapool.testing.proxy.auth import ScramVerifier
+from lambdapool.testing.proxy.backend import Backend
+from lambdapool.testing.proxy.client import Client
+from lambdapool.testing.proxy.config import ProxySettings
+from lambdapool.testing.proxy.pinning import pin_reasons
+from lambdapool.testing.proxy.pool import Pool
+
+COUNTERS = ("clients_total", "transactions", "borrows", "waited", "borrow_timeouts", "pinned_sessions",
+            "auth_failures", "backends_opened", "backends_closed", "resets", "reprepared")  # fmt: skip
+
+
+class _QueryCollector:
+    """Stands in for a client to run one query of the proxy's own on a backend."""
+
+    pinned = None
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.data = bytearray()
+        self.done = loop.create_future()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def transaction_done(self, backend: Backend) -> None:
+        backend.client = None
+        if not self.done.done():
+            self.done.set_result(bytes(self.data))
+
+    def backend_lost(self, *, by_proxy: bool) -> None:
+        if not self.done.done():
+            self.done.set_exception(ConnectionError("the server closed the connection"))
+
+
+class ProxyServer:
+    def __init__(self, settings: ProxySettings) -> None:
+        settings.validate()
+        self.settings = settings
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.host, self.port = settings.host, settings.port
+        self.clients: set[Client] = set()
+        self._by_pid: dict[int, Client] = {}
+        self.pool: Pool = None  # type: ignore[assignment]
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.pin_counts: dict[str, int] = {}
+        self.baseline: dict[str, str] = {}
+        self.baseline_lower: dict[str, str] = {}
+        self.latency = 0.0
+        self.hanging = False
+        self.ssl_context: ssl.SSLContext | None = None
+        self.scram: ScramVerifier | None = None
+        self.iam_hosts: set[str] = set()
+        self.ca_file: str | None = None
+        self.peak_clients = 0
+        self.max_wait = 0.0
+        self.total_wait = 0.0
+        self._listener: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task | None = None
+        self._statement_names: dict[bytes, bytes] = {}
+        self._pin_cache: dict[tuple[str, bool], list[str]] = {}
+        self._tmp = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        settings = self.settings
+        if settings.tls:
+            self._setup_tls()
+        if settings.auth == "scram":
+            self.scram = ScramVerifier(settings.users)
+        first = await self.connect_backend()
+        self.baseline = dict(first.params)
+        self.baseline_lower = {k.lower(): v for k, v in first.params.items()}
+        cap = settings.max_backends
+        if cap is None:
+            max_connections = int(await self.run_query(first, "SHOW max_connections"))
+            cap = max(1, int(max_connections * (settings.max_connections_percent or 100) / 100))
+        self.pool = Pool(self, cap)
+        self.pool.add_connected(first)
+        await self.start_listening()
+        self.iam_hosts = {self.host} | ({"localhost", "127.0.0.1"} if self.host in ("127.0.0.1", "localhost") else set())
+        self._sweeper = self.loop.create_task(self._sweep())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.stop_listening()
+        for client in list(self.clients):
+            client.abort()
+        if self.pool is not None:
+            self.pool.close_all()
+        await asyncio.sleep(0)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def _setup_tls(self) -> None:
+        import tempfile
+
+        settings = self.settings
+        cert, key = settings.cert_file, settings.key_file
+        if not cert:
+            from pathlib import Path
+
+            from lambdapool.testing.tls import write_self_signed
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="lambdapool-proxy-tls-")
+            cert, key = str(Path(self._tmp.name, "proxy.crt")), str(Path(self._tmp.name, "proxy.key"))
+            write_self_signed(Path(cert), Path(key), self.host)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+        self.ssl_context = ctx
+        self.ca_file = cert
+
+    async def start_listening(self) -> None:
+        if self._listener is not None:
+            return
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        self._listener = await self.loop.create_server(lambda: Client(self), sock=sock)
+
+    def stop_listening(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    # -- backends --------------------------------------------------------------------------
+    async def connect_backend(self, *, refuse: bool = False) -> Backend:
+        if refuse:
+            raise ConnectionRefusedError("new backends are refused (fault injection: refuse_backends)")
+        target, timeout = self.settings.backend, self.settings.connect_timeout
+        transport, backend = await asyncio.wait_for(
+            self.loop.create_connection(lambda: Backend(self, target), target.host, target.port), timeout
+        )
+        try:
+            await asyncio.wait_for(asyncio.shield(backend.ready), timeout)
+        except BaseException:
+            backend.close()
+            raise
+        self.counters["backends_opened"] += 1
+        return backend
+
+    async def run_query(self, backend: Backend, sql: str) -> str:
+        """The first column of the first row of ``sql`` run on an idle ``backend``."""
+        collector = _QueryCollector(self.loop)
+        backend.client = collector  # type: ignore[assignment]
+        backend.expect.append(("Q", None))
+        backend.write(m.query(sql))
+        data = await asyncio.wait_for(collector.done, self.settings.connect_timeout)
+        pos = data.index(b"D")
+        return m.read_data_row(data[pos + 5 : pos + 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")])[0] or ""
+
+    def statement_name(self, rest: bytes) -> bytes:
+        """The proxy's own name for a prepared query (the same on every backend, for every client)."""
+        name = self._statement_names.get(rest)
+        if name is None:
+            name = b"lp_" + hashlib.sha1(rest).hexdigest()[:20].encode()
+            self._statement_names[rest] = name
+        return name
+
+    def pin_reasons_cached(self, sql: str, in_transaction: bool) -> list[str]:
+        key = (sql, in_transaction)
+        reasons = self._pin_cache.get(key)
+        if reasons is None:
+            reasons = pin_reasons(sql, in_transaction=in_transaction)
+            if len(self._pin_cache) > 10000:
+                self._pin_cache.clear()
+            self._pin_cache[key] = reasons
+        return reasons
+
+    # -- clients ---------------------------------------------------------------------------
+    def new_key(self) -> tuple[int, int]:
+        while True:
+            pid = secrets.randbits(31) or 1
+            if pid not in self._by_pid:
+                return pid, secrets.randbits(31)
+
+    def client_connected(self, client: Client) -> None:
+        self.clients.add(client)
+        self._by_pid[client.pid] = client
+        self.counters["clients_total"] += 1
+        self.peak_clients = max(self.peak_clients, len(self.clients))
+
+    def client_gone(self, client: Client) -> None:
+        self.clients.discard(client)
+        self._by_pid.pop(client.pid, None)
+
+    def note_wait(self, seconds: float) -> None:
+        self.total_wait += seconds
+        self.max_wait = max(self.max_wait, seconds)
+
+    def cancel(self, pid: int, secret: int) -> None:
+        client = self._by_pid.get(pid)
+        if client is None or client.secret != secret or client.backend is None:
+            return
+        backend = client.backend
+        self.loop.create_task(self._send_cancel(backend.pid, backend.secret))
+
+    async def _send_cancel(self, pid: int, secret: int) -> None:
+        target = self.settings.backend
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(target.host, target.port), 5)
+            writer.write(m.cancel_request(pid, secret))
+            await writer.drain()
+            await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+        except (OSError, asyncio.TimeoutError):
+            pass
+
+    def admin_answer(self, sql: str) -> bytes:
+        return admin.answer(sql, self.stats(), self.settings.backend.database, self.settings.backend.user)
+
+    async def _sweep(self) -> None:
+        """Idle-client timeout and backend lifetime, checked a few times per period."""
+        settings = self.settings
+        periods = [p for p in (settings.idle_client_timeout, settings.backend_max_lifetime) if p]
+        interval = min([1.0] + [p / 4 for p in periods])
+        while True:
+            await asyncio.sleep(interval)
+            timeout = settings.idle_client_timeout
+            if timeout:
+                cutoff = time.monotonic() - timeout
+                for client in [c for c in self.clients if c.last_active < cutoff and c.backend is None and not c.waiting]:
+                    client.fatal("57P05", f"lambdapool local proxy: closing the connection after {timeout:g}s idle "
+                                          "(idle_client_timeout)")  # fmt: skip
+            self.pool.sweep()
+
+    # -- observability ---------------------------------------------------------------------
+    def stats(self) -> dict:
+        pool = self.pool
+        return {
+            "clients": len(self.clients),
+            "peak_clients": self.peak_clients,
+            "waiting": len(pool.waiters),
+            "backends_in_use": pool.in_use,
+            "backends_idle": len(pool.idle),
+            "backends_connecting": pool.connecting,
+            "peak_backends": pool.peak,
+            "max_backends": pool.cap,
+            **self.counters,
+            "pin_reasons": dict(self.pin_counts),
+            "max_wait_seconds": round(self.max_wait, 6),
+            "total_wait_seconds": round(self.total_wait, 6),
+            "prepared_statements": len(self._statement_names),
+            "latency_seconds": self.latency,
+            "listening": self._listener is not None,
+        }
+
+    # -- faults ----------------------------------------------------------------------------
+    def kill_backends(self) -> None:
+        self.pool.close_all()
+
+    def drop_clients(self, which: Callable[[Client], bool] | None = None) -> int:
+        dropped = [c for c in self.clients if which is None or which(c)]
+        for client in dropped:
+            client.abort()
+        return len(dropped)
+
+    def hang_on_connect(self, on: bool) -> None:
+        self.hanging = on
+        if not on:
+            for client in list(self.clients):
+                client.unhang()
