@@ -38,6 +38,11 @@ CREDENTIALS_HINT = (
     "temporary credentials), or AWS_PROFILE, or run with an instance/task role"
 )
 
+# botocore waits 60 s to connect and 60 s to read, longer than most functions' deadlines: an
+# endpoint that cannot be reached (a VPC without a NAT gateway or VPC endpoint) must fail with
+# a message while the invocation is still alive. Retries stay botocore's (AWS_MAX_ATTEMPTS).
+TIMEOUTS = {"connect_timeout": 3, "read_timeout": 10}
+
 # Error codes, grouped by what the user has to do about them.
 _NOT_FOUND = {"ResourceNotFoundException", "DBProxyNotFoundFault", "DBProxyNotFound"}
 _DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"}
@@ -95,9 +100,11 @@ def client(service: str, region: str, endpoint_url: str | None = None) -> Any:
     with _clients_lock:  # boto3's default session is not thread-safe while it builds clients
         if key not in _clients:
             boto3 = _import("boto3", "aws")
+            from botocore.config import Config
+
             with _translated(f"create a boto3 {service} client", region=region):
                 _clients[key] = boto3.session.Session().client(
-                    service, region_name=region, endpoint_url=endpoint_url
+                    service, region_name=region, endpoint_url=endpoint_url, config=Config(**TIMEOUTS)
                 )
         return _clients[key]
 
@@ -124,8 +131,13 @@ async def acall(request: AwsCall) -> Any:
         session = _import("aiobotocore.session", "aws-async")
         _aio_session = session.get_session()
     with _translated(request.action, request.region, request.permission, request.not_found):
+        from aiobotocore.config import AioConfig
+
         async with _aio_session.create_client(
-            request.service, region_name=request.region, endpoint_url=request.endpoint_url
+            request.service,
+            region_name=request.region,
+            endpoint_url=request.endpoint_url,
+            config=AioConfig(**TIMEOUTS),
         ) as api:
             return await getattr(api, request.method)(**request.params)
 

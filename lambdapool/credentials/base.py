@@ -10,8 +10,9 @@ server rejected the credentials (a rotated secret, an expired token), and the ne
 fetches anew. Staleness is decided lazily, at ``get()`` time, against the provider's clock:
 no timers, which would not run while a function instance is frozen.
 
-Concurrent sync callers (Cloud Functions serves requests on threads) fetch once: the fetch is
-made under a lock, and the cache checked again inside it.
+Concurrent callers at an empty cache fetch once: sync callers (Cloud Functions serves requests
+on threads) under a lock, with the cache checked again inside it; async callers (tasks on one
+event loop) by awaiting the same fetch task.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 Clock = Callable[[], float]
 
@@ -62,6 +63,7 @@ class CachedProvider:
         self._secret: Secret | None = None
         self._expires = 0.0
         self._lock = threading.Lock()
+        self._pending: Any = None  # the asyncio.Task of the async fetch under way
         self.fetches = 0
 
     def get(self) -> Secret:
@@ -78,14 +80,21 @@ class CachedProvider:
     async def aget(self) -> Secret:
         """The cached secret, or a freshly fetched one (async code); same cache as :meth:`get`."""
         secret = self._cached()
-        if secret is None:
-            started = self._clock()
-            secret = self._store(started, *await self._afetch())
-        return secret
+        if secret is not None:
+            return secret
+        import asyncio  # only async code gets here, and it has asyncio loaded already
+
+        pending = self._pending
+        if pending is None or pending.done() or pending.get_loop() is not asyncio.get_running_loop():
+            pending = self._pending = asyncio.ensure_future(self._afetch_and_store())
+        # Concurrent callers share one fetch; shielded so that one caller's cancellation does
+        # not cancel the fetch the others are waiting for.
+        return await asyncio.shield(pending)
 
     def invalidate(self) -> None:
         """Drop the cached secret: the next get()/aget() fetches anew."""
         self._secret = None
+        self._pending = None  # a fetch begun before the rejection may bring the rejected value
 
     def _cached(self) -> Secret | None:
         secret = self._secret
@@ -99,6 +108,10 @@ class CachedProvider:
         self.fetches += 1
         logger.debug("%r: fetched (fetch %d), cached for %.0f s", self, self.fetches, lifetime)
         return secret
+
+    async def _afetch_and_store(self) -> Secret:
+        started = self._clock()
+        return self._store(started, *await self._afetch())
 
     def _fetch(self) -> tuple[Secret, float]:
         """Fetch with sync code: the secret and how many seconds to cache it."""

@@ -29,7 +29,8 @@ from lambdapool.credentials import (  # noqa: E402
     aresolve_proxy_endpoint,
     resolve_proxy_endpoint,
 )
-from lambdapool.errors import AuthError, ConfigError  # noqa: E402
+from lambdapool.errors import AuthError, ConfigError, ConnectionUnavailable  # noqa: E402
+from lambdapool.testing.postgres import free_port  # noqa: E402
 
 REGION = "eu-west-1"
 PASSWORD = "pw-Kx81-not-in-any-message"
@@ -324,6 +325,30 @@ def test_secret_the_caller_may_not_read_names_the_iam_permission(mocked: None, m
         assert_no_leak(info.value, PASSWORD)
 
     scenario()
+
+
+def test_credentials_aws_does_not_know_are_an_auth_error(mocked: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # RDS speaks the query protocol, whose error codes moto renders as AWS does.
+    @set_initial_no_auth_action_count(0)
+    def scenario() -> None:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000000")
+        aws.reset_clients()
+        with pytest.raises(AuthError, match="AWS rejected the credentials.*AWS_ACCESS_KEY_ID") as info:
+            resolve_proxy_endpoint("orders")
+        assert "InvalidClientTokenId" in str(info.value)
+
+    scenario()
+
+
+def test_unreachable_aws_endpoint_is_connection_unavailable(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens: refused at once
+    provider = SecretsManagerSecret("prod/db", endpoint_url=closed)
+    for get in (provider.get, lambda: asyncio.run(provider.aget())):
+        with pytest.raises(ConnectionUnavailable, match="did not answer.*VPC endpoint or a NAT gateway"):
+            get()
+    with pytest.raises(ConnectionUnavailable, match="look up RDS Proxy 'orders'"):
+        resolve_proxy_endpoint("orders", endpoint_url=closed)
 
 
 @pytest.mark.parametrize(

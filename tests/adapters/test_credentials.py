@@ -224,3 +224,35 @@ def test_missing_aiobotocore_names_the_aws_async_extra(monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "aiobotocore.session", None)
     with pytest.raises(ConfigError, match=r"pip install 'lambdapool\[aws-async\]'"):
         asyncio.run(IamAuthToken("db", 5432, "app", "eu-west-1").aget())
+
+
+def test_concurrent_tasks_share_one_fetch() -> None:
+    async def slow_password() -> str:
+        await asyncio.sleep(0.05)
+        return PASSWORD
+
+    provider = PasswordCallable(slow_password)
+
+    async def burst() -> list[Secret]:
+        return await asyncio.gather(*(provider.aget() for _ in range(8)))
+
+    assert [s.password for s in asyncio.run(burst())] == [PASSWORD] * 8
+    assert provider.fetches == 1
+
+
+def test_a_cancelled_caller_does_not_cancel_the_shared_fetch() -> None:
+    async def slow_password() -> str:
+        await asyncio.sleep(0.05)
+        return PASSWORD
+
+    provider = PasswordCallable(slow_password)
+
+    async def scenario() -> str:
+        impatient = asyncio.ensure_future(provider.aget())
+        patient = asyncio.ensure_future(provider.aget())
+        await asyncio.sleep(0.01)
+        impatient.cancel()
+        return (await patient).password
+
+    assert asyncio.run(scenario()) == PASSWORD
+    assert provider.fetches == 1
