@@ -29,7 +29,7 @@ DEADLINE_MARGIN = 0.25
 class _InvocationState:
     """What one invocation (or one ad-hoc ``connection()`` block outside a handler) holds."""
 
-    __slots__ = ("invocation", "deadline", "holder", "conn", "depth", "acquire_ms")
+    __slots__ = ("invocation", "deadline", "holder", "conn", "depth", "acquire_ms", "outcome")
 
     def __init__(self, invocation: Invocation | None, deadline: float) -> None:
         self.invocation = invocation
@@ -38,6 +38,7 @@ class _InvocationState:
         self.conn: Any = None
         self.depth = 0
         self.acquire_ms = 0.0
+        self.outcome = ""  # reuse, connect or reconnect (for the per-invocation metrics)
 
 
 class Database:
@@ -180,9 +181,8 @@ class Database:
             self._emit(state)
 
     def _emit(self, state: _InvocationState) -> None:
-        holder, inv = state.holder, state.invocation
+        inv, outcome = state.invocation, state.outcome
         assert inv is not None
-        outcome = holder.outcome if holder is not None else ""
         figures = {
             "ColdStart": int(inv.cold_start),
             "Connects": int(outcome in ("connect", "reconnect")),
@@ -210,8 +210,8 @@ class Database:
                     self._sync_rollback_quietly(state.conn)
                 raise
             else:
-                if state.depth == 1:
-                    self.driver.block_succeeded(state.conn)
+                if state.depth == 1 and self.driver.block_succeeded(state.conn) == "rollback":
+                    self._stats.incr("rollbacks")
             finally:
                 state.depth -= 1
         finally:
@@ -228,13 +228,14 @@ class Database:
         except BaseException:
             self._slots.give(holder)
             raise
-        state.holder = holder
+        state.holder, state.outcome = holder, holder.outcome
         state.acquire_ms = (time.monotonic() - started) * 1000.0
         self._stats.add("acquire_ms_total", state.acquire_ms)
 
     def _sync_rollback_quietly(self, conn: Any) -> None:
         try:
             if self.driver.usable(conn) and self.driver.in_transaction(conn):
+                self._stats.incr("rollbacks")
                 self.driver.rollback(conn)
         except Exception:  # the handler's exception is the one that matters; release drops it
             pass
@@ -279,8 +280,8 @@ class Database:
                     await self._async_rollback_quietly(state.conn)
                 raise
             else:
-                if state.depth == 1:
-                    await self.driver.block_succeeded(state.conn)
+                if state.depth == 1 and await self.driver.block_succeeded(state.conn) == "rollback":
+                    self._stats.incr("rollbacks")
             finally:
                 state.depth -= 1
         finally:
@@ -297,13 +298,14 @@ class Database:
         except BaseException:
             self._slots.give(holder)
             raise
-        state.holder = holder
+        state.holder, state.outcome = holder, holder.outcome
         state.acquire_ms = (time.monotonic() - started) * 1000.0
         self._stats.add("acquire_ms_total", state.acquire_ms)
 
     async def _async_rollback_quietly(self, conn: Any) -> None:
         try:
             if self.driver.usable(conn) and self.driver.in_transaction(conn):
+                self._stats.incr("rollbacks")
                 await self.driver.rollback(conn)
         except Exception:
             pass

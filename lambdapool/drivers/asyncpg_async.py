@@ -59,9 +59,11 @@ class AsyncpgDriver:
     async def ping(self, conn: Any) -> None:
         await conn.execute("SELECT 1")  # no arguments: simple protocol, no prepared statement
 
-    async def block_succeeded(self, conn: Any) -> None:
+    async def block_succeeded(self, conn: Any) -> str | None:
         if conn.is_in_transaction():
             await conn.execute("ROLLBACK")
+            return "rollback"
+        return None
 
     async def rollback(self, conn: Any) -> None:
         await conn.execute("ROLLBACK")

@@ -31,9 +31,11 @@ class AsyncPsycopgDriver:
         finally:
             await conn.set_autocommit(False)
 
-    async def block_succeeded(self, conn: Any) -> None:
+    async def block_succeeded(self, conn: Any) -> str | None:
         if in_transaction(conn):
             await conn.commit()
+            return "commit"
+        return None
 
     async def rollback(self, conn: Any) -> None:
         await conn.rollback()

@@ -64,9 +64,11 @@ class PsycopgDriver:
         finally:
             conn.autocommit = False
 
-    def block_succeeded(self, conn: Any) -> None:
+    def block_succeeded(self, conn: Any) -> str | None:
         if in_transaction(conn):
             conn.commit()
+            return "commit"
+        return None
 
     def rollback(self, conn: Any) -> None:
         conn.rollback()

@@ -1,0 +1,72 @@
+"""Connect retries: transient refusals are retried with backoff, never past the deadline."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+import lambdapool
+from tests.core.conftest import DRIVERS, LambdaContext, query_handler
+
+
+@pytest.fixture
+def full_server(pg_factory):
+    """A server with max_connections=5 (3 reserved for superusers) whose 2 ordinary slots are taken."""
+    pg = pg_factory(max_connections=5)
+    pg.psql("CREATE ROLE app LOGIN")
+    app_dsn = pg.dsn.replace("postgres@", "app@", 1)
+    hogs = [psycopg.connect(app_dsn) for _ in range(2)]
+    with pytest.raises(psycopg.OperationalError, match="too many clients|remaining connection slots"):
+        psycopg.connect(app_dsn)  # the server really is full for ordinary users
+    yield pg, app_dsn, hogs
+    for conn in hogs:
+        conn.close()
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_retries_stop_at_the_deadline_with_connection_unavailable(full_server, make_db, driver):
+    pg, app_dsn, _ = full_server
+    db = make_db(app_dsn, driver=driver, acquire_timeout=30)
+    handler = query_handler(db)
+    started = time.monotonic()
+    with pytest.raises(lambdapool.ConnectionUnavailable) as info:
+        handler({}, LambdaContext(remaining_ms=1500))  # the Lambda deadline is the tighter bound
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.5, "retries went past the invocation's deadline"
+    message = str(info.value)
+    assert "attempts" in message and "budget" in message
+    assert "too many clients" in message or "remaining connection slots" in message
+    assert info.value.__cause__ is not None  # the driver's own error is chained
+    assert db.stats()["connect_retries"] >= 2
+
+
+def test_acquire_timeout_bounds_retries_outside_lambda(full_server, make_db):
+    pg, app_dsn, _ = full_server
+    db = make_db(app_dsn, acquire_timeout=0.8)
+    started = time.monotonic()
+    with pytest.raises(lambdapool.ConnectionUnavailable):
+        with db.connection():
+            pass
+    assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_refusal_that_clears_is_absorbed_by_the_retries(full_server, make_db, driver):
+    pg, app_dsn, hogs = full_server
+    db = make_db(app_dsn, driver=driver, acquire_timeout=10)
+    handler = query_handler(db)
+    threading.Timer(0.4, hogs.pop().close).start()  # a slot frees up while we back off
+    assert isinstance(handler({}, LambdaContext()), int)
+    assert db.stats()["connect_retries"] >= 1 and db.stats()["connects"] == 1
+
+
+def test_database_that_does_not_exist_fails_at_once(pg_server, make_db):
+    db = make_db(pg_server.dsn.rsplit("/", 1)[0] + "/no_such_db", acquire_timeout=10)
+    started = time.monotonic()
+    with pytest.raises(lambdapool.ConnectionUnavailable, match="not transient"):
+        with db.connection():
+            pass
+    assert time.monotonic() - started < 5  # no pointless retries for 10 s
