@@ -15,22 +15,21 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
+from moto import mock_aws
+from moto.core import set_initial_no_auth_action_count
+from moto.server import ThreadedMotoServer
 
-moto = pytest.importorskip("moto")
-from moto import mock_aws  # noqa: E402
-from moto.core import set_initial_no_auth_action_count  # noqa: E402
-from moto.server import ThreadedMotoServer  # noqa: E402
-
-from lambdapool import aws  # noqa: E402
-from lambdapool.credentials import (  # noqa: E402
+from lambdapool import aws
+from lambdapool.credentials import (
     IamAuthToken,
     SecretsManagerSecret,
     aresolve_proxy_endpoint,
     resolve_proxy_endpoint,
 )
-from lambdapool.errors import AuthError, ConfigError, ConnectionUnavailable  # noqa: E402
-from lambdapool.testing.postgres import free_port  # noqa: E402
+from lambdapool.errors import AuthError, ConfigError, ConnectionUnavailable
+from lambdapool.testing.postgres import free_port
 
 REGION = "eu-west-1"
 PASSWORD = "pw-Kx81-not-in-any-message"
@@ -416,7 +415,6 @@ def _pg_secret(server: Any) -> dict[str, Any]:
 
 
 def test_rotated_secret_is_rejected_then_refetched_once_and_connects(mocked: None, pg_factory) -> None:
-    psycopg = pytest.importorskip("psycopg")
     server = pg_factory(password="old-pw")
     client = make_secret(_pg_secret(server))
     provider = SecretsManagerSecret("prod/db")
@@ -443,7 +441,6 @@ def test_rotated_secret_is_rejected_then_refetched_once_and_connects(mocked: Non
 
 
 def test_rotated_secret_async_refetched_once_and_connects(moto_url: str, pg_factory) -> None:
-    psycopg = pytest.importorskip("psycopg")
     server = pg_factory(password="old-pw")
     client = make_secret(_pg_secret(server), moto_url)
     provider = SecretsManagerSecret("prod/db", endpoint_url=moto_url)
