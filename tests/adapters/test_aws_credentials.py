@@ -203,6 +203,22 @@ def test_iam_token_async_is_generated_once_and_renewed_before_expiry(aws_env: No
     _token_is_reused_until_close_to_expiry(lambda provider: asyncio.run(provider.aget()))
 
 
+def test_iam_tokens_pass_an_independent_sigv4_check(aws_env: None) -> None:
+    # The local proxy verifies tokens as RDS does (its own SigV4 code): what boto3 and
+    # aiobotocore sign for us must pass it, and fail it under another secret key.
+    from lambdapool.testing.proxy.auth import AuthFailed, verify_iam_token
+
+    provider = IamAuthToken("proxy.example", 5432, "app")
+    sync_token = provider.get().password
+    provider.invalidate()
+    async_token = asyncio.run(provider.aget()).password
+    check = dict(hosts={"proxy.example"}, port=5432, user="app", region=REGION)
+    for token in (sync_token, async_token):
+        verify_iam_token(token, credentials={"testing": "testing"}, **check)
+        with pytest.raises(AuthFailed, match="signature does not match"):
+            verify_iam_token(token, credentials={"testing": "another-secret"}, **check)
+
+
 def test_iam_token_sync_and_async_share_one_cache(aws_env: None) -> None:
     provider = IamAuthToken("proxy.example", 5432, "app")
     token = provider.get()
