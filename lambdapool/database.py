@@ -320,8 +320,10 @@ class Database:
                 keep = await self.adapter.akeep_warm(self.driver, holder.conn)
                 if not keep:
                     self._stats.incr("guard_closes")
-            # Shielded: a cancelled invocation must not lose the slot (asyncpg Pool.release does the same).
-            await asyncio.shield(holder.release(keep))
+            await holder.release(keep)
+        except asyncio.CancelledError:  # cancelled mid-cleanup: the connection's state is unknown
+            holder.terminate()
+            raise
         except Exception:
             logger.warning("lambdapool: releasing the connection failed; dropping it", exc_info=True)
             holder.terminate()
