@@ -6,7 +6,7 @@ Theory of operation
   is on every cold start, and boto3 alone costs ~180 ms to import. The SDKs load on the first
   call that needs them; a missing SDK is a :class:`ConfigError` naming the extra to install.
 * Sync code uses boto3 clients, built once per (service, region, endpoint) and kept for the
-  life of the process: building one costs ~100 ms, and boto3 clients are thread-safe.
+  life of the process: building one costs ~200 ms, and boto3 clients are thread-safe.
 * Async code uses aiobotocore. Its clients hold an aiohttp session bound to the event loop
   that opened it, so a client is opened and closed around each call; the aiobotocore session
   (service models, credential chain) is kept. Calls are rare (a token every ~10 minutes, a
@@ -92,12 +92,12 @@ _aio_session: Any = None
 
 
 def client(service: str, region: str, endpoint_url: str | None = None) -> Any:
-    """A boto3 client, built on first use and kept: building one costs ~100 ms."""
+    """A boto3 client, built on first use and kept: building one costs ~200 ms."""
     key = (service, region, endpoint_url)
     found = _clients.get(key)
     if found is not None:
         return found
-    with _clients_lock:  # boto3's default session is not thread-safe while it builds clients
+    with _clients_lock:  # threads racing at a cold start build one client, not one each
         if key not in _clients:
             boto3 = _import("boto3", "aws")
             from botocore.config import Config
