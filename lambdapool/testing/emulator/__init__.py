@@ -1,0 +1,32 @@
+"""Run serverless handlers locally the way the platforms run them, and watch the database.
+
+* :class:`LambdaFleet`: real execution environments under the AWS runtime interface client
+  against a local Runtime API, frozen between invocations, reaped when idle.
+* :class:`CloudFunctionFleet`: real ``functions-framework`` servers, several requests each.
+* :class:`LightFleet`: thousands of simulated instances in one process, for width.
+* :class:`BackendSampler` and :class:`Report`: backends over time, latency percentiles,
+  a table, JSON and a chart.
+"""
+
+from lambdapool.testing.emulator.cloud_functions import CloudFunctionFleet, InstanceInfo
+from lambdapool.testing.emulator.lambda_fleet import EnvironmentInfo, LambdaFleet
+from lambdapool.testing.emulator.light import LightContext, LightFleet, module_factory
+from lambdapool.testing.emulator.report import Report, Scenario
+from lambdapool.testing.emulator.results import THROTTLED, InvocationResult, percentile
+from lambdapool.testing.emulator.sampler import BackendSampler
+
+__all__ = [
+    "THROTTLED",
+    "BackendSampler",
+    "CloudFunctionFleet",
+    "EnvironmentInfo",
+    "InstanceInfo",
+    "InvocationResult",
+    "LambdaFleet",
+    "LightContext",
+    "LightFleet",
+    "Report",
+    "Scenario",
+    "module_factory",
+    "percentile",
+]

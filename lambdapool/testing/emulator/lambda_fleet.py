@@ -1,0 +1,526 @@
+"""A local AWS Lambda: real execution environments under the AWS runtime interface client.
+
+Theory of operation
+-------------------
+* An *environment* is a real process, ``python -m awslambdaric module.handler``, with the
+  environment variables Lambda sets, talking to a Runtime API port of its own
+  (:mod:`.runtime_api`). Every port and every piece of fleet state lives on one event loop in
+  one thread, so there are no locks: callers' threads only submit coroutines to it.
+* An invocation goes to an idle environment (the most recently used: LIFO keeps the fewest
+  warm, as Lambda tends to), else a new one starts: a cold start, whose ``init_ms`` runs from
+  launch to the runtime's first ``GET /next`` (module import included), as Lambda's "Init
+  Duration" does. Beyond ``reserved_concurrency`` live environments an invocation is throttled
+  (``TooManyRequestsException``) without waiting, as Lambda's synchronous Invoke is.
+* An environment is idle from the moment it has answered, so a quick next call reuses it.
+  Once it is back in ``GET /next`` with nothing to do it is frozen: SIGSTOP to its process
+  group, confirmed by state ``T`` in ``/proc/PID/stat``; it is thawed (SIGCONT) when an
+  invocation is assigned to it. Nothing in it runs in between: not its timers, not its pings.
+* Idle environments are reaped after ``idle_reap_after`` seconds, or on :meth:`LambdaFleet.reap`:
+  SIGKILL, no goodbye; or, with ``shutdown_extension=True`` (as when an extension registered
+  for SHUTDOWN), SIGTERM to the thawed process, then SIGKILL after ``shutdown_grace``.
+* A handler error comes back as an error result (``errorType``/``errorMessage`` as posted);
+  an import error as the runtime's init error (its process exits); a process that dies
+  mid-invocation as ``Runtime.ExitError``; an invocation past ``timeout`` as
+  ``Sandbox.Timedout``, and its environment is killed, as Lambda resets a timed-out sandbox.
+* Launches happen on the loop thread, which lives as long as the fleet: the children's
+  parent-death signal (``PR_SET_PDEATHSIG``) fires when the launching *thread* ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lambdapool.errors import ConfigError
+from lambdapool.testing.emulator import processes
+from lambdapool.testing.emulator.base import Fleet
+from lambdapool.testing.emulator.results import InvocationResult, throttled
+from lambdapool.testing.emulator.runtime_api import NextInvocation, error_fields, serve
+from lambdapool.testing.postgres import _child_setup
+
+INIT_TIMEOUT = 10.0  # Lambda's limit on the init phase of an on-demand environment
+ACCOUNT = "123456789012"
+
+
+@dataclass(frozen=True)
+class EnvironmentInfo:
+    """A snapshot of one environment, for tests and reports."""
+
+    id: str
+    pid: int
+    state: str  # starting | busy | idle | stopping | dead
+    frozen: bool  # confirmed stopped (state T)
+    invocations: int
+    init_ms: float | None
+    returncode: int | None
+
+
+class _Invocation:
+    def __init__(self, payload: bytes, timeout: float) -> None:
+        self.request_id = str(uuid.uuid4())
+        self.payload = payload
+        self.timeout = timeout
+        self.started_at = time.time()
+        self.t0 = time.monotonic()
+        self.cold = False
+        self.future: asyncio.Future[InvocationResult] = asyncio.get_running_loop().create_future()
+
+    def finish(self, env: Environment, ok: bool, payload: Any = None,
+               error: tuple[str, str] | None = None) -> None:  # fmt: skip
+        if self.future.done():
+            return
+        self.future.set_result(InvocationResult(
+            request_id=self.request_id, instance_id=env.id, cold=self.cold,
+            init_ms=env.init_ms if self.cold else None,
+            latency_ms=(time.monotonic() - self.t0) * 1000, ok=ok, payload=payload,
+            error_type=error[0] if error else None, error_message=error[1] if error else None,
+            started_at=self.started_at, ended_at=time.time(),
+        ))  # fmt: skip
+
+
+class Environment:
+    """One execution environment: its process, its Runtime API port and where it stands.
+
+    Used only on the fleet's event loop. Implements :class:`.runtime_api.RuntimeHandler`.
+    """
+
+    def __init__(self, fleet: LambdaFleet, env_id: str) -> None:
+        self.fleet = fleet
+        self.id = env_id
+        self.state = "starting"
+        self.frozen = False  # SIGSTOP sent and not undone
+        self.frozen_confirmed = False  # and the process was seen stopped
+        self.invocations = 0
+        self.init_ms: float | None = None
+        self.idle_since = 0.0
+        self.proc: subprocess.Popen | None = None
+        self.server: asyncio.Server | None = None
+        self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.init_failure: tuple[str, str] | None = None
+        self._launched = 0.0
+        self._waiter: asyncio.Future[NextInvocation] | None = None
+        self._pending: _Invocation | None = None  # assigned, not yet handed out
+        self._current: _Invocation | None = None  # handed out, not yet answered
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def info(self) -> EnvironmentInfo:
+        return EnvironmentInfo(self.id, self.pid, self.state, self.frozen_confirmed, self.invocations,
+                               self.init_ms, self.proc.returncode if self.proc else None)  # fmt: skip
+
+    # -- lifecycle (called by the fleet) -----------------------------------------------------
+    async def launch(self) -> None:
+        fleet = self.fleet
+        self.server = await serve(self, fleet.host)
+        port = self.server.sockets[0].getsockname()[1]
+        env = fleet._process_env(self.id, port)
+        self.log_path = fleet.log_dir / f"{self.id}.log"
+        self._launched = time.monotonic()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [fleet.python, "-m", "awslambdaric", fleet.handler],
+                cwd=fleet.task_root, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=lambda: _child_setup(None),
+            )  # fmt: skip
+        self._watch_exit()
+
+    def _watch_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            fd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # not Linux >= 5.3: poll instead
+            loop.create_task(self._poll_exit())
+            return
+
+        def on_exit() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+            self._exited()
+
+        loop.add_reader(fd, on_exit)
+
+    async def _poll_exit(self) -> None:
+        while self.proc is not None and self.proc.poll() is None:
+            await asyncio.sleep(0.01)
+        self._exited()
+
+    def _exited(self) -> None:
+        assert self.proc is not None
+        code = self.proc.wait()
+        self.state = "dead"
+        self.frozen = self.frozen_confirmed = False
+        why = self.init_failure or ("Runtime.ExitError", f"Runtime exited with {_describe_exit(code)}")
+        for inv in (self._pending, self._current):
+            if inv is not None:
+                inv.finish(self, False, error=why)
+        self._pending = self._current = None
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.cancel()
+        if self.server is not None:
+            self.server.close()
+        if not self.exited.done():
+            self.exited.set_result(code)
+        self.fleet._forget(self)
+
+    def assign(self, inv: _Invocation) -> None:
+        """Give ``inv`` to this environment (thawing it if frozen)."""
+        self.state = "busy"
+        self.invocations += 1
+        if self.frozen:
+            processes.thaw(self.pid)
+            self.frozen = self.frozen_confirmed = False
+        if self._waiter is not None and not self._waiter.done():
+            self._current = inv
+            self._waiter.set_result(self._next_for(inv))
+            self._waiter = None
+        else:
+            self._pending = inv
+
+    async def freeze(self) -> bool:
+        """Stop the process group if it is idle in ``GET /next``; True once it is seen stopped."""
+        if self.state != "idle" or self._waiter is None:
+            return False
+        if not self.frozen:
+            processes.stop_group(self.pid)
+            self.frozen = True
+        stopped = await processes.wait_stopped(self.pid)
+        if self.frozen:  # not thawed meanwhile
+            self.frozen_confirmed = stopped
+        return self.frozen_confirmed
+
+    async def shut_down(self) -> None:
+        """Thaw fully, then SIGTERM: as Lambda thaws an environment for its shutdown phase."""
+        self.frozen = self.frozen_confirmed = False
+        await processes.thaw_fully(self.pid)
+        processes.signal_group(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        processes.signal_group(self.pid, signal.SIGKILL)  # works on a stopped process too
+
+    def _next_for(self, inv: _Invocation) -> NextInvocation:
+        deadline_ms = int((time.time() + inv.timeout) * 1000)
+        return NextInvocation(inv.request_id, inv.payload, deadline_ms, self.fleet.function_arn,
+                              trace_id=f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)};Sampled=0")  # fmt: skip
+
+    # -- the Runtime API side ------------------------------------------------------------------
+    async def next_invocation(self) -> NextInvocation:
+        if self.init_ms is None:
+            self.init_ms = (time.monotonic() - self._launched) * 1000
+        if self._pending is not None:
+            inv, self._pending, self._current = self._pending, None, self._pending
+            return self._next_for(inv)
+        self._waiter = asyncio.get_running_loop().create_future()
+        if self.state == "idle" and self.fleet.freeze:
+            asyncio.get_running_loop().create_task(self.freeze())
+        return await self._waiter
+
+    def _answered(self, request_id: str) -> _Invocation | None:
+        inv = self._current
+        if inv is None or inv.request_id != request_id:
+            return None
+        self._current = None
+        self.state = "idle"
+        self.idle_since = time.monotonic()
+        return inv
+
+    def invocation_response(self, request_id: str, body: bytes) -> int:
+        inv = self._answered(request_id)
+        if inv is None:
+            return 400
+        try:
+            payload = json.loads(body) if body else None
+        except ValueError:
+            payload = body.decode(errors="replace")
+        inv.finish(self, True, payload=payload)
+        return 202
+
+    def invocation_error(self, request_id: str, error_type: str, body: bytes) -> int:
+        inv = self._answered(request_id)
+        if inv is None:
+            return 400
+        inv.finish(self, False, error=error_fields(error_type, body))
+        return 202
+
+    def init_error(self, error_type: str, body: bytes) -> int:
+        self.init_failure = error_fields(error_type, body)
+        return 202  # the runtime exits next; _exited() fails the waiting invocation with this
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal: {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit status {code}"
+
+
+class LambdaFleet(Fleet):
+    """A local Lambda function: ``with LambdaFleet("app.handler", task_root=...) as fleet``.
+
+    ``fleet.invoke(event)`` runs one invocation and blocks for its :class:`InvocationResult`;
+    ``fleet.burst(events, concurrency=N)`` runs many, N at a time. ``env`` adds the
+    function's own environment variables to those Lambda sets. ``timeout`` is the function's
+    timeout in seconds, ``memory_mb`` what the context reports. See the module docstring for
+    cold starts, throttling, freezing and reaping.
+    """
+
+    def __init__(
+        self,
+        handler: str,
+        task_root: str | os.PathLike[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        reserved_concurrency: int = 100,
+        timeout: float = 30.0,
+        memory_mb: int = 128,
+        idle_reap_after: float | None = None,
+        shutdown_extension: bool = False,
+        shutdown_grace: float = 2.0,
+        freeze: bool = True,
+        function_name: str = "lambdapool-emulated",
+        region: str = "us-east-1",
+        python: str = sys.executable,
+        host: str = "127.0.0.1",
+    ) -> None:
+        if "." not in handler:
+            raise ConfigError(f"handler={handler!r}: expected 'module.function' (e.g. 'app.handler')")
+        if not Path(task_root).is_dir():
+            raise ConfigError(f"task_root={str(task_root)!r} is not a directory holding the handler's module")
+        if reserved_concurrency < 1:
+            raise ConfigError(f"reserved_concurrency={reserved_concurrency!r}: must be at least 1")
+        if timeout <= 0:
+            raise ConfigError(f"timeout={timeout!r}: must be a positive number of seconds")
+        self.handler = handler
+        self.task_root = str(Path(task_root).resolve())
+        self.env = dict(env or {})
+        self.reserved_concurrency = reserved_concurrency
+        self.timeout = timeout
+        self.memory_mb = memory_mb
+        self.idle_reap_after = idle_reap_after
+        self.shutdown_extension = shutdown_extension
+        self.shutdown_grace = shutdown_grace
+        self.freeze = freeze
+        self.function_name = function_name
+        self.region = region
+        self.python = python
+        self.host = host
+        self.function_arn = f"arn:aws:lambda:{region}:{ACCOUNT}:function:{function_name}"
+        super().__init__()
+        self._envs: dict[str, Environment] = {}
+        self._seq = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.log_dir = Path(".")
+
+    def __repr__(self) -> str:
+        return (f"<LambdaFleet {self.handler} environments={len(self._envs)} "
+                f"reserved_concurrency={self.reserved_concurrency}>")  # fmt: skip
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> LambdaFleet:
+        if self._loop is not None:
+            return self
+        self.log_dir = Path(tempfile.mkdtemp(prefix="lambdapool-lambda-"))
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="lambdapool-runtime-api", daemon=True)
+        self._thread.start()
+        if self.idle_reap_after is not None:
+            self._call(self._start_reaper())
+        return self
+
+    def close(self) -> None:
+        """Reap every environment (busy ones fail with ``Runtime.ExitError``) and stop the loop."""
+        if self._loop is None:
+            return
+        try:
+            self._call(self._reap(list(self._envs.values())))
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            assert self._thread is not None
+            self._thread.join(10)
+            self._loop.close()
+            self._loop = None
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+    def _call(self, coro: Any, timeout: float | None = None) -> Any:
+        if self._loop is None:
+            coro.close()
+            raise RuntimeError("the fleet is not started: use `with LambdaFleet(...) as fleet` or fleet.start()")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    # -- invoking ------------------------------------------------------------------------------
+    def invoke(self, event: Any = None) -> InvocationResult:
+        """Invoke once (RequestResponse) and wait for the result."""
+        return self._call(self._invoke(_encode(event)))
+
+    def burst(self, events: Iterable[Any], concurrency: int = 10) -> list[InvocationResult]:
+        """Invoke once per event, ``concurrency`` at a time; results in the order of ``events``.
+
+        The callers are coroutines on the fleet's loop, not threads: a burst costs no threads."""
+        return self._call(self._burst([_encode(e) for e in events], concurrency))
+
+    async def _burst(self, payloads: list[bytes], concurrency: int) -> list[InvocationResult]:
+        gate = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(payload: bytes) -> InvocationResult:
+            async with gate:
+                return await self._invoke(payload)
+
+        return list(await asyncio.gather(*(one(p) for p in payloads)))
+
+    async def _invoke(self, payload: bytes) -> InvocationResult:
+        inv = _Invocation(payload, self.timeout)
+        env = self._idle_environment()
+        if env is None:
+            if len(self._envs) >= self.reserved_concurrency:
+                return self.ledger.record(throttled(
+                    inv.request_id, inv.started_at, time.time(), (time.monotonic() - inv.t0) * 1000,
+                    f"Rate Exceeded. (ReservedFunctionConcurrentInvocationLimitExceeded: "
+                    f"{len(self._envs)} of {self.reserved_concurrency} environments busy)",
+                ))  # fmt: skip
+            env = await self._launch()
+            inv.cold = True
+        env.assign(inv)
+        try:
+            limit = self.timeout + (INIT_TIMEOUT if inv.cold else 0.0)
+            result = await asyncio.wait_for(asyncio.shield(inv.future), limit)
+        except asyncio.TimeoutError:
+            inv.finish(env, False, error=("Sandbox.Timedout", f"Task timed out after {self.timeout:.2f} seconds"))
+            result = inv.future.result()
+            await self._kill(env)
+        return self.ledger.record(result)
+
+    def _idle_environment(self) -> Environment | None:
+        idle = [e for e in self._envs.values() if e.state == "idle"]
+        return max(idle, key=lambda e: e.idle_since) if idle else None
+
+    async def _launch(self) -> Environment:
+        self._seq += 1
+        env = Environment(self, f"env-{self._seq:04d}")
+        self._envs[env.id] = env
+        self.ledger.started(len(self._envs))
+        await env.launch()
+        return env
+
+    def _forget(self, env: Environment) -> None:
+        self._envs.pop(env.id, None)
+
+    def _process_env(self, env_id: str, port: int) -> dict[str, str]:
+        """The variables Lambda sets for a Python function, then the function's own."""
+        day = time.strftime("%Y/%m/%d", time.gmtime())
+        pythonpath = os.pathsep.join(p for p in (self.task_root, os.environ.get("PYTHONPATH", "")) if p)
+        return {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "TZ": ":UTC",
+            "PYTHONPATH": pythonpath,
+            "LAMBDA_TASK_ROOT": self.task_root,
+            "_HANDLER": self.handler,
+            "AWS_EXECUTION_ENV": self._execution_env(),
+            "AWS_LAMBDA_RUNTIME_API": f"{self.host}:{port}",
+            "AWS_LAMBDA_FUNCTION_NAME": self.function_name,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.function_name}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": f"{day}/[$LATEST]{env_id}-{secrets.token_hex(8)}",
+            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            **self.env,
+        }
+
+    def _execution_env(self) -> str:
+        """``AWS_Lambda_python3.X``. awslambdaric lets Python signal handlers run only when it
+        polls ``GET /next`` in a thread, which it does on the python3.12+ runtimes; so that
+        SIGTERM reaches a handler, a fleet with a shutdown extension presents itself as 3.12+."""
+        version = sys.version_info[:2]
+        if self.shutdown_extension and version < (3, 12):
+            version = (3, 12)
+        return f"AWS_Lambda_python{version[0]}.{version[1]}"
+
+    # -- freezing and reaping ------------------------------------------------------------------
+    @property
+    def environments(self) -> list[EnvironmentInfo]:
+        """A snapshot of the live environments."""
+        return self._call(self._snapshot())
+
+    async def _snapshot(self) -> list[EnvironmentInfo]:
+        return [e.info() for e in self._envs.values()]
+
+    def freeze_all(self, timeout: float = 5.0) -> int:
+        """Freeze every idle environment now and wait until each is seen stopped; returns how many."""
+        return self._call(self._freeze_all(timeout))
+
+    async def _freeze_all(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            idle = [e for e in self._envs.values() if e.state == "idle"]
+            frozen = await asyncio.gather(*(e.freeze() for e in idle))
+            if all(frozen):
+                return len(idle)
+            await asyncio.sleep(0.002)  # some are still on their way back to GET /next
+        raise TimeoutError(f"idle environments not all frozen within {timeout}s")
+
+    def reap(self, idle_for: float = 0.0) -> list[str]:
+        """Reap the environments idle for at least ``idle_for`` seconds; returns their ids."""
+        return self._call(self._reap_idle(idle_for))
+
+    async def _reap_idle(self, idle_for: float) -> list[str]:
+        now = time.monotonic()
+        victims = [e for e in self._envs.values() if e.state == "idle" and now - e.idle_since >= idle_for]
+        await self._reap(victims)
+        return [e.id for e in victims]
+
+    async def _reap(self, victims: list[Environment]) -> None:
+        for env in victims:
+            env.state = "stopping"
+        await asyncio.gather(*(self._kill(env, graceful=self.shutdown_extension) for env in victims))
+        self.ledger.reaped(len(victims))
+
+    async def _kill(self, env: Environment, graceful: bool = False) -> None:
+        if env.exited.done():
+            return
+        if graceful:
+            await env.shut_down()
+            try:
+                await asyncio.wait_for(asyncio.shield(env.exited), self.shutdown_grace)
+                return
+            except asyncio.TimeoutError:
+                pass
+        env.kill()
+        await env.exited
+
+    async def _start_reaper(self) -> None:
+        assert self.idle_reap_after is not None
+        period = max(0.02, self.idle_reap_after / 4)
+
+        async def reaper() -> None:
+            while True:
+                await asyncio.sleep(period)
+                await self._reap_idle(self.idle_reap_after or 0.0)
+
+        asyncio.get_running_loop().create_task(reaper())
+
+
+def _encode(event: Any) -> bytes:
+    if isinstance(event, bytes):
+        return event
+    return json.dumps(event).encode()

@@ -1,0 +1,96 @@
+"""Freeze, thaw and kill an instance's process group, as the platforms do to a sandbox.
+
+Signals go to the whole process group (the instance's leader made it with ``setpgrp``), so
+threads and children a handler started are frozen and killed with it. Delivery is
+asynchronous: :func:`freeze` returns once the leader is really stopped (state ``T`` in
+``/proc/PID/stat``), so a caller that checks afterwards sees what the platform would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+
+def proc_state(pid: int) -> str | None:
+    """The one-letter state of ``pid`` (R, S, T, Z, ...) or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses: the state follows the last ')'.
+    return data[data.rindex(b")") + 2 : data.rindex(b")") + 3].decode()
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a process group; False when the group is gone."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def stop_group(pgid: int) -> None:
+    signal_group(pgid, signal.SIGSTOP)
+
+
+def thaw(pgid: int) -> None:
+    signal_group(pgid, signal.SIGCONT)
+
+
+def _settled(pid: int) -> bool | None:
+    """True once ``pid`` is stopped, False if it is gone, None while it still runs."""
+    state = proc_state(pid)
+    if state in ("T", "t"):
+        return True
+    return False if state in (None, "Z", "X") else None
+
+
+async def wait_stopped(pid: int, timeout: float = 5.0) -> bool:
+    """Poll until ``pid`` is stopped (``T``): True, or gone or still running at ``timeout``: False."""
+    deadline = time.monotonic() + timeout
+    while (settled := _settled(pid)) is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.0005)
+    return bool(settled)
+
+
+def wait_stopped_sync(pid: int, timeout: float = 5.0) -> bool:
+    """:func:`wait_stopped` for callers outside an event loop."""
+    deadline = time.monotonic() + timeout
+    while (settled := _settled(pid)) is None and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    return bool(settled)
+
+
+async def thaw_fully(pid: int, timeout: float = 2.0) -> None:
+    """SIGCONT the group and wait until no thread of ``pid`` still shows as stopped.
+
+    A signal sent while threads are still coming out of a stop may be queued to any of them;
+    Python runs handlers only in the main thread, so SIGTERM must wait for a running process.
+    """
+    thaw(pid)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return
+        if all(proc_state(int(t)) not in ("T", "t") for t in tasks):
+            return
+        await asyncio.sleep(0.0005)
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (gunicorn's worker under its master, for instance)."""
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return found

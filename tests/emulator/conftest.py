@@ -1,0 +1,73 @@
+"""Fixtures for the emulator tests: handler files, a fleet factory, the components they need."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from lambdapool.testing.emulator import LambdaFleet
+from lambdapool.testing.pytest_plugin import missing
+
+HANDLERS = Path(__file__).parent / "handlers"
+
+
+def need(module: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        missing(module, f"pip install {module} (it is in the dev extra)")
+
+
+@pytest.fixture
+def app_name() -> str:
+    """An application_name of this test's own, so the sampler counts only its backends."""
+    return f"emu-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def lambda_fleet(pg_server, app_name) -> Iterator[Callable[..., LambdaFleet]]:
+    need("awslambdaric")
+    fleets: list[LambdaFleet] = []
+
+    def make(handler: str = "pg_handler.handler", env: dict | None = None, **settings) -> LambdaFleet:
+        fleet = LambdaFleet(handler, HANDLERS, env={"DATABASE_URL": pg_server.dsn, "APP_NAME": app_name,
+                                                    **(env or {})}, **settings)  # fmt: skip
+        fleets.append(fleet)
+        return fleet.start()
+
+    try:
+        yield make
+    finally:
+        for fleet in fleets:
+            fleet.close()
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not reached within {timeout}s")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def eventually() -> Callable[..., None]:
+    """Wait (bounded) for something asynchronous: a process exit, a backend closing."""
+    return _eventually
+
+
+@pytest.fixture
+def backends(pg_server, app_name) -> Callable[[], int]:
+    """How many server backends this test's instances hold right now."""
+    import psycopg
+
+    def count() -> int:
+        with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+            return conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app_name,)
+            ).fetchone()[0]
+
+    return count

@@ -1,0 +1,156 @@
+"""The Lambda emulator: real awslambdaric processes, a local Runtime API, real Postgres."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from lambdapool.errors import ConfigError
+from lambdapool.testing.emulator import LambdaFleet
+from lambdapool.testing.emulator.processes import proc_state
+
+HANDLERS = Path(__file__).parent / "handlers"
+
+
+def test_cold_start_only_on_the_first_invocation_of_each_environment(lambda_fleet):
+    fleet = lambda_fleet(reserved_concurrency=5)
+    # WHEN three invocations run at once, then three more
+    first = fleet.burst([{"sleep": 0.3}] * 3, concurrency=3)
+    second = fleet.burst([{"sleep": 0.3}] * 3, concurrency=3)
+    # THEN the first three each started an environment; the next three reused them, warm
+    assert all(r.ok for r in first + second), [r.error_message for r in first + second]
+    assert [r.cold for r in first] == [True] * 3 and all(r.init_ms and r.init_ms > 0 for r in first)
+    assert [r.cold for r in second] == [False] * 3 and all(r.init_ms is None for r in second)
+    assert {r.instance_id for r in second} == {r.instance_id for r in first}
+    # and each environment connected once and kept its connection (same process, same backend)
+    by_env = {}
+    for r in first + second:
+        by_env.setdefault(r.instance_id, set()).add((r.payload["pid"], r.payload["backend_pid"]))
+    assert all(len(v) == 1 for v in by_env.values())
+    assert all(r.payload["connects"] == 1 for r in second)
+    assert fleet.counters["cold_starts"] == 3 and fleet.counters["instances_started"] == 3
+
+
+def test_an_idle_environment_is_reused_one_after_another(lambda_fleet):
+    fleet = lambda_fleet()
+    results = [fleet.invoke({"n": i}) for i in range(4)]
+    assert [r.cold for r in results] == [True, False, False, False]
+    assert len({r.instance_id for r in results}) == 1
+    assert [r.payload["invocation"] for r in results] == [1, 2, 3, 4]
+
+
+def test_frozen_between_invocations_and_thawed_for_the_next(lambda_fleet):
+    fleet = lambda_fleet()
+    pid = fleet.invoke().payload["pid"]
+    # GIVEN an environment idle in GET /next: it is stopped (T), as Lambda freezes a sandbox
+    assert fleet.freeze_all() == 1
+    assert proc_state(pid) == "T"
+    assert [e.frozen for e in fleet.environments] == [True]
+    # WHEN the next invocation comes, it is thawed and runs (seen running mid-invocation)
+    states = []
+    call = threading.Thread(target=lambda: states.append(fleet.invoke({"sleep": 0.5})))
+    call.start()
+    seen_running = False
+    while call.is_alive():
+        seen_running |= proc_state(pid) in ("R", "S")
+    call.join()
+    assert seen_running and states[0].ok and not states[0].cold and states[0].payload["pid"] == pid
+    # THEN it is frozen again afterwards
+    fleet.freeze_all()
+    assert proc_state(pid) == "T"
+
+
+def test_reserved_concurrency_caps_environments_and_throttles_the_rest(lambda_fleet):
+    fleet = lambda_fleet(reserved_concurrency=3)
+    results = fleet.burst([{"sleep": 0.5}] * 6, concurrency=6)
+    served = [r for r in results if r.ok]
+    refused = [r for r in results if r.throttled]
+    assert len(served) == 3 and len(refused) == 3
+    assert all(r.error_type == "TooManyRequestsException" and r.instance_id is None for r in refused)
+    assert "Rate Exceeded" in refused[0].error_message
+    assert len({r.instance_id for r in served}) == 3
+    assert fleet.counters["throttles"] == 3 and fleet.counters["peak_instances"] == 3
+    assert len(fleet.environments) == 3
+
+
+def test_idle_environments_are_reaped_and_their_backends_go(lambda_fleet, backends, eventually):
+    fleet = lambda_fleet(idle_reap_after=0.3)
+    pid = fleet.invoke().payload["pid"]
+    assert backends() == 1
+    # WHEN it stays idle past idle_reap_after: killed (SIGKILL, no goodbye), its connection dropped
+    eventually(lambda: not fleet.environments, what="reaping")
+    assert proc_state(pid) is None
+    eventually(lambda: backends() == 0, what="the backend of the reaped environment closing")
+    assert fleet.counters["reaped"] == 1
+    # THEN the next invocation is a cold start in a new environment
+    again = fleet.invoke()
+    assert again.ok and again.cold and again.payload["pid"] != pid
+
+
+@pytest.mark.parametrize("extension", [True, False])
+def test_sigterm_reaches_the_handler_only_with_a_shutdown_extension(lambda_fleet, tmp_path, extension):
+    marker = tmp_path / "shutdown.txt"
+    marker.touch()
+    fleet = lambda_fleet(env={"SHUTDOWN_MARKER": str(marker)}, shutdown_extension=extension, shutdown_grace=3.0)
+    pid = fleet.invoke().payload["pid"]
+    fleet.freeze_all()  # SIGTERM must reach a frozen environment too
+    assert fleet.reap() == [fleet.results[0].instance_id]
+    assert fleet.environments == []
+    assert marker.read_text().split() == ([str(pid)] if extension else [])
+
+
+def test_handler_error_comes_back_as_an_error_result(lambda_fleet):
+    fleet = lambda_fleet()
+    failed = fleet.invoke({"fail": "no such order"})
+    assert not failed.ok and not failed.throttled
+    assert (failed.error_type, failed.error_message) == ("ValueError", "no such order")
+    after = fleet.invoke()  # the environment survives a handler error
+    assert after.ok and not after.cold and after.instance_id == failed.instance_id
+    assert fleet.counters["errors"] == 1
+
+
+def test_import_error_is_reported_as_an_init_error(lambda_fleet, eventually):
+    fleet = lambda_fleet(handler="import_error.handler")
+    result = fleet.invoke()
+    assert not result.ok and result.cold and result.init_failed
+    assert result.error_type == "Runtime.ImportModuleError"
+    assert "lambdapool_emulator_no_such_module" in result.error_message
+    eventually(lambda: not fleet.environments, what="the failed environment going away")
+
+
+def test_an_invocation_past_the_timeout_fails_and_its_environment_is_killed(lambda_fleet):
+    fleet = lambda_fleet(timeout=1.0)
+    pid = fleet.invoke().payload["pid"]
+    late = fleet.invoke({"sleep": 5})
+    assert (late.ok, late.error_type) == (False, "Sandbox.Timedout")
+    assert proc_state(pid) is None and fleet.environments == []
+
+
+def test_environment_variables_context_and_deadline_are_lambdas(lambda_fleet):
+    fleet = lambda_fleet(env={"MY_SETTING": "42"}, memory_mb=256, timeout=7.0, function_name="orders")
+    result = fleet.invoke({"env": True})
+    env, payload = result.payload["env"], result.payload
+    assert env["AWS_LAMBDA_FUNCTION_NAME"] == payload["function_name"] == "orders"
+    assert env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] == "256"
+    assert env["AWS_LAMBDA_FUNCTION_VERSION"] == "$LATEST"
+    assert env["AWS_LAMBDA_LOG_GROUP_NAME"] == "/aws/lambda/orders"
+    assert env["AWS_LAMBDA_LOG_STREAM_NAME"]
+    assert env["AWS_LAMBDA_INITIALIZATION_TYPE"] == "on-demand"
+    assert env["AWS_REGION"] == "us-east-1"
+    assert env["_HANDLER"] == "pg_handler.handler"
+    assert env["LAMBDA_TASK_ROOT"] == str(HANDLERS.resolve())
+    assert env["AWS_LAMBDA_RUNTIME_API"].startswith("127.0.0.1:")
+    assert env["MY_SETTING"] == "42"
+    assert payload["request_id"] == result.request_id
+    assert 0 < payload["remaining_ms"] <= 7000
+
+
+def test_bad_settings_name_the_setting(tmp_path):
+    with pytest.raises(ConfigError, match="handler='app'"):
+        LambdaFleet("app", tmp_path)
+    with pytest.raises(ConfigError, match="task_root="):
+        LambdaFleet("app.handler", tmp_path / "nope")
+    with pytest.raises(ConfigError, match="reserved_concurrency=0"):
+        LambdaFleet("app.handler", tmp_path, reserved_concurrency=0)
