@@ -159,6 +159,7 @@ class Limits:
     superuser_reserved: int = 3
     replication: int = 0
     admin: int = 2
+    instance_class: str | None = None  # where max_connections came from, when it did
 
     def __post_init__(self) -> None:
         _positive("max_connections", self.max_connections)
@@ -383,6 +384,7 @@ class Plan:
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
             "max_connections": self.limits.max_connections,
+            "instance_class": self.limits.instance_class,
             "superuser_reserved": self.limits.superuser_reserved,
             "replication": self.limits.replication,
             "admin": self.limits.admin,

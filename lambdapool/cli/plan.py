@@ -89,6 +89,7 @@ def limits_from(args: argparse.Namespace, data: dict[str, Any] | None = None) ->
         superuser_reserved=_pick(args, data, "reserved", data.get("superuser_reserved", 3)),
         replication=_pick(args, data, "replication", 0),
         admin=_pick(args, data, "admin", 2),
+        instance_class=instance_class,
     )
 
 
@@ -131,6 +132,9 @@ def cfn_parameters(p: Plan, stack_function: str | None) -> dict[str, str]:
         "MaxPerInstance": str(fn.connections),
         "MaxConnectionsPercent": str(p.rds_proxy.max_connections_percent),
         "MaxIdleConnectionsPercent": str(p.rds_proxy.max_idle_connections_percent),
+        "ProxyConnectionsAlarmThreshold": str(p.rds_proxy.cap),
+        "DatabaseConnectionsAlarmThreshold": str(p.limits.usable),
+        **({"DbInstanceClass": p.limits.instance_class} if p.limits.instance_class else {}),
     }
 
 

@@ -53,6 +53,7 @@ def test_cfn_overrides_and_params_file(capsys):
     assert out.split() == [
         "FunctionName=web", "ReservedConcurrency=10", "MaxPerInstance=4",
         "MaxConnectionsPercent=95", "MaxIdleConnectionsPercent=47",
+        "ProxyConnectionsAlarmThreshold=95", "DatabaseConnectionsAlarmThreshold=95",
     ]
     code, out, _ = plan(capsys, *argv, "--format", "cfn-json", "--stack-function", "api")
     params = {p["ParameterKey"]: p["ParameterValue"] for p in json.loads(out)}

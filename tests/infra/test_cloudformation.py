@@ -1,0 +1,269 @@
+"""The SAM template: cfn-lint clean, translates with samtranslator, and deploys into moto's
+CloudFormation with the plan's numbers; `lambdapool check` then reads the deployment back.
+
+moto's CloudFormation skips AWS::RDS::DBProxy, AWS::RDS::DBProxyTargetGroup and
+AWS::CloudWatch::Alarm (and crashes on Fn::GetAtt of a skipped resource or of
+DBInstance.MasterUserSecret.SecretArn). The deployed variant therefore has MOTO_SKIPS removed
+and those references replaced by fixed values (see ``_deploy``); the removed resources are then
+made through moto's RDS and CloudWatch APIs from the template's own properties, so their
+settings are still the template's.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+
+import boto3
+import pytest
+from infra_support import (
+    SAM_TEMPLATE,
+    Resolver,
+    getatt,
+    lambda_zip,
+    load_template,
+    ref,
+    replace,
+    translate,
+)
+
+from lambdapool.cli import main
+
+MOTO_SKIPS = {"AWS::RDS::DBProxy", "AWS::RDS::DBProxyTargetGroup", "AWS::CloudWatch::Alarm"}
+PLACEHOLDER_PROXY_ID = "prx-0123456789abcdef0"
+PLAN = ["--instance-class", "db.t4g.medium", "--admin", "5", "--function", "api=50", "--function", "web=20x2"]
+
+
+def plan_parameters(capsys, function: str) -> dict[str, str]:
+    assert main(["plan", *PLAN, "--format", "cfn-json", "--stack-function", function]) == 0
+    return {p["ParameterKey"]: p["ParameterValue"] for p in json.loads(capsys.readouterr().out)}
+
+
+def cfn_lint(path) -> subprocess.CompletedProcess:
+    runner = "import sys; from cfnlint.runner import main; sys.exit(main())"
+    return subprocess.run([sys.executable, "-c", runner, str(path)], capture_output=True, text=True)
+
+
+def templates():
+    root = SAM_TEMPLATE.parents[1]
+    return sorted(p for p in root.rglob("*.y*ml") if "AWSTemplateFormatVersion" in p.read_text())
+
+
+def test_cfn_lint_passes_on_every_template():
+    found = templates()
+    assert SAM_TEMPLATE in found
+    for path in found:
+        result = cfn_lint(path)
+        assert result.returncode == 0, f"{path}:\n{result.stdout}{result.stderr}"
+
+
+@pytest.mark.slow
+def test_cfn_lint_with_the_plans_numbers_and_every_rule_on(tmp_path, capsys):
+    # GIVEN the template with the plan's numbers and real-looking ids as defaults, and the
+    # W1030 exception (empty defaults of optional parameters) taken out
+    params = plan_parameters(capsys, "api") | {
+        "CodeS3Bucket": "code", "CodeS3Key": "app.zip", "VpcId": "vpc-0123456789abcdef0",
+        "SubnetIds": "subnet-01234567,subnet-89abcdef", "ExistingDbInstanceId": "orders",
+        "ExistingDbSecurityGroupId": "sg-0123456789abcdef0", "ExistingProxyResourceId": PLACEHOLDER_PROXY_ID,
+        "ExistingProxySecurityGroupId": "sg-0123456789abcdef1", "ExistingProxyName": "orders",
+        "DbSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:orders-AbCdEf",
+        "AlarmTopicArn": "arn:aws:sns:us-east-1:123456789012:alarms",
+    }
+    template = load_template()
+    del template["Metadata"]["cfn-lint"]
+    for name, value in params.items():
+        template["Parameters"][name]["Default"] = value
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(template))
+    # THEN every rule passes
+    result = cfn_lint(good)
+    assert result.returncode == 0, result.stdout
+    # AND the same lint fails when a number is out of the template's range (the check can fail)
+    template["Parameters"]["MaxConnectionsPercent"]["Default"] = "120"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(template))
+    result = cfn_lint(bad)
+    assert result.returncode != 0 and "MaxConnectionsPercent" in result.stdout
+
+
+def test_sam_template_translates(aws):
+    out = translate(load_template())
+    resources = out["Resources"]
+    fn = resources["Function"]
+    assert fn["Type"] == "AWS::Lambda::Function"
+    assert fn["Properties"]["ReservedConcurrentExecutions"] == {"Ref": "ReservedConcurrency"}
+    assert fn["Properties"]["Environment"]["Variables"]["LAMBDAPOOL_POOLER"] == "rds-proxy"
+    statements = resources["FunctionRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    connect = statements[1]["Fn::If"][1]
+    assert connect["Action"] == "rds-db:connect"
+    assert connect["Resource"]["Fn::Sub"][0].endswith(":dbuser:${ProxyId}/${DbUser}")
+    assert resources["ProxyTargetGroup"]["Properties"]["ConnectionPoolConfigurationInfo"] == {
+        "MaxConnectionsPercent": {"Ref": "MaxConnectionsPercent"},
+        "MaxIdleConnectionsPercent": {"Ref": "MaxIdleConnectionsPercent"},
+        "ConnectionBorrowTimeout": {"Ref": "ConnectionBorrowTimeout"},
+    }
+    assert {r["Properties"]["MetricName"] for r in resources.values() if r["Type"] == "AWS::CloudWatch::Alarm"} == {
+        "DatabaseConnections", "DatabaseConnectionsCurrentlySessionPinned", "DatabaseConnectionsBorrowLatency",
+    }
+
+
+def _numbers(props: dict, keys: tuple[str, ...]) -> dict:
+    return {k: (float(v) if k == "Threshold" else int(v)) if k in keys else v for k, v in props.items()}
+
+
+def _deploy(stack: str, parameters: dict[str, str], network, secret_arn: str) -> dict:
+    """Deploy the template into moto; make what moto's CloudFormation skips through the APIs."""
+    vpc, subnets = network
+    s3 = boto3.client("s3")
+    if "code" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket="code")
+        s3.put_object(Bucket="code", Key="app.zip", Body=lambda_zip())
+    parameters = {"CodeS3Bucket": "code", "CodeS3Key": "app.zip", "VpcId": vpc,
+                  "SubnetIds": ",".join(subnets), **parameters}
+    template = translate(load_template())
+    skipped = {name: r for name, r in template["Resources"].items() if r["Type"] in MOTO_SKIPS}
+    for name in skipped:
+        del template["Resources"][name]
+    fixed = {
+        ref("Proxy"): stack,  # DBProxyName is the stack's name
+        getatt("Proxy", "DBProxyArn"): f"arn:aws:rds:us-east-1:123456789012:db-proxy:{PLACEHOLDER_PROXY_ID}",
+        getatt("Proxy", "Endpoint"): f"{stack}.proxy-placeholder.us-east-1.rds.amazonaws.com",
+        getatt("Database", "MasterUserSecret.SecretArn"): secret_arn,
+    }
+    cfn = boto3.client("cloudformation")
+    cfn.create_stack(
+        StackName=stack, TemplateBody=json.dumps(replace(template, fixed)), Capabilities=["CAPABILITY_IAM"],
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+    )
+    described = cfn.describe_stacks(StackName=stack)["Stacks"][0]
+    assert described["StackStatus"] == "CREATE_COMPLETE", described.get("StackStatusReason")
+    physical = {r["LogicalResourceId"]: r["PhysicalResourceId"]
+                for r in cfn.list_stack_resources(StackName=stack)["StackResourceSummaries"]
+                if r["LogicalResourceId"]}
+    attributes = {(name, "GroupId"): pid for name, pid in physical.items() if name.endswith("SecurityGroup")}
+    if "ProxyRole" in physical:
+        attributes["ProxyRole", "Arn"] = boto3.client("iam").get_role(RoleName=physical["ProxyRole"])["Role"]["Arn"]
+    attributes["Database", "MasterUserSecret.SecretArn"] = secret_arn
+    resolve = Resolver(template, stack, parameters, {**physical, "Proxy": stack}, attributes)
+
+    rds, cloudwatch = boto3.client("rds"), boto3.client("cloudwatch")
+    for name, resource in skipped.items():
+        if "Condition" in resource and not resolve.condition(resource["Condition"]):
+            continue
+        props = resolve(resource["Properties"])
+        if resource["Type"] == "AWS::RDS::DBProxy":
+            rds.create_db_proxy(**_numbers(props, ("IdleClientTimeout",)))
+        elif resource["Type"] == "AWS::RDS::DBProxyTargetGroup":
+            rds.register_db_proxy_targets(DBProxyName=props["DBProxyName"],
+                                          DBInstanceIdentifiers=props["DBInstanceIdentifiers"])
+            pool = props["ConnectionPoolConfigurationInfo"]
+            rds.modify_db_proxy_target_group(DBProxyName=props["DBProxyName"], TargetGroupName=props["TargetGroupName"],
+                                             ConnectionPoolConfig={k: int(v) for k, v in pool.items()})
+        else:
+            cloudwatch.put_metric_alarm(AlarmName=f"{stack}-{name}", **_numbers(
+                props, ("Period", "EvaluationPeriods", "DatapointsToAlarm", "Threshold")))
+    return {"outputs": {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])},
+            "physical": physical, "skipped": sorted(skipped)}
+
+
+def _secret(name: str) -> str:
+    return boto3.client("secretsmanager").create_secret(Name=name, SecretString='{"username":"app"}')["ARN"]
+
+
+def _ingress_sources(group_id: str) -> list[str]:
+    group = boto3.client("ec2").describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
+    return [pair["GroupId"] for perm in group["IpPermissions"] if perm.get("FromPort") == 5432
+            for pair in perm.get("UserIdGroupPairs", [])]
+
+
+def test_template_with_a_new_database_deploys_with_the_plans_numbers(network, capsys):
+    # GIVEN the plan's parameters for the first function's stack
+    params = plan_parameters(capsys, "api")
+    # WHEN the stack is deployed (a new database, IAM auth)
+    stack = _deploy("orders", params, network, _secret("orders-master"))
+    physical = stack["physical"]
+    assert stack["skipped"] == [
+        "BorrowLatencyAlarm", "DatabaseConnectionsAlarm", "PinnedConnectionsAlarm", "Proxy",
+        "ProxyConnectionsAlarm", "ProxyTargetGroup",
+    ]
+    # THEN the function has the plan's reserved concurrency and the lambdapool environment
+    lam = boto3.client("lambda")
+    assert lam.get_function_concurrency(FunctionName="api")["ReservedConcurrentExecutions"] == 50
+    env = lam.get_function_configuration(FunctionName="api")["Environment"]["Variables"]
+    assert {k: str(v) for k, v in env.items()} == {
+        "LAMBDAPOOL_POOLER": "rds-proxy", "LAMBDAPOOL_PROXY_NAME": "orders", "LAMBDAPOOL_DRIVER": "psycopg",
+        "LAMBDAPOOL_USER": "app", "LAMBDAPOOL_DBNAME": "app", "LAMBDAPOOL_MAX_PER_INSTANCE": "1",
+        "LAMBDAPOOL_IAM_AUTH": "true",
+    }
+    # AND its role may connect as the user through this proxy only
+    iam = boto3.client("iam")
+    doc = iam.get_role_policy(RoleName=physical["FunctionRole"], PolicyName="FunctionRolePolicy0")["PolicyDocument"]
+    doc = ast.literal_eval(doc) if isinstance(doc, str) else doc  # moto's CFN stores a Python repr
+    connect = [s for s in doc["Statement"] if s["Action"] == "rds-db:connect"]
+    assert connect[0]["Resource"] == f"arn:aws:rds-db:us-east-1:123456789012:dbuser:{PLACEHOLDER_PROXY_ID}/app"
+    # AND the network lets functions reach the proxy, and only the proxy reach the database
+    assert _ingress_sources(physical["ProxySecurityGroup"]) == [physical["FunctionSecurityGroup"]]
+    assert _ingress_sources(physical["DatabaseSecurityGroup"]) == [physical["ProxySecurityGroup"]]
+    db = boto3.client("rds").describe_db_instances(DBInstanceIdentifier=physical["Database"])["DBInstances"][0]
+    assert db["DBInstanceClass"] == "db.t4g.medium"
+    # AND the proxy and alarms (made from the template's properties) carry the plan's numbers
+    group = boto3.client("rds").describe_db_proxy_target_groups(DBProxyName="orders")["TargetGroups"][0]
+    assert group["ConnectionPoolConfig"]["MaxConnectionsPercent"] == int(params["MaxConnectionsPercent"])
+    assert group["ConnectionPoolConfig"]["MaxIdleConnectionsPercent"] == int(params["MaxIdleConnectionsPercent"])
+    alarms = {a["MetricName"] + "/" + a["Dimensions"][0]["Name"]: a["Threshold"]
+              for a in boto3.client("cloudwatch").describe_alarms()["MetricAlarms"]}
+    assert alarms["DatabaseConnections/ProxyName"] == float(params["ProxyConnectionsAlarmThreshold"])
+    assert alarms["DatabaseConnections/DBInstanceIdentifier"] == float(params["DatabaseConnectionsAlarmThreshold"])
+    # AND `lambdapool check` reads it all back and finds that it fits
+    code = main(["check", "--proxy-name", "orders", "--admin", "5"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "client: api reserved 50 x 1 conn through rds-proxy orders" in out and "OK: the fan-out fits" in out
+
+
+def test_second_function_joins_the_proxy(network, capsys):
+    first = _deploy("orders", plan_parameters(capsys, "api"), network, _secret("orders-master"))
+    joined = plan_parameters(capsys, "web") | {
+        "ExistingProxyName": first["outputs"]["ProxyName"],
+        "ExistingProxyResourceId": first["outputs"]["ProxyResourceId"],
+        "ExistingProxySecurityGroupId": first["outputs"]["ProxySecurityGroupId"],
+    }
+    second = _deploy("orders-web", joined, network, _secret("unused"))
+    # THEN the second stack makes no proxy, database or alarms, only the function and its access
+    assert not {"Proxy", "Database", "ProxySecurityGroup"} & set(second["physical"])
+    assert first["physical"]["FunctionSecurityGroup"] in _ingress_sources(first["outputs"]["ProxySecurityGroupId"])
+    assert second["physical"]["FunctionSecurityGroup"] in _ingress_sources(first["outputs"]["ProxySecurityGroupId"])
+    env = boto3.client("lambda").get_function_configuration(FunctionName="web")["Environment"]["Variables"]
+    assert env["LAMBDAPOOL_PROXY_NAME"] == "orders" and str(env["LAMBDAPOOL_MAX_PER_INSTANCE"]) == "2"
+    code = main(["check", "--proxy-name", "orders", "--admin", "5"])
+    out = capsys.readouterr().out
+    assert code == 0 and "web reserved 20 x 2 conn through rds-proxy orders" in out
+
+
+def test_template_with_an_existing_database(network, capsys):
+    # GIVEN a database made outside the stack, with its own security group
+    vpc, subnets = network
+    ec2, rds = boto3.client("ec2"), boto3.client("rds")
+    db_sg = ec2.create_security_group(GroupName="orders-db", Description="db", VpcId=vpc)["GroupId"]
+    rds.create_db_instance(DBInstanceIdentifier="orders-db", DBInstanceClass="db.r6g.large", Engine="postgres",
+                           MasterUsername="app", MasterUserPassword="not-a-real-one", AllocatedStorage=20,
+                           VpcSecurityGroupIds=[db_sg])
+    secret = _secret("orders-db-app")
+    params = plan_parameters(capsys, "api") | {
+        "ExistingDbInstanceId": "orders-db", "ExistingDbSecurityGroupId": db_sg, "DbSecretArn": secret,
+        "AuthMode": "secret",
+    }
+    stack = _deploy("orders", params, network, secret)
+    # THEN the stack makes no database, lets the proxy into the existing one, and targets it
+    assert "Database" not in stack["physical"]
+    assert _ingress_sources(db_sg) == [stack["physical"]["ProxySecurityGroup"]]
+    targets = rds.describe_db_proxy_targets(DBProxyName="orders")["Targets"]
+    assert [t["RdsResourceId"] for t in targets] == ["orders-db"]
+    env = boto3.client("lambda").get_function_configuration(FunctionName="api")["Environment"]["Variables"]
+    assert env["LAMBDAPOOL_IAM_AUTH"] == "false" and env["LAMBDAPOOL_SECRET_ARN"] == secret
+    # AND check reads the larger instance's default max_connections (the plan was for a t4g.medium)
+    code = main(["check", "--proxy-name", "orders"])
+    out = capsys.readouterr().out
+    assert code == 0 and "database orders-db (db.r6g.large)" in out
