@@ -11,12 +11,15 @@ import re
 from lambdapool.proto import messages as m
 
 
-def _table(columns: list[str], rows: list[list[object]], tag: str) -> bytes:
-    return m.row_description(columns) + b"".join(m.data_row(r) for r in rows) + m.command_complete(f"{tag} {len(rows)}")
+def _table(columns: list[str], rows: list[list[object]], tag: str) -> tuple[bytes, bytes]:
+    return m.row_description(columns), b"".join(m.data_row(r) for r in rows) + m.command_complete(f"{tag} {len(rows)}")
 
 
-def answer(sql: str, stats: dict, database: str, user: str) -> bytes:
-    """The reply (without ReadyForQuery) to one admin query."""
+def answer(sql: str, stats: dict, database: str, user: str) -> tuple[bytes, bytes]:
+    """The reply to one admin query, without ReadyForQuery: (RowDescription, rows and tag).
+
+    An unknown command gives (b"", ErrorResponse).
+    """
     command = re.sub(r"\s+", " ", sql.strip().rstrip(";").strip()).upper()
     if command == "SHOW POOLS":
         return _table(
@@ -32,6 +35,6 @@ def answer(sql: str, stats: dict, database: str, user: str) -> bytes:
         return _table(["database", *keys], [[database, *(stats[k] for k in keys)]], "SHOW")
     if command in ("SHOW PINS", "SHOW PIN_REASONS"):
         return _table(["reason", "count"], [[k, v] for k, v in sorted(stats["pin_reasons"].items())], "SHOW")
-    return m.error_response(
+    return b"", m.error_response(
         "42601", f"lambdapool local proxy admin console: unknown command {sql.strip()[:80]!r}; try SHOW POOLS, SHOW STATS or SHOW PINS"
     )

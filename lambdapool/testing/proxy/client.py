@@ -35,7 +35,6 @@ from lambdapool.proto import NEED_DATA, CancelRequest, GSSENCRequest, Parser, Pr
 from lambdapool.proto import messages as m
 from lambdapool.testing.proxy.auth import AuthFailed, verify_iam_token
 from lambdapool.testing.proxy.config import ADMIN_DATABASES
-from lambdapool.testing.proxy.pinning import pin_reasons
 
 if TYPE_CHECKING:
     from lambdapool.testing.proxy.backend import Backend
@@ -80,6 +79,8 @@ class Client(asyncio.Protocol):
         self._unnamed_ok = False
         self._scram_state: object | None = None
         self._held: list[bytes] = []
+        self._admin_sql = ""
+        self._admin_result = (b"", b"")
         self._delayed: deque[tuple[float, Backend, bytes]] = deque()
 
     # -- connection ------------------------------------------------------------------------
@@ -278,14 +279,26 @@ class Client(asyncio.Protocol):
         self.state = "admin" if self.database in ADMIN_DATABASES else "ready"
 
     def _admin_message(self, msg) -> None:
-        if msg.type == "X":
+        """The admin console: simple queries, and just enough extended protocol for drivers."""
+        kind, body = msg.type, msg.body
+        if kind == "X":
             self.abort()
-        elif msg.type == "Q":
-            self.write(self.server.admin_answer(m.read_query(msg.body)) + READY_IDLE)
-        elif msg.type == "S":
+        elif kind == "Q":
+            head, rest = self.server.admin_answer(m.read_query(body))
+            self.write(head + rest + READY_IDLE)
+        elif kind == "P":
+            self._admin_sql = m.read_parse(body)[2]
+            self.write(m.parse_complete())
+        elif kind == "B":
+            self._admin_result = self.server.admin_answer(self._admin_sql)
+            self.write(m.frame("2"))
+        elif kind == "D":
+            head = self.server.admin_answer(self._admin_sql)[0] if m.read_target(body)[0] == "P" else b""
+            self.write(head or m.frame("n"))
+        elif kind == "E":
+            self.write(self._admin_result[1])
+        elif kind == "S":
             self.write(READY_IDLE)
-        elif msg.type != "H":
-            self.write(m.error_response("0A000", f"{PROXY}: the admin console speaks only simple queries (SHOW POOLS, SHOW STATS)"))
 
     # -- transactions ----------------------------------------------------------------------
     def _ready_messages(self) -> None:
@@ -377,7 +390,7 @@ class Client(asyncio.Protocol):
                     proxy_name = self.server.statement_name(rest)
                     statements[name] = (proxy_name, rest)
                     if proxy_name in backend.prepared:
-                        self._fake("f1", expect, out)
+                        self._fake("f1", expect)
                         continue
                     backend.prepared.add(proxy_name)
                     data = m.parse_raw(proxy_name, rest)
@@ -405,7 +418,7 @@ class Client(asyncio.Protocol):
                 expect.append(("Q", None))
             elif kind == "C":
                 if self._close_statement(data[5:]):
-                    self._fake("f3", expect, out)
+                    self._fake("f3", expect)
                     continue
                 expect.append(("C", None))
             elif kind == "F":
@@ -414,7 +427,7 @@ class Client(asyncio.Protocol):
         if out:
             self._send(backend, b"".join(out))
 
-    def _fake(self, kind: str, expect: deque, out: list[bytes]) -> None:
+    def _fake(self, kind: str, expect: deque) -> None:
         """Answer a request ourselves, in order: now if nothing is owed, else when its turn comes."""
         if expect:
             expect.append((kind, None))

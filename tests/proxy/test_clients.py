@@ -1,0 +1,119 @@
+"""Real clients nobody here wrote, through the proxy: psycopg (sync, async), asyncpg, psql, pgbench."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from tests.proxy.conftest import need_binary, run
+
+
+def test_psycopg_sync_prepared_statements_move_between_backends_without_pinning(make_proxy):
+    import psycopg
+
+    proxy = make_proxy(max_backends=2)
+    # Three clients, two backends: each client's transactions land on whichever backend is
+    # free, so psycopg's server-side prepared statements (after prepare_threshold=5 uses)
+    # must be re-prepared by the proxy on backends that have never seen them.
+    conns = [psycopg.connect(proxy.dsn, autocommit=True) for _ in range(3)]
+    try:
+        for i in range(30):
+            for n, conn in enumerate(conns):
+                assert conn.execute("SELECT %s::int + %s::int", (i, n)).fetchone() == (i + n,)
+        with conns[0].transaction():
+            conns[0].execute("INSERT INTO t VALUES (%s, 'x') ON CONFLICT (id) DO NOTHING", (1,))
+    finally:
+        for conn in conns:
+            conn.close()
+    stats = proxy.stats()
+    assert stats["pinned_sessions"] == 0, stats["pin_reasons"]
+    assert stats["peak_backends"] <= 2
+    assert stats["transactions"] >= 90
+
+
+def test_psycopg_async(make_proxy):
+    import psycopg
+
+    proxy = make_proxy(max_backends=2)
+
+    async def main() -> list[int]:
+        async def one(n: int) -> int:
+            async with await psycopg.AsyncConnection.connect(proxy.dsn, autocommit=True) as conn:
+                total = 0
+                for i in range(10):
+                    cur = await conn.execute("SELECT %s::int * 2", (i,))
+                    total += (await cur.fetchone())[0]
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_sleep(0.01)")
+                return total + n
+
+        return await asyncio.gather(*(one(n) for n in range(6)))
+
+    assert asyncio.run(main()) == [90 + n for n in range(6)]
+    assert proxy.stats()["pinned_sessions"] == 0
+
+
+def test_asyncpg_default_statement_cache_neither_pins_nor_loses_statements(make_proxy):
+    import asyncpg
+
+    proxy = make_proxy(max_backends=2)
+
+    async def main() -> list[int]:
+        conns = [await asyncpg.connect(proxy.dsn) for _ in range(5)]  # default statement_cache_size
+        try:
+            async def work(conn, n: int) -> int:
+                total = 0
+                for i in range(20):
+                    total += await conn.fetchval("SELECT $1::int + $2::int", i, n)
+                    row = await conn.fetchrow("SELECT $1::text AS a, $2::int AS b", "x", i)
+                    assert (row["a"], row["b"]) == ("x", i)
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_sleep(0.005)")
+                return total
+
+            return await asyncio.gather(*(work(c, n) for n, c in enumerate(conns)))
+        finally:
+            for conn in conns:
+                await conn.close()
+
+    assert asyncio.run(main()) == [190 + 20 * n for n in range(5)]
+    stats = proxy.stats()
+    assert stats["pinned_sessions"] == 0, stats["pin_reasons"]
+    assert stats["reprepared"] > 0  # statements really did follow clients to other backends
+    assert stats["peak_backends"] <= 2
+
+
+def test_psql(make_proxy, proxy_pg):
+    psql = need_binary("psql")
+    proxy = make_proxy(max_backends=1)
+    out = run([psql, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", proxy.dsn,
+               "-c", "SELECT 40 + 2", "-c", "BEGIN; SELECT 1; COMMIT;", "-c", "\\dt t"])  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "42"
+    assert "public|t|table" in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
+def test_pgbench_50_clients_over_a_cap_of_5(make_proxy, proxy_pg, mode):
+    pgbench = need_binary("pgbench")
+    if proxy_pg.psql("SELECT to_regclass('pgbench_accounts') IS NOT NULL") != "t":
+        init = run([pgbench, "-i", "-s", "1", "-q", proxy_pg.dsn])
+        assert init.returncode == 0, init.stderr
+    proxy = make_proxy(max_backends=5)
+    # -M prepared prepares each statement with libpq's blocking PQprepare, which stalls the
+    # whole pgbench thread until a backend is free; if other clients of that thread hold the
+    # backends mid-transaction (TPC-B's BEGIN ... END), nothing moves. That is pgbench over
+    # any transaction pooler (PgBouncer too), so give each client its own thread there.
+    jobs = "50" if mode == "prepared" else "2"
+    out = run([pgbench, "-n", "-c", "50", "-j", jobs, "-t", "20", "-M", mode, proxy.dsn])
+    assert out.returncode == 0, out.stderr + out.stdout
+    processed = re.search(r"number of transactions actually processed: (\d+)", out.stdout)
+    assert processed and int(processed.group(1)) == 1000, out.stdout
+    assert re.search(r"number of failed transactions: 0\b", out.stdout) or "failed" not in out.stdout
+    stats = proxy.stats()
+    assert stats["peak_backends"] <= 5
+    assert stats["pinned_sessions"] == 0, stats["pin_reasons"]
+    assert stats["peak_clients"] == 50
