@@ -129,9 +129,10 @@ def _discover(api: _Aws, proxy_name: str | None, db_host: str | None) -> list[De
 
 def _proxy(api: _Aws, name: str) -> tuple[dict[str, Any], str | None]:
     """The default target group's pool settings, and the instance the proxy points at."""
+    api.call("rds", "describe_db_proxies", f"read RDS Proxy {name!r}", "rds:DescribeDBProxies",
+             f"RDS Proxy {name!r} not found in {api.region}", DBProxyName=name)
     groups = api.call("rds", "describe_db_proxy_target_groups", f"read RDS Proxy {name!r}'s target groups",
-                      "rds:DescribeDBProxyTargetGroups", f"RDS Proxy {name!r} not found",
-                      DBProxyName=name)["TargetGroups"]
+                      "rds:DescribeDBProxyTargetGroups", DBProxyName=name)["TargetGroups"]
     group = next((g for g in groups if g.get("IsDefault")), groups[0] if groups else {})
     targets = api.call("rds", "describe_db_proxy_targets", f"read RDS Proxy {name!r}'s targets",
                        "rds:DescribeDBProxyTargets", DBProxyName=name).get("Targets", [])

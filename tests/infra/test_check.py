@@ -1,0 +1,130 @@
+"""`lambdapool check` against resources made in moto: a fitting deployment passes, an
+overcommitted one fails naming what breaks the budget, with the arithmetic printed."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from infra_support import lambda_zip
+
+from lambdapool.budget import default_max_connections
+from lambdapool.cli import main
+
+
+@pytest.fixture
+def deployment(network):
+    """A database (max_connections 100 via its parameter group) behind an RDS Proxy at 60 %."""
+    _, subnets = network
+    rds = boto3.client("rds")
+    rds.create_db_parameter_group(DBParameterGroupName="orders", DBParameterGroupFamily="postgres16",
+                                  Description="orders")
+    rds.modify_db_parameter_group(DBParameterGroupName="orders", Parameters=[
+        {"ParameterName": "max_connections", "ParameterValue": "100", "ApplyMethod": "pending-reboot"}])
+    rds.create_db_instance(DBInstanceIdentifier="orders", DBInstanceClass="db.t4g.medium", Engine="postgres",
+                           MasterUsername="app", MasterUserPassword="not-a-real-one", AllocatedStorage=20,
+                           DBParameterGroupName="orders")
+    role = boto3.client("iam").create_role(RoleName="fn", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    secret = boto3.client("secretsmanager").create_secret(Name="orders", SecretString="{}")["ARN"]
+    rds.create_db_proxy(DBProxyName="orders", EngineFamily="POSTGRESQL", RoleArn=role, VpcSubnetIds=subnets,
+                        RequireTLS=True, Auth=[{"AuthScheme": "SECRETS", "SecretArn": secret, "IAMAuth": "REQUIRED"}])
+    rds.register_db_proxy_targets(DBProxyName="orders", DBInstanceIdentifiers=["orders"])
+    pool_config(60)
+    address = rds.describe_db_instances(DBInstanceIdentifier="orders")["DBInstances"][0]["Endpoint"]["Address"]
+    return {"role": role, "address": address}
+
+
+def pool_config(percent: int) -> None:
+    boto3.client("rds").modify_db_proxy_target_group(
+        DBProxyName="orders", TargetGroupName="default",
+        ConnectionPoolConfig={"MaxConnectionsPercent": percent, "MaxIdleConnectionsPercent": percent // 2})
+
+
+def function(role: str, name: str, env: dict[str, str], reserved: int | None) -> None:
+    lam = boto3.client("lambda")
+    lam.create_function(FunctionName=name, Runtime="python3.12", Role=role, Handler="app.handler",
+                        Code={"ZipFile": lambda_zip()}, Environment={"Variables": env})
+    if reserved is not None:
+        lam.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=reserved)
+
+
+def proxied(deployment, name: str, reserved: int | None, per_instance: int = 1) -> None:
+    function(deployment["role"], name, {"LAMBDAPOOL_POOLER": "rds-proxy", "LAMBDAPOOL_PROXY_NAME": "orders",
+                                        "LAMBDAPOOL_MAX_PER_INSTANCE": str(per_instance)}, reserved)
+
+
+def direct(deployment, name: str, reserved: int | None) -> None:
+    dsn = f"postgresql://app:hunter2-secret@{deployment['address']}:5432/orders"
+    function(deployment["role"], name, {"LAMBDAPOOL_POOLER": "direct", "LAMBDAPOOL_DSN": dsn}, reserved)
+
+
+def check(capsys, *argv: str) -> tuple[int, str]:
+    code = main(["check", "--proxy-name", "orders", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_a_fitting_deployment_passes_and_shows_the_arithmetic(deployment, capsys):
+    # GIVEN two functions through the proxy and a direct one, found by their environment
+    proxied(deployment, "api", 500)
+    proxied(deployment, "web", 50, per_instance=4)
+    direct(deployment, "cron", 30)
+    code, out = check(capsys)
+    # THEN 60 (proxy) + 30 (cron) <= 95 usable
+    assert code == 0, out
+    assert "database orders (db.t4g.medium): max_connections 100" in out
+    assert "usable = max_connections 100 - superuser_reserved 3 - replication 0 - admin 2 = 95" in out
+    assert "rds-proxy orders cap = 100 x MaxConnectionsPercent 60 % = 60" in out
+    assert "cron 30 x 1 conn = 30 (direct)" in out
+    assert "client: web reserved 50 x 4 conn through rds-proxy orders" in out
+    assert "OK: the fan-out fits, 5 connection(s) to spare" in out
+    assert "hunter2" not in out  # the DSN is read for its host, never printed
+
+
+def test_an_overcommitted_direct_function_fails_by_name(deployment, capsys):
+    proxied(deployment, "api", 500)
+    direct(deployment, "cron", 40)
+    code, out = check(capsys, "--function", "api", "--function", "cron")
+    assert code == 1
+    assert "used = 100 of 95 usable: OVER by 5" in out
+    assert "FAIL: cron breaks the budget: over by 5; to fit, lower cron's reserved concurrency from 40 to 35" in out
+
+
+def test_a_proxy_allowed_too_much_fails_with_the_percent_that_fits(deployment, capsys):
+    pool_config(100)
+    proxied(deployment, "api", 10)
+    code, out = check(capsys)
+    assert code == 1
+    assert "FAIL: rds-proxy orders breaks the budget: over by 5; set MaxConnectionsPercent to 95" in out
+
+
+def test_a_direct_function_without_reserved_concurrency_fails(deployment, capsys):
+    direct(deployment, "report", None)
+    code, out = check(capsys)
+    assert code == 1 and "FAIL: report connect(s) directly with no reserved concurrency" in out
+
+
+def test_flags_override_what_aws_says(deployment, capsys):
+    direct(deployment, "cron", 30)
+    code, out = check(capsys, "--max-connections", "80", "--admin", "0")
+    # 80 - 3 = 77 usable; proxy 80 x 60 % = 48; + 30 = 78
+    assert code == 1 and "OVER by 1" in out and "cron breaks the budget" in out
+
+
+def test_formula_and_class_default_from_the_parameter_group(network, capsys):
+    rds = boto3.client("rds")
+    rds.create_db_parameter_group(DBParameterGroupName="formula", DBParameterGroupFamily="postgres16",
+                                  Description="formula")
+    rds.modify_db_parameter_group(DBParameterGroupName="formula", Parameters=[{
+        "ParameterName": "max_connections", "ParameterValue": "LEAST({DBInstanceClassMemory/9531392},5000)",
+        "ApplyMethod": "pending-reboot"}])
+    for name, group in (("with-formula", {"DBParameterGroupName": "formula"}), ("with-default", {})):
+        rds.create_db_instance(DBInstanceIdentifier=name, DBInstanceClass="db.r6g.large", Engine="postgres",
+                               MasterUsername="app", MasterUserPassword="not-a-real-one", AllocatedStorage=20, **group)
+        assert main(["check", "--db-instance", name]) == 0
+        out = capsys.readouterr().out
+        assert f"database {name} (db.r6g.large): max_connections {default_max_connections('db.r6g.large')}" in out
+
+
+def test_unknown_proxy_is_a_clear_error(aws, capsys):
+    code, out = check(capsys)
+    assert code == 2 and "RDS Proxy 'orders' not found" in out and "Traceback" not in out
