@@ -11,9 +11,11 @@ credentials. Nothing is sent to AWS.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import hmac
+import secrets
 from urllib.parse import parse_qsl, quote
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -25,41 +27,62 @@ class AuthFailed(Exception):
 
 
 class ScramVerifier:
-    """Server side of SCRAM-SHA-256 for a fixed user list (salted once, at start)."""
+    """Server side of SCRAM-SHA-256 (RFC 5802/7677) for a fixed user list, salted once at start.
+
+    ``scramp`` derives the keys (with SASLprep); the three messages are handled here because
+    Postgres clients send an empty user name (``n=,``: the user is in the startup packet),
+    which scramp's message parser rejects.
+    """
 
     MECHANISM = "SCRAM-SHA-256"
 
     def __init__(self, users: dict[str, str]) -> None:
         from scramp import ScramMechanism
 
-        self._mechanism = ScramMechanism(self.MECHANISM)
-        self._info = {user: self._mechanism.make_auth_info(pw, iteration_count=4096) for user, pw in users.items()}
+        mechanism = ScramMechanism(self.MECHANISM)
+        self._info = {user: mechanism.make_auth_info(pw, iteration_count=4096) for user, pw in users.items()}
         # Unknown users run the same exchange against a random secret, so they fail the same way.
-        self._decoy = self._mechanism.make_auth_info(hashlib.sha256(str(id(self)).encode()).hexdigest(), iteration_count=4096)
+        self._decoy = mechanism.make_auth_info(secrets.token_hex(16), iteration_count=4096)
 
     def start(self, user: str, client_first: bytes) -> tuple[object, bytes]:
         """Begin an exchange; returns (state for :meth:`finish`, server-first message)."""
-        from scramp import ScramException
-
-        info = self._info.get(user, self._decoy)
-        server = self._mechanism.make_server(lambda _name: info)
         try:
-            server.set_client_first(client_first.decode())
-        except (ScramException, UnicodeDecodeError, ValueError) as exc:
-            raise AuthFailed(f"malformed SCRAM client-first message: {exc}") from None
-        return server, server.get_server_first().encode()
+            text = client_first.decode()
+            gs2_flag, authzid, bare = text.split(",", 2)
+            attrs = dict(item.split("=", 1) for item in bare.split(","))
+            client_nonce = attrs["r"]
+        except (UnicodeDecodeError, ValueError, KeyError):
+            raise AuthFailed("malformed SCRAM client-first message") from None
+        if gs2_flag not in ("n", "y") or not client_nonce:
+            raise AuthFailed("SCRAM channel binding is not offered by this proxy; use SCRAM-SHA-256")
+        salt, stored_key, server_key, iterations = self._info.get(user, self._decoy)
+        nonce = client_nonce + base64.b64encode(secrets.token_bytes(18)).decode()
+        server_first = f"r={nonce},s={base64.b64encode(salt).decode()},i={iterations}"
+        state = (bare, server_first, nonce, text[: len(text) - len(bare)], stored_key, server_key)
+        return state, server_first.encode()
 
     def finish(self, user: str, state: object, client_final: bytes) -> bytes:
         """Check the client's proof; returns the server-final message or raises AuthFailed."""
-        from scramp import ScramException
-
+        bare, server_first, nonce, gs2_header, stored_key, server_key = state  # type: ignore[misc]
+        failed = AuthFailed(f'password authentication failed for user "{user}"')
         try:
-            state.set_client_final(client_final.decode())  # type: ignore[attr-defined]
-        except (ScramException, UnicodeDecodeError, ValueError):
-            raise AuthFailed(f'password authentication failed for user "{user}"') from None
-        if user not in self._info:
-            raise AuthFailed(f'password authentication failed for user "{user}"')
-        return state.get_server_final().encode()  # type: ignore[attr-defined]
+            text = client_final.decode()
+            without_proof, _, proof_attr = text.rpartition(",p=")
+            attrs = dict(item.split("=", 1) for item in without_proof.split(","))
+            proof = base64.b64decode(proof_attr, validate=True)
+        except (UnicodeDecodeError, ValueError):
+            raise failed from None
+        if attrs.get("r") != nonce or attrs.get("c") != base64.b64encode(gs2_header.encode()).decode():
+            raise failed
+        auth_message = f"{bare},{server_first},{without_proof}".encode()
+        signature = hmac.new(stored_key, auth_message, hashlib.sha256).digest()
+        if len(proof) != len(signature):
+            raise failed
+        client_key = bytes(a ^ b for a, b in zip(proof, signature))
+        if user not in self._info or not hmac.compare_digest(hashlib.sha256(client_key).digest(), stored_key):
+            raise failed
+        verifier = hmac.new(server_key, auth_message, hashlib.sha256).digest()
+        return b"v=" + base64.b64encode(verifier)
 
 
 def _hmac(key: bytes, text: str) -> bytes:
