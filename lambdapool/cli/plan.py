@@ -142,12 +142,18 @@ def tfvars(p: Plan) -> str:
     """Variables of infra/terraform from the plan (HCL)."""
     if p.rds_proxy is None:
         raise ConfigError("the Terraform module deploys RDS Proxy: plan with --pooler rds-proxy")
-    lines = [
-        "# lambdapool plan: " + ", ".join(f"{f.name} {f.concurrency}x{f.connections}" for f in p.functions),
-        f"max_connections_percent      = {p.rds_proxy.max_connections_percent}",
-        f"max_idle_connections_percent = {p.rds_proxy.max_idle_connections_percent}",
-        "functions = {",
-    ]
+    values: dict[str, object] = {
+        "max_connections_percent": p.rds_proxy.max_connections_percent,
+        "max_idle_connections_percent": p.rds_proxy.max_idle_connections_percent,
+        "proxy_connections_alarm_threshold": p.rds_proxy.cap,
+        "database_connections_alarm_threshold": p.limits.usable,
+    }
+    if p.limits.instance_class:
+        values["db_instance_class"] = f'"{p.limits.instance_class}"'
+    width = max(map(len, values))
+    lines = ["# lambdapool plan: " + ", ".join(f"{f.name} {f.concurrency}x{f.connections}" for f in p.functions)]
+    lines += [f"{key.ljust(width)} = {value}" for key, value in values.items()]
+    lines.append("functions = {")
     for f in p.pooled():
         lines += [
             f'  "{f.name}" = {{',

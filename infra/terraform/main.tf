@@ -1,0 +1,312 @@
+# lambdapool: functions behind an RDS Proxy whose connection cap fits the database's
+# max_connections. The numbers come from `lambdapool plan --format tfvars` (docs/infra.md).
+
+locals {
+  create_database = var.existing_db_instance_id == null
+  db_instance_id  = local.create_database ? aws_db_instance.this[0].identifier : var.existing_db_instance_id
+  db_secret_arn   = local.create_database ? aws_db_instance.this[0].master_user_secret[0].secret_arn : var.db_secret_arn
+  # arn:aws:rds:REGION:ACCOUNT:db-proxy:prx-... -> prx-..., the resource id rds-db:connect names
+  proxy_resource_id = split(":", aws_db_proxy.this.arn)[6]
+  alarm_actions     = var.alarm_topic_arn == null ? [] : [var.alarm_topic_arn]
+}
+
+data "aws_partition" "current" {}
+data "aws_region" "current" {}
+data "aws_caller_identity" "current" {}
+
+# --- network ----------------------------------------------------------------------------------
+
+resource "aws_security_group" "function" {
+  name_prefix = "${var.name}-function-"
+  description = "lambdapool functions of ${var.name}"
+  vpc_id      = var.vpc_id
+}
+
+resource "aws_vpc_security_group_egress_rule" "function_all" {
+  security_group_id = aws_security_group.function.id
+  ip_protocol       = "-1"
+  cidr_ipv4         = "0.0.0.0/0"
+  description       = "AWS APIs (IAM tokens, Secrets Manager, describe_db_proxies) and the proxy"
+}
+
+resource "aws_security_group" "proxy" {
+  name_prefix = "${var.name}-proxy-"
+  description = "lambdapool RDS Proxy of ${var.name}: PostgreSQL from the functions"
+  vpc_id      = var.vpc_id
+}
+
+resource "aws_vpc_security_group_ingress_rule" "proxy_from_functions" {
+  security_group_id            = aws_security_group.proxy.id
+  referenced_security_group_id = aws_security_group.function.id
+  ip_protocol                  = "tcp"
+  from_port                    = 5432
+  to_port                      = 5432
+  description                  = "lambdapool functions"
+}
+
+resource "aws_vpc_security_group_egress_rule" "proxy_to_database" {
+  security_group_id = aws_security_group.proxy.id
+  ip_protocol       = "tcp"
+  from_port         = 5432
+  to_port           = 5432
+  cidr_ipv4         = "0.0.0.0/0"
+  description       = "the database"
+}
+
+resource "aws_security_group" "database" {
+  count       = local.create_database ? 1 : 0
+  name_prefix = "${var.name}-database-"
+  description = "lambdapool database of ${var.name}: PostgreSQL from the proxy only"
+  vpc_id      = var.vpc_id
+}
+
+resource "aws_vpc_security_group_ingress_rule" "database_from_proxy" {
+  count                        = local.create_database || var.existing_db_security_group_id != null ? 1 : 0
+  security_group_id            = local.create_database ? aws_security_group.database[0].id : var.existing_db_security_group_id
+  referenced_security_group_id = aws_security_group.proxy.id
+  ip_protocol                  = "tcp"
+  from_port                    = 5432
+  to_port                      = 5432
+  description                  = "lambdapool RDS Proxy"
+}
+
+# --- a new database (when existing_db_instance_id is null) -----------------------------------
+
+resource "aws_db_subnet_group" "this" {
+  count       = local.create_database ? 1 : 0
+  name_prefix = "${var.name}-"
+  subnet_ids  = var.subnet_ids
+}
+
+resource "aws_db_instance" "this" {
+  count                       = local.create_database ? 1 : 0
+  identifier_prefix           = "${var.name}-"
+  engine                      = "postgres"
+  instance_class              = var.db_instance_class
+  allocated_storage           = var.db_allocated_storage
+  storage_encrypted           = true
+  db_name                     = var.db_name
+  username                    = var.db_user
+  manage_master_user_password = true
+  publicly_accessible         = false
+  db_subnet_group_name        = aws_db_subnet_group.this[0].name
+  vpc_security_group_ids      = [aws_security_group.database[0].id]
+  skip_final_snapshot         = false
+  final_snapshot_identifier   = "${var.name}-final"
+}
+
+# --- the proxy ---------------------------------------------------------------------------------
+
+data "aws_iam_policy_document" "proxy_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["rds.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "proxy" {
+  name_prefix        = "${var.name}-proxy-"
+  assume_role_policy = data.aws_iam_policy_document.proxy_assume.json
+}
+
+resource "aws_iam_role_policy" "proxy_secret" {
+  name = "read-database-secret"
+  role = aws_iam_role.proxy.id
+  policy = jsonencode({
+    Version   = "2012-10-17"
+    Statement = [{ Effect = "Allow", Action = "secretsmanager:GetSecretValue", Resource = local.db_secret_arn }]
+  })
+}
+
+resource "aws_db_proxy" "this" {
+  name                   = var.name
+  engine_family          = "POSTGRESQL"
+  require_tls            = true
+  idle_client_timeout    = 1800
+  role_arn               = aws_iam_role.proxy.arn
+  vpc_subnet_ids         = var.subnet_ids
+  vpc_security_group_ids = [aws_security_group.proxy.id]
+
+  auth {
+    auth_scheme = "SECRETS"
+    secret_arn  = local.db_secret_arn
+    iam_auth    = var.auth_mode == "iam" ? "REQUIRED" : "DISABLED"
+  }
+
+  lifecycle {
+    precondition {
+      condition     = local.create_database || var.db_secret_arn != null
+      error_message = "An existing database needs db_secret_arn (the proxy logs in with it)."
+    }
+  }
+}
+
+resource "aws_db_proxy_default_target_group" "this" {
+  db_proxy_name = aws_db_proxy.this.name
+
+  connection_pool_config {
+    max_connections_percent      = var.max_connections_percent
+    max_idle_connections_percent = var.max_idle_connections_percent
+    connection_borrow_timeout    = var.connection_borrow_timeout
+  }
+}
+
+resource "aws_db_proxy_target" "this" {
+  db_proxy_name          = aws_db_proxy.this.name
+  target_group_name      = aws_db_proxy_default_target_group.this.name
+  db_instance_identifier = local.db_instance_id
+}
+
+# --- the functions -----------------------------------------------------------------------------
+
+data "aws_iam_policy_document" "lambda_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["lambda.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "function" {
+  name_prefix        = "${var.name}-function-"
+  assume_role_policy = data.aws_iam_policy_document.lambda_assume.json
+}
+
+resource "aws_iam_role_policy_attachment" "function_vpc" {
+  role       = aws_iam_role.function.name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
+}
+
+data "aws_iam_policy_document" "function" {
+  statement {
+    sid       = "FindTheProxy"
+    actions   = ["rds:DescribeDBProxies"]
+    resources = [aws_db_proxy.this.arn]
+  }
+  dynamic "statement" {
+    for_each = var.auth_mode == "iam" ? [1] : []
+    content {
+      sid       = "ConnectThroughTheProxy"
+      actions   = ["rds-db:connect"]
+      resources = ["arn:${data.aws_partition.current.partition}:rds-db:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:dbuser:${local.proxy_resource_id}/${var.db_user}"]
+    }
+  }
+  dynamic "statement" {
+    for_each = var.auth_mode == "secret" ? [1] : []
+    content {
+      sid       = "ReadTheDatabaseSecret"
+      actions   = ["secretsmanager:GetSecretValue"]
+      resources = [local.db_secret_arn]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "function" {
+  name   = "lambdapool"
+  role   = aws_iam_role.function.id
+  policy = data.aws_iam_policy_document.function.json
+}
+
+resource "aws_lambda_function" "this" {
+  for_each                       = var.functions
+  function_name                  = each.key
+  role                           = aws_iam_role.function.arn
+  s3_bucket                      = var.code_s3_bucket
+  s3_key                         = var.code_s3_key
+  handler                        = each.value.handler
+  runtime                        = var.runtime
+  timeout                        = var.timeout
+  memory_size                    = var.memory_size
+  reserved_concurrent_executions = each.value.reserved_concurrency
+
+  vpc_config {
+    subnet_ids         = var.subnet_ids
+    security_group_ids = [aws_security_group.function.id]
+  }
+
+  environment {
+    variables = merge(
+      {
+        LAMBDAPOOL_POOLER           = "rds-proxy"
+        LAMBDAPOOL_PROXY_NAME       = aws_db_proxy.this.name
+        LAMBDAPOOL_DRIVER           = var.driver
+        LAMBDAPOOL_USER             = var.db_user
+        LAMBDAPOOL_DBNAME           = var.db_name
+        LAMBDAPOOL_MAX_PER_INSTANCE = tostring(each.value.max_per_instance)
+        LAMBDAPOOL_IAM_AUTH         = var.auth_mode == "iam" ? "true" : "false"
+      },
+      var.auth_mode == "secret" ? { LAMBDAPOOL_SECRET_ARN = local.db_secret_arn } : {},
+    )
+  }
+}
+
+# --- alarms ------------------------------------------------------------------------------------
+
+resource "aws_cloudwatch_metric_alarm" "proxy_connections" {
+  alarm_name          = "${var.name}-proxy-connections"
+  alarm_description   = "The proxy holds its whole share of the database's connections; clients wait to borrow."
+  namespace           = "AWS/RDS"
+  metric_name         = "DatabaseConnections"
+  dimensions          = { ProxyName = aws_db_proxy.this.name }
+  statistic           = "Maximum"
+  period              = 60
+  evaluation_periods  = 5
+  datapoints_to_alarm = 3
+  threshold           = var.proxy_connections_alarm_threshold
+  comparison_operator = "GreaterThanOrEqualToThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+}
+
+resource "aws_cloudwatch_metric_alarm" "pinned_connections" {
+  alarm_name          = "${var.name}-pinned-connections"
+  alarm_description   = "Connections stay pinned to client sessions; the proxy cannot share them."
+  namespace           = "AWS/RDS"
+  metric_name         = "DatabaseConnectionsCurrentlySessionPinned"
+  dimensions          = { ProxyName = aws_db_proxy.this.name }
+  statistic           = "Maximum"
+  period              = 60
+  evaluation_periods  = 5
+  datapoints_to_alarm = 3
+  threshold           = var.pinned_connections_alarm_threshold
+  comparison_operator = "GreaterThanOrEqualToThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+}
+
+resource "aws_cloudwatch_metric_alarm" "borrow_latency" {
+  alarm_name          = "${var.name}-borrow-latency"
+  alarm_description   = "Borrowing a backend from the proxy is slow; the cap is too small for the traffic."
+  namespace           = "AWS/RDS"
+  metric_name         = "DatabaseConnectionsBorrowLatency"
+  dimensions          = { ProxyName = aws_db_proxy.this.name }
+  statistic           = "Average"
+  period              = 60
+  evaluation_periods  = 5
+  datapoints_to_alarm = 3
+  threshold           = var.borrow_latency_alarm_microseconds
+  comparison_operator = "GreaterThanOrEqualToThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+}
+
+resource "aws_cloudwatch_metric_alarm" "database_connections" {
+  alarm_name          = "${var.name}-database-connections"
+  alarm_description   = "The database holds as many backends as the budget allows; the next client may be refused."
+  namespace           = "AWS/RDS"
+  metric_name         = "DatabaseConnections"
+  dimensions          = { DBInstanceIdentifier = local.db_instance_id }
+  statistic           = "Maximum"
+  period              = 60
+  evaluation_periods  = 3
+  datapoints_to_alarm = 2
+  threshold           = var.database_connections_alarm_threshold
+  comparison_operator = "GreaterThanOrEqualToThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+}

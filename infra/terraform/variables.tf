@@ -1,0 +1,159 @@
+# The numbers (max_connections_percent, max_idle_connections_percent, functions, alarm
+# thresholds) come from `lambdapool plan --format tfvars`; the rest describes your network,
+# code and database.
+
+variable "name" {
+  description = "Name of the RDS Proxy and prefix of the other resources."
+  type        = string
+}
+
+variable "vpc_id" {
+  type = string
+}
+
+variable "subnet_ids" {
+  description = "Private subnets (two AZs at least) for the functions, the proxy and a new database."
+  type        = list(string)
+}
+
+variable "code_s3_bucket" {
+  description = "Bucket of the deployment package (your handlers and lambdapool)."
+  type        = string
+}
+
+variable "code_s3_key" {
+  type = string
+}
+
+variable "runtime" {
+  type    = string
+  default = "python3.12"
+}
+
+variable "timeout" {
+  type    = number
+  default = 30
+}
+
+variable "memory_size" {
+  type    = number
+  default = 512
+}
+
+variable "driver" {
+  type    = string
+  default = "psycopg"
+  validation {
+    condition     = contains(["psycopg", "psycopg-async", "asyncpg"], var.driver)
+    error_message = "driver must be psycopg, psycopg-async or asyncpg."
+  }
+}
+
+variable "db_user" {
+  description = "Database user the functions connect as (the master user of a new database)."
+  type        = string
+  default     = "app"
+}
+
+variable "db_name" {
+  type    = string
+  default = "app"
+}
+
+variable "auth_mode" {
+  description = "iam: functions sign IAM tokens (rds-db:connect on the proxy); secret: they read the password from Secrets Manager."
+  type        = string
+  default     = "iam"
+  validation {
+    condition     = contains(["iam", "secret"], var.auth_mode)
+    error_message = "auth_mode must be iam or secret."
+  }
+}
+
+variable "max_connections_percent" {
+  description = "From the plan: share of max_connections the proxy may open."
+  type        = number
+  validation {
+    condition     = var.max_connections_percent >= 1 && var.max_connections_percent <= 100
+    error_message = "max_connections_percent must be between 1 and 100 (lambdapool plan computes it)."
+  }
+}
+
+variable "max_idle_connections_percent" {
+  description = "From the plan: share of max_connections the proxy keeps open while idle."
+  type        = number
+  validation {
+    condition     = var.max_idle_connections_percent >= 0 && var.max_idle_connections_percent <= 100
+    error_message = "max_idle_connections_percent must be between 0 and 100."
+  }
+}
+
+variable "connection_borrow_timeout" {
+  description = "Seconds a client waits for a backend; keep it well under the function timeout."
+  type        = number
+  default     = 10
+}
+
+variable "functions" {
+  description = "From the plan: function name => reserved concurrency and connections per environment."
+  type = map(object({
+    reserved_concurrency = number
+    max_per_instance     = optional(number, 1)
+    handler              = optional(string, "app.handler")
+  }))
+}
+
+variable "proxy_connections_alarm_threshold" {
+  description = "From the plan (the proxy's cap): alarm when the proxy holds this many backends."
+  type        = number
+}
+
+variable "database_connections_alarm_threshold" {
+  description = "From the plan (the usable slots): alarm when the database holds this many backends."
+  type        = number
+}
+
+variable "pinned_connections_alarm_threshold" {
+  type    = number
+  default = 5
+}
+
+variable "borrow_latency_alarm_microseconds" {
+  type    = number
+  default = 100000
+}
+
+variable "alarm_topic_arn" {
+  description = "SNS topic notified by the alarms (optional)."
+  type        = string
+  default     = null
+}
+
+variable "existing_db_instance_id" {
+  description = "Null to create a new database; else the identifier of an existing RDS PostgreSQL instance."
+  type        = string
+  default     = null
+}
+
+variable "existing_db_security_group_id" {
+  description = "With an existing database, its security group (the module lets the proxy in)."
+  type        = string
+  default     = null
+}
+
+variable "db_secret_arn" {
+  description = "Secret with db_user's username and password; required with an existing database."
+  type        = string
+  default     = null
+}
+
+variable "db_instance_class" {
+  description = "Class of a new database (plan with --instance-class of the same value)."
+  type        = string
+  default     = "db.t4g.medium"
+}
+
+variable "db_allocated_storage" {
+  type    = number
+  default = 20
+}

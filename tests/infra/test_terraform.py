@@ -1,0 +1,140 @@
+"""The Terraform module, checked statically (no terraform binary here): it parses with
+python-hcl2, `lambdapool plan --format tfvars` fills exactly its variables, the plan's numbers
+land on the right resource attributes, and its validations accept them."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import hcl2
+import pytest
+from infra_support import TERRAFORM
+
+from lambdapool.cli import main
+
+OPTIONS = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False, with_comments=False)
+PLAN = ["--instance-class", "db.t4g.medium", "--function", "api=50", "--function", "web=20x2",
+        "--function", "cron=3@direct"]
+USER_SUPPLIED = {"name", "vpc_id", "subnet_ids", "code_s3_bucket", "code_s3_key"}
+
+
+def parse(text: str) -> dict:
+    return hcl2.loads(text, serialization_options=OPTIONS)
+
+
+@pytest.fixture(scope="module")
+def module() -> dict:
+    merged: dict = {}
+    for path in sorted(TERRAFORM.glob("*.tf")):
+        for key, value in parse(path.read_text()).items():
+            merged.setdefault(key, []).extend(value if isinstance(value, list) else [value])
+    return merged
+
+
+def blocks(module: dict, kind: str) -> dict[str, dict]:
+    """``{"aws_lambda_function.this": body}`` for resources, ``{"functions": body}`` for variables."""
+    out = {}
+    for entry in module[kind]:
+        for name, body in entry.items():
+            if kind == "variable":
+                out[name] = body
+            else:
+                out.update({f"{name}.{label}": inner for label, inner in body.items()})
+    return out
+
+
+def plan(capsys, fmt: str) -> str:
+    assert main(["plan", *PLAN, "--format", fmt]) == 0
+    return capsys.readouterr().out
+
+
+def test_every_file_parses(module):
+    assert {"terraform", "variable", "resource", "output", "locals", "data"} == set(module)
+    resources = blocks(module, "resource")
+    for needed in ("aws_db_proxy.this", "aws_db_proxy_default_target_group.this", "aws_db_proxy_target.this",
+                   "aws_lambda_function.this", "aws_iam_role.function", "aws_db_instance.this",
+                   "aws_cloudwatch_metric_alarm.pinned_connections", "aws_cloudwatch_metric_alarm.borrow_latency"):
+        assert needed in resources
+
+
+def test_plan_tfvars_fill_exactly_the_module_variables(module, capsys):
+    variables = blocks(module, "variable")
+    tfvars = parse(plan(capsys, "tfvars"))
+    assert set(tfvars) <= set(variables)
+    required = {name for name, body in variables.items() if "default" not in body}
+    assert required - set(tfvars) == USER_SUPPLIED  # the rest comes from the plan
+    attributes = set(re.findall(r"(\w+)\s*=", variables["functions"]["type"]))
+    for fn in tfvars["functions"].values():
+        assert set(fn) <= attributes
+
+
+def _resolve(value: str, tfvars: dict, each: dict | None = None):
+    """``${var.x}`` / ``${each.value.y}`` -> the value; anything else is returned as is."""
+    var = re.fullmatch(r"\$\{var\.(\w+)\}", str(value))
+    if var:
+        return tfvars[var.group(1)]
+    item = re.fullmatch(r"\$\{each\.value\.(\w+)\}", str(value))
+    if item and each is not None:
+        return each[item.group(1)]
+    return value
+
+
+def test_the_modules_numbers_are_the_plans(module, capsys):
+    # GIVEN the same inputs planned as JSON and as tfvars
+    expected = json.loads(plan(capsys, "json"))
+    tfvars = parse(plan(capsys, "tfvars"))
+    resources = blocks(module, "resource")
+    # THEN the proxy's pool settings resolve to the plan's percentages
+    pool = resources["aws_db_proxy_default_target_group.this"]["connection_pool_config"][0]
+    assert _resolve(pool["max_connections_percent"], tfvars) == expected["rds_proxy"]["max_connections_percent"]
+    assert _resolve(pool["max_idle_connections_percent"], tfvars) == expected["rds_proxy"]["max_idle_connections_percent"]
+    # AND each function through the proxy gets its planned concurrency and connections
+    fn = resources["aws_lambda_function.this"]
+    assert fn["for_each"] == "${var.functions}"
+    environment = fn["environment"][0]["variables"]
+    assert "LAMBDAPOOL_MAX_PER_INSTANCE = tostring(each.value.max_per_instance)" in environment
+    assert 'LAMBDAPOOL_POOLER = "rds-proxy"' in environment
+    planned = {f["name"]: f for f in expected["functions"] if f["pooler"] == "rds-proxy"}
+    assert set(tfvars["functions"]) == set(planned) == {"api", "web"}
+    for name, each in tfvars["functions"].items():
+        assert _resolve(fn["reserved_concurrent_executions"], tfvars, each) == planned[name]["concurrency"]
+        assert each["max_per_instance"] == planned[name]["connections"]
+    # AND the alarms fire at the proxy's cap and at the database's usable slots
+    proxy_alarm = resources["aws_cloudwatch_metric_alarm.proxy_connections"]
+    db_alarm = resources["aws_cloudwatch_metric_alarm.database_connections"]
+    assert _resolve(proxy_alarm["threshold"], tfvars) == expected["rds_proxy"]["cap"]
+    assert _resolve(db_alarm["threshold"], tfvars) == expected["usable"]
+    assert _resolve(resources["aws_db_instance.this"]["instance_class"], tfvars) == "db.t4g.medium"
+
+
+def test_rds_db_connect_is_scoped_to_the_proxy_and_user(module):
+    (locals_,) = module["locals"]
+    assert locals_["proxy_resource_id"] == '${split(":", aws_db_proxy.this.arn)[6]}'
+    policy = next(b for e in module["data"] for k, v in e.items() if k == "aws_iam_policy_document"
+                  for label, b in v.items() if label == "function")
+    connect = policy["dynamic"][0]["statement"]["content"][0]
+    assert connect["actions"] == ["rds-db:connect"]
+    assert connect["resources"][0].endswith(":dbuser:${local.proxy_resource_id}/${var.db_user}")
+
+
+def _validate(condition: str, name: str, value) -> bool:
+    """Evaluate a simple validation condition (comparisons, &&, ||, contains) for one value."""
+    expression = condition.removeprefix("${").removesuffix("}")
+    expression = expression.replace("&&", " and ").replace("||", " or ").replace(f"var.{name}", repr(value))
+    return bool(eval(expression, {"__builtins__": {}, "contains": lambda seq, x: x in seq}))  # noqa: S307
+
+
+def test_validations_accept_the_plan_and_refuse_what_it_never_makes(module, capsys):
+    variables = blocks(module, "variable")
+    tfvars = parse(plan(capsys, "tfvars"))
+    checked = 0
+    for name, body in variables.items():
+        for validation in body.get("validation", []):
+            if name in tfvars:
+                assert _validate(validation["condition"], name, tfvars[name]), name
+                checked += 1
+    assert checked == 2
+    assert not _validate(variables["max_connections_percent"]["validation"][0]["condition"],
+                         "max_connections_percent", 0)
+    assert not _validate(variables["driver"]["validation"][0]["condition"], "driver", "pg8000")
