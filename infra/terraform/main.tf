@@ -97,19 +97,20 @@ resource "aws_db_instance" "this" {
 
 # --- the proxy ---------------------------------------------------------------------------------
 
-data "aws_iam_policy_document" "proxy_assume" {
+data "aws_iam_policy_document" "assume" {
+  for_each = { proxy = "rds.amazonaws.com", function = "lambda.amazonaws.com" }
   statement {
     actions = ["sts:AssumeRole"]
     principals {
       type        = "Service"
-      identifiers = ["rds.amazonaws.com"]
+      identifiers = [each.value]
     }
   }
 }
 
 resource "aws_iam_role" "proxy" {
   name_prefix        = "${var.name}-proxy-"
-  assume_role_policy = data.aws_iam_policy_document.proxy_assume.json
+  assume_role_policy = data.aws_iam_policy_document.assume["proxy"].json
 }
 
 resource "aws_iam_role_policy" "proxy_secret" {
@@ -162,19 +163,9 @@ resource "aws_db_proxy_target" "this" {
 
 # --- the functions -----------------------------------------------------------------------------
 
-data "aws_iam_policy_document" "lambda_assume" {
-  statement {
-    actions = ["sts:AssumeRole"]
-    principals {
-      type        = "Service"
-      identifiers = ["lambda.amazonaws.com"]
-    }
-  }
-}
-
 resource "aws_iam_role" "function" {
   name_prefix        = "${var.name}-function-"
-  assume_role_policy = data.aws_iam_policy_document.lambda_assume.json
+  assume_role_policy = data.aws_iam_policy_document.assume["function"].json
 }
 
 resource "aws_iam_role_policy_attachment" "function_vpc" {
@@ -247,65 +238,52 @@ resource "aws_lambda_function" "this" {
 
 # --- alarms ------------------------------------------------------------------------------------
 
-resource "aws_cloudwatch_metric_alarm" "proxy_connections" {
-  alarm_name          = "${var.name}-proxy-connections"
-  alarm_description   = "The proxy holds its whole share of the database's connections; clients wait to borrow."
+locals {
+  proxy_dimensions = { ProxyName = aws_db_proxy.this.name }
+  alarms = {
+    proxy-connections = {
+      description = "The proxy holds its whole share of the database's connections; clients wait to borrow."
+      metric      = "DatabaseConnections"
+      dimensions  = local.proxy_dimensions
+      statistic   = "Maximum"
+      threshold   = var.proxy_connections_alarm_threshold
+    }
+    pinned-connections = {
+      description = "Connections stay pinned to client sessions; the proxy cannot share them."
+      metric      = "DatabaseConnectionsCurrentlySessionPinned"
+      dimensions  = local.proxy_dimensions
+      statistic   = "Maximum"
+      threshold   = var.pinned_connections_alarm_threshold
+    }
+    borrow-latency = {
+      description = "Borrowing a backend from the proxy is slow; the cap is too small for the traffic."
+      metric      = "DatabaseConnectionsBorrowLatency"
+      dimensions  = local.proxy_dimensions
+      statistic   = "Average"
+      threshold   = var.borrow_latency_alarm_microseconds
+    }
+    database-connections = {
+      description = "The database holds as many backends as the budget allows; the next client may be refused."
+      metric      = "DatabaseConnections"
+      dimensions  = { DBInstanceIdentifier = local.db_instance_id }
+      statistic   = "Maximum"
+      threshold   = var.database_connections_alarm_threshold
+    }
+  }
+}
+
+resource "aws_cloudwatch_metric_alarm" "this" {
+  for_each            = local.alarms
+  alarm_name          = "${var.name}-${each.key}"
+  alarm_description   = each.value.description
   namespace           = "AWS/RDS"
-  metric_name         = "DatabaseConnections"
-  dimensions          = { ProxyName = aws_db_proxy.this.name }
-  statistic           = "Maximum"
+  metric_name         = each.value.metric
+  dimensions          = each.value.dimensions
+  statistic           = each.value.statistic
   period              = 60
   evaluation_periods  = 5
   datapoints_to_alarm = 3
-  threshold           = var.proxy_connections_alarm_threshold
-  comparison_operator = "GreaterThanOrEqualToThreshold"
-  treat_missing_data  = "notBreaching"
-  alarm_actions       = local.alarm_actions
-}
-
-resource "aws_cloudwatch_metric_alarm" "pinned_connections" {
-  alarm_name          = "${var.name}-pinned-connections"
-  alarm_description   = "Connections stay pinned to client sessions; the proxy cannot share them."
-  namespace           = "AWS/RDS"
-  metric_name         = "DatabaseConnectionsCurrentlySessionPinned"
-  dimensions          = { ProxyName = aws_db_proxy.this.name }
-  statistic           = "Maximum"
-  period              = 60
-  evaluation_periods  = 5
-  datapoints_to_alarm = 3
-  threshold           = var.pinned_connections_alarm_threshold
-  comparison_operator = "GreaterThanOrEqualToThreshold"
-  treat_missing_data  = "notBreaching"
-  alarm_actions       = local.alarm_actions
-}
-
-resource "aws_cloudwatch_metric_alarm" "borrow_latency" {
-  alarm_name          = "${var.name}-borrow-latency"
-  alarm_description   = "Borrowing a backend from the proxy is slow; the cap is too small for the traffic."
-  namespace           = "AWS/RDS"
-  metric_name         = "DatabaseConnectionsBorrowLatency"
-  dimensions          = { ProxyName = aws_db_proxy.this.name }
-  statistic           = "Average"
-  period              = 60
-  evaluation_periods  = 5
-  datapoints_to_alarm = 3
-  threshold           = var.borrow_latency_alarm_microseconds
-  comparison_operator = "GreaterThanOrEqualToThreshold"
-  treat_missing_data  = "notBreaching"
-  alarm_actions       = local.alarm_actions
-}
-
-resource "aws_cloudwatch_metric_alarm" "database_connections" {
-  alarm_name          = "${var.name}-database-connections"
-  alarm_description   = "The database holds as many backends as the budget allows; the next client may be refused."
-  namespace           = "AWS/RDS"
-  metric_name         = "DatabaseConnections"
-  dimensions          = { DBInstanceIdentifier = local.db_instance_id }
-  statistic           = "Maximum"
-  period              = 60
-  evaluation_periods  = 3
-  datapoints_to_alarm = 2
-  threshold           = var.database_connections_alarm_threshold
+  threshold           = each.value.threshold
   comparison_operator = "GreaterThanOrEqualToThreshold"
   treat_missing_data  = "notBreaching"
   alarm_actions       = local.alarm_actions

@@ -54,7 +54,7 @@ def test_every_file_parses(module):
     resources = blocks(module, "resource")
     for needed in ("aws_db_proxy.this", "aws_db_proxy_default_target_group.this", "aws_db_proxy_target.this",
                    "aws_lambda_function.this", "aws_iam_role.function", "aws_db_instance.this",
-                   "aws_cloudwatch_metric_alarm.pinned_connections", "aws_cloudwatch_metric_alarm.borrow_latency"):
+                   "aws_cloudwatch_metric_alarm.this"):
         assert needed in resources
 
 
@@ -101,15 +101,18 @@ def test_the_modules_numbers_are_the_plans(module, capsys):
         assert _resolve(fn["reserved_concurrent_executions"], tfvars, each) == planned[name]["concurrency"]
         assert each["max_per_instance"] == planned[name]["connections"]
     # AND the alarms fire at the proxy's cap and at the database's usable slots
-    proxy_alarm = resources["aws_cloudwatch_metric_alarm.proxy_connections"]
-    db_alarm = resources["aws_cloudwatch_metric_alarm.database_connections"]
-    assert _resolve(proxy_alarm["threshold"], tfvars) == expected["rds_proxy"]["cap"]
-    assert _resolve(db_alarm["threshold"], tfvars) == expected["usable"]
+    assert resources["aws_cloudwatch_metric_alarm.this"]["threshold"] == "${each.value.threshold}"
+    alarms = next(block["alarms"] for block in module["locals"] if "alarms" in block)
+    assert _resolve(alarms["proxy-connections"]["threshold"], tfvars) == expected["rds_proxy"]["cap"]
+    assert _resolve(alarms["database-connections"]["threshold"], tfvars) == expected["usable"]
+    assert {a["metric"] for a in alarms.values()} == {
+        "DatabaseConnections", "DatabaseConnectionsCurrentlySessionPinned", "DatabaseConnectionsBorrowLatency",
+    }
     assert _resolve(resources["aws_db_instance.this"]["instance_class"], tfvars) == "db.t4g.medium"
 
 
 def test_rds_db_connect_is_scoped_to_the_proxy_and_user(module):
-    (locals_,) = module["locals"]
+    locals_ = next(block for block in module["locals"] if "proxy_resource_id" in block)
     assert locals_["proxy_resource_id"] == '${split(":", aws_db_proxy.this.arn)[6]}'
     policy = next(b for e in module["data"] for k, v in e.items() if k == "aws_iam_policy_document"
                   for label, b in v.items() if label == "function")
