@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lambdapool.testing.emulator import LambdaFleet
+from lambdapool.testing.emulator import CloudFunctionFleet, LambdaFleet
 from lambdapool.testing.pytest_plugin import missing
 
 HANDLERS = Path(__file__).parent / "handlers"
@@ -35,6 +35,24 @@ def lambda_fleet(pg_server, app_name) -> Iterator[Callable[..., LambdaFleet]]:
     def make(handler: str = "pg_handler.handler", env: dict | None = None, **settings) -> LambdaFleet:
         fleet = LambdaFleet(handler, HANDLERS, env={"DATABASE_URL": pg_server.dsn, "APP_NAME": app_name,
                                                     **(env or {})}, **settings)  # fmt: skip
+        fleets.append(fleet)
+        return fleet.start()
+
+    try:
+        yield make
+    finally:
+        for fleet in fleets:
+            fleet.close()
+
+
+@pytest.fixture
+def cf_fleet(pg_server, app_name) -> Iterator[Callable[..., CloudFunctionFleet]]:
+    need("functions_framework")
+    fleets: list[CloudFunctionFleet] = []
+
+    def make(target: str = "fn", env: dict | None = None, **settings) -> CloudFunctionFleet:
+        fleet = CloudFunctionFleet(HANDLERS / "cf_handler.py", target, env={
+            "DATABASE_URL": pg_server.dsn, "APP_NAME": app_name, **(env or {})}, **settings)  # fmt: skip
         fleets.append(fleet)
         return fleet.start()
 

@@ -28,7 +28,9 @@ def draw_backends(report: Report, path: Path) -> Path:
         if points:
             xs, ys = zip(*points)
             peak = max(ys)
-            ax.step(xs, ys, where="post", linewidth=1.6, label=f"{scenario.name} (peak {peak})")
+            failed = sum(not r.ok for r in scenario.results)
+            label = f"{scenario.name}: peak {peak}, {failed} of {len(scenario.results)} failed"
+            ax.step(xs, ys, where="post", linewidth=1.6, label=label)
         if scenario.limit is not None:
             limits.add(scenario.limit)
     for limit in sorted(limits):
@@ -36,10 +38,10 @@ def draw_backends(report: Report, path: Path) -> Path:
     ax.set_title(report.title)
     ax.set_xlabel("seconds since the burst started")
     ax.set_ylabel("database backends (pg_stat_activity)")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, max([*limits, *(n for s in report.scenarios for _, n in s.timeline)], default=1) * 1.15)
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper right")
+        ax.legend(loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")

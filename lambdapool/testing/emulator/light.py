@@ -187,16 +187,19 @@ class LightFleet(Fleet):
 
     def reap(self, idle_for: float = 0.0) -> list[str]:
         """Drop the instances idle for at least ``idle_for`` seconds; returns their ids."""
+        ids = self._drop_idle(idle_for)
+        gc.collect()  # handlers sit in cycles (a module's functions and its dict): free them now
+        return ids
+
+    def _drop_idle(self, idle_for: float) -> list[str]:
+        """Forget the idle instances; no reference to them outlives this call."""
         now = time.monotonic()
         with self._lock:
-            victims = [i for i in self._idle if now - i.idle_since >= idle_for]
-            self._idle = [i for i in self._idle if i not in victims]
-            for inst in victims:
-                del self._live[inst.id]
-        self.ledger.reaped(len(victims))
-        ids = [i.id for i in victims]
-        del victims
-        gc.collect()
+            ids = [i.id for i in self._idle if now - i.idle_since >= idle_for]
+            self._idle = [i for i in self._idle if i.id not in ids]
+            for inst_id in ids:
+                del self._live[inst_id]
+        self.ledger.reaped(len(ids))
         return ids
 
     def _acquire(self) -> tuple[_LightInstance | None, bool]:

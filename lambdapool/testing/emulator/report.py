@@ -44,7 +44,8 @@ class Scenario:
             "instances": len({r.instance_id for r in served if r.instance_id}),
             "peak_backends": peak,
             "limit": self.limit,
-            "over_limit": (peak > self.limit) if peak is not None and self.limit is not None else None,
+            # A database never holds more than its limit: it refuses instead (see failures).
+            "peak_pct_of_limit": round(100 * peak / self.limit) if peak is not None and self.limit else None,
             "samples": len(self.timeline),
             "sample_hz": round(self.sample_hz, 1) if self.sample_hz is not None else None,
             "duration_s": round(duration, 3),
