@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import boto3
 import pytest
-from infra_support import lambda_zip
 
 from lambdapool.budget import default_max_connections
 from lambdapool.cli import main
+from tests.infra.infra_support import lambda_zip
 
 
 @pytest.fixture

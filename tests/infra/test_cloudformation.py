@@ -18,7 +18,9 @@ import sys
 
 import boto3
 import pytest
-from infra_support import (
+
+from lambdapool.cli import main
+from tests.infra.infra_support import (
     SAM_TEMPLATE,
     Resolver,
     getatt,
@@ -28,8 +30,6 @@ from infra_support import (
     replace,
     translate,
 )
-
-from lambdapool.cli import main
 
 MOTO_SKIPS = {"AWS::RDS::DBProxy", "AWS::RDS::DBProxyTargetGroup", "AWS::CloudWatch::Alarm"}
 PLACEHOLDER_PROXY_ID = "prx-0123456789abcdef0"

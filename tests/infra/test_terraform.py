@@ -9,9 +9,9 @@ import re
 
 import hcl2
 import pytest
-from infra_support import TERRAFORM
 
 from lambdapool.cli import main
+from tests.infra.infra_support import TERRAFORM
 
 OPTIONS = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False, with_comments=False)
 PLAN = ["--instance-class", "db.t4g.medium", "--function", "api=50", "--function", "web=20x2",

@@ -1,0 +1,1 @@
+"""Infra: the budget, `lambdapool plan`/`check`, and the templates in infra/."""
