@@ -147,6 +147,21 @@ def test_environment_variables_context_and_deadline_are_lambdas(lambda_fleet):
     assert 0 < payload["remaining_ms"] <= 7000
 
 
+def test_provisioned_environments_start_ahead_and_serve_warm(lambda_fleet, backends):
+    fleet = lambda_fleet(reserved_concurrency=3)
+    ids = fleet.provision(2)
+    assert sorted(e.id for e in fleet.environments) == sorted(ids)
+    fleet.freeze_all()
+    assert all(e.state == "idle" and e.frozen and e.init_ms > 0 for e in fleet.environments)
+    assert backends() == 0  # init imported the handler; nothing connected yet (lazy)
+    results = fleet.burst([{"env": True, "sleep": 0.3}] * 2, concurrency=2)
+    assert all(r.ok and not r.cold for r in results) and {r.instance_id for r in results} == set(ids)
+    assert {r.payload["env"]["AWS_LAMBDA_INITIALIZATION_TYPE"] for r in results} == {"provisioned-concurrency"}
+    assert fleet.counters["cold_starts"] == 0
+    with pytest.raises(ConfigError, match="only 1 environments left"):
+        fleet.provision(2)
+
+
 def test_bad_settings_name_the_setting(tmp_path):
     with pytest.raises(ConfigError, match="handler='app'"):
         LambdaFleet("app", tmp_path)

@@ -9,7 +9,7 @@
 """
 
 from lambdapool.testing.emulator.cloud_functions import CloudFunctionFleet, InstanceInfo
-from lambdapool.testing.emulator.lambda_fleet import EnvironmentInfo, LambdaFleet
+from lambdapool.testing.emulator.lambda_fleet import EnvironmentInfo, EnvironmentStartError, LambdaFleet
 from lambdapool.testing.emulator.light import LightContext, LightFleet, module_factory
 from lambdapool.testing.emulator.report import Report, Scenario
 from lambdapool.testing.emulator.results import THROTTLED, InvocationResult, percentile
@@ -20,6 +20,7 @@ __all__ = [
     "BackendSampler",
     "CloudFunctionFleet",
     "EnvironmentInfo",
+    "EnvironmentStartError",
     "InstanceInfo",
     "InvocationResult",
     "LambdaFleet",

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lambdapool.errors import ConfigError
+from lambdapool.errors import ConfigError, LambdapoolError
 from lambdapool.testing.emulator import processes
 from lambdapool.testing.emulator.base import Fleet
 from lambdapool.testing.emulator.results import InvocationResult, throttled
@@ -54,6 +54,12 @@ from lambdapool.testing.postgres import _child_setup
 
 INIT_TIMEOUT = 10.0  # Lambda's limit on the init phase of an on-demand environment
 ACCOUNT = "123456789012"
+
+
+class EnvironmentStartError(LambdapoolError):
+    """An execution environment could not be started or failed its init."""
+
+    __module__ = "lambdapool.testing.emulator"
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,7 @@ class Environment:
         self.proc: subprocess.Popen | None = None
         self.server: asyncio.Server | None = None
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # first GET /next
         self.init_failure: tuple[str, str] | None = None
         self._launched = 0.0
         self._waiter: asyncio.Future[NextInvocation] | None = None
@@ -126,11 +133,11 @@ class Environment:
                                self.init_ms, self.proc.returncode if self.proc else None)  # fmt: skip
 
     # -- lifecycle (called by the fleet) -----------------------------------------------------
-    async def launch(self) -> None:
+    async def launch(self, init_type: str) -> None:
         fleet = self.fleet
         self.server = await serve(self, fleet.host)
         port = self.server.sockets[0].getsockname()[1]
-        env = fleet._process_env(self.id, port)
+        env = fleet._process_env(self.id, port, init_type)
         self.log_path = fleet.log_dir / f"{self.id}.log"
         self._launched = time.monotonic()
         with open(self.log_path, "ab") as log:
@@ -223,12 +230,16 @@ class Environment:
     async def next_invocation(self) -> NextInvocation:
         if self.init_ms is None:
             self.init_ms = (time.monotonic() - self._launched) * 1000
+            self.ready.set_result(None)
         if self._pending is not None:
             inv, self._pending, self._current = self._pending, None, self._pending
             return self._next_for(inv)
+        if self.state == "starting":  # provisioned ahead of traffic: ready, and nothing to do yet
+            self.state = "idle"
+            self.idle_since = time.monotonic()
         self._waiter = asyncio.get_running_loop().create_future()
         if self.state == "idle" and self.fleet.freeze:
-            asyncio.get_running_loop().create_task(self.freeze())
+            self.fleet._spawn(self.freeze())
         return await self._waiter
 
     def _answered(self, request_id: str) -> _Invocation | None:
@@ -327,6 +338,7 @@ class LambdaFleet(Fleet):
         self._envs: dict[str, Environment] = {}
         self._seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task] = set()
         self._thread: threading.Thread | None = None
         self.log_dir = Path(".")
 
@@ -346,12 +358,18 @@ class LambdaFleet(Fleet):
             self._call(self._start_reaper())
         return self
 
+    def _spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background on the loop, keeping a reference until it is done."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def close(self) -> None:
         """Reap every environment (busy ones fail with ``Runtime.ExitError``) and stop the loop."""
         if self._loop is None:
             return
         try:
-            self._call(self._reap(list(self._envs.values())))
+            self._call(self._shutdown())
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             assert self._thread is not None
@@ -359,6 +377,12 @@ class LambdaFleet(Fleet):
             self._loop.close()
             self._loop = None
             shutil.rmtree(self.log_dir, ignore_errors=True)
+
+    async def _shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._reap(list(self._envs.values()))
 
     def _call(self, coro: Any, timeout: float | None = None) -> Any:
         if self._loop is None:
@@ -412,18 +436,47 @@ class LambdaFleet(Fleet):
         idle = [e for e in self._envs.values() if e.state == "idle"]
         return max(idle, key=lambda e: e.idle_since) if idle else None
 
-    async def _launch(self) -> Environment:
+    async def _launch(self, init_type: str = "on-demand") -> Environment:
         self._seq += 1
         env = Environment(self, f"env-{self._seq:04d}")
         self._envs[env.id] = env
+        try:
+            await env.launch(init_type)
+        except OSError as exc:
+            self._forget(env)
+            if env.server is not None:
+                env.server.close()
+            raise EnvironmentStartError(f"could not start `{self.python} -m awslambdaric`: {exc}") from exc
         self.ledger.started(len(self._envs))
-        await env.launch()
         return env
+
+    def provision(self, count: int, timeout: float = INIT_TIMEOUT) -> list[str]:
+        """Start ``count`` environments ahead of traffic, as provisioned concurrency does.
+
+        They run with ``AWS_LAMBDA_INITIALIZATION_TYPE=provisioned-concurrency``, are idle (and
+        frozen) once their init is done, and invocations that land on them are warm. Returns
+        their ids when all are ready; raises :class:`EnvironmentStartError` if one failed.
+        """
+        return self._call(self._provision(count, timeout))
+
+    async def _provision(self, count: int, timeout: float) -> list[str]:
+        room = self.reserved_concurrency - len(self._envs)
+        if count > room:
+            raise ConfigError(f"provision(count={count}): only {room} environments left under "
+                              f"reserved_concurrency={self.reserved_concurrency}")  # fmt: skip
+        envs = [await self._launch("provisioned-concurrency") for _ in range(count)]
+        waits = [asyncio.wait({e.ready, e.exited}, return_when=asyncio.FIRST_COMPLETED) for e in envs]
+        await asyncio.wait_for(asyncio.gather(*waits), timeout)
+        failed = [e for e in envs if not e.ready.done()]
+        if failed:
+            tail = failed[0].log_path.read_text(errors="replace")[-1500:]
+            raise EnvironmentStartError(f"{len(failed)} of {count} provisioned environments failed init: {tail}")
+        return [e.id for e in envs]
 
     def _forget(self, env: Environment) -> None:
         self._envs.pop(env.id, None)
 
-    def _process_env(self, env_id: str, port: int) -> dict[str, str]:
+    def _process_env(self, env_id: str, port: int, init_type: str) -> dict[str, str]:
         """The variables Lambda sets for a Python function, then the function's own."""
         day = time.strftime("%Y/%m/%d", time.gmtime())
         pythonpath = os.pathsep.join(p for p in (self.task_root, os.environ.get("PYTHONPATH", "")) if p)
@@ -441,7 +494,7 @@ class LambdaFleet(Fleet):
             "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.function_name}",
             "AWS_LAMBDA_LOG_STREAM_NAME": f"{day}/[$LATEST]{env_id}-{secrets.token_hex(8)}",
-            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+            "AWS_LAMBDA_INITIALIZATION_TYPE": init_type,
             "AWS_REGION": self.region,
             "AWS_DEFAULT_REGION": self.region,
             **self.env,
@@ -517,7 +570,7 @@ class LambdaFleet(Fleet):
                 await asyncio.sleep(period)
                 await self._reap_idle(self.idle_reap_after or 0.0)
 
-        asyncio.get_running_loop().create_task(reaper())
+        self._spawn(reaper())
 
 
 def _encode(event: Any) -> bytes:
