@@ -15,16 +15,36 @@ from lambdapool.drivers.base import ConnectParams
 from lambdapool.errors import ConfigError
 
 
+# Credentials, usable with every pooler: a password (DSN or ``password``), an IAM token, or a
+# Secrets Manager secret.
+CREDENTIAL_OPTIONS: tuple[Setting, ...] = (
+    Setting("iam_auth", bool, False, "authenticate with IAM tokens (rds-db:connect), cached 15 min"),
+    Setting("secret_arn", str, None, "Secrets Manager secret (RDS JSON shape) holding the password"),
+    Setting("secret_ttl", float, 300.0, "seconds to cache the secret; a rejected login re-fetches it once"),
+    Setting("region", str, None, "AWS region for IAM and Secrets Manager; default AWS_REGION"),
+    Setting("aws_endpoint_url", str, None, "AWS API endpoint (a VPC endpoint; moto in tests)"),
+    Setting("user", str, None, "database user when the DSN has none"),
+    Setting("dbname", str, None, "database name when the DSN has none"),
+)  # fmt: skip
+
+
 class Adapter:
-    """Base class: connects where the DSN says, with the DSN's or the ``password`` setting's password."""
+    """Base class: connects where the DSN says, with a password, an IAM token or a secret."""
 
     name: ClassVar[str] = ""
-    OPTIONS: ClassVar[tuple[Setting, ...]] = ()
+    OPTIONS: ClassVar[tuple[Setting, ...]] = CREDENTIAL_OPTIONS
 
     def __init__(self, settings: Settings, *, application_name: str) -> None:
         self.settings = settings
         self.application_name = application_name
         self.options = self._validate(settings.pooler_options)
+        opts = self.options
+        if opts["iam_auth"] and opts["secret_arn"]:
+            raise ConfigError("iam_auth and secret_arn: choose one way to authenticate")
+        if opts["iam_auth"] or opts["secret_arn"] or opts.get("proxy_name"):
+            from lambdapool import aws
+
+            aws.resolve_region(opts["region"])  # no region: fail at init, not at the first connect
         self.credentials = self._credentials()
 
     # -- settings --------------------------------------------------------------------------
@@ -50,7 +70,16 @@ class Adapter:
         return out
 
     def _credentials(self) -> Any:
-        """A credentials provider (lambdapool.credentials) for the password, or None."""
+        """A credentials provider (lambdapool.credentials), or None. IAM tokens are made once
+        the endpoint is known (:meth:`_credentials_for`): a token is signed for host and port."""
+        opts = self.options
+        if opts["secret_arn"]:
+            from lambdapool.credentials import SecretsManagerSecret
+
+            return SecretsManagerSecret(opts["secret_arn"], opts["region"], ttl=opts["secret_ttl"],
+                                        endpoint_url=opts["aws_endpoint_url"])  # fmt: skip
+        if opts["iam_auth"]:
+            return None
         password = self.settings.password
         if password is None:
             password = self.settings.parts.password
@@ -66,8 +95,8 @@ class Adapter:
         return ConnectParams(
             host=parts.host,
             port=parts.port,
-            user=parts.user,
-            dbname=parts.dbname,
+            user=parts.user or self.options["user"],
+            dbname=parts.dbname or self.options["dbname"],
             sslmode=parts.params.get("sslmode"),
             sslrootcert=parts.params.get("sslrootcert"),
             application_name=self.application_name,
@@ -78,19 +107,40 @@ class Adapter:
         """Keyword arguments for the driver's connect (e.g. prepared-statement settings)."""
         return {}
 
+    def endpoint(self) -> tuple[str | None, int | None]:
+        """Where to connect (sync code); the DSN's host and port unless an adapter looks it up."""
+        return self.settings.parts.host, self.settings.parts.port
+
+    async def aendpoint(self) -> tuple[str | None, int | None]:
+        return self.endpoint()
+
+    def params_for(self, host: str | None, port: int | None) -> ConnectParams:
+        from dataclasses import replace
+
+        return replace(self.base_params(), host=host, port=port)
+
+    def _credentials_for(self, host: str | None, port: int | None) -> Any:
+        if self.options["iam_auth"] and self.credentials is None:
+            from lambdapool.credentials import IamAuthToken
+
+            user = self.base_params().user
+            if not user or not host:
+                raise ConfigError("iam_auth needs a host and a database user: put them in the dsn "
+                                  "(or set user / LAMBDAPOOL_USER)")  # fmt: skip
+            self.credentials = IamAuthToken(host, port or 5432, user, self.options["region"])
+        return self.credentials
+
     def connect_params(self) -> ConnectParams:
-        params = self.base_params()
-        if self.credentials is None:
-            return params
-        secret = self.credentials.get()
-        return _with_secret(params, secret)
+        host, port = self.endpoint()
+        params = self.params_for(host, port)
+        creds = self._credentials_for(host, port)
+        return params if creds is None else _with_secret(params, creds.get())
 
     async def aconnect_params(self) -> ConnectParams:
-        params = self.base_params()
-        if self.credentials is None:
-            return params
-        secret = await self.credentials.aget()
-        return _with_secret(params, secret)
+        host, port = await self.aendpoint()
+        params = self.params_for(host, port)
+        creds = self._credentials_for(host, port)
+        return params if creds is None else _with_secret(params, await creds.aget())
 
     def invalidate_credentials(self) -> bool:
         """After an auth failure: forget cached credentials; True if a retry may now succeed."""
@@ -100,11 +150,12 @@ class Adapter:
         return True
 
     # -- warm-keeping ----------------------------------------------------------------------
-    def keep_warm(self, driver: Any, conn: Any) -> bool:
-        """Called at the end of each invocation (sync drivers): False closes the connection."""
+    def keep_warm(self, driver: Any, conn: Any, refused: bool) -> bool:
+        """End of each invocation, connection idle (sync drivers): False closes it.
+        ``refused``: its connect needed retries (the server or pooler was full)."""
         return True
 
-    async def akeep_warm(self, driver: Any, conn: Any) -> bool:
+    async def akeep_warm(self, driver: Any, conn: Any, refused: bool) -> bool:
         return True
 
     def describe(self) -> dict[str, Any]:

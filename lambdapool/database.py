@@ -245,12 +245,7 @@ class Database:
         if holder is None:
             return
         try:
-            keep = True
-            if holder.conn is not None and self.driver.usable(holder.conn):
-                keep = self.adapter.keep_warm(self.driver, holder.conn)
-                if not keep:
-                    self._stats.incr("guard_closes")
-            holder.release(keep)
+            holder.release()
         except Exception:
             logger.warning("lambdapool: releasing the connection failed; dropping it", exc_info=True)
             holder.terminate()
@@ -315,12 +310,7 @@ class Database:
         if holder is None:
             return
         try:
-            keep = True
-            if holder.conn is not None and self.driver.usable(holder.conn):
-                keep = await self.adapter.akeep_warm(self.driver, holder.conn)
-                if not keep:
-                    self._stats.incr("guard_closes")
-            await holder.release(keep)
+            await holder.release()
         except asyncio.CancelledError:  # cancelled mid-cleanup: the connection's state is unknown
             holder.terminate()
             raise

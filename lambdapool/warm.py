@@ -41,7 +41,8 @@ class Connector:
         self.settings = settings
         self.stats = stats
 
-    def connect(self, deadline: float) -> Any:
+    def connect(self, deadline: float) -> tuple[Any, int]:
+        """A new connection and the number of attempts it took."""
         started = time.monotonic()
         attempts = 0
         refreshed = False
@@ -87,7 +88,7 @@ class Connector:
                 continue
             self.stats.incr("connects")
             self.stats.add("connect_ms_total", (time.monotonic() - t0) * 1000.0)
-            return conn
+            return conn, attempts
 
 
 class WarmConnection:
@@ -101,6 +102,7 @@ class WarmConnection:
         self.conn: Any = None
         self.last_used = 0.0
         self.outcome = ""  # what the last acquire did: reuse, connect or reconnect
+        self.refused = False  # did the last connect need retries (the server or pooler was full)?
 
     def acquire(self, deadline: float) -> Any:
         conn = self.conn
@@ -117,11 +119,13 @@ class WarmConnection:
                 self.outcome = "reuse"
                 return conn
             self.discard()
-            self.conn = self.connector.connect(deadline)
+            self.conn, attempts = self.connector.connect(deadline)
+            self.refused = attempts > 1
             self.stats.incr("reconnects")
             self.outcome = "reconnect"
             return self.conn
-        self.conn = self.connector.connect(deadline)
+        self.conn, attempts = self.connector.connect(deadline)
+        self.refused = attempts > 1
         self.outcome = "connect"
         return self.conn
 
@@ -134,12 +138,14 @@ class WarmConnection:
             logger.info("lambdapool: warm connection failed its ping (%s); reconnecting", type(exc).__name__)
             return False
 
-    def release(self, keep: bool = True) -> None:
-        """End of invocation: leave the connection idle and clean, or drop it."""
+    def release(self) -> None:
+        """End of invocation: leave the connection idle and clean, or drop it (broken, or the
+        adapter wants it closed: the direct adapter's budget guard)."""
         conn = self.conn
         if conn is None:
             return
         self.last_used = time.monotonic()
+        keep = True
         try:
             if not self.driver.usable(conn):
                 keep = False
@@ -147,9 +153,13 @@ class WarmConnection:
                 if self.driver.in_transaction(conn):
                     self.stats.incr("rollbacks")
                     self.driver.rollback(conn)
-                if self.settings.reset_session and keep:
+                if self.settings.reset_session:
                     self.stats.incr("resets")
                     self.driver.reset(conn)
+                if not self.connector.adapter.keep_warm(self.driver, conn, self.refused):
+                    self.stats.incr("guard_closes")
+                    keep = False
+                self.refused = False
         except Exception as exc:
             logger.info("lambdapool: cleaning the connection failed (%s); dropping it", type(exc).__name__)
             keep = False

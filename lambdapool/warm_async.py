@@ -43,7 +43,8 @@ class AsyncConnector:
         self.settings = settings
         self.stats = stats
 
-    async def connect(self, deadline: float) -> Any:
+    async def connect(self, deadline: float) -> tuple[Any, int]:
+        """A new connection and the number of attempts it took."""
         started = time.monotonic()
         attempts = 0
         refreshed = False
@@ -89,7 +90,7 @@ class AsyncConnector:
                 continue
             self.stats.incr("connects")
             self.stats.add("connect_ms_total", (time.monotonic() - t0) * 1000.0)
-            return conn
+            return conn, attempts
 
 
 class AsyncWarmConnection:
@@ -103,6 +104,7 @@ class AsyncWarmConnection:
         self.conn: Any = None
         self.last_used = 0.0
         self.outcome = ""  # what the last acquire did: reuse, connect or reconnect
+        self.refused = False  # did the last connect need retries (the server or pooler was full)?
 
     async def acquire(self, deadline: float) -> Any:
         conn = self.conn
@@ -119,11 +121,13 @@ class AsyncWarmConnection:
                 self.outcome = "reuse"
                 return conn
             await self.discard()
-            self.conn = await self.connector.connect(deadline)
+            self.conn, attempts = await self.connector.connect(deadline)
+            self.refused = attempts > 1
             self.stats.incr("reconnects")
             self.outcome = "reconnect"
             return self.conn
-        self.conn = await self.connector.connect(deadline)
+        self.conn, attempts = await self.connector.connect(deadline)
+        self.refused = attempts > 1
         self.outcome = "connect"
         return self.conn
 
@@ -136,12 +140,14 @@ class AsyncWarmConnection:
             logger.info("lambdapool: warm connection failed its ping (%s); reconnecting", type(exc).__name__)
             return False
 
-    async def release(self, keep: bool = True) -> None:
-        """End of invocation: leave the connection idle and clean, or drop it."""
+    async def release(self) -> None:
+        """End of invocation: leave the connection idle and clean, or drop it (broken, or the
+        adapter wants it closed: the direct adapter's budget guard)."""
         conn = self.conn
         if conn is None:
             return
         self.last_used = time.monotonic()
+        keep = True
         try:
             if not self.driver.usable(conn):
                 keep = False
@@ -149,9 +155,13 @@ class AsyncWarmConnection:
                 if self.driver.in_transaction(conn):
                     self.stats.incr("rollbacks")
                     await self.driver.rollback(conn)
-                if self.settings.reset_session and keep:
+                if self.settings.reset_session:
                     self.stats.incr("resets")
                     await self.driver.reset(conn)
+                if not await self.connector.adapter.akeep_warm(self.driver, conn, self.refused):
+                    self.stats.incr("guard_closes")
+                    keep = False
+                self.refused = False
         except Exception as exc:
             logger.info("lambdapool: cleaning the connection failed (%s); dropping it", type(exc).__name__)
             keep = False

@@ -1,2 +1,4 @@
-"""Shared test setup. Fixtures for Postgres come from the ``lambdapool`` pytest plugin
-(lambdapool/testing/pytest_plugin.py), the same ones users get."""
+"""Shared test setup. Postgres, moto and AWS fixtures come from the ``lambdapool`` pytest plugin
+(lambdapool/testing/pytest_plugin.py), the same ones users get; ``make_db`` is ours."""
+
+from tests.support import make_db  # noqa: F401  (a fixture)

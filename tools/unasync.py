@@ -23,6 +23,7 @@ RULES = [
     (r"\bAsyncConnector\b", "Connector"),
     (r"\bAsyncWarmConnection\b", "WarmConnection"),
     (r"\baconnect_params\b", "connect_params"),
+    (r"\bakeep_warm\b", "keep_warm"),
     (r"\(asyncio drivers\)", "(sync drivers)"),
     (r"Written by hand; ``warm.py`` \(sync drivers\) is generated from it by ``tools/unasync.py``:\n"
      r"edit this file, then run ``python tools/unasync.py``.",

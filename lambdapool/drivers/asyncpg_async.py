@@ -59,6 +59,19 @@ class AsyncpgDriver:
     async def ping(self, conn: Any) -> None:
         await conn.execute("SELECT 1")  # no arguments: simple protocol, no prepared statement
 
+    async def query_row(self, conn: Any, sql: str, params: tuple = ()) -> tuple:
+        # asyncpg numbers its placeholders; internal queries are written with %s
+        n = 0
+
+        def number(_: Any) -> str:
+            nonlocal n
+            n += 1
+            return f"${n}"
+
+        import re
+
+        return tuple(await conn.fetchrow(re.sub(r"%s", number, sql), *params))
+
     async def block_succeeded(self, conn: Any) -> str | None:
         if conn.is_in_transaction():
             await conn.execute("ROLLBACK")

@@ -31,6 +31,13 @@ class AsyncPsycopgDriver:
         finally:
             await conn.set_autocommit(False)
 
+    async def query_row(self, conn: Any, sql: str, params: tuple = ()) -> tuple:
+        await conn.set_autocommit(True)
+        try:
+            return await (await conn.execute(sql, params or None)).fetchone()
+        finally:
+            await conn.set_autocommit(False)
+
     async def block_succeeded(self, conn: Any) -> str | None:
         if in_transaction(conn):
             await conn.commit()

@@ -64,6 +64,14 @@ class PsycopgDriver:
         finally:
             conn.autocommit = False
 
+    def query_row(self, conn: Any, sql: str, params: tuple = ()) -> tuple:
+        """One row of an internal query, in autocommit: it starts no transaction."""
+        conn.autocommit = True
+        try:
+            return conn.execute(sql, params or None).fetchone()
+        finally:
+            conn.autocommit = False
+
     def block_succeeded(self, conn: Any) -> str | None:
         if in_transaction(conn):
             conn.commit()

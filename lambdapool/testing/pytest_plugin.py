@@ -72,3 +72,42 @@ def pg_factory() -> Iterator[Callable[..., PostgresServer]]:
     finally:
         for server in started:
             server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Fake AWS credentials and region (us-east-1) for moto; yields the region."""
+    from lambdapool.testing.moto import fake_aws_environment
+
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for key, value in fake_aws_environment().items():
+        monkeypatch.setenv(key, value)
+    try:
+        from lambdapool import aws
+
+        aws.reset_clients()  # cached clients keep the credentials they were built with
+    except ImportError:
+        pass
+    yield "us-east-1"
+
+
+@pytest.fixture(scope="session")
+def moto_server_url() -> Iterator[str]:
+    """moto's threaded server for the session (aiobotocore needs a real endpoint)."""
+    try:
+        from lambdapool.testing.moto import moto_server
+
+        with moto_server() as url:
+            yield url
+    except ImportError as exc:
+        missing("moto[server]", str(exc))
+
+
+@pytest.fixture
+def moto_url(moto_server_url: str, aws_env: str) -> str:
+    """The session's moto server, emptied for this test."""
+    from lambdapool.testing.moto import reset_moto
+
+    reset_moto(moto_server_url)
+    return moto_server_url

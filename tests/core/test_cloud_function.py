@@ -18,7 +18,7 @@ import pytest
 
 from lambdapool.testing import free_port
 from lambdapool.testing.pytest_plugin import missing
-from tests.core.conftest import backends
+from tests.support import backends
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cloud_function" / "main.py"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lambdapool.testing.pytest_plugin import missing
-from tests.core.conftest import LambdaContext
+from tests.support import LambdaContext
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

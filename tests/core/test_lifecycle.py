@@ -14,7 +14,7 @@ import pytest
 
 import lambdapool
 from lambdapool import lifecycle
-from tests.core.conftest import LambdaContext, backends, query_handler
+from tests.support import LambdaContext, backends, query_handler
 
 SIGTERM_SCRIPT = textwrap.dedent(
     """

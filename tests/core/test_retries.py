@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 import lambdapool
-from tests.core.conftest import DRIVERS, LambdaContext, query_handler
+from tests.support import DRIVERS, LambdaContext, query_handler
 
 
 @pytest.fixture

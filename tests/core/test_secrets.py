@@ -7,7 +7,7 @@ import logging
 import pytest
 
 import lambdapool
-from tests.core.conftest import LambdaContext, query_handler
+from tests.support import LambdaContext, query_handler
 
 PASSWORD = "Sup3r-Secret-Pw"
 

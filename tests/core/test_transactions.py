@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.core.conftest import DRIVERS, LambdaContext, query_handler
+from tests.support import DRIVERS, LambdaContext, query_handler
 
 
 @pytest.fixture

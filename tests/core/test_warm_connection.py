@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.core.conftest import DRIVERS, LambdaContext, backends, query_handler
+from tests.support import DRIVERS, LambdaContext, backends, query_handler
 
 
 @pytest.mark.parametrize("driver", DRIVERS)

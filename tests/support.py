@@ -1,4 +1,5 @@
-"""Helpers for the core tests: a Lambda context stand-in and one query handler per driver."""
+"""Helpers shared by the tests: a Lambda context stand-in, one query handler per driver,
+and the ``make_db`` fixture (re-exported by tests/conftest.py)."""
 
 from __future__ import annotations
 

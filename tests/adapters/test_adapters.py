@@ -1,0 +1,279 @@
+"""The adapters end to end: rds-proxy (moto for the control plane, the local proxy for the data
+plane), Secrets Manager rotation, pinning, PgBouncer transaction mode, the registry."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import psycopg
+import pytest
+from moto import mock_aws
+
+import lambdapool
+from lambdapool.testing import LocalProxy
+from lambdapool.testing.moto import create_db_proxy, create_secret, rotate_secret, signing_keys
+from tests.support import DRIVERS, LambdaContext, query_handler
+
+PROXY_NAME = "orders-proxy"
+
+
+@pytest.fixture
+def pg(pg_factory):
+    return pg_factory(max_connections=60)
+
+
+def iam_proxy(pg, **kwargs) -> LocalProxy:
+    """The local proxy checking IAM tokens signed with moto's fake keys, TLS required."""
+    return LocalProxy(backend=pg.dsn, auth="iam", iam_credentials=signing_keys(),
+                      region="us-east-1", tls=True, require_tls=True, **kwargs)  # fmt: skip
+
+
+def test_rds_proxy_found_by_name_with_iam_tokens_through_the_local_proxy(pg, aws_env, make_db):
+    with mock_aws(), iam_proxy(pg, max_backends=3) as proxy:
+        create_db_proxy(PROXY_NAME, proxy.host)
+        db = make_db(f"postgresql://postgres@:{proxy.port}/postgres", pooler="rds-proxy",
+                     proxy_name=PROXY_NAME, iam_auth=True, ssl_ca_file=proxy.ca_file)  # fmt: skip
+        handler = query_handler(db)
+        pids = {handler({}, LambdaContext()) for _ in range(50)}
+        proxy.kill_backends()  # the proxy's backends die; the client session survives
+        pids |= {handler({}, LambdaContext()) for _ in range(10)}
+        stats = proxy.stats()
+        address = f"{proxy.host}:{proxy.port}"
+    assert db.adapter.describe()["endpoint"] == address
+    assert db.adapter.credentials.fetches == 1, "the IAM token is made once and reused"
+    assert db.stats()["connects"] == 1 and db.stats()["invocations"] == 60
+    assert stats["pinned_sessions"] == 0 and stats["auth_failures"] == 0
+    assert len(pids) >= 1
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg-async"])
+def test_rds_proxy_async_path_uses_aiobotocore_against_moto_server(pg, moto_url, make_db, driver):
+    with iam_proxy(pg, max_backends=3) as proxy:
+        create_db_proxy(PROXY_NAME, proxy.host, endpoint_url=moto_url)
+        db = make_db(f"postgresql://postgres@:{proxy.port}/postgres", driver=driver, pooler="rds-proxy",
+                     proxy_name=PROXY_NAME, iam_auth=True, ssl_ca_file=proxy.ca_file,
+                     aws_endpoint_url=moto_url)  # fmt: skip
+        handler = query_handler(db)
+        for _ in range(30):
+            handler({}, LambdaContext())
+        stats = proxy.stats()
+    assert db.adapter.credentials.fetches == 1
+    assert stats["pinned_sessions"] == 0 and db.stats()["invocations"] == 30
+
+
+def test_unknown_proxy_name_is_a_config_error_naming_it(aws_env, make_db):
+    with mock_aws():
+        db = make_db("postgresql://postgres@/postgres", pooler="rds-proxy", proxy_name="nope", iam_auth=True)
+        with pytest.raises(lambdapool.ConfigError, match="nope"):
+            query_handler(db)({}, LambdaContext())
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+def test_secret_rotation_costs_no_failed_invocation(pg_factory, aws_env, moto_url, make_db, driver):
+    pg = pg_factory(password="old-Pw-1")
+    arn = create_secret("db/app", {"username": "postgres", "password": "old-Pw-1"}, endpoint_url=moto_url)
+    dsn = f"postgresql://127.0.0.1:{pg.port}/postgres"
+    os.environ["AWS_ENDPOINT_URL_SECRETS_MANAGER"] = moto_url  # boto3 and aiobotocore alike
+    try:
+        db = make_db(dsn, driver=driver, secret_arn=arn, aws_endpoint_url=moto_url)
+        handler = query_handler(db)
+        first = handler({}, LambdaContext())
+        # Rotation: the new value becomes AWSCURRENT, the role's password changes...
+        rotate_secret(arn, {"username": "postgres", "password": "new-Pw-2"}, endpoint_url=moto_url)
+        pg.psql("ALTER ROLE postgres PASSWORD 'new-Pw-2'")
+        # ...and the warm session ends (as after an idle timeout), so the next connect logs in anew.
+        pg.psql(f"SELECT pg_terminate_backend({first})")
+        time.sleep(0.05)  # the instance is frozen a while; the FATAL reaches its socket
+        second = handler({}, LambdaContext())
+    finally:
+        del os.environ["AWS_ENDPOINT_URL_SECRETS_MANAGER"]
+    assert second != first
+    assert db.adapter.credentials.fetches == 2, "read once, fetched once more after the rejection"
+    assert db.stats()["auth_refreshes"] == 1 and db.stats()["invocations"] == 2
+
+
+def test_secret_without_a_password_field_is_a_config_error(aws_env, make_db):
+    with mock_aws():
+        arn = create_secret("db/broken", {"username": "app"})
+        db = make_db("postgresql://127.0.0.1:1/postgres", secret_arn=arn)
+        with pytest.raises(lambdapool.ConfigError, match="password"):
+            query_handler(db)({}, LambdaContext())
+
+
+def test_missing_region_is_a_config_error_at_init(monkeypatch):
+    for var in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(lambdapool.ConfigError, match="region"):
+        lambdapool.Database("postgresql://u@h/db", pooler="rds-proxy", iam_auth=True)
+
+
+# -- pinning -------------------------------------------------------------------------------------
+
+
+def workload(db: lambdapool.Database):
+    """A realistic handler: parameterised queries (which drivers prepare) and a transaction."""
+    if db.settings.driver == "psycopg":
+
+        @db.lambda_handler
+        def handler(event, context):
+            with db.connection() as conn:
+                for i in range(8):  # past psycopg's prepare_threshold of 5
+                    conn.execute("SELECT %s::int + 1", (i,)).fetchone()
+            try:
+                with db.connection() as conn:
+                    conn.execute("SELECT %s::int", (1,))
+                    raise ValueError("roll back")
+            except ValueError:
+                pass
+
+    elif db.settings.driver == "psycopg-async":
+
+        @db.lambda_handler
+        async def handler(event, context):
+            async with db.connection() as conn:
+                for i in range(8):
+                    await (await conn.execute("SELECT %s::int + 1", (i,))).fetchone()
+
+    else:
+
+        @db.lambda_handler
+        async def handler(event, context):
+            async with db.connection() as conn:
+                async with conn.transaction():
+                    for i in range(8):
+                        await conn.fetchval("SELECT $1::int + 1", i)
+
+    return handler
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_many_instances_through_the_local_adapter_pin_nothing(pg, make_db, driver):
+    with LocalProxy(backend=pg.dsn, max_backends=4) as proxy:
+        handlers = [workload(make_db(proxy.dsn, driver=driver, pooler="local")) for _ in range(8)]
+        for _ in range(30):  # 8 instances x 30 invocations
+            for handler in handlers:
+                handler({}, LambdaContext())
+        stats = proxy.stats()
+    assert stats["pinned_sessions"] == 0, stats["pin_reasons"]
+    assert stats["peak_backends"] <= 4 and stats["transactions"] >= 240
+
+
+def test_control_stock_pools_pin_sessions_behind_the_same_proxy(pg):
+    # asyncpg.Pool's release sends its reset query (RESET ALL, UNLISTEN *...): MagicStack/asyncpg#1153.
+    import asyncpg
+
+    with LocalProxy(backend=pg.dsn, max_backends=4) as proxy:
+
+        async def asyncpg_pool() -> None:
+            pool = await asyncpg.create_pool(proxy.dsn, min_size=1, max_size=1)
+            for i in range(3):
+                async with pool.acquire() as conn:
+                    await conn.fetchval("SELECT $1::int", i)
+            await pool.close()
+
+        asyncio.run(asyncpg_pool())
+        # psycopg_pool: a rolled-back transaction that prepared statements makes psycopg send
+        # DEALLOCATE ALL (psycopg/psycopg#1105).
+        from psycopg_pool import ConnectionPool
+
+        with ConnectionPool(proxy.dsn, min_size=1, max_size=1) as pool:
+            try:
+                with pool.connection() as conn:
+                    for i in range(8):
+                        conn.execute("SELECT %s::int + 1", (i,)).fetchone()
+                    raise ValueError("roll back")
+            except ValueError:
+                pass
+            with pool.connection() as conn:
+                conn.execute("SELECT 1")
+        stats = proxy.stats()
+    assert stats["pinned_sessions"] >= 2, stats["pin_reasons"]
+
+
+def test_reset_session_behind_rds_proxy_warns_once(caplog):
+    import lambdapool.adapters.rds_proxy as rds
+
+    rds._warned_reset = False
+    lambdapool.Database("postgresql://u@h/db", pooler="rds-proxy", reset_session=True)
+    lambdapool.Database("postgresql://u@h/db", pooler="rds-proxy", reset_session=True)
+    warnings = [r for r in caplog.records if "pins the session" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+# -- PgBouncer -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+def test_pgbouncer_transaction_mode_50_instances_no_missing_prepared_statements(pg, make_db, driver):
+    from lambdapool.testing.pgbouncer import PgBouncer, PgBouncerNotFound
+
+    try:
+        bouncer = PgBouncer(pg, pool_mode="transaction", default_pool_size=5).start()
+    except PgBouncerNotFound as exc:
+        from lambdapool.testing.pytest_plugin import missing
+
+        missing("pgbouncer", str(exc))
+    errors: list[BaseException] = []
+    try:
+        dbs = [make_db(bouncer.dsn, driver=driver, pooler="pgbouncer",
+                       pgbouncer_admin_dsn=bouncer.admin_dsn) for _ in range(50)]  # fmt: skip
+        handlers = [workload(db) for db in dbs]
+
+        def instance(handler) -> None:
+            try:
+                for _ in range(20):
+                    handler({}, LambdaContext())
+            except BaseException as exc:  # collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=instance, args=(h,)) for h in handlers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        described = dbs[0].adapter.describe()
+    finally:
+        bouncer.stop()
+    assert not errors, errors[:3]
+    assert sum(db.stats()["invocations"] for db in dbs) == 1000
+    pools = [p for p in described["pools"] if p.get("database") == "postgres"]
+    assert pools, described["pools"]
+    pool = pools[0]
+    assert int(pool["cl_active"]) + int(pool["cl_waiting"]) == 50  # the 50 warm instances
+    assert int(pool["sv_active"]) + int(pool["sv_idle"]) + int(pool["sv_used"]) <= 5  # the pool
+    assert any(int(s.get("total_xact_count", 0)) > 0 for s in described["stats"])
+
+
+# -- the registry --------------------------------------------------------------------------------
+
+
+def test_a_third_party_adapter_is_found_through_its_entry_point(tmp_path):
+    # A real installed distribution (a .dist-info on sys.path), as pip would leave it.
+    dist = tmp_path / "acme_pooler-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-pooler\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[lambdapool.poolers]\nacme = acme_pooler:AcmeAdapter\n")
+    (tmp_path / "acme_pooler.py").write_text(textwrap.dedent("""
+        from lambdapool.adapters.base import Adapter
+
+        class AcmeAdapter(Adapter):
+            name = "acme"
+
+            def describe(self):
+                return {"pooler": "acme", "made_by": "a third party"}
+    """))
+    code = (
+        "import lambdapool; db = lambdapool.Database('postgresql://u@h/db', pooler='acme');"
+        "print(db.adapter.describe()['made_by'], 'acme' in __import__('lambdapool.adapters').adapters.available())"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "a third party True"
