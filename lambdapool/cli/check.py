@@ -53,7 +53,6 @@ class Deployed:
     pooler: str
     proxy_name: str | None
     connections: int
-    host: str | None
 
 
 class _Aws:
@@ -109,10 +108,8 @@ def _deployed(api: _Aws, name: str, config: dict[str, Any] | None = None) -> Dep
         connections = int(env.get("LAMBDAPOOL_MAX_PER_INSTANCE", "1"))
     except ValueError:
         raise ConfigError(f"{name}: LAMBDAPOOL_MAX_PER_INSTANCE is not an integer") from None
-    return Deployed(
-        name, reserved, env.get("LAMBDAPOOL_POOLER", "direct"), env.get("LAMBDAPOOL_PROXY_NAME"),
-        connections, _dsn_host(env),
-    )
+    return Deployed(name, reserved, env.get("LAMBDAPOOL_POOLER", "direct"), env.get("LAMBDAPOOL_PROXY_NAME"),
+                    connections)
 
 
 def _discover(api: _Aws, proxy_name: str | None, db_host: str | None) -> list[Deployed]:
@@ -155,77 +152,93 @@ def _instance(api: _Aws, identifier: str) -> tuple[int, str, str | None]:
     return max_connections_from_parameter(value, cls), cls, (db.get("Endpoint") or {}).get("Address")
 
 
-def _verdict(t: Tally, direct: list[Deployed], proxy_label: str | None) -> list[str]:
+def _proxy_consumer(limits: Limits, name: str, pool: dict[str, Any]) -> Consumer:
+    """The proxy's cap, as RDS computes it from the target group's MaxConnectionsPercent."""
+    percent = int(pool.get("MaxConnectionsPercent", 100))
+    idle = pool.get("MaxIdleConnectionsPercent")
+    if idle is not None and int(idle) > percent:
+        print(f"warning: MaxIdleConnectionsPercent {idle} is above MaxConnectionsPercent {percent}")
+    cap = limits.max_connections * percent // 100
+    label = f"rds-proxy {name}"
+    return Consumer(label, cap, f"{label} cap = {limits.max_connections} x MaxConnectionsPercent {percent} % = {cap}")
+
+
+@dataclass
+class _Counted:
+    """The functions sorted by what they cost the database."""
+
+    direct: list[Consumer]
+    notes: list[str]
+    unbounded: list[str]
+
+
+def _count(functions: list[Deployed], proxy_name: str | None) -> _Counted:
+    counted = _Counted([], [], [])
+    for fn in functions:
+        if fn.pooler == "rds-proxy" and fn.proxy_name == proxy_name:
+            counted.notes.append(f"  client: {fn.name} reserved {fn.concurrency or 'unreserved'} x "
+                                 f"{fn.connections} conn through rds-proxy {fn.proxy_name}")
+        elif fn.pooler != "direct":
+            counted.notes.append(f"  not counted: {fn.name} goes through {fn.pooler} {fn.proxy_name or ''}".rstrip())
+        elif fn.concurrency is None:
+            counted.unbounded.append(fn.name)
+        else:
+            counted.direct.append(direct_consumer(Function(fn.name, fn.concurrency, fn.connections, pooler="direct")))
+    if not functions:
+        counted.notes.append("  no function found (pass --function NAME)")
+    return counted
+
+
+def _verdict(t: Tally) -> str:
     if t.fits:
-        return [f"OK: the fan-out fits, {t.limits.usable - t.used} connection(s) to spare"]
+        return f"OK: the fan-out fits, {t.limits.usable - t.used} connection(s) to spare"
     breaker = t.breaker()
-    if breaker is not None and breaker.function is None and proxy_label:
-        share = t.limits.usable - sum(d.connections * (d.concurrency or 0) for d in direct)
-        try:
-            fix = f"set MaxConnectionsPercent to {RdsProxySettings.for_share(share, t.limits.max_connections).max_connections_percent}"
-        except ConfigError:
-            fix = "route the direct functions through the proxy"
-        return [f"FAIL: {breaker.name} breaks the budget: over by {t.over}; {fix}"]
-    name = breaker.name if breaker else "?"
-    return [f"FAIL: {name} breaks the budget: over by {t.over}; to fit, {t.advice()}"]
+    assert breaker is not None  # over the limit: some consumer crossed it
+    if breaker.function is not None:
+        return f"FAIL: {breaker.name} breaks the budget: over by {t.over}; to fit, {t.advice()}"
+    share = t.limits.usable - sum(c.connections for c in t.consumers if c.function is not None)
+    try:
+        percent = RdsProxySettings.for_share(share, t.limits.max_connections).max_connections_percent
+        fix = f"set MaxConnectionsPercent to {percent}"
+    except ConfigError:
+        fix = "route the direct functions through the proxy"
+    return f"FAIL: {breaker.name} breaks the budget: over by {t.over}; {fix}"
 
 
-def run(args: argparse.Namespace) -> int:
-    if not (args.proxy_name or args.db_instance):
-        raise ConfigError("give --proxy-name NAME (its target is the database) or --db-instance ID")
-    api = _Aws(args.region, args.endpoint_url)
+def _limits(api: _Aws, args: argparse.Namespace) -> tuple[Limits, dict[str, Any], str | None]:
+    """The database's limits (flags win over AWS), the proxy's pool settings, the instance's host."""
     pool: dict[str, Any] = {}
     instance = args.db_instance
     if args.proxy_name:
         pool, target = _proxy(api, args.proxy_name)
         instance = instance or target
-    if not instance and args.max_connections is None:
-        raise ConfigError(f"RDS Proxy {args.proxy_name!r} has no RDS instance target; pass --db-instance or "
-                          "--max-connections")
     host = None
     if instance:
         max_connections, cls, host = _instance(api, instance)
         print(f"database {instance} ({cls}): max_connections {max_connections}")
         if args.max_connections is None:
             args.max_connections = max_connections
-    limits: Limits = limits_from(args)
+    elif args.max_connections is None:
+        raise ConfigError(f"RDS Proxy {args.proxy_name!r} has no RDS instance target; pass --db-instance "
+                          "or --max-connections")
+    return limits_from(args), pool, host
 
+
+def run(args: argparse.Namespace) -> int:
+    if not (args.proxy_name or args.db_instance):
+        raise ConfigError("give --proxy-name NAME (its target is the database) or --db-instance ID")
+    api = _Aws(args.region, args.endpoint_url)
+    limits, pool, host = _limits(api, args)
     functions = ([_deployed(api, n) for n in args.function] if args.function
                  else _discover(api, args.proxy_name, host))
-    consumers: list[Consumer] = []
-    proxy_label = None
-    if args.proxy_name:
-        percent = int(pool.get("MaxConnectionsPercent", 100))
-        cap = limits.max_connections * percent // 100
-        proxy_label = f"rds-proxy {args.proxy_name}"
-        consumers.append(Consumer(proxy_label, cap, f"{proxy_label} cap = {limits.max_connections} x "
-                                                    f"MaxConnectionsPercent {percent} % = {cap}"))
-        idle = pool.get("MaxIdleConnectionsPercent")
-        if idle is not None and int(idle) > percent:
-            print(f"warning: MaxIdleConnectionsPercent {idle} is above MaxConnectionsPercent {percent}")
-    direct: list[Deployed] = []
-    notes: list[str] = []
-    unbounded: list[str] = []
-    for fn in functions:
-        if fn.pooler == "rds-proxy" and fn.proxy_name == args.proxy_name:
-            notes.append(f"  client: {fn.name} reserved {fn.concurrency or 'unreserved'} x {fn.connections} "
-                         f"conn through rds-proxy {fn.proxy_name}")
-        elif fn.pooler == "direct":
-            if fn.concurrency is None:
-                unbounded.append(fn.name)
-                continue
-            direct.append(fn)
-            consumers.append(direct_consumer(Function(fn.name, fn.concurrency, fn.connections, pooler="direct")))
-        else:
-            notes.append(f"  not counted: {fn.name} goes through {fn.pooler} {fn.proxy_name or ''}".rstrip())
-    if not functions:
-        notes.append("  no function found (pass --function NAME)")
-    result = tally(limits, consumers)
-    print("\n".join(result.lines() + notes))
-    if unbounded:
-        print(f"FAIL: {', '.join(unbounded)} connect(s) directly with no reserved concurrency: the fan-out is "
-              "bounded only by the account's concurrency; set reserved concurrency (lambdapool plan "
-              "--pooler direct says the largest that fits) or go through the proxy")
+    counted = _count(functions, args.proxy_name)
+    proxy = [_proxy_consumer(limits, args.proxy_name, pool)] if args.proxy_name else []
+    result = tally(limits, proxy + counted.direct)
+    print("\n".join(result.lines() + counted.notes))
+    if counted.unbounded:
+        print(f"FAIL: {', '.join(counted.unbounded)} connect(s) directly with no reserved concurrency: the "
+              "fan-out is bounded only by the account's concurrency; set reserved concurrency (lambdapool "
+              "plan --pooler direct says the largest that fits) or go through the proxy")
         return 1
-    print("\n".join(_verdict(result, direct, proxy_label)))
+    print(_verdict(result))
     return 0 if result.fits else 1
