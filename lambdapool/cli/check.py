@@ -215,7 +215,8 @@ def _limits(api: _Aws, args: argparse.Namespace) -> tuple[Limits, dict[str, Any]
     host = None
     if instance:
         max_connections, cls, host = _instance(api, instance)
-        print(f"database {instance} ({cls}): max_connections {max_connections}")
+        given = "" if args.max_connections is None else f" (--max-connections {args.max_connections} used instead)"
+        print(f"database {instance} ({cls}): max_connections {max_connections}{given}")
         if args.max_connections is None:
             args.max_connections = max_connections
     elif args.max_connections is None:
