@@ -57,6 +57,21 @@ def test_cloudevent_functions_receive_the_event(cf_fleet, tmp_path):
     assert lines == [[r.request_id, "dev.lambdapool.emulator.event", str(n)] for n, r in enumerate(results)]
 
 
+def test_instances_start_as_needed_up_to_the_cap(cf_fleet):
+    fleet = cf_fleet(instances=2, concurrency=1)
+    results = fleet.burst([{"sleep": 0.3}] * 2, concurrency=2)
+    assert all(r.ok and r.cold for r in results)
+    assert len({r.payload["pid"] for r in results}) == 2 and fleet.counters["peak_instances"] == 2
+
+
+def test_an_instance_that_cannot_start_fails_its_request(cf_fleet):
+    fleet = cf_fleet(target="no_such_function")
+    result = fleet.invoke({})
+    assert (result.ok, result.error_type) == (False, "InstanceStartError")
+    assert "no_such_function" in result.error_message
+    assert fleet.instances == []  # replaced by a new one on the next request
+
+
 def test_a_function_error_is_an_error_result(cf_fleet):
     fleet = cf_fleet()
     result = fleet.invoke("not an object")  # the handler calls .get on a str

@@ -201,8 +201,7 @@ class CloudFunctionFleet(Fleet):
                 processes.thaw(inst.proc.pid)
                 inst.frozen = False
         if cold:
-            assert self._launcher is not None, "the fleet is not started"
-            self._launcher.submit(self._launch, inst).result()
+            self._launch(inst)
         inst.ready.wait(START_TIMEOUT)
         return inst, cold
 
@@ -232,8 +231,19 @@ class CloudFunctionFleet(Fleet):
 
     # -- one instance --------------------------------------------------------------------------
     def _launch(self, inst: _Instance) -> None:
-        """Start the server and wait until it accepts requests (on the launcher thread)."""
+        """Start the server (on the launcher thread) and wait until it accepts requests."""
+        assert self._launcher is not None, "the fleet is not started: use `with CloudFunctionFleet(...)`"
         t0 = time.monotonic()
+        try:
+            self._launcher.submit(self._spawn, inst).result()
+            self._wait_ready(inst)
+            inst.init_ms = (time.monotonic() - t0) * 1000
+        except (OSError, RuntimeError) as exc:
+            inst.failure = str(exc)
+        finally:
+            inst.ready.set()
+
+    def _spawn(self, inst: _Instance) -> None:
         inst.port = free_port(self.host)
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -255,13 +265,6 @@ class CloudFunctionFleet(Fleet):
                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 preexec_fn=lambda: _child_setup(None),
             )  # fmt: skip
-        try:
-            self._wait_ready(inst)
-            inst.init_ms = (time.monotonic() - t0) * 1000
-        except RuntimeError as exc:
-            inst.failure = str(exc)
-        finally:
-            inst.ready.set()
 
     def _wait_ready(self, inst: _Instance) -> None:
         assert inst.proc is not None

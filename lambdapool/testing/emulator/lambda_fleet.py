@@ -153,7 +153,7 @@ class Environment:
         try:
             fd = os.pidfd_open(self.pid)
         except (AttributeError, OSError):  # not Linux >= 5.3: poll instead
-            loop.create_task(self._poll_exit())
+            self._poller = loop.create_task(self._poll_exit())  # referenced: a bare task may be collected
             return
 
         def on_exit() -> None:
@@ -247,8 +247,9 @@ class Environment:
         if inv is None or inv.request_id != request_id:
             return None
         self._current = None
-        self.state = "idle"
-        self.idle_since = time.monotonic()
+        if self.state == "busy":  # not when it is being reaped
+            self.state = "idle"
+            self.idle_since = time.monotonic()
         return inv
 
     def invocation_response(self, request_id: str, body: bytes) -> int:
