@@ -6,18 +6,12 @@ import pytest
 
 
 @pytest.fixture
-def aws(monkeypatch):
-    """An in-process moto account in us-east-1, with fake credentials and fresh lambdapool clients."""
+def aws(aws_env):
+    """An in-process moto account in us-east-1 (fake credentials from the plugin's ``aws_env``)."""
     from moto import mock_aws
 
     from lambdapool import aws as lp_aws
 
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    lp_aws.reset_clients()
     with mock_aws():
         yield
     lp_aws.reset_clients()

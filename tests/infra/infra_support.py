@@ -3,6 +3,7 @@ for the resources moto's CloudFormation skips (which the tests then create throu
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import zipfile
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+MOTO_SKIPS = {"AWS::RDS::DBProxy", "AWS::RDS::DBProxyTargetGroup", "AWS::CloudWatch::Alarm"}
+PLACEHOLDER_PROXY_ID = "prx-0123456789abcdef0"
 SAM_TEMPLATE = ROOT / "infra" / "sam" / "template.yaml"
 TERRAFORM = ROOT / "infra" / "terraform"
 
@@ -120,3 +123,89 @@ class Resolver:
                     out = out.replace("${" + key + "}", str(val))
                 return out
         return {k: v for k, v in ((k, self(v)) for k, v in value.items()) if v is not _NO_VALUE}
+
+
+def plan_parameters(argv: list[str], function: str) -> dict[str, str]:
+    """The template parameters `lambdapool plan ... --format cfn-json --stack-function` gives."""
+    from lambdapool.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["plan", *argv, "--format", "cfn-json", "--stack-function", function]) == 0
+    return {p["ParameterKey"]: p["ParameterValue"] for p in json.loads(out.getvalue())}
+
+
+def create_secret(name: str, fields: dict[str, str] | None = None) -> str:
+    import boto3
+
+    value = json.dumps(fields or {"username": "app"})
+    return boto3.client("secretsmanager").create_secret(Name=name, SecretString=value)["ARN"]
+
+
+def _numbers(props: dict, keys: tuple[str, ...]) -> dict:
+    return {k: (float(v) if k == "Threshold" else int(v)) if k in keys else v for k, v in props.items()}
+
+
+def deploy_stack(stack: str, parameters: dict[str, str], network: tuple[str, list[str]], secret_arn: str) -> dict:
+    """Deploy the SAM template into moto; make what moto's CloudFormation skips through the APIs.
+
+    moto's CloudFormation skips MOTO_SKIPS and rejects Fn::GetAtt on them and on
+    DBInstance.MasterUserSecret.SecretArn: those resources are removed, the references replaced
+    by fixed values (the proxy's name is the stack's; its ARN carries PLACEHOLDER_PROXY_ID; the
+    master secret is ``secret_arn``), and the removed resources are then created through moto's
+    RDS and CloudWatch APIs from the template's own properties, so their settings are the
+    template's. Returns the outputs, the physical ids and the names of the skipped resources.
+    """
+    import boto3
+
+    vpc, subnets = network
+    s3 = boto3.client("s3")
+    if "code" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket="code")
+        s3.put_object(Bucket="code", Key="app.zip", Body=lambda_zip())
+    parameters = {"CodeS3Bucket": "code", "CodeS3Key": "app.zip", "VpcId": vpc,
+                  "SubnetIds": ",".join(subnets), **parameters}
+    template = translate(load_template())
+    skipped = {name: r for name, r in template["Resources"].items() if r["Type"] in MOTO_SKIPS}
+    for name in skipped:
+        del template["Resources"][name]
+    fixed = {
+        ref("Proxy"): stack,  # DBProxyName is the stack's name
+        getatt("Proxy", "DBProxyArn"): f"arn:aws:rds:us-east-1:123456789012:db-proxy:{PLACEHOLDER_PROXY_ID}",
+        getatt("Proxy", "Endpoint"): f"{stack}.proxy-placeholder.us-east-1.rds.amazonaws.com",
+        getatt("Database", "MasterUserSecret.SecretArn"): secret_arn,
+    }
+    cfn = boto3.client("cloudformation")
+    cfn.create_stack(
+        StackName=stack, TemplateBody=json.dumps(replace(template, fixed)), Capabilities=["CAPABILITY_IAM"],
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+    )
+    described = cfn.describe_stacks(StackName=stack)["Stacks"][0]
+    assert described["StackStatus"] == "CREATE_COMPLETE", described.get("StackStatusReason")
+    physical = {r["LogicalResourceId"]: r["PhysicalResourceId"]
+                for r in cfn.list_stack_resources(StackName=stack)["StackResourceSummaries"]
+                if r["LogicalResourceId"]}
+    attributes = {(name, "GroupId"): pid for name, pid in physical.items() if name.endswith("SecurityGroup")}
+    if "ProxyRole" in physical:
+        attributes["ProxyRole", "Arn"] = boto3.client("iam").get_role(RoleName=physical["ProxyRole"])["Role"]["Arn"]
+    attributes["Database", "MasterUserSecret.SecretArn"] = secret_arn
+    resolve = Resolver(template, stack, parameters, {**physical, "Proxy": stack}, attributes)
+
+    rds, cloudwatch = boto3.client("rds"), boto3.client("cloudwatch")
+    for name, resource in skipped.items():
+        if "Condition" in resource and not resolve.condition(resource["Condition"]):
+            continue
+        props = resolve(resource["Properties"])
+        if resource["Type"] == "AWS::RDS::DBProxy":
+            rds.create_db_proxy(**_numbers(props, ("IdleClientTimeout",)))
+        elif resource["Type"] == "AWS::RDS::DBProxyTargetGroup":
+            rds.register_db_proxy_targets(DBProxyName=props["DBProxyName"],
+                                          DBInstanceIdentifiers=props["DBInstanceIdentifiers"])
+            pool = props["ConnectionPoolConfigurationInfo"]
+            rds.modify_db_proxy_target_group(DBProxyName=props["DBProxyName"], TargetGroupName=props["TargetGroupName"],
+                                             ConnectionPoolConfig={k: int(v) for k, v in pool.items()})
+        else:
+            cloudwatch.put_metric_alarm(AlarmName=f"{stack}-{name}", **_numbers(
+                props, ("Period", "EvaluationPeriods", "DatapointsToAlarm", "Threshold")))
+    return {"outputs": {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])},
+            "physical": physical, "skipped": sorted(skipped)}

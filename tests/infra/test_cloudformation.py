@@ -3,10 +3,10 @@ CloudFormation with the plan's numbers; `lambdapool check` then reads the deploy
 
 moto's CloudFormation skips AWS::RDS::DBProxy, AWS::RDS::DBProxyTargetGroup and
 AWS::CloudWatch::Alarm (and crashes on Fn::GetAtt of a skipped resource or of
-DBInstance.MasterUserSecret.SecretArn). The deployed variant therefore has MOTO_SKIPS removed
-and those references replaced by fixed values (see ``_deploy``); the removed resources are then
-made through moto's RDS and CloudWatch APIs from the template's own properties, so their
-settings are still the template's.
+DBInstance.MasterUserSecret.SecretArn). The deployed variant therefore has those resources
+removed and the references replaced by fixed values (``infra_support.deploy_stack``); the
+removed resources are then made through moto's RDS and CloudWatch APIs from the template's own
+properties, so their settings are still the template's.
 """
 
 from __future__ import annotations
@@ -21,24 +21,16 @@ import pytest
 
 from lambdapool.cli import main
 from tests.infra.infra_support import (
+    PLACEHOLDER_PROXY_ID,
     SAM_TEMPLATE,
-    Resolver,
-    getatt,
-    lambda_zip,
+    create_secret,
+    deploy_stack,
     load_template,
-    ref,
-    replace,
+    plan_parameters,
     translate,
 )
 
-MOTO_SKIPS = {"AWS::RDS::DBProxy", "AWS::RDS::DBProxyTargetGroup", "AWS::CloudWatch::Alarm"}
-PLACEHOLDER_PROXY_ID = "prx-0123456789abcdef0"
 PLAN = ["--instance-class", "db.t4g.medium", "--admin", "5", "--function", "api=50", "--function", "web=20x2"]
-
-
-def plan_parameters(capsys, function: str) -> dict[str, str]:
-    assert main(["plan", *PLAN, "--format", "cfn-json", "--stack-function", function]) == 0
-    return {p["ParameterKey"]: p["ParameterValue"] for p in json.loads(capsys.readouterr().out)}
 
 
 def cfn_lint(path) -> subprocess.CompletedProcess:
@@ -63,7 +55,7 @@ def test_cfn_lint_passes_on_every_template():
 def test_cfn_lint_with_the_plans_numbers_and_every_rule_on(tmp_path, capsys):
     # GIVEN the template with the plan's numbers and real-looking ids as defaults, and the
     # W1030 exception (empty defaults of optional parameters) taken out
-    params = plan_parameters(capsys, "api") | {
+    params = plan_parameters(PLAN, "api") | {
         "CodeS3Bucket": "code", "CodeS3Key": "app.zip", "VpcId": "vpc-0123456789abcdef0",
         "SubnetIds": "subnet-01234567,subnet-89abcdef", "ExistingDbInstanceId": "orders",
         "ExistingDbSecurityGroupId": "sg-0123456789abcdef0", "ExistingProxyResourceId": PLACEHOLDER_PROXY_ID,
@@ -109,69 +101,6 @@ def test_sam_template_translates(aws):
     }
 
 
-def _numbers(props: dict, keys: tuple[str, ...]) -> dict:
-    return {k: (float(v) if k == "Threshold" else int(v)) if k in keys else v for k, v in props.items()}
-
-
-def _deploy(stack: str, parameters: dict[str, str], network, secret_arn: str) -> dict:
-    """Deploy the template into moto; make what moto's CloudFormation skips through the APIs."""
-    vpc, subnets = network
-    s3 = boto3.client("s3")
-    if "code" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
-        s3.create_bucket(Bucket="code")
-        s3.put_object(Bucket="code", Key="app.zip", Body=lambda_zip())
-    parameters = {"CodeS3Bucket": "code", "CodeS3Key": "app.zip", "VpcId": vpc,
-                  "SubnetIds": ",".join(subnets), **parameters}
-    template = translate(load_template())
-    skipped = {name: r for name, r in template["Resources"].items() if r["Type"] in MOTO_SKIPS}
-    for name in skipped:
-        del template["Resources"][name]
-    fixed = {
-        ref("Proxy"): stack,  # DBProxyName is the stack's name
-        getatt("Proxy", "DBProxyArn"): f"arn:aws:rds:us-east-1:123456789012:db-proxy:{PLACEHOLDER_PROXY_ID}",
-        getatt("Proxy", "Endpoint"): f"{stack}.proxy-placeholder.us-east-1.rds.amazonaws.com",
-        getatt("Database", "MasterUserSecret.SecretArn"): secret_arn,
-    }
-    cfn = boto3.client("cloudformation")
-    cfn.create_stack(
-        StackName=stack, TemplateBody=json.dumps(replace(template, fixed)), Capabilities=["CAPABILITY_IAM"],
-        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
-    )
-    described = cfn.describe_stacks(StackName=stack)["Stacks"][0]
-    assert described["StackStatus"] == "CREATE_COMPLETE", described.get("StackStatusReason")
-    physical = {r["LogicalResourceId"]: r["PhysicalResourceId"]
-                for r in cfn.list_stack_resources(StackName=stack)["StackResourceSummaries"]
-                if r["LogicalResourceId"]}
-    attributes = {(name, "GroupId"): pid for name, pid in physical.items() if name.endswith("SecurityGroup")}
-    if "ProxyRole" in physical:
-        attributes["ProxyRole", "Arn"] = boto3.client("iam").get_role(RoleName=physical["ProxyRole"])["Role"]["Arn"]
-    attributes["Database", "MasterUserSecret.SecretArn"] = secret_arn
-    resolve = Resolver(template, stack, parameters, {**physical, "Proxy": stack}, attributes)
-
-    rds, cloudwatch = boto3.client("rds"), boto3.client("cloudwatch")
-    for name, resource in skipped.items():
-        if "Condition" in resource and not resolve.condition(resource["Condition"]):
-            continue
-        props = resolve(resource["Properties"])
-        if resource["Type"] == "AWS::RDS::DBProxy":
-            rds.create_db_proxy(**_numbers(props, ("IdleClientTimeout",)))
-        elif resource["Type"] == "AWS::RDS::DBProxyTargetGroup":
-            rds.register_db_proxy_targets(DBProxyName=props["DBProxyName"],
-                                          DBInstanceIdentifiers=props["DBInstanceIdentifiers"])
-            pool = props["ConnectionPoolConfigurationInfo"]
-            rds.modify_db_proxy_target_group(DBProxyName=props["DBProxyName"], TargetGroupName=props["TargetGroupName"],
-                                             ConnectionPoolConfig={k: int(v) for k, v in pool.items()})
-        else:
-            cloudwatch.put_metric_alarm(AlarmName=f"{stack}-{name}", **_numbers(
-                props, ("Period", "EvaluationPeriods", "DatapointsToAlarm", "Threshold")))
-    return {"outputs": {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])},
-            "physical": physical, "skipped": sorted(skipped)}
-
-
-def _secret(name: str) -> str:
-    return boto3.client("secretsmanager").create_secret(Name=name, SecretString='{"username":"app"}')["ARN"]
-
-
 def _ingress_sources(group_id: str) -> list[str]:
     group = boto3.client("ec2").describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
     return [pair["GroupId"] for perm in group["IpPermissions"] if perm.get("FromPort") == 5432
@@ -180,9 +109,9 @@ def _ingress_sources(group_id: str) -> list[str]:
 
 def test_template_with_a_new_database_deploys_with_the_plans_numbers(network, capsys):
     # GIVEN the plan's parameters for the first function's stack
-    params = plan_parameters(capsys, "api")
+    params = plan_parameters(PLAN, "api")
     # WHEN the stack is deployed (a new database, IAM auth)
-    stack = _deploy("orders", params, network, _secret("orders-master"))
+    stack = deploy_stack("orders", params, network, create_secret("orders-master"))
     physical = stack["physical"]
     assert stack["skipped"] == [
         "BorrowLatencyAlarm", "DatabaseConnectionsAlarm", "PinnedConnectionsAlarm", "Proxy",
@@ -224,13 +153,13 @@ def test_template_with_a_new_database_deploys_with_the_plans_numbers(network, ca
 
 
 def test_second_function_joins_the_proxy(network, capsys):
-    first = _deploy("orders", plan_parameters(capsys, "api"), network, _secret("orders-master"))
-    joined = plan_parameters(capsys, "web") | {
+    first = deploy_stack("orders", plan_parameters(PLAN, "api"), network, create_secret("orders-master"))
+    joined = plan_parameters(PLAN, "web") | {
         "ExistingProxyName": first["outputs"]["ProxyName"],
         "ExistingProxyResourceId": first["outputs"]["ProxyResourceId"],
         "ExistingProxySecurityGroupId": first["outputs"]["ProxySecurityGroupId"],
     }
-    second = _deploy("orders-web", joined, network, _secret("unused"))
+    second = deploy_stack("orders-web", joined, network, create_secret("unused"))
     # THEN the second stack makes no proxy, database or alarms, only the function and its access
     assert not {"Proxy", "Database", "ProxySecurityGroup"} & set(second["physical"])
     assert first["physical"]["FunctionSecurityGroup"] in _ingress_sources(first["outputs"]["ProxySecurityGroupId"])
@@ -250,12 +179,12 @@ def test_template_with_an_existing_database(network, capsys):
     rds.create_db_instance(DBInstanceIdentifier="orders-db", DBInstanceClass="db.r6g.large", Engine="postgres",
                            MasterUsername="app", MasterUserPassword="not-a-real-one", AllocatedStorage=20,
                            VpcSecurityGroupIds=[db_sg])
-    secret = _secret("orders-db-app")
-    params = plan_parameters(capsys, "api") | {
+    secret = create_secret("orders-db-app")
+    params = plan_parameters(PLAN, "api") | {
         "ExistingDbInstanceId": "orders-db", "ExistingDbSecurityGroupId": db_sg, "DbSecretArn": secret,
         "AuthMode": "secret",
     }
-    stack = _deploy("orders", params, network, secret)
+    stack = deploy_stack("orders", params, network, secret)
     # THEN the stack makes no database, lets the proxy into the existing one, and targets it
     assert "Database" not in stack["physical"]
     assert _ingress_sources(db_sg) == [stack["physical"]["ProxySecurityGroup"]]
