@@ -141,3 +141,4 @@ def test_validations_accept_the_plan_and_refuse_what_it_never_makes(module, caps
     assert not _validate(variables["max_connections_percent"]["validation"][0]["condition"],
                          "max_connections_percent", 0)
     assert not _validate(variables["driver"]["validation"][0]["condition"], "driver", "pg8000")
+
