@@ -37,6 +37,8 @@ __all__ = [
     "RdsProxySettings",
     "Tally",
     "default_max_connections",
+    "direct_consumer",
+    "instance_class_memory",
     "max_connections_from_parameter",
     "plan",
     "tally",

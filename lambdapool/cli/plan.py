@@ -63,8 +63,10 @@ def _load(path: Path) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: {exc.strerror}") from None
     try:
         if path.suffix == ".toml":
-            import tomllib
-
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                raise ConfigError(f"--config {path}: reading TOML needs Python 3.11+; write it as JSON") from None
             return tomllib.loads(text)
         return json.loads(text)
     except ValueError as exc:
