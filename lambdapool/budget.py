@@ -273,14 +273,15 @@ class Tally:
     def advice(self) -> str:
         """What to change so that it fits (only meaningful when it does not)."""
         breaker = self.breaker()
-        fix = [f"raise max_connections to {self.limits.max_connections + self.over} (or a larger instance class)"]
+        fix = []
+        if all(c.function is not None for c in self.consumers):  # a percent-sized pooler would grow too
+            fix.append(f"raise max_connections to {self.limits.max_connections + self.over} (or a larger instance class)")
         if breaker is not None and breaker.function is not None:
             fn = breaker.function
             room = breaker.connections - self.over
             largest = room // fn.per_environment
-            if largest >= 1:
-                fix.insert(0, f"lower {fn.name}'s reserved concurrency from {fn.concurrency} to {largest}")
-            fix.insert(1, f"route {fn.name} through a pooler (--pooler rds-proxy or pgbouncer)")
+            lower = [f"lower {fn.name}'s reserved concurrency from {fn.concurrency} to {largest}"] if largest >= 1 else []
+            fix = [*lower, f"route {fn.name} through a pooler (--pooler rds-proxy or pgbouncer)", *fix]
         elif breaker is not None:
             fix.insert(0, f"lower {breaker.name}'s connection cap by {self.over}")
         return "; or ".join(fix)
