@@ -146,7 +146,7 @@ def _positive(setting: str, value: int, minimum: int = 1) -> int:
 class BudgetError(ConfigError):
     """The connections asked for do not fit under the database's limit; says by how much and what to change."""
 
-    __module__ = "lambdapool"
+    __module__ = "lambdapool.budget"
 
 
 @dataclass(frozen=True)
