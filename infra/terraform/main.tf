@@ -135,6 +135,8 @@ resource "aws_db_proxy" "this" {
     auth_scheme = "SECRETS"
     secret_arn  = local.db_secret_arn
     iam_auth    = var.auth_mode == "iam" ? "REQUIRED" : "DISABLED"
+
+    client_password_auth_type = "POSTGRES_SCRAM_SHA_256"
   }
 
   lifecycle {
