@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from lambdapool.testing.emulator import processes
 from lambdapool.testing.emulator.base import Fleet
 from lambdapool.testing.emulator.results import InvocationResult, throttled
 from lambdapool.testing.emulator.runtime_api import NextInvocation, error_fields, serve
+from lambdapool.testing.emulator.zygote import ForkServer
 from lambdapool.testing.postgres import _child_setup
 
 INIT_TIMEOUT = 10.0  # Lambda's limit on the init phase of an on-demand environment
@@ -113,7 +114,8 @@ class Environment:
         self.invocations = 0
         self.init_ms: float | None = None
         self.idle_since = 0.0
-        self.proc: subprocess.Popen | None = None
+        self.pid = 0
+        self.returncode: int | None = None
         self.server: asyncio.Server | None = None
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # first GET /next
@@ -123,14 +125,9 @@ class Environment:
         self._pending: _Invocation | None = None  # assigned, not yet handed out
         self._current: _Invocation | None = None  # handed out, not yet answered
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
     def info(self) -> EnvironmentInfo:
         return EnvironmentInfo(self.id, self.pid, self.state, self.frozen_confirmed, self.invocations,
-                               self.init_ms, self.proc.returncode if self.proc else None)  # fmt: skip
+                               self.init_ms, self.returncode)  # fmt: skip
 
     # -- lifecycle (called by the fleet) -----------------------------------------------------
     async def launch(self, init_type: str) -> None:
@@ -140,37 +137,41 @@ class Environment:
         env = fleet._process_env(self.id, port, init_type)
         self.log_path = fleet.log_dir / f"{self.id}.log"
         self._launched = time.monotonic()
+        if fleet._zygote is not None:
+            self.pid = await fleet._zygote.spawn(self.id, env, fleet.task_root, fleet.handler, str(self.log_path))
+            fleet._zygote.on_exit(self.pid, self._exited)
+            return
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
+            proc = subprocess.Popen(
                 [fleet.python, "-m", "awslambdaric", fleet.handler],
                 cwd=fleet.task_root, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 preexec_fn=lambda: _child_setup(None),
             )  # fmt: skip
-        self._watch_exit()
+        self.pid = proc.pid
+        self._watch_exit(proc)
 
-    def _watch_exit(self) -> None:
+    def _watch_exit(self, proc: subprocess.Popen) -> None:
         loop = asyncio.get_running_loop()
         try:
-            fd = os.pidfd_open(self.pid)
+            fd = os.pidfd_open(proc.pid)
         except (AttributeError, OSError):  # not Linux >= 5.3: poll instead
-            self._poller = loop.create_task(self._poll_exit())  # referenced: a bare task may be collected
+            self._poller = loop.create_task(self._poll_exit(proc))  # referenced: a bare task may be collected
             return
 
         def on_exit() -> None:
             loop.remove_reader(fd)
             os.close(fd)
-            self._exited()
+            self._exited(proc.wait())
 
         loop.add_reader(fd, on_exit)
 
-    async def _poll_exit(self) -> None:
-        while self.proc is not None and self.proc.poll() is None:
+    async def _poll_exit(self, proc: subprocess.Popen) -> None:
+        while proc.poll() is None:
             await asyncio.sleep(0.01)
-        self._exited()
+        self._exited(proc.wait())
 
-    def _exited(self) -> None:
-        assert self.proc is not None
-        code = self.proc.wait()
+    def _exited(self, code: int) -> None:
+        self.returncode = code
         self.state = "dead"
         self.frozen = self.frozen_confirmed = False
         why = self.init_failure or ("Runtime.ExitError", f"Runtime exited with {_describe_exit(code)}")
@@ -307,6 +308,8 @@ class LambdaFleet(Fleet):
         shutdown_extension: bool = False,
         shutdown_grace: float = 2.0,
         freeze: bool = True,
+        fork_server: bool = False,
+        preload: Sequence[str] = (),
         function_name: str = "lambdapool-emulated",
         region: str = "us-east-1",
         python: str = sys.executable,
@@ -330,6 +333,9 @@ class LambdaFleet(Fleet):
         self.shutdown_extension = shutdown_extension
         self.shutdown_grace = shutdown_grace
         self.freeze = freeze
+        self.fork_server = fork_server or bool(preload)
+        self.preload = tuple(preload)
+        self._zygote: ForkServer | None = None
         self.function_name = function_name
         self.region = region
         self.python = python
@@ -355,9 +361,24 @@ class LambdaFleet(Fleet):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="lambdapool-runtime-api", daemon=True)
         self._thread.start()
-        if self.idle_reap_after is not None:
-            self._call(self._start_reaper())
+        try:
+            if self.fork_server:
+                self._call(self._start_zygote())
+            if self.idle_reap_after is not None:
+                self._call(self._start_reaper())
+        except BaseException:
+            self.close()
+            raise
         return self
+
+    async def _start_zygote(self) -> None:
+        self._zygote = ForkServer(self.python, self.preload, str(self.log_dir / "zygote.log"))
+        try:
+            await self._zygote.start()
+        except RuntimeError as exc:
+            self._zygote.stop()
+            self._zygote = None
+            raise EnvironmentStartError(str(exc)) from None
 
     def _spawn(self, coro: Any) -> None:
         """Run ``coro`` in the background on the loop, keeping a reference until it is done."""
@@ -384,6 +405,9 @@ class LambdaFleet(Fleet):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._reap(list(self._envs.values()))
+        if self._zygote is not None:
+            self._zygote.stop()
+            self._zygote = None
 
     def _call(self, coro: Any, timeout: float | None = None) -> Any:
         if self._loop is None:

@@ -1,0 +1,51 @@
+"""Environments forked from a zygote (``fork_server=True``): same behaviour, cheaper cold starts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lambdapool.testing.emulator.processes import proc_state
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_forked_environments_behave_like_launched_ones(lambda_fleet, backends, eventually):
+    fleet = lambda_fleet(fork_server=True, preload=["psycopg"], reserved_concurrency=2)
+    zygote = fleet._zygote.proc.pid
+    first = fleet.burst([{"env": True, "sleep": 0.2}] * 2, concurrency=2)
+    assert all(r.ok and r.cold and r.init_ms > 0 for r in first)
+    pids = {r.payload["pid"] for r in first}
+    assert len(pids) == 2 and {_parent(pid) for pid in pids} == {zygote} and zygote != os.getpid()
+    env = first[0].payload["env"]
+    assert env["AWS_LAMBDA_FUNCTION_NAME"] == "lambdapool-emulated" and env["_HANDLER"] == "pg_handler.handler"
+    # warm reuse, freezing and thawing, as with launched environments
+    again = fleet.burst([{}] * 2, concurrency=2)
+    assert all(r.ok and not r.cold for r in again) and {r.payload["pid"] for r in again} == pids
+    fleet.freeze_all()
+    assert {proc_state(pid) for pid in pids} == {"T"}
+    assert backends() == 2
+    # reaping: killed, and the zygote reports the exit
+    assert len(fleet.reap()) == 2
+    assert fleet.environments == [] and {proc_state(pid) for pid in pids} == {None}
+    eventually(lambda: backends() == 0, what="backends of reaped forked environments closing")
+    fleet.close()
+    assert proc_state(zygote) is None
+
+
+def test_forked_environment_init_error_and_sigterm(lambda_fleet, tmp_path, monkeypatch):
+    monkeypatch.setenv("LAMBDAPOOL_TEST_SENTINEL", "1")  # must not leak into environments
+    failing = lambda_fleet(handler="import_error.handler", fork_server=True)
+    result = failing.invoke()
+    assert (result.ok, result.error_type) == (False, "Runtime.ImportModuleError")
+
+    marker = tmp_path / "bye.txt"
+    marker.touch()
+    fleet = lambda_fleet(fork_server=True, shutdown_extension=True, env={"SHUTDOWN_MARKER": str(marker)})
+    pid = fleet.invoke({"env": True}).payload["pid"]
+    assert "LAMBDAPOOL_TEST_SENTINEL" not in fleet.results[0].payload["env"]
+    fleet.freeze_all()
+    fleet.reap()
+    assert marker.read_text().split() == [str(pid)]
