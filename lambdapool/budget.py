@@ -275,13 +275,15 @@ class Tally:
         breaker = self.breaker()
         fix = []
         if all(c.function is not None for c in self.consumers):  # a percent-sized pooler would grow too
-            fix.append(f"raise max_connections to {self.limits.max_connections + self.over} (or a larger instance class)")
+            needed = self.limits.max_connections + self.over
+            fix.append(f"raise max_connections to {needed} (or a larger instance class)")
         if breaker is not None and breaker.function is not None:
             fn = breaker.function
             room = breaker.connections - self.over
             largest = room // fn.per_environment
-            lower = [f"lower {fn.name}'s reserved concurrency from {fn.concurrency} to {largest}"] if largest >= 1 else []
-            fix = [*lower, f"route {fn.name} through a pooler (--pooler rds-proxy or pgbouncer)", *fix]
+            route = f"route {fn.name} through a pooler (--pooler rds-proxy or pgbouncer)"
+            lower = f"lower {fn.name}'s reserved concurrency from {fn.concurrency} to {largest}"
+            fix = [lower, route, *fix] if largest >= 1 else [route, *fix]
         elif breaker is not None:
             fix.insert(0, f"lower {breaker.name}'s connection cap by {self.over}")
         return "; or ".join(fix)
@@ -426,13 +428,7 @@ class Plan:
         return out
 
 
-def plan(limits: Limits, functions: Sequence[Function], pooler: str = "rds-proxy", poolers: int = 1) -> Plan:
-    """Pooler settings (and direct-mode concurrency limits) that keep the fan-out under the limit.
-
-    Functions whose pooler is ``direct`` count with their whole fan-out; what they leave is
-    split evenly between the ``poolers`` pooler instances (several PgBouncers, or several
-    proxies on one database). Raises :class:`BudgetError` when that cannot fit.
-    """
+def _validate(functions: Sequence[Function], pooler: str, poolers: int, limits: Limits) -> None:
     if pooler not in POOLERS:
         raise ConfigError(f"pooler must be one of {', '.join(POOLERS)}, got {pooler!r}")
     _positive("poolers", poolers)
@@ -441,45 +437,51 @@ def plan(limits: Limits, functions: Sequence[Function], pooler: str = "rds-proxy
     names = [f.name for f in functions]
     if len(set(names)) != len(names):
         raise ConfigError(f"function names must be unique, got {names}")
+    kinds = {f.pooler or pooler for f in functions} - {"direct"}
+    if len(kinds) > 1:
+        raise ConfigError(f"one plan sizes one kind of pooler, got {sorted(kinds)}")
     if limits.usable < 1:
         raise BudgetError(
             f"nothing is left for functions: {limits.arithmetic()}; raise max_connections or reserve fewer slots"
         )
+
+
+def plan(limits: Limits, functions: Sequence[Function], pooler: str = "rds-proxy", poolers: int = 1) -> Plan:
+    """Pooler settings (and direct-mode concurrency limits) that keep the fan-out under the limit.
+
+    Functions whose pooler is ``direct`` count with their whole fan-out; what they leave is
+    split evenly between the ``poolers`` pooler instances (several PgBouncers, or several
+    proxies on one database). Raises :class:`BudgetError` when that cannot fit.
+    """
+    _validate(functions, pooler, poolers, limits)
     direct = [f for f in functions if (f.pooler or pooler) == "direct"]
     pooled = [f for f in functions if (f.pooler or pooler) != "direct"]
     consumers = [direct_consumer(f) for f in direct]
-    direct_total = sum(f.fan_out for f in direct)
     tally(limits, consumers).check()
 
-    settings: dict[str, object] = {}
-    kinds = {f.pooler or pooler for f in pooled}
-    if len(kinds) > 1:
-        raise ConfigError(f"one plan sizes one kind of pooler, got {sorted(kinds)}")
+    rds_proxy = pgbouncer = None
     if pooled:
-        kind = kinds.pop()
-        share = (limits.usable - direct_total) // poolers
+        kind = pooled[0].pooler or pooler
+        left = limits.usable - sum(f.fan_out for f in direct)
+        share = left // poolers
         if share < 1:
             raise BudgetError(
-                f"direct functions ({', '.join(f.name for f in direct)}) use {direct_total} of "
-                f"{limits.usable} usable connections, leaving "
-                f"{limits.usable - direct_total} for {poolers} {kind} instance(s); lower the direct "
-                "functions' reserved concurrency or route them through the pooler too"
+                f"direct functions ({', '.join(f.name for f in direct)}) use {limits.usable - left} of "
+                f"{limits.usable} usable connections, leaving {left} for {poolers} {kind} instance(s); lower "
+                "the direct functions' reserved concurrency or route them through the pooler too"
             )
         if kind == "rds-proxy":
-            proxy = RdsProxySettings.for_share(share, limits.max_connections)
-            settings["rds_proxy"] = proxy
-            cap = proxy.cap
+            rds_proxy = RdsProxySettings.for_share(share, limits.max_connections)
+            cap = rds_proxy.cap
         else:
-            fan_out = sum(f.fan_out for f in pooled)
-            settings["pgbouncer"] = PgBouncerSettings(share, share, fan_out)
+            pgbouncer = PgBouncerSettings(share, share, sum(f.fan_out for f in pooled))
             cap = share
         for i in range(poolers):
             label = kind if poolers == 1 else f"{kind} #{i + 1}"
             consumers.append(Consumer(label, cap, f"{label} cap = {cap}"))
     final = tally(limits, consumers)
-    final.check()  # rounding can only go down; this guards the invariant
+    final.check()  # rounding only ever goes down; this guards the invariant
 
     room = limits.usable - final.used
     largest = {f.name: f.concurrency + room // f.per_environment for f in direct}
-    return Plan(limits, pooler, poolers, tuple(functions), final, largest_concurrency=largest, **settings)  # type: ignore[arg-type]
-
+    return Plan(limits, pooler, poolers, tuple(functions), final, rds_proxy, pgbouncer, largest)

@@ -160,7 +160,8 @@ def _proxy_consumer(limits: Limits, name: str, pool: dict[str, Any]) -> Consumer
         print(f"warning: MaxIdleConnectionsPercent {idle} is above MaxConnectionsPercent {percent}")
     cap = limits.max_connections * percent // 100
     label = f"rds-proxy {name}"
-    return Consumer(label, cap, f"{label} cap = {limits.max_connections} x MaxConnectionsPercent {percent} % = {cap}")
+    arithmetic = f"{label} cap = {limits.max_connections} x MaxConnectionsPercent {percent} % = {cap}"
+    return Consumer(label, cap, arithmetic)
 
 
 @dataclass
@@ -179,11 +180,13 @@ def _count(functions: list[Deployed], proxy_name: str | None) -> _Counted:
             counted.notes.append(f"  client: {fn.name} reserved {fn.concurrency or 'unreserved'} x "
                                  f"{fn.connections} conn through rds-proxy {fn.proxy_name}")
         elif fn.pooler != "direct":
-            counted.notes.append(f"  not counted: {fn.name} goes through {fn.pooler} {fn.proxy_name or ''}".rstrip())
+            via = f"{fn.pooler} {fn.proxy_name or ''}".rstrip()
+            counted.notes.append(f"  not counted: {fn.name} goes through {via}")
         elif fn.concurrency is None:
             counted.unbounded.append(fn.name)
         else:
-            counted.direct.append(direct_consumer(Function(fn.name, fn.concurrency, fn.connections, pooler="direct")))
+            function = Function(fn.name, fn.concurrency, fn.connections, pooler="direct")
+            counted.direct.append(direct_consumer(function))
     if not functions:
         counted.notes.append("  no function found (pass --function NAME)")
     return counted

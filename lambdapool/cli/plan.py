@@ -20,7 +20,9 @@ HELP = "compute the connection budget and the pooler settings that keep the fan-
 
 FORMATS = ("table", "json", "cfn", "cfn-json", "tfvars", "pgbouncer")
 
-_SPEC = re.compile(r"(?P<name>[A-Za-z0-9_.:-]+)=(?P<c>\d+)(?:x(?P<k>\d+))?(?:x(?P<p>\d+))?(?:@(?P<pooler>[a-z-]+))?")
+_SPEC = re.compile(
+    r"(?P<name>[A-Za-z0-9_.:-]+)=(?P<c>\d+)(?:x(?P<k>\d+))?(?:x(?P<p>\d+))?(?:@(?P<pooler>[a-z-]+))?"
+)
 
 
 def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,7 +128,9 @@ def cfn_parameters(p: Plan, stack_function: str | None) -> dict[str, str]:
             raise ConfigError(f"--stack-function NAME: one stack per function, pick one of {sorted(pooled)}")
         stack_function = next(iter(pooled))
     if stack_function not in pooled:
-        raise ConfigError(f"--stack-function {stack_function!r}: not a function through RDS Proxy {sorted(pooled)}")
+        raise ConfigError(
+            f"--stack-function {stack_function!r}: not a function through RDS Proxy {sorted(pooled)}"
+        )
     fn = pooled[stack_function]
     return {
         "FunctionName": fn.name,
