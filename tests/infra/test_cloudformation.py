@@ -81,6 +81,17 @@ def test_cfn_lint_with_the_plans_numbers_and_every_rule_on(tmp_path, capsys):
     assert "MaxConnectionsPercent" in result.stdout
 
 
+def test_every_parameter_the_plan_gives_is_one_the_template_takes():
+    declared = load_template()["Parameters"]
+    for function in ("api", "web"):
+        params = plan_parameters(PLAN, function)
+        assert set(params) <= set(declared)
+        for name, value in params.items():  # within the template's own bounds
+            spec = declared[name]
+            if spec["Type"] == "Number":
+                assert int(spec.get("MinValue", 0)) <= int(value) <= int(spec.get("MaxValue", 1 << 31)), name
+
+
 def test_sam_template_translates(aws):
     out = translate(load_template())
     resources = out["Resources"]
