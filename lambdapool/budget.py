@@ -84,7 +84,7 @@ def instance_class_memory(instance_class: str) -> int:
     AWS does not publish it: it is the class's memory less what the OS and RDS's own processes
     keep. We take off 256 MiB plus 3 % of the memory. Against ``SHOW max_connections`` read
     on real default instances (db.t2.small 198, db.t2.medium 413, db.t2.large and db.m4.large
-    856, db.r4.large 1660) this gives 190, 408, 845 and 1638: a few per cent low, never high,
+    856, db.r4.large 1660) this gives 190, 408, 846 and 1638: a few per cent low, never high,
     which is the safe side for a budget. Read the real value (``lambdapool check`` does) when
     it matters.
     """
