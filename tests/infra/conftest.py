@@ -19,13 +19,7 @@ def aws(aws_env):
 
 @pytest.fixture
 def network(aws):
-    """A VPC with two private subnets in two AZs, as RDS and RDS Proxy require."""
-    import boto3
+    """A VPC with two private subnets in two AZs, in the in-process moto account."""
+    from tests.infra.infra_support import make_network
 
-    ec2 = boto3.client("ec2")
-    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-    subnets = [
-        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"us-east-1{az}")["Subnet"]["SubnetId"]
-        for i, az in enumerate("ab")
-    ]
-    return vpc, subnets
+    return make_network()

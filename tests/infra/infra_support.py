@@ -125,6 +125,19 @@ class Resolver:
         return {k: v for k, v in ((k, self(v)) for k, v in value.items()) if v is not _NO_VALUE}
 
 
+def make_network() -> tuple[str, list[str]]:
+    """A VPC with two private subnets in two AZs, as RDS and RDS Proxy require."""
+    import boto3
+
+    ec2 = boto3.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"us-east-1{az}")["Subnet"]["SubnetId"]
+        for i, az in enumerate("ab")
+    ]
+    return vpc, subnets
+
+
 def plan_parameters(argv: list[str], function: str) -> dict[str, str]:
     """The template parameters `lambdapool plan ... --format cfn-json --stack-function` gives."""
     from lambdapool.cli import main

@@ -3,18 +3,20 @@ overcommitted one fails naming what breaks the budget, with the arithmetic print
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import boto3
 import pytest
 
 from lambdapool.budget import default_max_connections
 from lambdapool.cli import main
-from tests.infra.infra_support import lambda_zip
+from tests.infra.infra_support import lambda_zip, make_network
 
 
-@pytest.fixture
-def deployment(network):
+def make_deployment(subnets: list[str]) -> dict[str, str]:
     """A database (max_connections 100 via its parameter group) behind an RDS Proxy at 60 %."""
-    _, subnets = network
     rds = boto3.client("rds")
     rds.create_db_parameter_group(DBParameterGroupName="orders", DBParameterGroupFamily="postgres16",
                                   Description="orders")
@@ -31,6 +33,11 @@ def deployment(network):
     pool_config(60)
     address = rds.describe_db_instances(DBInstanceIdentifier="orders")["DBInstances"][0]["Endpoint"]["Address"]
     return {"role": role, "address": address}
+
+
+@pytest.fixture
+def deployment(network):
+    return make_deployment(network[1])
 
 
 def pool_config(percent: int) -> None:
@@ -128,3 +135,19 @@ def test_formula_and_class_default_from_the_parameter_group(network, capsys):
 def test_unknown_proxy_is_a_clear_error(aws, capsys):
     code, out = check(capsys)
     assert code == 2 and "RDS Proxy 'orders' not found" in out and "Traceback" not in out
+
+
+def test_console_script_against_moto_server(moto_url, monkeypatch):
+    # GIVEN the deployment in moto's server (boto3 here reaches it through AWS_ENDPOINT_URL)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    deployment = make_deployment(make_network()[1])
+    proxied(deployment, "api", 500)
+    direct(deployment, "cron", 40)
+    # WHEN `lambdapool check` runs as a command, told the endpoint by --endpoint-url only
+    env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
+    out = subprocess.run([sys.executable, "-m", "lambdapool", "check", "--endpoint-url", moto_url,
+                          "--proxy-name", "orders"], capture_output=True, text=True, env=env, timeout=60)
+    # THEN it exits 1 naming the function, and never prints the DSN's password
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "FAIL: cron breaks the budget: over by 5" in out.stdout
+    assert "hunter2" not in out.stdout + out.stderr
