@@ -53,6 +53,7 @@ class Deployed:
     pooler: str
     proxy_name: str | None
     connections: int
+    processes: int = 1
 
 
 class _Aws:
@@ -109,7 +110,14 @@ def _deployed(api: _Aws, name: str, config: dict[str, Any] | None = None) -> Dep
     except ValueError:
         raise ConfigError(f"{name}: LAMBDAPOOL_MAX_PER_INSTANCE is not an integer") from None
     return Deployed(name, reserved, env.get("LAMBDAPOOL_POOLER", "direct"), env.get("LAMBDAPOOL_PROXY_NAME"),
-                    connections)
+                    connections, processes_per_environment(config))
+
+
+def processes_per_environment(config: dict[str, Any]) -> int:
+    """Python processes in one environment: several on Lambda Managed Instances, one each
+    serving one of the environment's concurrent requests (and holding its own connections)."""
+    managed = (config.get("CapacityProviderConfig") or {}).get("LambdaManagedInstancesCapacityProviderConfig")
+    return int((managed or {}).get("PerExecutionEnvironmentMaxConcurrency") or 1)
 
 
 def _discover(api: _Aws, proxy_name: str | None, db_host: str | None) -> list[Deployed]:
@@ -185,7 +193,7 @@ def _count(functions: list[Deployed], proxy_name: str | None) -> _Counted:
         elif fn.concurrency is None:
             counted.unbounded.append(fn.name)
         else:
-            function = Function(fn.name, fn.concurrency, fn.connections, pooler="direct")
+            function = Function(fn.name, fn.concurrency, fn.connections, fn.processes, pooler="direct")
             counted.direct.append(direct_consumer(function))
     if not functions:
         counted.notes.append("  no function found (pass --function NAME)")

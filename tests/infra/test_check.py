@@ -151,3 +151,18 @@ def test_console_script_against_moto_server(moto_url, monkeypatch):
     assert out.returncode == 1, out.stdout + out.stderr
     assert "FAIL: cron breaks the budget: over by 5" in out.stdout
     assert "hunter2" not in out.stdout + out.stderr
+
+
+def test_lambda_managed_instances_count_every_process():
+    from lambdapool.cli.check import processes_per_environment
+
+    managed = {"CapacityProviderConfig": {"LambdaManagedInstancesCapacityProviderConfig": {
+        "CapacityProviderArn": "arn:aws:lambda:us-east-1:123456789012:capacity-provider:cp",
+        "PerExecutionEnvironmentMaxConcurrency": 8}}}
+    assert processes_per_environment(managed) == 8
+    assert processes_per_environment({"FunctionName": "api"}) == 1
+    # the path read is the one in Lambda's API model (moto does not return it)
+    model = boto3.client("lambda", region_name="us-east-1").meta.service_model
+    output = model.operation_model("GetFunctionConfiguration").output_shape
+    config = output.members["CapacityProviderConfig"].members["LambdaManagedInstancesCapacityProviderConfig"]
+    assert config.members["PerExecutionEnvironmentMaxConcurrency"].type_name == "integer"
