@@ -7,12 +7,12 @@ locals {
   db_secret_arn   = local.create_database ? aws_db_instance.this[0].master_user_secret[0].secret_arn : var.db_secret_arn
   # arn:aws:rds:REGION:ACCOUNT:db-proxy:prx-... -> prx-..., the resource id rds-db:connect names
   proxy_resource_id = split(":", aws_db_proxy.this.arn)[6]
+  # ... and arn:aws:rds-db:REGION:ACCOUNT:dbuser:prx-.../USER, what it may connect as
+  proxy_user_arn = "${replace(replace(aws_db_proxy.this.arn, ":rds:", ":rds-db:"), ":db-proxy:", ":dbuser:")}/${var.db_user}"
   alarm_actions     = var.alarm_topic_arn == null ? [] : [var.alarm_topic_arn]
 }
 
 data "aws_partition" "current" {}
-data "aws_region" "current" {}
-data "aws_caller_identity" "current" {}
 
 # --- network ----------------------------------------------------------------------------------
 
@@ -186,7 +186,7 @@ data "aws_iam_policy_document" "function" {
     content {
       sid       = "ConnectThroughTheProxy"
       actions   = ["rds-db:connect"]
-      resources = ["arn:${data.aws_partition.current.partition}:rds-db:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:dbuser:${local.proxy_resource_id}/${var.db_user}"]
+      resources = [local.proxy_user_arn]
     }
   }
   dynamic "statement" {

@@ -112,13 +112,19 @@ def test_the_modules_numbers_are_the_plans(module, capsys):
 
 
 def test_rds_db_connect_is_scoped_to_the_proxy_and_user(module):
-    locals_ = next(block for block in module["locals"] if "proxy_resource_id" in block)
+    locals_ = next(block for block in module["locals"] if "proxy_user_arn" in block)
     assert locals_["proxy_resource_id"] == '${split(":", aws_db_proxy.this.arn)[6]}'
     policy = next(b for e in module["data"] for k, v in e.items() if k == "aws_iam_policy_document"
                   for label, b in v.items() if label == "function")
     connect = policy["dynamic"][0]["statement"]["content"][0]
-    assert connect["actions"] == ["rds-db:connect"]
-    assert connect["resources"][0].endswith(":dbuser:${local.proxy_resource_id}/${var.db_user}")
+    assert connect["actions"] == ["rds-db:connect"] and connect["resources"] == ["${local.proxy_user_arn}"]
+    # the expression, applied to a proxy ARN, gives the rds-db ARN of that proxy and user
+    expression = locals_["proxy_user_arn"]
+    assert expression == ('${replace(replace(aws_db_proxy.this.arn, ":rds:", ":rds-db:"), ":db-proxy:", '
+                          '":dbuser:")}/${var.db_user}')
+    arn = "arn:aws:rds:us-east-1:123456789012:db-proxy:prx-0123456789abcdef0"
+    applied = arn.replace(":rds:", ":rds-db:").replace(":db-proxy:", ":dbuser:") + "/app"
+    assert applied == "arn:aws:rds-db:us-east-1:123456789012:dbuser:prx-0123456789abcdef0/app"
 
 
 def _validate(condition: str, name: str, value) -> bool:
