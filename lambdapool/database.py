@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
 from typing import Any, Callable, TypeVar
 
 from lambdapool import adapters, drivers, lifecycle
@@ -88,17 +86,21 @@ class Database:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         if self.is_async:
+            from lambdapool.lend_async import AsyncLender
             from lambdapool.slots import AsyncSlots
             from lambdapool.warm_async import AsyncConnector, AsyncWarmConnection
 
             connector = AsyncConnector(self.driver, self.adapter, settings, self._stats)
             self._slots: Any = AsyncSlots(settings.max_per_instance, lambda: AsyncWarmConnection(connector))
+            self._lender: Any = AsyncLender(self)
         else:
+            from lambdapool.lend import Lender
             from lambdapool.slots import Slots
             from lambdapool.warm import Connector, WarmConnection
 
             sync_connector = Connector(self.driver, self.adapter, settings, self._stats)
             self._slots = Slots(settings.max_per_instance, lambda: WarmConnection(sync_connector))
+            self._lender = Lender(self)
         lifecycle.register(
             self, handle_sigterm=settings.handle_sigterm, snap_start=self._instance.init_type == "snap-start"
         )
@@ -154,7 +156,7 @@ class Database:
         asyncpg rolls back any transaction left open (as asyncpg.Pool does); an exception rolls
         back. Outside a handler each outermost block acts as its own invocation.
         """
-        return self._async_connection() if self.is_async else self._sync_connection()
+        return self._lender.connection()
 
     # -- invocation bookkeeping ------------------------------------------------------------
     def _begin(self, context: Any) -> _InvocationState:
@@ -191,140 +193,16 @@ class Database:
         }
         emit(emf_record(self._function, figures, {"invocation": inv.number, "requestId": inv.request_id}))
 
-    # -- sync path -------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _sync_connection(self) -> Iterator[Any]:
-        state = self._current.get()
-        token = None
-        if state is None:
-            state = self._adhoc()
-            token = self._current.set(state)
-        try:
-            if state.conn is None:
-                self._sync_acquire(state)
-            state.depth += 1
-            try:
-                yield state.conn
-            except BaseException:
-                if state.depth == 1:
-                    self._sync_rollback_quietly(state.conn)
-                raise
-            else:
-                if state.depth == 1 and self.driver.block_succeeded(state.conn) == "rollback":
-                    self._stats.incr("rollbacks")
-            finally:
-                state.depth -= 1
-        finally:
-            if token is not None:
-                self._current.reset(token)
-                self._sync_finish(state)
-
-    def _sync_acquire(self, state: _InvocationState) -> None:
-        started = time.monotonic()
-        deadline = self._acquire_deadline(state)
-        holder = self._slots.take(deadline - started)
-        try:
-            state.conn = holder.acquire(deadline)
-        except BaseException:
-            self._slots.give(holder)
-            raise
-        state.holder, state.outcome = holder, holder.outcome
-        state.acquire_ms = (time.monotonic() - started) * 1000.0
-        self._stats.add("acquire_ms_total", state.acquire_ms)
-
-    def _sync_rollback_quietly(self, conn: Any) -> None:
-        try:
-            if self.driver.usable(conn) and self.driver.in_transaction(conn):
-                self._stats.incr("rollbacks")
-                self.driver.rollback(conn)
-        except Exception:  # the handler's exception is the one that matters; release drops it
-            pass
-
-    def _sync_finish(self, state: _InvocationState) -> None:
-        holder, state.holder, state.conn = state.holder, None, None
-        if holder is None:
-            return
-        try:
-            holder.release()
-        except Exception:
-            logger.warning("lambdapool: releasing the connection failed; dropping it", exc_info=True)
-            holder.terminate()
-        finally:
-            self._slots.give(holder)
-
+    # -- ending an invocation --------------------------------------------------------------
     def _sync_end(self, state: _InvocationState) -> None:
-        self._sync_finish(state)
+        self._lender.finish(state)
         self._after(state)
-
-    # -- async path ------------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def _async_connection(self) -> AsyncIterator[Any]:
-        state = self._current.get()
-        token = None
-        if state is None:
-            state = self._adhoc()
-            token = self._current.set(state)
-        try:
-            if state.conn is None:
-                await self._async_acquire(state)
-            state.depth += 1
-            try:
-                yield state.conn
-            except BaseException:
-                if state.depth == 1:
-                    await self._async_rollback_quietly(state.conn)
-                raise
-            else:
-                if state.depth == 1 and await self.driver.block_succeeded(state.conn) == "rollback":
-                    self._stats.incr("rollbacks")
-            finally:
-                state.depth -= 1
-        finally:
-            if token is not None:
-                self._current.reset(token)
-                await self._async_finish(state)
-
-    async def _async_acquire(self, state: _InvocationState) -> None:
-        started = time.monotonic()
-        deadline = self._acquire_deadline(state)
-        holder = await self._slots.take(deadline - started)
-        try:
-            state.conn = await holder.acquire(deadline)
-        except BaseException:
-            self._slots.give(holder)
-            raise
-        state.holder, state.outcome = holder, holder.outcome
-        state.acquire_ms = (time.monotonic() - started) * 1000.0
-        self._stats.add("acquire_ms_total", state.acquire_ms)
-
-    async def _async_rollback_quietly(self, conn: Any) -> None:
-        try:
-            if self.driver.usable(conn) and self.driver.in_transaction(conn):
-                self._stats.incr("rollbacks")
-                await self.driver.rollback(conn)
-        except Exception:
-            pass
-
-    async def _async_finish(self, state: _InvocationState) -> None:
-        holder, state.holder, state.conn = state.holder, None, None
-        if holder is None:
-            return
-        try:
-            await holder.release()
-        except asyncio.CancelledError:  # cancelled mid-cleanup: the connection's state is unknown
-            holder.terminate()
-            raise
-        except Exception:
-            logger.warning("lambdapool: releasing the connection failed; dropping it", exc_info=True)
-            holder.terminate()
-        finally:
-            self._slots.give(holder)
 
     async def _async_end(self, state: _InvocationState) -> None:
         if self.is_async:
-            await self._async_finish(state)
+            await self._lender.finish(state)
         else:
-            self._sync_finish(state)
+            self._lender.finish(state)
         self._after(state)
 
     # -- the instance's event loop (async handlers) -----------------------------------------
@@ -361,12 +239,12 @@ class Database:
             if self.is_async:
 
                 async def warm() -> None:
-                    async with self._async_connection():
+                    async with self._lender.connection():
                         pass
 
                 self._run(warm())
             else:
-                with self._sync_connection():
+                with self._lender.connection():
                     pass
         except Exception as exc:  # init must not fail for want of a connection: connect later
             logger.warning("lambdapool: prewarm failed (%s); will connect on first use", type(exc).__name__)

@@ -22,3 +22,10 @@ def test_ci_runs_the_readme_test_command():
     command = "python3 -m pip install -q -e '.[dev]' && python3 -m pytest"
     assert command in README
     assert command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_pooler_setting_is_in_the_readme():
+    from lambdapool import adapters
+
+    names = {o.name for name in adapters.BUILTIN for o in adapters.load(name).OPTIONS}
+    assert not [n for n in sorted(names) if f"`{n}`" not in README]

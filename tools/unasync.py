@@ -14,7 +14,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PAIRS = [("lambdapool/warm_async.py", "lambdapool/warm.py")]
+PAIRS = [
+    ("lambdapool/warm_async.py", "lambdapool/warm.py"),
+    ("lambdapool/lend_async.py", "lambdapool/lend.py"),
+]
 RULES = [
     (r"^import asyncio\n", ""),
     (r"\basync def ", "def "),
@@ -24,26 +27,34 @@ RULES = [
     (r"\bAsyncWarmConnection\b", "WarmConnection"),
     (r"\baconnect_params\b", "connect_params"),
     (r"\bakeep_warm\b", "keep_warm"),
+    (r"\bAsyncLender\b", "Lender"),
+    (r"\basynccontextmanager\b", "contextmanager"),
+    (r"\bAsyncIterator\b", "Iterator"),
     (r"\(asyncio drivers\)", "(sync drivers)"),
-    (r"Written by hand; ``warm.py`` \(sync drivers\) is generated from it by ``tools/unasync.py``:\n"
+    (r"Written by hand; ``(\w+).py`` \(sync drivers\) is generated from it by ``tools/unasync.py``:\n"
      r"edit this file, then run ``python tools/unasync.py``.",
-     "DO NOT EDIT: generated from ``warm_async.py`` by ``tools/unasync.py``."),
+     r"DO NOT EDIT: generated from ``\1_async.py`` by ``tools/unasync.py``."),
 ]  # fmt: skip
 
 
-def convert(text: str) -> str:
+def convert(text: str, used: set[str]) -> str:
     for pattern, repl in RULES:
         text, n = re.subn(pattern, repl, text, flags=re.MULTILINE)
-        if n == 0:
-            raise SystemExit(f"unasync: rule {pattern!r} matched nothing; update tools/unasync.py")
+        if n:
+            used.add(pattern)
     return text
 
 
 def main(argv: list[str]) -> int:
     check = "--check" in argv
     stale = []
-    for src, dst in PAIRS:
-        out = convert((ROOT / src).read_text())
+    used: set[str] = set()
+    outputs = {dst: convert((ROOT / src).read_text(), used) for src, dst in PAIRS}
+    unused = [pattern for pattern, _ in RULES if pattern not in used]
+    if unused:
+        print(f"unasync: rules that matched nothing (update tools/unasync.py): {unused}", file=sys.stderr)
+        return 1
+    for dst, out in outputs.items():
         target = ROOT / dst
         if target.exists() and target.read_text() == out:
             continue

@@ -12,13 +12,23 @@ import lambdapool
 from tests.support import DRIVERS, LambdaContext, query_handler
 
 
+def connect_patiently(dsn: str) -> psycopg.Connection:
+    """Connect, waiting out the slot of a psql backend that is still exiting."""
+    for _ in range(40):
+        try:
+            return psycopg.connect(dsn)
+        except psycopg.OperationalError:
+            time.sleep(0.05)
+    return psycopg.connect(dsn)
+
+
 @pytest.fixture
 def full_server(pg_factory):
     """A server with max_connections=5 (3 reserved for superusers) whose 2 ordinary slots are taken."""
     pg = pg_factory(max_connections=5)
     pg.psql("CREATE ROLE app LOGIN")
     app_dsn = pg.dsn.replace("postgres@", "app@", 1)
-    hogs = [psycopg.connect(app_dsn) for _ in range(2)]
+    hogs = [connect_patiently(app_dsn) for _ in range(2)]
     with pytest.raises(psycopg.OperationalError, match="too many clients|remaining connection slots"):
         psycopg.connect(app_dsn)  # the server really is full for ordinary users
     yield pg, app_dsn, hogs
