@@ -43,6 +43,31 @@ def usable(conn: Any) -> bool:
     return not conn.closed and not conn.broken and conn.info.transaction_status != TransactionStatus.UNKNOWN
 
 
+def _can_drive_connect(psycopg: Any) -> bool:
+    return hasattr(psycopg.Connection, "_connect_gen") and hasattr(psycopg.waiting, "wait_conn")
+
+
+def _connect_within(psycopg: Any, kwargs: dict[str, Any], timeout: float) -> Any:
+    """Connect within ``timeout`` seconds, under libpq's 2 s floor on connect_timeout.
+
+    A Lambda deadline can leave less than 2 s; psycopg's own connect drives the same
+    generator with the rounded-up value (psycopg/connection.py), so drive it with ours.
+    Falls back to the public API when psycopg's internals differ (see _can_drive_connect).
+    """
+    from psycopg import errors
+    from psycopg.conninfo import make_conninfo
+
+    options = {k: kwargs.pop(k) for k in ("autocommit", "prepare_threshold") if k in kwargs}
+    gen = psycopg.Connection._connect_gen(make_conninfo("", **kwargs))
+    try:
+        conn = psycopg.waiting.wait_conn(gen, interval=0.02, timeout=timeout)
+    except errors._WaitTimeout:
+        raise errors.ConnectionTimeout("connection timeout expired") from None
+    for key, value in options.items():
+        setattr(conn, key, value)
+    return conn
+
+
 class PsycopgDriver:
     name = "psycopg"
     is_async = False
@@ -50,7 +75,10 @@ class PsycopgDriver:
     def connect(self, params: ConnectParams, timeout: float) -> Any:
         import psycopg
 
-        return psycopg.Connection.connect(**connect_kwargs(params, timeout))
+        kwargs = connect_kwargs(params, timeout)
+        if timeout >= 2 or not _can_drive_connect(psycopg):
+            return psycopg.Connection.connect(**kwargs)
+        return _connect_within(psycopg, kwargs, timeout)
 
     quick_state = staticmethod(quick_state)
     in_transaction = staticmethod(in_transaction)

@@ -80,3 +80,27 @@ def test_database_that_does_not_exist_fails_at_once(pg_server, make_db):
         with db.connection():
             pass
     assert time.monotonic() - started < 5  # no pointless retries for 10 s
+
+
+@pytest.fixture
+def silent_listener():
+    """A TCP port that accepts connections and never says a word: a hanging connect."""
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    yield srv.getsockname()[1]
+    srv.close()
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_hanging_connect_stops_at_the_deadline_even_under_libpqs_two_second_floor(
+    silent_listener, make_db, driver
+):
+    db = make_db(f"postgresql://app@127.0.0.1:{silent_listener}/db", driver=driver, connect_timeout=30)
+    handler = query_handler(db)
+    started = time.monotonic()
+    with pytest.raises(lambdapool.ConnectionUnavailable, match="budget"):
+        handler({}, LambdaContext(remaining_ms=1500))
+    assert time.monotonic() - started < 1.5, "the connect attempt outlived the invocation's deadline"
