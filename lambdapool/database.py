@@ -252,6 +252,9 @@ class Database:
     def _restored(self) -> None:
         with self._lock:
             self._instance.restored()
+        # A cached secret's age is kept on a monotonic clock, which may not count the time the
+        # snapshot sat on disk: fetch credentials afresh after a restore.
+        self.adapter.invalidate_credentials()
 
     def _shutdown(self, reason: str) -> None:
         """Close every connection now (SIGTERM, exit, before a snapshot); never raises."""
