@@ -277,3 +277,39 @@ def test_a_third_party_adapter_is_found_through_its_entry_point(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "a third party True"
+
+
+def test_tls_bundle_not_found_names_the_amazon_roots():
+    with pytest.raises(lambdapool.ConfigError, match="ssl_ca_file.*not found.*Amazon Trust Services"):
+        lambdapool.Database("postgresql://u@h/db", pooler="rds-proxy", ssl_ca_file="/nonexistent/ca.pem")
+
+
+def test_rds_proxy_refuses_plaintext():
+    with pytest.raises(lambdapool.ConfigError, match="must use TLS"):
+        lambdapool.Database("postgresql://u@h/db?sslmode=disable", pooler="rds-proxy")
+
+
+def test_unreadable_secret_names_it_and_the_permission(aws_env, make_db):
+    with mock_aws():
+        db = make_db("postgresql://127.0.0.1:1/postgres",
+                     secret_arn="arn:aws:secretsmanager:us-east-1:123456789012:secret:missing")  # fmt: skip
+        with pytest.raises(lambdapool.LambdapoolError, match="missing") as info:
+            query_handler(db)({}, LambdaContext())
+    assert isinstance(info.value, (lambdapool.ConfigError, lambdapool.AuthError))
+
+
+def test_iam_token_never_appears_in_errors_or_logs(pg, aws_env, make_db, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="lambdapool")  # botocore's own DEBUG logs print signatures
+    # The proxy knows other keys than the ones the token is signed with: the token is refused.
+    with mock_aws(), LocalProxy(backend=pg.dsn, auth="iam", iam_credentials={"AKIAOTHER": "other"},
+                                region="us-east-1") as proxy:  # fmt: skip
+        db = make_db(f"postgresql://postgres@{proxy.host}:{proxy.port}/postgres", pooler="local", iam_auth=True)
+        with pytest.raises(lambdapool.AuthError) as info:
+            query_handler(db)({}, LambdaContext())
+        token = db.adapter.credentials.get().password
+    assert "X-Amz-Signature" in token  # a real token was made and sent
+    ours = "".join(r.getMessage() for r in caplog.records if r.name.startswith("lambdapool"))
+    text = str(info.value) + ours + repr(db) + repr(db.adapter.credentials)
+    assert token not in text and token.split("X-Amz-Signature=")[1] not in text
