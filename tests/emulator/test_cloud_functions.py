@@ -16,7 +16,7 @@ SOURCE = Path(__file__).parent / "handlers" / "cf_handler.py"
 def test_one_instance_serves_concurrent_requests_on_separate_connections(cf_fleet, backends):
     fleet = cf_fleet(instances=1, concurrency=4)
     # WHEN four requests arrive together at an instance that takes four at once
-    results = fleet.burst([{"sleep": 0.4}] * 4, concurrency=4)
+    results = fleet.burst([{"sleep": 0.8}] * 4, concurrency=4)
     assert all(r.ok for r in results), [r.error_message for r in results]
     payloads = [r.payload for r in results]
     # THEN one instance (one worker process) ran them at the same time, on four threads

@@ -47,5 +47,6 @@ def test_forked_environment_init_error_and_sigterm(lambda_fleet, tmp_path, monke
     pid = fleet.invoke({"env": True}).payload["pid"]
     assert "LAMBDAPOOL_TEST_SENTINEL" not in fleet.results[0].payload["env"]
     fleet.freeze_all()
-    fleet.reap()
-    assert marker.read_text().split() == [str(pid)]
+    (env_id,) = fleet.reap()
+    log = (fleet.log_dir / f"{env_id}.log").read_text() + (fleet.log_dir / "zygote.log").read_text()
+    assert marker.read_text().split() == [str(pid)], log

@@ -96,9 +96,11 @@ def test_sigterm_reaches_the_handler_only_with_a_shutdown_extension(lambda_fleet
     fleet = lambda_fleet(env={"SHUTDOWN_MARKER": str(marker)}, shutdown_extension=extension, shutdown_grace=3.0)
     pid = fleet.invoke().payload["pid"]
     fleet.freeze_all()  # SIGTERM must reach a frozen environment too
-    assert fleet.reap() == [fleet.results[0].instance_id]
+    env_id = fleet.results[0].instance_id
+    assert fleet.reap() == [env_id]
     assert fleet.environments == []
-    assert marker.read_text().split() == ([str(pid)] if extension else [])
+    log = (fleet.log_dir / f"{env_id}.log").read_text()
+    assert marker.read_text().split() == ([str(pid)] if extension else []), log
 
 
 def test_handler_error_comes_back_as_an_error_result(lambda_fleet):

@@ -42,7 +42,7 @@ def test_each_instance_has_its_own_module_global_connection(light_env, backends,
 
 def test_light_fleet_throttles_beyond_reserved_concurrency(light_env):
     with LightFleet(module_factory(HANDLERS, "pg_handler.handler"), reserved_concurrency=3, env=light_env) as fleet:
-        results = fleet.burst([{"sleep": 0.3}] * 6, concurrency=6)
+        results = fleet.burst([{"sleep": 0.8}] * 6, concurrency=6)
         assert sum(r.ok for r in results) == 3 and sum(r.throttled for r in results) == 3
         assert fleet.counters["peak_instances"] == 3
 

@@ -13,7 +13,7 @@ from lambdapool.testing.emulator.lambda_fleet import EnvironmentInfo, Environmen
 from lambdapool.testing.emulator.light import LightContext, LightFleet, module_factory
 from lambdapool.testing.emulator.report import Report, Scenario
 from lambdapool.testing.emulator.results import THROTTLED, InvocationResult, percentile
-from lambdapool.testing.emulator.sampler import BackendSampler
+from lambdapool.testing.emulator.sampler import BackendSampler, PgBouncerSampler
 
 __all__ = [
     "THROTTLED",
@@ -26,6 +26,7 @@ __all__ = [
     "LambdaFleet",
     "LightContext",
     "LightFleet",
+    "PgBouncerSampler",
     "Report",
     "Scenario",
     "module_factory",

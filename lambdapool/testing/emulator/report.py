@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lambdapool.testing.emulator.results import InvocationResult, percentile
-from lambdapool.testing.emulator.sampler import BackendSampler
+from lambdapool.testing.emulator.sampler import Sampler
 
 
 @dataclass
@@ -79,7 +79,7 @@ class Report:
         self,
         name: str,
         results: Sequence[InvocationResult],
-        sampler: BackendSampler | None = None,
+        sampler: Sampler | None = None,
         *,
         limit: int | None = None,
         **extra: Any,

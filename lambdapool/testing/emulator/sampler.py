@@ -1,18 +1,23 @@
-"""Count the database's client backends many times a second, in a thread, while a fleet runs.
+"""Count connections many times a second, in a thread, while a fleet runs.
 
-The count is what the database itself reports (``pg_stat_activity``, client backends only,
-the sampler's own excluded), so it shows what any pooler really let through. Each sample is
-its own autocommit transaction: within a transaction ``pg_stat_activity`` is a frozen snapshot.
-The sampler connects before the load starts and as the superuser (whose reserved slots it
-then uses), so it is not refused when the load exhausts ``max_connections``; if its
-connection breaks (a database restart) it counts an error and reconnects on the next tick.
+:class:`BackendSampler` counts what the database itself reports (``pg_stat_activity``, client
+backends only, the sampler's own excluded), so it shows what any pooler really let through.
+Each sample is its own autocommit transaction: within a transaction ``pg_stat_activity`` is a
+frozen snapshot. It connects before the load starts and as the DSN's user (a superuser gets the
+reserved slots), so it is not refused when the load exhausts ``max_connections``.
+:class:`PgBouncerSampler` counts PgBouncer's server connections (``SHOW POOLS``), the pooler's
+own view, to cross-check the database's. If a sampler's connection breaks (a restart) it counts
+an error and reconnects on the next tick.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from typing import Any
+from typing import Any, TypeVar
+
+S = TypeVar("S", bound="Sampler")
 
 _QUERY = (
     "SELECT count(*) FROM pg_stat_activity "
@@ -20,18 +25,12 @@ _QUERY = (
 )
 
 
-class BackendSampler:
-    """``with BackendSampler(pg.dsn) as s: ...``; then ``s.peak``, ``s.timeline``, ``s.rate_hz``.
+class Sampler:
+    """The thread, the timeline and the peak; subclasses connect and count."""
 
-    ``interval`` is the time between samples (0.02 s = 50 Hz); ``application_name_like``
-    counts only backends whose ``application_name`` matches that LIKE pattern.
-    ``timeline`` holds ``(time.time(), count)`` pairs, to line up with invocation results.
-    """
-
-    def __init__(self, dsn: str, interval: float = 0.02, application_name_like: str | None = None) -> None:
+    def __init__(self, dsn: str, interval: float) -> None:
         self.dsn = dsn
         self.interval = interval
-        self.application_name_like = application_name_like
         self.timeline: list[tuple[float, int]] = []
         self.errors = 0
         self.last_error: str | None = None
@@ -41,7 +40,7 @@ class BackendSampler:
         self._started = self._stopped = 0.0
 
     def __repr__(self) -> str:  # never the DSN: it may hold a password
-        return f"<BackendSampler samples={len(self.timeline)} peak={self.peak} rate_hz={self.rate_hz:.1f}>"
+        return f"<{type(self).__name__} samples={len(self.timeline)} peak={self.peak} rate_hz={self.rate_hz:.1f}>"
 
     @property
     def peak(self) -> int:
@@ -53,13 +52,13 @@ class BackendSampler:
         end = self._stopped or time.monotonic()
         return len(self.timeline) / (end - self._started) if self._started and end > self._started else 0.0
 
-    def __enter__(self) -> BackendSampler:
+    def __enter__(self: S) -> S:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> BackendSampler:
+    def start(self: S) -> S:
         """Connect (so a failure to reach the database shows here) and start sampling."""
         self._connect()
         self._sample()
@@ -79,21 +78,21 @@ class BackendSampler:
             self._conn = None
 
     def _connect(self) -> None:
-        import psycopg
+        raise NotImplementedError
 
-        self._conn = psycopg.connect(self.dsn, autocommit=True, application_name="lambdapool-sampler",
-                                     connect_timeout=5)  # fmt: skip
+    def _count(self) -> int:
+        raise NotImplementedError
 
     def _sample(self) -> None:
-        if self.application_name_like is None:
-            row = self._conn.execute(_QUERY).fetchone()
-        else:
-            row = self._conn.execute(_QUERY + " AND application_name LIKE %s", (self.application_name_like,)).fetchone()
-        self.timeline.append((time.time(), int(row[0])))
+        self.timeline.append((time.time(), self._count()))
 
     def _run(self) -> None:
         import psycopg
 
+        try:  # a thread has its own nice value on Linux: keep the rhythm when the fleet saturates the CPU
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -5)
+        except (OSError, AttributeError):  # not root, or not Linux: best effort
+            pass
         next_at = time.monotonic()
         while not self._stop.is_set():
             next_at += self.interval
@@ -111,3 +110,57 @@ class BackendSampler:
             if delay < 0:  # fell behind (a slow sample): skip the missed ticks, keep the rhythm
                 next_at = time.monotonic()
             self._stop.wait(max(0.0, delay))
+
+
+class BackendSampler(Sampler):
+    """``with BackendSampler(pg.dsn) as s: ...``; then ``s.peak``, ``s.timeline``, ``s.rate_hz``.
+
+    ``interval`` is the time between samples (0.02 s = 50 Hz); ``application_name_like``
+    counts only backends whose ``application_name`` matches that LIKE pattern.
+    ``timeline`` holds ``(time.time(), count)`` pairs, to line up with invocation results.
+    """
+
+    def __init__(self, dsn: str, interval: float = 0.02, application_name_like: str | None = None) -> None:
+        super().__init__(dsn, interval)
+        self.application_name_like = application_name_like
+
+    def _connect(self) -> None:
+        import psycopg
+
+        self._conn = psycopg.connect(self.dsn, autocommit=True, application_name="lambdapool-sampler",
+                                     connect_timeout=5)  # fmt: skip
+
+    def _count(self) -> int:
+        if self.application_name_like is None:
+            row = self._conn.execute(_QUERY).fetchone()
+        else:
+            row = self._conn.execute(_QUERY + " AND application_name LIKE %s", (self.application_name_like,)).fetchone()
+        return int(row[0])
+
+
+class PgBouncerSampler(Sampler):
+    """PgBouncer's server connections over time, from its admin console (``pgb.admin_dsn``).
+
+    Counts every server connection PgBouncer holds or is opening (``sv_active``, ``sv_idle``,
+    ``sv_used``, ``sv_tested``, ``sv_login`` of ``SHOW POOLS``), all pools but the console's.
+    """
+
+    def __init__(self, admin_dsn: str, interval: float = 0.02) -> None:
+        super().__init__(admin_dsn, interval)
+
+    def _connect(self) -> None:
+        import psycopg
+
+        # The console speaks only the simple query protocol: a client-side-binding cursor.
+        self._conn = psycopg.connect(self.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor,
+                                     connect_timeout=5)  # fmt: skip
+
+    def _count(self) -> int:
+        cur = self._conn.execute("SHOW POOLS")
+        names = [col.name for col in cur.description]
+        total = 0
+        for row in cur.fetchall():
+            pool = dict(zip(names, row))
+            if pool["database"] != "pgbouncer":
+                total += sum(int(pool.get(k, 0)) for k in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login"))
+        return total
