@@ -1,0 +1,188 @@
+"""`lambdapool emulate`: run your handler under the local Lambda emulator, through a pooler.
+
+``lambdapool emulate app.py:handler --pooler direct --pooler local --concurrency 50
+--invocations 500`` runs the same burst once per ``--pooler``, against ``--dsn`` or a throwaway
+Postgres (``--max-connections``), shows progress on stderr while it runs, then prints the
+scenarios side by side; ``--chart`` and ``--json`` keep the picture and the figures.
+The scenario machinery is :mod:`lambdapool.testing.fanout`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from lambdapool.errors import ConfigError
+
+HELP = "run a handler under the Lambda emulator with a pooler and report what the database saw"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("handler", help="path/to/module.py:function (a Lambda handler)")
+    parser.add_argument("--pooler", action="append", metavar="NAME",
+                        help="direct, local, pgbouncer or rds-proxy; repeat (or comma-separate) to compare "
+                             "side by side (default: local)")  # fmt: skip
+    parser.add_argument("--concurrency", type=int, default=20,
+                        help="invocations in flight, and Lambda environments at most (default 20)")  # fmt: skip
+    parser.add_argument("--invocations", type=int, default=200, help="invocations in the burst (default 200)")
+    parser.add_argument("--light", type=int, default=0, metavar="N",
+                        help="add N light in-process instances, invoked as many rounds as the environments")  # fmt: skip
+    db = parser.add_mutually_exclusive_group()
+    db.add_argument("--dsn", help="a running database (default: a throwaway Postgres)")
+    db.add_argument("--max-connections", type=int, default=30,
+                    help="max_connections of the throwaway Postgres (default 30)")  # fmt: skip
+    parser.add_argument("--cap", type=int, help="the pooler's cap on backends (default: two thirds of the limit)")
+    parser.add_argument("--no-guard", action="store_true", help="direct: turn the SDK's budget guard off")
+    parser.add_argument("--timeout", type=float, default=10.0, help="the function's timeout in seconds (default 10)")
+    parser.add_argument("--event", default="{}", help="the event, as JSON (each invocation adds \"n\")")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the handler (repeatable)")  # fmt: skip
+    parser.add_argument("--chart", type=Path, metavar="PNG", help="write the backends-over-time chart here")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures and timelines here")
+
+
+def poolers(values: Sequence[str] | None) -> list[str]:
+    from lambdapool.testing.fanout import POOLERS
+
+    names = [name.strip() for value in (values or ["local"]) for name in value.split(",") if name.strip()]
+    for name in names:
+        if name not in POOLERS:
+            raise ConfigError(f"--pooler {name!r}: not one of {', '.join(POOLERS)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--pooler: each pooler once ({', '.join(names)} given)")
+    return names
+
+
+def _env_pairs(values: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        name, sep, setting = value.partition("=")
+        if not sep or not name:
+            raise ConfigError("--env: expected NAME=VALUE (a value given has no '=' or no name)")
+        out[name] = setting
+    return out
+
+
+def _event(text: str) -> dict[str, Any]:
+    try:
+        event = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"--event: not JSON ({exc})") from None
+    if not isinstance(event, dict):
+        raise ConfigError(f"--event: expected a JSON object, got {type(event).__name__}")
+    return event
+
+
+class ProgressLine:
+    """One status line on stderr, rewritten in place on a terminal; in a log, a line every
+    few seconds and one at the end of each scenario."""
+
+    def __init__(self, stream: IO[str] | None = None, every: float = 3.0) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.every = every
+        self._last = 0.0
+        self._finished: set[str] = set()
+
+    def __call__(self, name: str, done: int, total: int, failed: int, backends: int) -> None:
+        if name in self._finished:
+            return
+        text = f"{name}: {done}/{total} invocations, {failed} failed, {backends} backends now"
+        end = done >= total
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if end else ""))
+        elif end or time.monotonic() - self._last >= self.every:
+            self.stream.write(text + "\n")
+            self._last = time.monotonic()
+        self.stream.flush()
+        if end:
+            self._finished.add(name)
+
+
+def summary_table(report: Any) -> str:
+    """The figures a reader compares, one column per scenario."""
+    summaries = report.summary()
+
+    def trio(s: dict[str, Any], kind: str) -> str:
+        values = [s[f"{kind}_p{p}_ms"] for p in (50, 95, 99)]
+        return "-" if values[0] is None else " / ".join(f"{v:.0f}" for v in values)
+
+    def peak(s: dict[str, Any]) -> str:
+        return f"{s['peak_backends']} / {s['limit']}" if s["limit"] is not None else str(s["peak_backends"])
+
+    rows: list[tuple[str, Any]] = [
+        ("invocations", lambda s: s["invocations"]),
+        ("failed", lambda s: s["failures"]),
+        ("  refused: too many clients", lambda s: s.get("refused")),
+        ("throttled", lambda s: s["throttles"]),
+        ("cold starts", lambda s: s["cold_starts"]),
+        ("connects", lambda s: s.get("connects")),
+        ("reconnects", lambda s: s.get("reconnects")),
+        ("peak backends / limit", peak),
+        ("pooler cap", lambda s: s.get("cap")),
+        ("pooler's own peak", lambda s: s.get("pooler_peak")),
+        ("pinned sessions", lambda s: s.get("pinned")),
+        ("backend samples per s", lambda s: s["sample_hz"]),
+        ("invocations per s", lambda s: s["invocations_per_s"]),
+        ("cold p50/p95/p99 ms", lambda s: trio(s, "cold")),
+        ("warm p50/p95/p99 ms", lambda s: trio(s, "warm")),
+    ]
+    table = [["", *summaries]] + [
+        [label, *("-" if (v := get(s)) is None else str(v) for s in summaries.values())] for label, get in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = [report.title]
+    for i, row in enumerate(table):
+        lines.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def database(dsn: str | None, max_connections: int) -> Iterator[Any]:
+    """``--dsn`` or a throwaway Postgres, as a :class:`lambdapool.testing.fanout.Target`."""
+    from lambdapool.testing import fanout
+
+    if dsn:
+        yield fanout.existing_database(dsn)
+    else:
+        with fanout.embedded_database(max_connections) as target:
+            yield target
+
+
+def write_outputs(report: Any, chart: Path | None, json_path: Path | None, out: IO[str]) -> None:
+    if chart is not None:
+        from lambdapool.testing.fanout_chart import draw_comparison
+
+        print(f"chart written to {draw_comparison(report, chart).resolve()}", file=out)
+    if json_path is not None:
+        print(f"figures written to {report.write_json(json_path).resolve()}", file=out)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lambdapool.testing import fanout
+    from lambdapool.testing.emulator import Report
+
+    kinds = poolers(args.pooler)
+    handler = fanout.HandlerRef.parse(args.handler)
+    burst = fanout.Burst(args.invocations, args.concurrency, args.light, args.timeout, _event(args.event)).validate()
+    env = _env_pairs(args.env)
+    progress = ProgressLine()
+    with database(args.dsn, args.max_connections) as target:
+        width = f"{burst.concurrency} Lambda environments" + (f" + {burst.light} light instances" if burst.light else "")
+        report = Report(f"{handler.path.name}:{handler.function}, {burst.total} invocations over {width}, "
+                        f"against {target.description}")  # fmt: skip
+        print(report.title, file=sys.stderr)
+        for kind in kinds:
+            fanout.run_scenario(report, handler, kind, target, burst, cap=args.cap, budget_guard=not args.no_guard,
+                                env=env, progress=progress)  # fmt: skip
+    print(summary_table(report))
+    write_outputs(report, args.chart, args.json, sys.stdout)
+    return 0
