@@ -50,3 +50,14 @@ def test_forked_environment_init_error_and_sigterm(lambda_fleet, tmp_path, monke
     (env_id,) = fleet.reap()
     log = (fleet.log_dir / f"{env_id}.log").read_text() + (fleet.log_dir / "zygote.log").read_text()
     assert marker.read_text().split() == [str(pid)], log
+
+
+def test_a_preload_that_fails_is_reported_at_start(tmp_path):
+    import pytest
+
+    from lambdapool.testing.emulator import EnvironmentStartError, LambdaFleet
+
+    fleet = LambdaFleet("app.handler", tmp_path, preload=["lambdapool_no_such_preload"])
+    with pytest.raises(EnvironmentStartError, match="lambdapool_no_such_preload"):
+        fleet.start()
+    assert fleet._loop is None  # nothing left running

@@ -133,6 +133,7 @@ class ForkServer:
         self._on_exit: dict[int, Callable[[int], None]] = {}
         self._early_exits: dict[int, int] = {}
         self._ready: asyncio.Future[None] | None = None
+        self._writer: asyncio.WriteTransport | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -145,6 +146,9 @@ class ForkServer:
             )  # fmt: skip
         assert self.proc.stdout is not None
         loop.add_reader(self.proc.stdout.fileno(), self._readable)
+        # Requests go through a buffering transport: a blocking write from the loop could wait on
+        # a zygote that is itself waiting for the loop to read its replies.
+        self._writer, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, self.proc.stdin)
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), 60)
         except asyncio.TimeoutError:
@@ -184,11 +188,11 @@ class ForkServer:
 
     async def spawn(self, env_id: str, env: dict[str, str], cwd: str, handler: str, log: str) -> int:
         """Fork an environment; returns its pid."""
-        assert self.proc is not None and self.proc.stdin is not None
+        assert self._writer is not None
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._spawns[env_id] = future
         request = {"id": env_id, "env": env, "cwd": cwd, "handler": handler, "log": log}
-        os.write(self.proc.stdin.fileno(), (json.dumps(request) + "\n").encode())
+        self._writer.write((json.dumps(request) + "\n").encode())
         return await future
 
     def on_exit(self, pid: int, callback: Callable[[int], None]) -> None:
@@ -206,7 +210,9 @@ class ForkServer:
             asyncio.get_running_loop().remove_reader(self.proc.stdout.fileno())
         except RuntimeError:
             pass
-        self.proc.stdin.close()  # EOF: the zygote returns, its children die with it
+        if self._writer is not None:
+            self._writer.close()  # EOF: the zygote returns, its children die with it
+        self.proc.stdin.close()
         try:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
