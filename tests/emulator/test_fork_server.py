@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
+from lambdapool.testing.emulator import EnvironmentStartError, LambdaFleet
 from lambdapool.testing.emulator.processes import proc_state
 
 
@@ -53,10 +56,6 @@ def test_forked_environment_init_error_and_sigterm(lambda_fleet, tmp_path, monke
 
 
 def test_a_preload_that_fails_is_reported_at_start(tmp_path):
-    import pytest
-
-    from lambdapool.testing.emulator import EnvironmentStartError, LambdaFleet
-
     fleet = LambdaFleet("app.handler", tmp_path, preload=["lambdapool_no_such_preload"])
     with pytest.raises(EnvironmentStartError, match="lambdapool_no_such_preload"):
         fleet.start()

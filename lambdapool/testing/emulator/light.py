@@ -196,7 +196,8 @@ class LightFleet(Fleet):
         now = time.monotonic()
         with self._lock:
             ids = [i.id for i in self._idle if now - i.idle_since >= idle_for]
-            self._idle = [i for i in self._idle if i.id not in ids]
+            dropped = set(ids)
+            self._idle = [i for i in self._idle if i.id not in dropped]
             for inst_id in ids:
                 del self._live[inst_id]
         self.ledger.reaped(len(ids))
