@@ -95,7 +95,6 @@ def test_psql(make_proxy, proxy_pg):
     assert "public|t|table" in out.stdout
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
 def test_pgbench_50_clients_over_a_cap_of_5(make_proxy, proxy_pg, mode):
     pgbench = need_binary("pgbench")

@@ -20,7 +20,6 @@ def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
         time.sleep(0.01)
 
 
-@pytest.mark.slow
 def test_500_clients_against_a_cap_of_10_never_exceed_10_backends(make_proxy, proxy_pg):
     import asyncpg
     import psycopg

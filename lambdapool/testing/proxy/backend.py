@@ -67,7 +67,8 @@ class Backend(asyncio.Protocol):
         self.created = time.monotonic()
         self.idle_since = self.created
         self._scram = None
-        self._on_idle_reset = False
+        self.synced = True  # every request sent has been answered up to a ReadyForQuery
+        self.resetting = False
 
     def age(self) -> float:
         return time.monotonic() - self.created
@@ -217,12 +218,15 @@ class Backend(asyncio.Protocol):
                 continue
             while expect and expect[0][0] in FAKE:
                 out.append(FAKE[expect.popleft()[0]])
+        if saw_ready and not expect:
+            self.synced = True
         if client is not None:
             if out:
                 client.write(b"".join(out))
             if saw_ready and not expect and self.status == "I" and not client.pinned:
                 client.transaction_done(self)
-        elif saw_ready and not expect:
+        elif self.resetting and saw_ready and not expect:
+            self.resetting = False
             self._reset_done()
 
     def _note_parameter(self, msg) -> None:
@@ -236,7 +240,9 @@ class Backend(asyncio.Protocol):
     def reset(self, *, discard: bool) -> None:
         """The client left: roll back and, after a pinned session, ``DISCARD ALL``; then return."""
         self.client = None
-        if self.expect or self.closed:  # answers still owed to a client who is gone: not reusable
+        if self.expect or self.closed or not self.synced:
+            # Answers still owed to a client who is gone, or requests sent that no Sync has
+            # closed yet: what the server does next is unknown, so the backend is not reusable.
             self.close()
             self.server.pool.forget(self)
             return
@@ -251,6 +257,7 @@ class Backend(asyncio.Protocol):
             self.server.pool.release(self)
             return
         self.server.counters["resets"] += 1
+        self.resetting = True
         for sql in queries:
             self.expect.append(("hQ", None))
             self.transport.write(m.query(sql))  # type: ignore[union-attr]
@@ -280,6 +287,7 @@ class Backend(asyncio.Protocol):
             self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
+        self.synced = False
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 

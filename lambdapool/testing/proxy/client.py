@@ -324,8 +324,10 @@ class Client(asyncio.Protocol):
                     self.write(READY_IDLE)
             elif kind == "S":
                 self.write(READY_IDLE)
-            elif kind == "H":
-                pass
+            elif kind in "Hdcf":
+                pass  # Flush with nothing owed; copy data outside a COPY (the server ignores it too)
+            elif kind == "p":
+                raise ProtocolError("unexpected password message outside authentication")
             elif kind == "C" and self._close_statement(msg[1][5:]):
                 self.write(m.close_complete())
             else:
@@ -353,7 +355,10 @@ class Client(asyncio.Protocol):
         if self.settings != backend.applied:
             self._apply_settings(backend)
         pending, self.pending = self.pending, []
-        self._forward(pending)
+        try:
+            self._forward(pending)
+        except ProtocolError as exc:  # the backend is left mid-conversation: reset() closes it
+            self.fatal("08P01", f"{PROXY}: invalid message from the client: {exc}")
 
     def _apply_settings(self, backend: Backend) -> None:
         sql = [f"RESET {quote_ident(k)}" for k in backend.applied if k not in self.settings]

@@ -1,0 +1,131 @@
+"""The admin console (SHOW POOLS / SHOW STATS) and fault injection, seen by real clients."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.proxy.conftest import need_binary, run
+
+
+def test_show_pools_and_stats_from_psql_and_psycopg(make_proxy):
+    import psycopg
+
+    psql = need_binary("psql")
+    proxy = make_proxy(max_backends=3)
+    with psycopg.connect(proxy.dsn, autocommit=True) as conn:
+        conn.execute("SELECT 1")
+        admin_dsn = proxy.dsn.rsplit("/", 1)[0] + "/pgbouncer"
+        out = run([psql, "-X", "-A", "-F", ",", admin_dsn, "-c", "SHOW POOLS"])
+        assert out.returncode == 0, out.stderr
+        header, row = out.stdout.splitlines()[:2]
+        pools = dict(zip(header.split(","), row.split(",")))
+        assert pools["pool_mode"] == "transaction" and pools["max_backends"] == "3"
+        assert pools["cl_active"] == "2"  # this client and psql itself
+        with psycopg.connect(proxy.dsn.rsplit("/", 1)[0] + "/lambdapool", autocommit=True) as admin:
+            cur = admin.execute("SHOW STATS")
+            stats = dict(zip([c.name for c in cur.description], cur.fetchone()))
+            assert int(stats["transactions"]) >= 1 and stats["database"] == "postgres"
+            with pytest.raises(psycopg.Error, match="unknown command"):
+                admin.execute("SELECT 1")
+
+
+def test_kill_backends_ends_open_transactions_only(make_proxy):
+    import psycopg
+
+    proxy = make_proxy(max_backends=2)
+    idle = psycopg.connect(proxy.dsn, autocommit=True)
+    idle.execute("SELECT 1")
+    in_tx = psycopg.connect(proxy.dsn)
+    in_tx.execute("SELECT 1")
+    proxy.kill_backends()
+    with pytest.raises(psycopg.OperationalError):
+        in_tx.execute("SELECT 2")
+    assert idle.execute("SELECT 3").fetchone() == (3,)  # between transactions: unaffected
+    idle.close()
+    in_tx.close()
+    assert proxy.stats()["backends_closed"] >= 1
+
+
+def test_refuse_backends_then_recover(make_proxy):
+    import psycopg
+
+    proxy = make_proxy(max_backends=2)
+    proxy.kill_backends()
+    proxy.refuse_backends(True)
+    with psycopg.connect(proxy.dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.OperationalError, match="could not open a database connection"):
+            conn.execute("SELECT 1")
+        proxy.refuse_backends(False)
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_added_latency_delays_each_request(make_proxy):
+    import psycopg
+
+    proxy = make_proxy(max_backends=1)
+    with psycopg.connect(proxy.dsn, autocommit=True) as conn:
+        proxy.set_latency(0.2)
+        started = time.monotonic()
+        conn.execute("SELECT 1")
+        assert time.monotonic() - started >= 0.2
+        proxy.set_latency(0)
+        assert proxy.stats()["latency_seconds"] == 0
+
+
+def test_stop_and_start_listening(make_proxy):
+    import psycopg
+
+    proxy = make_proxy(max_backends=1)
+    kept = psycopg.connect(proxy.dsn, autocommit=True)
+    proxy.stop_listening()
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(proxy.dsn, connect_timeout=2)
+    assert kept.execute("SELECT 1").fetchone() == (1,)  # existing clients carry on
+    proxy.start_listening()
+    with psycopg.connect(proxy.dsn) as again:
+        assert again.execute("SELECT 2").fetchone() == (2,)
+    kept.close()
+
+
+def test_hang_on_connect_times_out_clients_until_turned_off(make_proxy):
+    import psycopg
+
+    proxy = make_proxy(max_backends=1)
+    proxy.hang_on_connect(True)
+    started = time.monotonic()
+    with pytest.raises(psycopg.OperationalError, match="timeout"):
+        psycopg.connect(proxy.dsn, connect_timeout=1)
+    assert time.monotonic() - started >= 0.9
+    proxy.hang_on_connect(False)
+    with psycopg.connect(proxy.dsn, connect_timeout=5) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_drop_clients(make_proxy):
+    import psycopg
+
+    proxy = make_proxy(max_backends=1)
+    conn = psycopg.connect(proxy.dsn, autocommit=True)
+    assert proxy.drop_clients() == 1
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute("SELECT 1")
+    conn.close()
+
+
+def test_cancel_request_reaches_the_backend(make_proxy):
+    import threading
+
+    import psycopg
+
+    proxy = make_proxy(max_backends=1)
+    with psycopg.connect(proxy.dsn, autocommit=True) as conn:
+        # cancel_safe, not cancel: libpq's blocking PQcancel holds the GIL, and this proxy runs
+        # on a thread of this very process.
+        threading.Timer(0.3, conn.cancel_safe).start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(10)")
+        assert time.monotonic() - started < 5
+        assert conn.execute("SELECT 1").fetchone() == (1,)
