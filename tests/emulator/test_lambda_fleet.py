@@ -113,6 +113,15 @@ def test_handler_error_comes_back_as_an_error_result(lambda_fleet):
     assert fleet.counters["errors"] == 1
 
 
+def test_large_events_answers_and_errors_cross_the_runtime_api_intact(lambda_fleet):
+    fleet = lambda_fleet()
+    big = "x" * 300_000  # far beyond one read: bodies are read to their Content-Length
+    answer = fleet.invoke({"echo": big, "pad": 200_000})
+    assert answer.ok and answer.payload == {"echo": big, "pad": "y" * 200_000}
+    failed = fleet.invoke({"fail": "z" * 50_000})
+    assert (failed.error_type, failed.error_message) == ("ValueError", "z" * 50_000)
+
+
 def test_import_error_is_reported_as_an_init_error(lambda_fleet, eventually):
     fleet = lambda_fleet(handler="import_error.handler")
     result = fleet.invoke()

@@ -41,6 +41,8 @@ def handler(event, context):
     event = event or {}
     if event.get("fail"):
         raise ValueError(event["fail"])
+    if event.get("echo"):  # no database: large payloads both ways
+        return {"echo": event["echo"], "pad": "y" * event.get("pad", 0)}
     (backend_pid,) = _connection().execute(
         "SELECT pg_backend_pid() FROM pg_sleep(%s)", (event.get("sleep", 0),)
     ).fetchone()
