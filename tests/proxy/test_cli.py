@@ -1,0 +1,70 @@
+"""`lambdapool proxy` in the foreground: status line, real clients, clean stop on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lambdapool.cli import main
+from lambdapool.testing import free_port
+
+
+def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "lambdapool", "proxy", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def read_banner(proc: subprocess.Popen) -> str:
+    line = proc.stdout.readline()  # type: ignore[union-attr]
+    assert "listening on" in line, line + proc.stderr.read()  # type: ignore[union-attr]
+    return line
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_cli_serves_clients_and_stops_cleanly(proxy_pg, sig):
+    import psycopg
+
+    port = free_port()
+    proc = start_cli("--listen", f"127.0.0.1:{port}", "--max-backends", "2", "--borrow-timeout", "5",
+                     "--status-interval", "0.2", env={"LAMBDAPOOL_PROXY_BACKEND": proxy_pg.dsn})  # fmt: skip
+    try:
+        banner = read_banner(proc)
+        assert f"127.0.0.1:{port}" in banner and "max_backends=2" in banner
+        assert "server-pw" not in banner  # the backend's password never shows
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        status = proc.stdout.readline()  # type: ignore[union-attr]
+        assert "clients" in status and "backends" in status and "transactions" in status
+    finally:
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "stopped" in out and "Traceback" not in err
+
+
+def test_cli_scram_users_and_flag_errors(proxy_pg, capsys):
+    import psycopg
+
+    port = free_port()
+    proc = start_cli("--backend", proxy_pg.dsn, "--listen", f"127.0.0.1:{port}", "--max-connections-percent", "10",
+                     "--auth", "scram", "--user", "app=pw1")  # fmt: skip
+    try:
+        assert "max_backends=4" in read_banner(proc)  # 10% of max_connections=40
+        with psycopg.connect(f"postgresql://app:pw1@127.0.0.1:{port}/postgres") as conn:
+            assert conn.execute("SELECT 2").fetchone() == (2,)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+    assert main(["proxy", "--backend", "mysql://x", "--listen", "127.0.0.1:0"]) == 2
+    assert "postgresql://" in capsys.readouterr().err
+    assert main(["proxy", "--backend", proxy_pg.dsn, "--auth", "scram", "--user", "nopassword"]) == 2
+    assert "NAME=SECRET" in capsys.readouterr().err
+    assert main(["proxy", "--backend", proxy_pg.dsn, "--listen", "nowhere"]) == 2
+    assert "HOST:PORT" in capsys.readouterr().err
