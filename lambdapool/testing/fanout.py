@@ -27,6 +27,7 @@ import ast
 import contextlib
 import io
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -302,6 +303,7 @@ def _rds_proxy(target: Target, cap: int) -> Iterator[_Pooler]:
     from lambdapool.testing.proxy import LocalProxy
 
     aws = fake_aws_environment(REGION)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server: no line per request on stderr
     saved = apply_environment(aws)  # create_db_proxy's boto3 clients sign with these
     try:
         with moto_server() as url, LocalProxy(backend=target.dsn, max_backends=cap, auth="iam",

@@ -111,3 +111,4 @@ def moto_url(moto_server_url: str, aws_env: str) -> str:
 
     reset_moto(moto_server_url)
     return moto_server_url
+from lambdapool.testing.fleet_fixtures import *  # noqa: F401,F403

@@ -1,0 +1,98 @@
+"""`lambdapool demo` and `lambdapool emulate`, run the way a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lambdapool.cli import main
+from lambdapool.testing import free_port
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lambda_psycopg" / "handler.py"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_demo_shows_the_direct_overrun_and_the_pooled_run_under_its_cap(tmp_path):
+    # GIVEN nothing but Postgres binaries; WHEN a newcomer runs `lambdapool demo` (a fresh process)
+    out = subprocess.run([sys.executable, "-m", "lambdapool", "demo", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=180, cwd=tmp_path,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    # THEN direct (no guard) was refused at the limit: failures, "too many clients", peak == limit
+    direct = re.search(r"^direct \(no guard\): (\d+) of 200 invocations failed \((\d+) refused: too many clients\), "
+                       r"peak (\d+) backends of the (\d+) the database allows$", out.stdout, re.M)  # fmt: skip
+    assert direct, out.stdout
+    failed, refused, peak, limit = map(int, direct.groups())
+    assert failed > 0 and refused == failed and peak == limit == 19
+    # AND the same burst through the local proxy: no failure, the database never above the cap
+    local = re.search(r"^local: all 200 invocations succeeded, peak (\d+) backends of the 19 the database allows "
+                      r"\(cap 10\)$", out.stdout, re.M)  # fmt: skip
+    assert local and 1 <= int(local.group(1)) <= 10, out.stdout
+    assert re.search(r"^peak backends / limit\s+19 / 19\s+\d+ / 19$", out.stdout, re.M), out.stdout
+    # AND it said where the chart went, and that is a PNG; progress was shown while it ran
+    chart = tmp_path / "lambdapool-demo.png"
+    assert f"chart written to {chart.resolve()}" in out.stdout
+    assert chart.read_bytes()[:8] == PNG and chart.stat().st_size > 10_000
+    assert re.search(r"direct \(no guard\): 200/200 invocations, \d+ failed", out.stderr)
+    assert "local: 200/200 invocations, 0 failed" in out.stderr
+
+
+@pytest.mark.slow
+def test_emulate_runs_the_example_handler_through_two_poolers_side_by_side(tmp_path, capsys):
+    chart, figures = tmp_path / "fanout.png", tmp_path / "fanout.json"
+    code = main(["emulate", f"{EXAMPLE}:handler", "--pooler", "direct", "--pooler", "local", "--concurrency", "8",
+                 "--invocations", "40", "--max-connections", "20", "--chart", str(chart), "--json", str(figures)])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    doc = json.loads(figures.read_text())["scenarios"]
+    assert list(doc) == ["direct", "local"]
+    direct, local = doc["direct"]["summary"], doc["local"]["summary"]
+    for summary in (direct, local):
+        assert (summary["invocations"], summary["failures"], summary["limit"]) == (40, 0, 19)
+        assert 1 <= summary["cold_starts"] <= 8 and summary["reconnects"] == 0
+        assert summary["warm_p50_ms"] is not None and summary["sample_hz"] >= 20
+    assert local["cap"] == 12 and 1 <= local["peak_backends"] <= 12 and local["pinned"] == 0
+    assert local["pooler_peak"] <= 12 and direct["cap"] is None
+    assert doc["local"]["timeline"], "the backends timeline is in the JSON"
+    # the table names every figure the issue asks for, one column per pooler
+    for label in ("invocations", "failed", "cold starts", "reconnects", "peak backends / limit", "pinned sessions",
+                  "cold p50/p95/p99 ms", "warm p50/p95/p99 ms"):  # fmt: skip
+        assert re.search(rf"^{re.escape(label)}\s", out, re.M), label
+    assert re.search(r"^\s+direct\s+local$", out, re.M)
+    assert chart.read_bytes()[:8] == PNG and f"chart written to {chart.resolve()}" in out
+    assert "local: 40/40 invocations, 0 failed" in err  # progress
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["no/such/app.py:handler"], "no such file 'no/such/app.py'"),
+        ([f"{EXAMPLE}:nope"], "defines no top-level 'nope'"),
+        ([f"{EXAMPLE}"], "expected path/to/module.py:function"),
+        ([f"{EXAMPLE}:handler", "--pooler", "pgpool"], "--pooler 'pgpool': not one of direct, local, pgbouncer, rds-proxy"),
+        ([f"{EXAMPLE}:handler", "--pooler", "local,local"], "each pooler once"),
+        ([f"{EXAMPLE}:handler", "--concurrency", "0"], "--concurrency 0: must be at least 1"),
+        ([f"{EXAMPLE}:handler", "--event", "[1]"], "--event: expected a JSON object"),
+        ([f"{EXAMPLE}:handler", "--env", "s3cr3t"], "--env: expected NAME=VALUE"),
+    ],
+)
+def test_emulate_bad_input_is_one_line_and_exit_2(capsys, args, message):
+    code = main(["emulate", *args])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("lambdapool emulate: ") and message in err, err
+    assert "s3cr3t" not in err
+
+
+def test_emulate_unreachable_dsn_is_one_line_without_the_password(capsys):
+    dsn = f"postgresql://app:hunter2@127.0.0.1:{free_port()}/postgres"
+    code = main(["emulate", f"{EXAMPLE}:handler", "--dsn", dsn])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "cannot connect" in err and "hunter2" not in err, err
