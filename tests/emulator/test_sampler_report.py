@@ -8,7 +8,7 @@ from lambdapool.testing.emulator import BackendSampler, InvocationResult, Report
 
 
 def test_sampler_sees_the_backends_a_fleet_opens_at_20_hz_or_more(lambda_fleet, pg_server, app_name):
-    fleet = lambda_fleet(reserved_concurrency=4)
+    fleet = lambda_fleet(reserved_concurrency=4, preload=["psycopg"])
     with BackendSampler(pg_server.dsn, interval=0.02, application_name_like=app_name) as sampler:
         results = fleet.burst([{"sleep": 0.4}] * 4, concurrency=4)
         fleet.burst([{"sleep": 0.2}] * 4, concurrency=4)
@@ -37,7 +37,7 @@ def test_sampler_without_a_filter_counts_every_client_backend_but_its_own(pg_fac
 
 
 def test_report_numbers_table_json_and_chart(lambda_fleet, pg_server, app_name, tmp_path):
-    fleet = lambda_fleet(reserved_concurrency=2)
+    fleet = lambda_fleet(reserved_concurrency=2, preload=["psycopg"])
     with BackendSampler(pg_server.dsn, application_name_like=app_name) as sampler:
         fleet.burst([{"sleep": 0.3}] * 3, concurrency=3)  # 2 cold, 1 throttled
         fleet.burst([{}] * 4, concurrency=2)  # warm
@@ -90,7 +90,7 @@ def test_pgbouncer_sampler_cross_checks_the_database_count(lambda_fleet, pg_fact
         missing("PgBouncer", str(exc))
     pg = pg_factory(max_connections=20)
     with PgBouncer(pg, default_pool_size=2) as pgb:
-        fleet = lambda_fleet(reserved_concurrency=3, env={"DATABASE_URL": pgb.dsn})
+        fleet = lambda_fleet(reserved_concurrency=3, env={"DATABASE_URL": pgb.dsn}, preload=["psycopg"])
         with BackendSampler(pg.dsn) as database, PgBouncerSampler(pgb.admin_dsn) as pooler:
             results = fleet.burst([{"sleep": 0.3}] * 6, concurrency=3)
         assert all(r.ok for r in results), [r.error_message for r in results]
