@@ -72,6 +72,20 @@ def test_an_instance_that_cannot_start_fails_its_request(cf_fleet):
     assert fleet.instances == []  # replaced by a new one on the next request
 
 
+def test_reaping_an_idle_instance_stops_it_and_its_connections(cf_fleet, backends, eventually):
+    fleet = cf_fleet(concurrency=2)
+    assert all(r.ok for r in fleet.burst([{"sleep": 0.2}] * 2, concurrency=2))
+    (info,) = fleet.instances
+    assert backends() == 2
+    fleet.freeze_all()  # a frozen instance is thawed for its SIGTERM
+    assert fleet.reap() == [info.id]
+    assert fleet.instances == [] and proc_state(info.pid) is None and proc_state(info.worker_pid) is None
+    eventually(lambda: backends() == 0, what="the reaped instance's backends closing")
+    again = fleet.invoke({})
+    assert again.ok and again.cold and again.instance_id != info.id
+    assert fleet.counters["reaped"] == 1
+
+
 def test_a_function_error_is_an_error_result(cf_fleet):
     fleet = cf_fleet()
     result = fleet.invoke("not an object")  # the handler calls .get on a str

@@ -14,6 +14,9 @@ Theory of operation
 * With ``freeze=True`` an instance with no request in flight is stopped (SIGSTOP to its
   process group: "CPU is only allocated during request processing") and thawed for the
   next request, like Lambda's freeze, so nothing runs between requests.
+* :meth:`CloudFunctionFleet.reap` scales in as Cloud Run does: SIGTERM to the server (gunicorn
+  hands it to its worker), SIGKILL after ``shutdown_grace``; :meth:`~CloudFunctionFleet.close`
+  just kills.
 * Launches run on one long-lived thread of the fleet: a child's parent-death signal fires
   when the thread that started it ends, and callers' threads come and go.
 """
@@ -74,6 +77,7 @@ class _Instance:
         self.init_ms: float | None = None
         self.ready = threading.Event()
         self.failure: str | None = None
+        self.idle_since = 0.0
         self.log_path = Path(os.devnull)
 
     def info(self) -> InstanceInfo:
@@ -101,6 +105,7 @@ class CloudFunctionFleet(Fleet):
         freeze: bool = True,
         queue_timeout: float = 10.0,
         timeout: float = 60.0,
+        shutdown_grace: float = 10.0,
         service: str = "lambdapool-emulated",
         python: str = sys.executable,
         host: str = "127.0.0.1",
@@ -120,6 +125,7 @@ class CloudFunctionFleet(Fleet):
         self.freeze = freeze
         self.queue_timeout = queue_timeout
         self.timeout = timeout
+        self.shutdown_grace = shutdown_grace
         self.service = service
         self.python = python
         self.host = host
@@ -140,17 +146,47 @@ class CloudFunctionFleet(Fleet):
         return self
 
     def close(self) -> None:
-        """Kill every instance (no goodbye, as a scale-in without a SIGTERM handler sees it)."""
+        """Kill every instance (SIGKILL, no goodbye: use :meth:`reap` for a graceful scale-in)."""
         with self._cond:
             victims, self._instances = self._instances, []
         for inst in victims:
-            if inst.proc is not None:
-                processes.signal_group(inst.proc.pid, signal.SIGKILL)
-                inst.proc.wait()
+            self._stop(inst, graceful=False)
         if self._launcher is not None:
             self._launcher.shutdown()
             self._launcher = None
             shutil.rmtree(self.log_dir, ignore_errors=True)
+
+    def reap(self, idle_for: float = 0.0) -> list[str]:
+        """Scale in: stop the instances idle (nothing in flight) for ``idle_for`` seconds.
+
+        As Cloud Run does: SIGTERM to the server (gunicorn passes it on to its worker), then
+        SIGKILL after ``shutdown_grace`` seconds. Returns the ids of the instances stopped.
+        """
+        now = time.monotonic()
+        with self._cond:
+            victims = [i for i in self._instances
+                       if i.in_flight == 0 and i.proc is not None and now - i.idle_since >= idle_for]  # fmt: skip
+            for inst in victims:
+                self._instances.remove(inst)
+        for inst in victims:
+            self._stop(inst, graceful=True)
+        self.ledger.reaped(len(victims))
+        return [i.id for i in victims]
+
+    def _stop(self, inst: _Instance, graceful: bool) -> None:
+        if inst.proc is None:
+            return
+        pid = inst.proc.pid
+        if graceful:
+            processes.thaw(pid)  # a frozen server could not shut down
+            inst.frozen = False
+            inst.proc.send_signal(signal.SIGTERM)
+            try:
+                inst.proc.wait(self.shutdown_grace)
+            except subprocess.TimeoutExpired:
+                pass
+        processes.signal_group(pid, signal.SIGKILL)  # the worker too, if it outlived its master
+        inst.proc.wait()
 
     @property
     def instances(self) -> list[InstanceInfo]:
@@ -208,6 +244,7 @@ class CloudFunctionFleet(Fleet):
     def _release(self, inst: _Instance) -> None:
         with self._cond:
             inst.in_flight -= 1
+            inst.idle_since = time.monotonic()
             if inst.failure is not None and inst.in_flight == 0 and inst in self._instances:
                 self._instances.remove(inst)  # a dead instance is replaced by a new one
             elif self.freeze and inst.in_flight == 0 and inst.proc is not None and not inst.frozen:
