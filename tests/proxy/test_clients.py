@@ -116,3 +116,46 @@ def test_pgbench_50_clients_over_a_cap_of_5(make_proxy, proxy_pg, mode):
     assert stats["peak_backends"] <= 5
     assert stats["pinned_sessions"] == 0, stats["pin_reasons"]
     assert stats["peak_clients"] == 50
+
+
+def test_psycopg_rollback_after_prepared_statements_does_not_pin(make_proxy):
+    import psycopg
+
+    proxy = make_proxy(max_backends=2)
+    with psycopg.connect(proxy.dsn) as conn:  # not autocommit: rollback sends DEALLOCATE ALL
+        for i in range(8):
+            conn.execute("SELECT %s::int", (i,))  # prepared after prepare_threshold=5 uses
+        conn.rollback()
+        for i in range(8):
+            assert conn.execute("SELECT %s::int", (i,)).fetchone() == (i,)
+        conn.commit()
+    stats = proxy.stats()
+    assert stats["pinned_sessions"] == 0, stats["pin_reasons"]
+
+
+def test_copy_pipeline_errors_and_cursors(make_proxy, proxy_pg):
+    import psycopg
+
+    proxy_pg.psql("CREATE TABLE IF NOT EXISTS copied (a int, b text)")
+    proxy = make_proxy(max_backends=2)
+    with psycopg.connect(proxy.dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE copied")
+        with conn.cursor().copy("COPY copied FROM STDIN") as copy:
+            for i in range(500):
+                copy.write_row((i, "x" * 20))
+        with conn.cursor().copy("COPY copied TO STDOUT") as copy:
+            assert sum(1 for _ in copy.rows()) == 500
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1/0")
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+        with conn.pipeline():
+            cursors = [conn.execute("SELECT %s::int", (i,), prepare=True) for i in range(20)]
+        assert [c.fetchone()[0] for c in cursors] == list(range(20))
+        with conn.transaction():
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                with conn.transaction():
+                    conn.execute("SELECT 1/0")
+            with conn.cursor(name="server_side") as cur:  # DECLARE inside the transaction
+                cur.execute("SELECT generate_series(1, 100)")
+                assert len(cur.fetchmany(40)) == 40
+    assert proxy.stats()["pinned_sessions"] == 0

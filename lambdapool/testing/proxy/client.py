@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 PROXY = "lambdapool local proxy"
 _NOT_SETTINGS = frozenset(("user", "database", "replication", "options"))
+_DEALLOCATE_ALL = re.compile(r"\s*DEALLOCATE\s+(?:PREPARE\s+)?ALL\s*;?\s*", re.I)
 _DROPS_ALL_STATEMENTS = re.compile(r"\b(?:DEALLOCATE\s+(?:PREPARE\s+)?ALL|DISCARD\s+ALL)\b", re.I)
 READY_IDLE = m.ready_for_query("I")
 
@@ -417,8 +418,14 @@ class Client(asyncio.Protocol):
                 else:
                     expect.append(("DP", None))
             elif kind == "Q":
-                if self.pinned is None:
-                    self._check_pin(m.read_query(data[5:]), backend)
+                sql = m.read_query(data[5:])
+                if _DEALLOCATE_ALL.fullmatch(sql):
+                    # psycopg sends this after a rollback; like PgBouncer 1.22+, no pin: it
+                    # empties this backend, whose statements are re-prepared on demand.
+                    statements.clear()
+                    backend.prepared.clear()
+                elif self.pinned is None:
+                    self._check_pin(sql, backend)
                 self._unnamed_ok = False
                 expect.append(("Q", None))
             elif kind == "C":

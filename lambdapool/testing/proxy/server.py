@@ -241,7 +241,7 @@ class ProxyServer:
             timeout = settings.idle_client_timeout
             if timeout:
                 cutoff = time.monotonic() - timeout
-                for client in [c for c in self.clients if c.last_active < cutoff and c.backend is None and not c.waiting]:
+                for client in [c for c in self.clients if c.last_active < cutoff and not c.waiting and (c.backend is None or c.pinned)]:
                     client.fatal("57P05", f"lambdapool local proxy: closing the connection after {timeout:g}s idle "
                                           "(idle_client_timeout)")  # fmt: skip
             self.pool.sweep()
