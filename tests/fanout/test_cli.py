@@ -70,6 +70,25 @@ def test_emulate_runs_the_example_handler_through_two_poolers_side_by_side(tmp_p
     assert "local: 40/40 invocations, 0 failed" in err  # progress
 
 
+@pytest.mark.slow
+def test_emulate_through_pgbouncer_and_the_rds_proxy_path_with_light_instances(tmp_path, capsys):
+    # rds-proxy: found by name in moto's server, IAM tokens, TLS, then the local proxy's cap
+    figures = tmp_path / "fanout.json"
+    code = main(["emulate", f"{EXAMPLE}:handler", "--pooler", "pgbouncer,rds-proxy", "--concurrency", "4",
+                 "--invocations", "12", "--light", "4", "--cap", "3", "--timeout", "60", "--json", str(figures)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    doc = json.loads(figures.read_text())["scenarios"]
+    for name in ("pgbouncer", "rds-proxy"):
+        summary = doc[name]["summary"]
+        # 12 invocations on environments + 4 light instances x 3 rounds
+        assert (summary["invocations"], summary["failures"]) == (24, 0), (name, summary["errors"])
+        assert summary["cap"] == 3 and 1 <= summary["peak_backends"] <= 3 and 1 <= summary["pooler_peak"] <= 3
+        assert summary["instances"] >= 5, "environments and light instances both ran"
+    assert doc["rds-proxy"]["summary"]["pinned"] == 0
+    assert "POST / HTTP" not in err, "moto's server keeps quiet"
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
