@@ -80,7 +80,7 @@ def draw_comparison(report: Report, path: str | Path) -> Path:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
     limit = next((s.limit for s in scenarios if s.limit is not None), None)
-    fig.suptitle(report.title + (f" (limit {limit})" if limit is not None else ""), fontsize=12)
+    fig.suptitle(report.title + (f" \u2014 limit {limit}" if limit is not None else ""), fontsize=12)
     fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(5, len(handles)), fontsize=9,
                frameon=False)  # fmt: skip
     fig.tight_layout(rect=(0, 0.08, 1, 1))
