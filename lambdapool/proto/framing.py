@@ -200,13 +200,30 @@ class Parser:
         return StartupMessage(code, _parse_startup_params(body, self))
 
     def events(self) -> list:
-        """All complete events now buffered (convenience over :meth:`next_event`)."""
+        """All complete events now buffered; the same as calling :meth:`next_event` until
+        :data:`NEED_DATA`, with a tight loop for typed messages (a relay's hot path)."""
         out = []
-        while True:
+        while self._startup or self._ssl_answer or self._error is not None:
             event = self.next_event()
             if event is NEED_DATA:
                 return out
             out.append(event)
+        buf, pos, limit, frontend = self._buf, self._pos, self._max, self._frontend
+        total = len(buf)
+        unpack = _HDR.unpack_from
+        append = out.append
+        while total - pos >= 5:
+            kind, length = unpack(buf, pos)
+            end = pos + 1 + length
+            if length < 4 or length > limit or (frontend and kind.decode("latin-1") not in FRONTEND_TYPES):
+                self._pos = pos
+                self.next_event()  # raises the same ProtocolError as the slow path
+            if end > total:
+                break
+            append(Message(kind.decode("latin-1"), bytes(buf[pos:end])))
+            pos = end
+        self._pos = pos
+        return out
 
 
 def _parse_startup_params(body: bytes, parser: Parser) -> dict[str, str]:

@@ -13,12 +13,14 @@ from lambdapool.proto import messages as m
 STARTUP = m.startup_message({"user": "postgres", "database": "postgres"})
 
 
-def answer_of(host: str, port: int, payload: bytes, *, timeout: float = 5.0) -> bytes:
-    """Send ``payload``, half-close, and read until the proxy closes (or stops talking)."""
+def answer_of(host: str, port: int, payload: bytes, *, timeout: float = 5.0, half_close: bool = True) -> bytes:
+    """Send ``payload`` (then half-close, so a partial message ends in EOF) and read until the
+    proxy closes (or stops talking)."""
     with socket.create_connection((host, port), timeout=timeout) as sock:
         try:
             sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
         except OSError:
             return b""
         chunks = []
@@ -76,13 +78,15 @@ def test_malformed_clients_are_refused_alone_while_others_are_served(make_proxy)
     worker.start()
     try:
         for why, payload in bad_payloads(random.Random(1234)):
-            reply = answer_of(proxy.host, proxy.port, payload)
+            # Complete but invalid input must be answered before the proxy sees an EOF.
+            complete = not why.startswith(("random", "truncated"))
+            reply = answer_of(proxy.host, proxy.port, payload, half_close=not complete)
             # Either nothing (closed) or protocol bytes: an ErrorResponse, auth request, or
             # the start of a normal session for noise that happened to be a valid prefix.
             if reply:
                 assert reply[:1] in (b"E", b"R", b"N", b"S", b"Z", b"1", b"2", b"C", b"T"), (why, reply[:40])
             if why in ("absurd message length", "unknown message type", "query without NUL", "absurd startup length"):
-                assert b"E" in reply[:1] or reply.find(b"E\0\0") >= 0 or reply == b"" or b"08P01" in reply, (why, reply[:80])
+                assert b"08P01" in reply, (why, reply[:80])
     finally:
         stop.set()
         worker.join(30)

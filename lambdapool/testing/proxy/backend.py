@@ -173,14 +173,12 @@ class Backend(asyncio.Protocol):
         parser, expect, client = self.parser, self.expect, self.client
         out: list[bytes] = []
         saw_ready = False
-        while True:
-            try:
-                msg = parser.next_event()
-            except ProtocolError:
-                self.close()
-                return
-            if msg is NEED_DATA:
-                break
+        try:
+            messages = parser.events()
+        except ProtocolError:
+            self.close()
+            return
+        for msg in messages:
             kind = msg[0]
             if not expect:
                 if kind == "S":

@@ -303,12 +303,8 @@ class Client(asyncio.Protocol):
 
     # -- transactions ----------------------------------------------------------------------
     def _ready_messages(self) -> None:
-        parser = self.parser
         batch = []
-        while True:
-            msg = parser.next_event()
-            if msg is NEED_DATA:
-                break
+        for msg in self.parser.events():
             kind = msg[0]
             if kind == "X":
                 if batch:
