@@ -122,7 +122,7 @@ def test_borrow_timeout_with_many_excess_clients(make_proxy):
         async def one() -> object:
             conn = await asyncpg.connect(proxy.dsn)
             try:
-                return await conn.fetchval("SELECT pg_sleep(1)::text")
+                return await conn.fetchval("SELECT pg_sleep(2)::text")
             finally:
                 await conn.close()
 
@@ -175,7 +175,7 @@ def test_backend_max_lifetime_and_max_idle_backends(make_proxy, proxy_pg):
     assert proxy.stats()["backends_in_use"] == 3
     for conn in conns:
         conn.commit()
-    assert proxy.stats()["backends_idle"] == 1  # the others were closed on return
+    assert proxy.stats()["backends_idle"] <= 1  # the others were closed on return
     pids = {conns[0].execute("SELECT pg_backend_pid()").fetchone()[0]}
     conns[0].commit()
     time.sleep(0.6)
