@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from lambdapool.testing import LocalProxy, PostgresServer
+from lambdapool.testing import LocalProxy, PostgresNotFound, PostgresServer
 from lambdapool.testing.pytest_plugin import missing
 
 SERVER_PASSWORD = "server-pw"
@@ -20,7 +20,7 @@ def proxy_pg() -> Iterator[PostgresServer]:
     """A private server (SCRAM for TCP, so the proxy logs in with SCRAM) with pgbench tables."""
     try:
         server = PostgresServer(max_connections=40, password=SERVER_PASSWORD).start()
-    except Exception as exc:  # noqa: BLE001
+    except PostgresNotFound as exc:
         missing("Postgres server binaries", str(exc))
     try:
         server.psql("CREATE TABLE IF NOT EXISTS t (id int primary key, v text); CREATE SEQUENCE IF NOT EXISTS order_seq")

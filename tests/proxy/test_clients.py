@@ -164,3 +164,28 @@ def test_copy_pipeline_errors_and_cursors(make_proxy, proxy_pg):
                 cur.execute("SELECT generate_series(1, 100)")
                 assert len(cur.fetchmany(40)) == 40
     assert proxy.stats()["pinned_sessions"] == 0
+
+
+def test_async_with_on_the_callers_loop_and_the_stats_contract(proxy_pg):
+    import asyncpg
+
+    from lambdapool.testing import LocalProxy
+
+    async def main() -> dict:
+        async with LocalProxy(proxy_pg.dsn, max_backends=1, borrow_timeout=5) as proxy:
+            conn = await asyncpg.connect(proxy.dsn)
+            try:
+                assert await conn.fetchval("SELECT 11") == 11
+                proxy.set_latency(0.05)  # fault methods work from the loop's own thread too
+                assert await conn.fetchval("SELECT 12") == 12
+                proxy.set_latency(0)
+                await proxy.start_listening()  # already listening: a no-op coroutine here
+            finally:
+                await conn.close()
+            return proxy.stats()
+
+    stats = asyncio.run(main())
+    for key in ("clients", "peak_clients", "waiting", "backends_in_use", "backends_idle", "peak_backends",
+                "transactions", "borrow_timeouts", "pinned_sessions", "pin_reasons", "auth_failures"):  # fmt: skip
+        assert key in stats, key
+    assert stats["peak_clients"] == 1 and stats["transactions"] >= 2
