@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     cap = args.cap if args.cap is not None else max(1, args.max_connections // 2)
     # Failing invocations give up after 2 s (acquire_timeout): the demo shows refusals, quickly.
-    burst = fanout.Burst(args.invocations, args.concurrency, timeout=5.0, event={"sleep": 0.05}).validate()
+    burst = fanout.Burst(args.invocations, args.concurrency, timeout=10.0, event={"sleep": 0.05}).validate()
     env = {"LAMBDAPOOL_ACQUIRE_TIMEOUT": "2"}
     progress = ProgressLine()
     with fanout.embedded_database(args.max_connections) as target, fanout.demo_handler() as handler:
