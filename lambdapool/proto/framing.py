@@ -46,6 +46,11 @@ DEFAULT_MAX_MESSAGE = 256 * 1024 * 1024
 FRONTEND_TYPES = frozenset("QPBEDCSHXFdcfp")
 
 
+_CHARS = [chr(i) for i in range(256)]
+_FRONTEND_BYTES = frozenset(ord(c) for c in FRONTEND_TYPES)
+_ALL_BYTES = frozenset(range(256))
+
+
 class ProtocolError(Exception):
     """The peer broke the protocol; the connection cannot continue."""
 
@@ -208,19 +213,22 @@ class Parser:
             if event is NEED_DATA:
                 return out
             out.append(event)
-        buf, pos, limit, frontend = self._buf, self._pos, self._max, self._frontend
+        buf, pos, limit = self._buf, self._pos, self._max
+        allowed = _FRONTEND_BYTES if self._frontend else _ALL_BYTES
         total = len(buf)
-        unpack = _HDR.unpack_from
+        unpack = _I32.unpack_from
         append = out.append
+        new = tuple.__new__
         while total - pos >= 5:
-            kind, length = unpack(buf, pos)
+            kind = buf[pos]
+            (length,) = unpack(buf, pos + 1)
             end = pos + 1 + length
-            if length < 4 or length > limit or (frontend and kind.decode("latin-1") not in FRONTEND_TYPES):
+            if length < 4 or length > limit or kind not in allowed:
                 self._pos = pos
                 self.next_event()  # raises the same ProtocolError as the slow path
             if end > total:
                 break
-            append(Message(kind.decode("latin-1"), bytes(buf[pos:end])))
+            append(new(Message, (_CHARS[kind], bytes(buf[pos:end]))))
             pos = end
         self._pos = pos
         return out
