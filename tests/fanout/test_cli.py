@@ -2,24 +2,51 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from lambdapool.cli import main
-from lambdapool.testing import free_port
+from lambdapool.testing import PostgresNotFound, find_bin_dir, free_port
+from lambdapool.testing.pgbouncer import PgBouncerNotFound, find_pgbouncer
+from lambdapool.testing.pytest_plugin import missing
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lambda_psycopg" / "handler.py"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture
+def parts() -> Callable[..., None]:
+    """Check what a command will need on this machine: skip on a laptop, fail in CI."""
+
+    def need(*, pgbouncer: bool = False, moto: bool = False) -> None:
+        try:
+            find_bin_dir()
+        except PostgresNotFound as exc:
+            missing("Postgres server binaries", str(exc))
+        if importlib.util.find_spec("awslambdaric") is None:
+            missing("awslambdaric", "pip install 'lambdapool[dev]'")
+        if pgbouncer:
+            try:
+                find_pgbouncer()
+            except PgBouncerNotFound as exc:
+                missing("PgBouncer", str(exc))
+        if moto and importlib.util.find_spec("moto") is None:
+            missing("moto[server]", "pip install 'lambdapool[dev]'")
+
+    return need
+
+
 @pytest.mark.slow
-def test_demo_shows_the_direct_overrun_and_the_pooled_run_under_its_cap(tmp_path):
+def test_demo_shows_the_direct_overrun_and_the_pooled_run_under_its_cap(tmp_path, parts):
+    parts()
     # GIVEN nothing but Postgres binaries; WHEN a newcomer runs `lambdapool demo` (a fresh process)
     out = subprocess.run([sys.executable, "-m", "lambdapool", "demo", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=180, cwd=tmp_path,
@@ -45,7 +72,8 @@ def test_demo_shows_the_direct_overrun_and_the_pooled_run_under_its_cap(tmp_path
 
 
 @pytest.mark.slow
-def test_emulate_runs_the_example_handler_through_two_poolers_side_by_side(tmp_path, capsys):
+def test_emulate_runs_the_example_handler_through_two_poolers_side_by_side(tmp_path, capsys, parts):
+    parts()
     chart, figures = tmp_path / "fanout.png", tmp_path / "fanout.json"
     code = main(["emulate", f"{EXAMPLE}:handler", "--pooler", "direct", "--pooler", "local", "--concurrency", "8",
                  "--invocations", "40", "--max-connections", "20", "--chart", str(chart), "--json", str(figures)])  # fmt: skip
@@ -71,7 +99,8 @@ def test_emulate_runs_the_example_handler_through_two_poolers_side_by_side(tmp_p
 
 
 @pytest.mark.slow
-def test_emulate_through_pgbouncer_and_the_rds_proxy_path_with_light_instances(tmp_path, capsys):
+def test_emulate_through_pgbouncer_and_the_rds_proxy_path_with_light_instances(tmp_path, capsys, parts):
+    parts(pgbouncer=True, moto=True)
     # rds-proxy: found by name in moto's server, IAM tokens, TLS, then the local proxy's cap
     figures = tmp_path / "fanout.json"
     code = main(["emulate", f"{EXAMPLE}:handler", "--pooler", "pgbouncer,rds-proxy", "--concurrency", "4",
