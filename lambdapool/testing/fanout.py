@@ -310,7 +310,9 @@ def _rds_proxy(target: Target, cap: int) -> Iterator[_Pooler]:
                                               iam_credentials=signing_keys(), region=REGION, tls=True,
                                               require_tls=True) as proxy:  # fmt: skip
             create_db_proxy(PROXY_NAME, proxy.host, region=REGION, endpoint_url=url)
-            dsn = f"postgresql://{quote(target.user, safe='')}@:{proxy.port}/{quote(_conninfo(target.dsn).get('dbname', 'postgres'), safe='')}"
+            # No host: the SDK finds the proxy by name; the port overrides RDS Proxy's 5432.
+            dbname = _conninfo(target.dsn).get("dbname", "postgres")
+            dsn = f"postgresql://{quote(target.user, safe='')}@:{proxy.port}/{quote(dbname, safe='')}"
             env = {**aws, **_sdk_env(dsn, "rds-proxy"), "LAMBDAPOOL_PROXY_NAME": PROXY_NAME,
                    "LAMBDAPOOL_IAM_AUTH": "true", "LAMBDAPOOL_REGION": REGION,
                    "LAMBDAPOOL_AWS_ENDPOINT_URL": url, "LAMBDAPOOL_SSL_CA_FILE": str(proxy.ca_file)}  # fmt: skip
