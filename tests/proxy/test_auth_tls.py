@@ -127,3 +127,36 @@ def test_backend_over_tls(pg_factory):
     with LocalProxy(pg.dsn, max_backends=1) as proxy:  # pg.dsn says sslmode=require
         with psycopg.connect(proxy.dsn) as conn:
             assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
+
+
+def test_given_certificate_and_trust_to_the_server(pg_factory, tmp_path):
+    import psycopg
+
+    from lambdapool.testing import LocalProxy
+    from lambdapool.testing.tls import write_self_signed
+
+    crt, key = tmp_path / "given.crt", tmp_path / "given.key"
+    write_self_signed(crt, key, "127.0.0.1")
+    pg = pg_factory()  # no password: the server trusts the proxy
+    with LocalProxy(pg.dsn, max_backends=1, tls=True, cert_file=str(crt), key_file=str(key)) as proxy:
+        assert proxy.ca_file == str(crt)
+        with psycopg.connect(proxy.dsn, sslmode="verify-full", sslrootcert=str(crt)) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_gssenc_request_is_refused_and_the_session_continues(make_proxy):
+    import socket
+
+    from lambdapool.proto import Parser
+    from lambdapool.proto import messages as m
+
+    proxy = make_proxy(max_backends=1)
+    with socket.create_connection((proxy.host, proxy.port), timeout=5) as sock:
+        sock.sendall(m.gssenc_request())
+        assert sock.recv(1) == b"N"
+        sock.sendall(m.startup_message({"user": "postgres", "database": "postgres"}) + m.query("SELECT 6"))
+        parser, seen = Parser(frontend=False), []
+        while seen.count("Z") < 2:  # the startup's ReadyForQuery, then the query's
+            parser.receive_data(sock.recv(65536))
+            seen += [e.type for e in parser.events()]
+        assert seen[0] == "R" and seen[-4:] == ["T", "D", "C", "Z"]
