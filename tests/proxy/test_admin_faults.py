@@ -129,3 +129,22 @@ def test_cancel_request_reaches_the_backend(make_proxy):
             conn.execute("SELECT pg_sleep(10)")
         assert time.monotonic() - started < 5
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_server_restart_is_invisible_to_clients_between_transactions(pg_factory):
+    import psycopg
+
+    from lambdapool.testing import LocalProxy
+
+    pg = pg_factory(password="pw")
+    with LocalProxy(pg.dsn, max_backends=2) as proxy:
+        with psycopg.connect(proxy.dsn, autocommit=True) as conn:
+            before = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            pg.restart()
+            # The idle backend died with the server; the next transaction gets a new one.
+            deadline = time.monotonic() + 10
+            while proxy.stats()["backends_idle"] and time.monotonic() < deadline:
+                time.sleep(0.02)
+            after = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            assert after != before
+        assert proxy.stats()["backends_closed"] >= 1
