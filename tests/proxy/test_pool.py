@@ -185,3 +185,16 @@ def test_backend_max_lifetime_and_max_idle_backends(make_proxy, proxy_pg):
     for conn in conns:
         conn.close()
     wait_for(lambda: server_backends(proxy_pg) <= 1, what="idle backends to close")
+
+
+def test_unreachable_or_refusing_backend_fails_start_with_a_clear_error(proxy_pg):
+    from lambdapool.errors import ConnectionUnavailable
+    from lambdapool.testing import LocalProxy, free_port
+
+    with pytest.raises(ConnectionUnavailable, match="cannot open a connection to the backend") as info:
+        LocalProxy(f"postgresql://postgres:pw@127.0.0.1:{free_port()}/postgres", max_backends=1).start()
+    assert "pw" not in str(info.value)
+    wrong = proxy_pg.dsn.replace("server-pw", "wrong-pw")
+    with pytest.raises(ConnectionUnavailable, match="28P01") as info:
+        LocalProxy(wrong, max_backends=1).start()
+    assert "wrong-pw" not in str(info.value)

@@ -18,7 +18,8 @@ from typing import Callable
 from lambdapool.proto import messages as m
 from lambdapool.testing.proxy import admin
 from lambdapool.testing.proxy.auth import ScramVerifier
-from lambdapool.testing.proxy.backend import Backend
+from lambdapool.errors import ConnectionUnavailable
+from lambdapool.testing.proxy.backend import Backend, BackendLoginError
 from lambdapool.testing.proxy.client import Client
 from lambdapool.testing.proxy.config import ProxySettings
 from lambdapool.testing.proxy.pinning import pin_reasons
@@ -86,7 +87,14 @@ class ProxyServer:
             self._setup_tls()
         if settings.auth == "scram":
             self.scram = ScramVerifier(settings.users)
-        first = await self.connect_backend()
+        target = settings.backend
+        try:
+            first = await self.connect_backend()
+        except (OSError, asyncio.TimeoutError, BackendLoginError) as exc:
+            raise ConnectionUnavailable(
+                f"lambdapool local proxy: cannot open a connection to the backend {target.host}:{target.port}/"
+                f"{target.database} as {target.user}: {exc or type(exc).__name__}; check the backend DSN"
+            ) from None
         self.baseline = dict(first.params)
         self.baseline_lower = {k.lower(): v for k, v in first.params.items()}
         cap = settings.max_backends
