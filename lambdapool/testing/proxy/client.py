@@ -502,7 +502,7 @@ class Client(asyncio.Protocol):
         timeout = self.server.settings.borrow_timeout
         self._fail_pending(m.error_response(
             "53300",
-            f"{PROXY}: timed out after {timeout:g}s waiting to borrow a database connection "
+            f"{PROXY}: timed out after {float(timeout)}s waiting to borrow a database connection "
             f"(all {cap} backends busy; raise max_backends or borrow_timeout)",
             hint=f"{busy} of {cap} backends were in use and {len(self.server.pool.waiters)} other clients waiting",
         ))  # fmt: skip
