@@ -195,7 +195,7 @@ class Client(asyncio.Protocol):
             self.transport = await self.server.loop.start_tls(
                 self.transport, self, self.server.ssl_context, server_side=True  # type: ignore[arg-type]
             )
-        except (OSError, ConnectionError, Exception):  # noqa: BLE001 - a failed handshake ends this client
+        except Exception:  # noqa: BLE001 - any failed handshake (OSError, SSLError) ends this client
             self.abort()
             return
         self.tls = True
