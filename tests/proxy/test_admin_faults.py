@@ -148,3 +148,20 @@ def test_server_restart_is_invisible_to_clients_between_transactions(pg_factory)
             after = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
             assert after != before
         assert proxy.stats()["backends_closed"] >= 1
+
+
+def test_requests_not_yet_answered_move_to_a_new_backend_when_theirs_dies(make_proxy):
+    import threading
+
+    import psycopg
+
+    proxy = make_proxy(max_backends=2)
+    with psycopg.connect(proxy.dsn, autocommit=True) as conn:
+        conn.execute("SELECT 1")
+        proxy.set_latency(0.5)  # the request sits in the proxy, sent but not yet answered
+        timer = threading.Timer(0.2, proxy.kill_backends)
+        timer.start()
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+        timer.join()
+        proxy.set_latency(0)
+    assert proxy.stats()["replayed"] == 1

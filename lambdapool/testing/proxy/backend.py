@@ -171,6 +171,8 @@ class Backend(asyncio.Protocol):
 
     def _relay(self) -> None:
         parser, expect, client = self.parser, self.expect, self.client
+        if client is not None:
+            client._replay = None  # the server has answered: no replaying elsewhere now
         out: list[bytes] = []
         saw_ready = False
         try:

@@ -80,6 +80,9 @@ class Client(asyncio.Protocol):
         self._unnamed_ok = False
         self._scram_state: object | None = None
         self._held: list[bytes] = []
+        # What this client sent to its backend since it was lent, while the server has not
+        # answered anything: if the backend dies in that window, it is sent again elsewhere.
+        self._replay: list | None = None
         self._admin_sql = ""
         self._admin_result = (b"", b"")
         self._delayed: deque[tuple[float, Backend, bytes]] = deque()
@@ -348,6 +351,7 @@ class Client(asyncio.Protocol):
         self.backend = backend
         backend.client = self
         self._unnamed_ok = False
+        self._replay = []
         self.server.counters["borrows"] += 1
         if self.settings != backend.applied:
             self._apply_settings(backend)
@@ -367,6 +371,8 @@ class Client(asyncio.Protocol):
     def _forward(self, msgs: list) -> None:
         backend = self.backend
         assert backend is not None
+        if self._replay is not None:
+            self._replay.extend(msgs)
         expect = backend.expect
         statements = self.statements
         out: list[bytes] = []
@@ -440,6 +446,7 @@ class Client(asyncio.Protocol):
         if expect:
             expect.append((kind, None))
         else:
+            self._replay = None  # the client has an answer: this attachment cannot be replayed
             self.write(m.parse_complete() if kind == "f1" else m.close_complete())
 
     def _ensure(self, entry: tuple[bytes, bytes], backend: Backend, out: list[bytes]) -> bytes:
@@ -529,7 +536,15 @@ class Client(asyncio.Protocol):
         self.write(b"".join(out))
 
     def backend_lost(self, *, by_proxy: bool) -> None:
-        """The backend died mid-transaction: like a server crash, this client's session ends."""
+        """The backend died. Before it answered anything, the client's requests go to another
+        backend (as RDS Proxy does); after, like a server crash, this client's session ends."""
         self.backend = None
+        replay, self._replay = self._replay, None
+        if replay and not self.closed:
+            self.server.counters["replayed"] += 1
+            self.pending = replay + self.pending
+            self.waiting = True
+            self.server.pool.acquire(self)
+            return
         why = "the proxy closed it (fault injection or lifetime)" if by_proxy else "the server closed it"
         self.fatal("08006", f"{PROXY}: lost the database connection in the middle of a transaction ({why})")

@@ -26,7 +26,7 @@ from lambdapool.testing.proxy.pinning import pin_reasons
 from lambdapool.testing.proxy.pool import Pool
 
 COUNTERS = ("clients_total", "transactions", "borrows", "waited", "borrow_timeouts", "pinned_sessions",
-            "auth_failures", "backends_opened", "backends_closed", "resets", "reprepared")  # fmt: skip
+            "auth_failures", "backends_opened", "backends_closed", "resets", "reprepared", "replayed")  # fmt: skip
 
 
 class _QueryCollector:
