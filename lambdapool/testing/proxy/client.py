@@ -45,6 +45,7 @@ _NOT_SETTINGS = frozenset(("user", "database", "replication", "options"))
 _DEALLOCATE_ALL = re.compile(r"\s*DEALLOCATE\s+(?:PREPARE\s+)?ALL\s*;?\s*", re.I)
 _DROPS_ALL_STATEMENTS = re.compile(r"\b(?:DEALLOCATE\s+(?:PREPARE\s+)?ALL|DISCARD\s+ALL)\b", re.I)
 READY_IDLE = m.ready_for_query("I")
+MAX_PENDING_MESSAGES = 10000
 
 
 def quote_literal(value: str) -> str:
@@ -337,6 +338,8 @@ class Client(asyncio.Protocol):
         if self.pending and not self.waiting and self.backend is None and not self.closed:
             self.waiting = True
             self.server.pool.acquire(self)
+        if self.waiting and len(self.pending) > MAX_PENDING_MESSAGES:
+            self.pause_reading()  # a client streaming while it waits is held back, not buffered
 
     def _close_statement(self, body: bytes) -> bool:
         kind, name = m.read_target(body)
@@ -356,6 +359,8 @@ class Client(asyncio.Protocol):
         if self.settings != backend.applied:
             self._apply_settings(backend)
         pending, self.pending = self.pending, []
+        if len(pending) > MAX_PENDING_MESSAGES:
+            self.resume_reading()
         try:
             self._forward(pending)
         except ProtocolError as exc:  # the backend is left mid-conversation: reset() closes it
@@ -521,6 +526,8 @@ class Client(asyncio.Protocol):
         """Answer every request that waited for a backend with ``error``, as the server would."""
         self.waiting = False
         pending, self.pending = self.pending, []
+        if len(pending) > MAX_PENDING_MESSAGES:
+            self.resume_reading()
         out, unsynced = [], False
         for msg in pending:
             if msg[0] in ("Q", "S", "F"):
