@@ -71,7 +71,6 @@ class Client(asyncio.Protocol):
         self.backend: Backend | None = None
         self.pending: list = []
         self.waiting = False
-        self.wait_timer: asyncio.TimerHandle | None = None
         self.enqueued_at = 0.0
         self.pinned: str | None = None
         self.pin_reasons: set[str] = set()

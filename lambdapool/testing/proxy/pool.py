@@ -11,7 +11,8 @@ others wait queues behind them even if a backend is idle at that instant.
 Backends open lazily: one connection attempt per waiter beyond those already connecting,
 while ``open + connecting < cap``. A failed attempt fails the head waiter with the reason
 (that is what a client of RDS Proxy sees when the database refuses). Each waiter has a
-borrow-timeout timer; when it fires the client is answered with SQLSTATE 53300.
+borrow timeout, checked by a single timer aimed at the head of the queue; an expired waiter is
+answered with SQLSTATE 53300.
 
 Lifetimes are enforced at return time and by a periodic sweep (the proxy process is never
 frozen, unlike a function sandbox): a backend older than ``backend_max_lifetime`` is
@@ -20,6 +21,7 @@ closed instead of reused, and idle backends beyond ``max_idle_backends`` are clo
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -40,6 +42,7 @@ class Pool:
         self.connecting = 0
         self.refusing = False
         self.peak = 0
+        self._expiry: asyncio.TimerHandle | None = None
 
     @property
     def in_use(self) -> int:
@@ -51,38 +54,44 @@ class Pool:
         if not self.waiters and self.idle:
             client.attach(self.idle.pop())
             return
-        client.enqueued_at = time.monotonic()
-        loop = self.server.loop
-        client.wait_timer = loop.call_later(self.server.settings.borrow_timeout, self._timed_out, client)
+        client.enqueued_at = self.server.loop.time()
         self.waiters.append(client)
         self.server.counters["waited"] += 1
+        if self._expiry is None:
+            self._schedule_expiry()
         self._grow()
 
     def cancel(self, client: Client) -> None:
-        """The client left (or timed out) while waiting."""
-        if client.wait_timer is not None:
-            client.wait_timer.cancel()
-            client.wait_timer = None
+        """The client left while waiting."""
         try:
             self.waiters.remove(client)
         except ValueError:
             pass
 
-    def _timed_out(self, client: Client) -> None:
-        client.wait_timer = None
-        self.cancel(client)
-        self.server.counters["borrow_timeouts"] += 1
-        client.borrow_timed_out(busy=self.in_use, cap=self.cap)
+    def _schedule_expiry(self) -> None:
+        # One timer for the whole queue: every waiter has the same timeout, so the head is
+        # always the first to expire (cheaper than a timer per wait, which is per transaction).
+        head = self.waiters[0]
+        self._expiry = self.server.loop.call_at(head.enqueued_at + self.server.settings.borrow_timeout, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        deadline = self.server.loop.time() - self.server.settings.borrow_timeout
+        while self.waiters and self.waiters[0].enqueued_at <= deadline:
+            client = self.waiters.popleft()
+            if client.closed:
+                continue
+            self.server.counters["borrow_timeouts"] += 1
+            client.borrow_timed_out(busy=self.in_use, cap=self.cap)
+        if self.waiters:
+            self._schedule_expiry()
 
     def _hand_to_head(self, backend: Backend) -> bool:
         while self.waiters:
             client = self.waiters.popleft()
-            if client.wait_timer is not None:
-                client.wait_timer.cancel()
-                client.wait_timer = None
             if client.closed:
                 continue
-            self.server.note_wait(time.monotonic() - client.enqueued_at)
+            self.server.note_wait(self.server.loop.time() - client.enqueued_at)
             client.attach(backend)
             return True
         return False
@@ -130,7 +139,6 @@ class Pool:
             self.connecting -= 1
             if self.waiters:
                 client = self.waiters.popleft()
-                self.cancel(client)
                 client.backend_unavailable(str(exc))
             return
         self.connecting -= 1
