@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any, Callable
 
 from lambdapool.errors import ConnectionUnavailable
@@ -28,15 +29,20 @@ class Slots:
     def __init__(self, size: int, make: Callable[[], Any]) -> None:
         self.size = size
         self._make = make
-        self._free = threading.BoundedSemaphore(size)
-        self._lock = threading.Lock()
+        # One plain lock; waiting (a Condition) only when every slot is lent. threading's
+        # Semaphore is pure Python and cost more than the rest of a warm invocation.
+        self._cond = threading.Condition(threading.Lock())
         self._idle: list[Any] = []
         self.all: list[Any] = []
 
     def take(self, timeout: float) -> Any:
-        if not self._free.acquire(timeout=max(0.0, timeout)):
-            raise _exhausted(self.size, timeout)
-        with self._lock:
+        with self._cond:
+            if not self._idle and len(self.all) >= self.size:
+                deadline = time.monotonic() + max(0.0, timeout)
+                while not self._idle:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not self._cond.wait(remaining) and not self._idle:
+                        raise _exhausted(self.size, timeout)
             if self._idle:
                 return self._idle.pop()
             holder = self._make()
@@ -44,9 +50,9 @@ class Slots:
             return holder
 
     def give(self, holder: Any) -> None:
-        with self._lock:
+        with self._cond:
             self._idle.append(holder)
-        self._free.release()
+            self._cond.notify()
 
 
 class AsyncSlots:

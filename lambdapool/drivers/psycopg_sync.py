@@ -20,27 +20,27 @@ def connect_kwargs(p: ConnectParams, timeout: float) -> dict[str, Any]:
     return kwargs
 
 
+# libpq's PQtransactionStatus values, read straight off the PGconn: going through conn.info
+# builds an object and an enum per call, which showed up in the warm path's profile.
+_IDLE, _ACTIVE, _INTRANS, _INERROR, _UNKNOWN = range(5)
+_CONNECTION_OK = 0
+
+
 def quick_state(conn: Any) -> str:
     """'closed', 'readable' (verify before use) or 'quiet'; no round trip."""
-    if conn.closed or conn.broken:
+    pgconn = conn.pgconn
+    if conn.broken or pgconn.status != _CONNECTION_OK:
         return "closed"
-    try:
-        fd = conn.pgconn.socket
-    except Exception:  # psycopg raises if the libpq connection is gone
-        return "closed"
-    return "quiet" if socket_is_quiet(fd) else "readable"
+    return "quiet" if socket_is_quiet(pgconn.socket) else "readable"
 
 
 def in_transaction(conn: Any) -> bool:
-    from psycopg.pq import TransactionStatus
-
-    return conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+    return conn.pgconn.transaction_status in (_INTRANS, _INERROR)
 
 
 def usable(conn: Any) -> bool:
-    from psycopg.pq import TransactionStatus
-
-    return not conn.closed and not conn.broken and conn.info.transaction_status != TransactionStatus.UNKNOWN
+    pgconn = conn.pgconn
+    return not conn.broken and pgconn.status == _CONNECTION_OK and pgconn.transaction_status != _UNKNOWN
 
 
 def _can_drive_connect(psycopg: Any) -> bool:

@@ -1,0 +1,36 @@
+"""The bounded set of connections one instance lends to concurrent requests."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import lambdapool
+from lambdapool.slots import Slots
+
+
+def test_waits_for_a_slot_then_gets_the_one_given_back():
+    slots = Slots(1, object)
+    first = slots.take(1)
+    threading.Timer(0.1, slots.give, args=(first,)).start()
+    assert slots.take(2) is first  # waited, then reused: never a second one
+    assert len(slots.all) == 1
+
+
+def test_exhausted_slots_raise_connection_unavailable_naming_the_setting():
+    slots = Slots(2, object)
+    slots.take(1), slots.take(1)
+    started = time.monotonic()
+    with pytest.raises(lambdapool.ConnectionUnavailable, match="max_per_instance=2"):
+        slots.take(0.2)
+    assert time.monotonic() - started >= 0.2
+
+
+def test_most_recently_used_slot_is_lent_first():
+    slots = Slots(3, object)
+    a, b = slots.take(1), slots.take(1)
+    slots.give(a)
+    slots.give(b)
+    assert slots.take(1) is b  # the warmest connection
