@@ -108,8 +108,14 @@ class Parser:
     """Frames one direction of a connection; ``frontend=True`` for what a client sends."""
 
     def __init__(self, *, frontend: bool, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
-        self._buf = bytearray()
+        # The buffer is immutable bytes: a chunk holding whole messages is parsed in place and
+        # each message is one slice (one copy). A large message arriving in pieces collects
+        # in ``_more`` until it is complete, so assembling it stays linear.
+        self._buf = b""
         self._pos = 0
+        self._more: list[bytes] = []
+        self._more_len = 0
+        self._need = 0
         self._startup = frontend
         self._frontend = frontend
         self._ssl_answer = False
@@ -123,23 +129,32 @@ class Parser:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as events (a partial message)."""
-        return len(self._buf) - self._pos
+        return len(self._buf) - self._pos + self._more_len
 
     def expect_ssl_answer(self) -> None:
         """The next byte is the server's ``S``/``N`` answer to our SSLRequest."""
         self._ssl_answer = True
 
     def receive_data(self, data: bytes) -> None:
-        if self._pos:
-            del self._buf[: self._pos]
+        if self._pos >= len(self._buf) and not self._more:
+            self._buf = bytes(data)
             self._pos = 0
-        self._buf += data
+            return
+        self._more.append(bytes(data))
+        self._more_len += len(data)
+        if self._more_len >= self._need:
+            self._join()
+
+    def _join(self) -> None:
+        self._buf = self._buf[self._pos :] + b"".join(self._more)
+        self._pos = 0
+        self._more.clear()
+        self._more_len = self._need = 0
 
     def take_rest(self) -> bytes:
         """Everything not yet parsed (e.g. bytes that arrived before a TLS upgrade)."""
-        rest = bytes(self._buf[self._pos :])
-        self._buf.clear()
-        self._pos = 0
+        self._join()
+        rest, self._buf = self._buf, b""
         return rest
 
     def _fail(self, message: str) -> ProtocolError:
@@ -172,11 +187,12 @@ class Parser:
             raise self._fail(f"invalid frontend message type {kind!r}")
         end = pos + 1 + length
         if end > len(buf):
+            self._need = end - len(buf)
             return NEED_DATA
         self._pos = end
-        return Message(kind.decode("latin-1"), bytes(buf[pos:end]))
+        return Message(kind.decode("latin-1"), buf[pos:end])
 
-    def _next_startup(self, buf: bytearray, pos: int, avail: int):
+    def _next_startup(self, buf: bytes, pos: int, avail: int):
         if avail < 4:
             return NEED_DATA
         (length,) = _I32.unpack_from(buf, pos)
@@ -192,7 +208,7 @@ class Parser:
             raise self._fail(f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}")
         if avail < length:
             return NEED_DATA
-        body = bytes(buf[pos + 8 : pos + length])
+        body = buf[pos + 8 : pos + length]
         self._pos = pos + length
         if code == SSL_REQUEST_CODE:
             return SSLRequest()
@@ -227,8 +243,9 @@ class Parser:
                 self._pos = pos
                 self.next_event()  # raises the same ProtocolError as the slow path
             if end > total:
+                self._need = end - total
                 break
-            append(new(Message, (_CHARS[kind], bytes(buf[pos:end]))))
+            append(new(Message, (_CHARS[kind], buf[pos:end])))
             pos = end
         self._pos = pos
         return out

@@ -221,3 +221,17 @@ def test_random_bytes_give_events_need_data_or_protocol_error_only(garbage, fron
                     reader(event.body)
                 except ProtocolError:
                     pass
+
+
+def test_large_message_in_small_pieces_is_assembled_once_complete():
+    payload = bytes(range(256)) * 8192  # 2 MiB of CopyData
+    frame = m.frame("d", payload) + m.frame("c")
+    parser = Parser(frontend=False)
+    events = []
+    for i in range(0, len(frame), 1000):
+        parser.receive_data(frame[i : i + 1000])
+        events += parser.events()
+        if len(events) == 0:
+            assert parser.buffered == min(i + 1000, len(frame))
+    assert [e.type for e in events] == ["d", "c"] and events[0].body == payload
+    assert parser.buffered == 0 and parser.take_rest() == b""
