@@ -4,6 +4,8 @@ parameters that follow the client from backend to backend."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lambdapool.testing.proxy.pinning import pin_reasons
 
@@ -98,3 +100,22 @@ def test_startup_parameters_follow_the_client_to_each_backend(make_proxy):
         a.close()
         b.close()
     assert proxy.stats()["pinned_sessions"] == 0
+
+
+KNOWN_REASONS = {"set", "reset", "prepare", "execute", "deallocate", "discard", "listen", "load", "cursor",
+                 "set_config", "advisory_lock", "temporary_table", "temporary_sequence", "temporary_view",
+                 "statement_over_16kb"}  # fmt: skip
+
+
+@settings(max_examples=200)
+@given(sql=st.text(max_size=200), in_transaction=st.booleans())
+def test_pin_rules_never_raise_and_name_known_reasons(sql, in_transaction):
+    assert set(pin_reasons(sql, in_transaction=in_transaction)) <= KNOWN_REASONS
+
+
+@settings(max_examples=200)
+@given(text=st.text(max_size=200))
+def test_sql_inside_string_literals_and_comments_never_pins(text):
+    literal = "'" + text.replace("'", "''") + "'"
+    comment = "/* " + text.replace("*/", "") + " */"
+    assert pin_reasons(f"SELECT {literal} {comment}", in_transaction=False) == []
