@@ -104,7 +104,9 @@ class ProxyServer:
         self.pool = Pool(self, cap)
         self.pool.add_connected(first)
         await self.start_listening()
-        self.iam_hosts = {self.host} | ({"localhost", "127.0.0.1"} if self.host in ("127.0.0.1", "localhost") else set())
+        loopback = {"localhost", "127.0.0.1"}
+        wildcard = loopback | {"::1", socket.gethostname()}
+        self.iam_hosts = {self.host} | (loopback if self.host in loopback else wildcard if self.host in ("0.0.0.0", "::") else set())
         self._sweeper = self.loop.create_task(self._sweep())
 
     async def stop(self) -> None:
