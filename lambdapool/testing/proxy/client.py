@@ -25,6 +25,7 @@ On the way to the backend every message is matched to the answer it will get (se
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import shlex
 import time
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from lambdapool.testing.proxy.server import ProxyServer
 
 PROXY = "lambdapool local proxy"
+log = logging.getLogger("lambdapool.proxy")
 _NOT_SETTINGS = frozenset(("user", "database", "replication", "options"))
 _DEALLOCATE_ALL = re.compile(r"\s*DEALLOCATE\s+(?:PREPARE\s+)?ALL\s*;?\s*", re.I)
 _DROPS_ALL_STATEMENTS = re.compile(r"\b(?:DEALLOCATE\s+(?:PREPARE\s+)?ALL|DISCARD\s+ALL)\b", re.I)
@@ -107,6 +109,9 @@ class Client(asyncio.Protocol):
                 self._handshake()
         except ProtocolError as exc:
             self.fatal("08P01", f"{PROXY}: invalid message from the client: {exc}")
+        except Exception:  # noqa: BLE001 - a bug here must end this client only, not the proxy
+            log.exception("lambdapool local proxy: internal error while handling a client; closing it")
+            self.fatal("XX000", f"{PROXY}: internal error (see the proxy's log)")
 
     def unhang(self) -> None:
         """``hang_on_connect`` was turned off: handle what this client sent meanwhile."""
