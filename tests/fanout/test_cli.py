@@ -118,6 +118,23 @@ def test_emulate_through_pgbouncer_and_the_rds_proxy_path_with_light_instances(t
     assert "POST / HTTP" not in err, "moto's server keeps quiet"
 
 
+@pytest.mark.slow
+def test_emulate_against_a_running_database_counts_the_roles_own_limit(pg_factory, tmp_path, capsys, parts):
+    # GIVEN a database of yours: 12 slots, 3 reserved for superusers, the handler's role is not one
+    parts()
+    pg = pg_factory(max_connections=12)
+    pg.psql("CREATE ROLE app LOGIN")
+    figures = tmp_path / "fanout.json"
+    code = main(["emulate", f"{EXAMPLE}:handler", "--dsn", f"postgresql://app@{pg.host}:{pg.port}/postgres",
+                 "--pooler", "direct", "--no-guard", "--concurrency", "12", "--invocations", "24", "--timeout", "5",
+                 "--env", "LAMBDAPOOL_ACQUIRE_TIMEOUT=1", "--json", str(figures)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads(figures.read_text())["scenarios"]["direct (no guard)"]["summary"]
+    # THEN the limit is what the role can have (12 - 3 reserved - the sampler's own), and it was hit
+    assert summary["limit"] == 8 and summary["peak_backends"] == 8
+    assert summary["failures"] > 0 and summary["refused"] == summary["failures"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
