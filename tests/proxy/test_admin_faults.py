@@ -158,7 +158,7 @@ def test_requests_not_yet_answered_move_to_a_new_backend_when_theirs_dies(make_p
     proxy = make_proxy(max_backends=2)
     with psycopg.connect(proxy.dsn, autocommit=True) as conn:
         conn.execute("SELECT 1")
-        proxy.set_latency(0.5)  # the request sits in the proxy, sent but not yet answered
+        proxy.set_latency(1.0)  # the request sits in the proxy, sent but not yet answered
         timer = threading.Timer(0.2, proxy.kill_backends)
         timer.start()
         assert conn.execute("SELECT 2").fetchone() == (2,)

@@ -154,10 +154,10 @@ def test_max_client_connections_refuses_the_extra_client(make_proxy):
 def test_idle_client_timeout_closes_idle_clients_only(make_proxy):
     import psycopg
 
-    proxy = make_proxy(max_backends=2, idle_client_timeout=0.5)
+    proxy = make_proxy(max_backends=2, idle_client_timeout=1.0)
     idle = psycopg.connect(proxy.dsn, autocommit=True)
     busy = psycopg.connect(proxy.dsn, autocommit=True)
-    for _ in range(6):
+    for _ in range(10):
         busy.execute("SELECT pg_sleep(0.15)")
     with pytest.raises(psycopg.OperationalError, match="idle_client_timeout"):
         idle.execute("SELECT 1")
