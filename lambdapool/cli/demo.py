@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from lambdapool.testing import fanout
     from lambdapool.testing.emulator import Report
 
+    fanout.require("matplotlib")
     cap = args.cap if args.cap is not None else max(1, args.max_connections // 2)
     # Failing invocations give up after 2 s (acquire_timeout): the demo shows refusals, quickly.
     burst = fanout.Burst(args.invocations, args.concurrency, timeout=10.0, event={"sleep": 0.05}).validate()

@@ -171,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     from lambdapool.testing.emulator import Report
 
     kinds = poolers(args.pooler)
+    fanout.require(*(["matplotlib"] if args.chart else []), *(["moto"] if "rds-proxy" in kinds else []))
     handler = fanout.HandlerRef.parse(args.handler)
     burst = fanout.Burst(args.invocations, args.concurrency, args.light, args.timeout, _event(args.event)).validate()
     env = _env_pairs(args.env)

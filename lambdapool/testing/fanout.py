@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import importlib.util
 import io
 import json
 import logging
@@ -50,6 +51,13 @@ DEMO_HANDLER = Path(__file__).with_name("demo_handler.py")
 
 # (scenario name, done, total, failures, backends now) every few tenths of a second
 Progress = Callable[[str, int, int, int, int], None]
+
+
+def require(*modules: str) -> None:
+    """Fail early, in one line, when a part of the ``dev`` extra is not installed."""
+    absent = [m for m in ("psycopg", "awslambdaric", *modules) if importlib.util.find_spec(m) is None]
+    if absent:
+        raise ConfigError(f"{', '.join(absent)} not installed: pip install 'lambdapool[dev]'")
 
 
 @dataclass(frozen=True)
@@ -488,6 +496,7 @@ __all__ = [
     "embedded_database",
     "existing_database",
     "pooler",
+    "require",
     "run_scenario",
     "scenario_name",
 ]

@@ -161,3 +161,11 @@ def test_emulate_unreachable_dsn_is_one_line_without_the_password(capsys):
     code = main(["emulate", f"{EXAMPLE}:handler", "--dsn", dsn])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "cannot connect" in err and "hunter2" not in err, err
+
+
+def test_a_missing_part_of_the_dev_extra_is_named_in_one_line(capsys, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    code = main(["emulate", f"{EXAMPLE}:handler", "--chart", "out.png"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == "lambdapool emulate: matplotlib not installed: pip install 'lambdapool[dev]'\n"
