@@ -123,7 +123,7 @@ def test_pgbench_50_clients_over_a_cap_of_5(make_proxy, proxy_pg, mode):
     assert stats["peak_clients"] == 50
 
 
-def test_psycopg_rollback_after_prepared_statements_does_not_pin(make_proxy):
+def test_psycopg_rollback_after_prepared_statements_pins_as_on_rds_proxy(make_proxy):
     import psycopg
 
     proxy = make_proxy(max_backends=2)
@@ -131,11 +131,13 @@ def test_psycopg_rollback_after_prepared_statements_does_not_pin(make_proxy):
         for i in range(8):
             conn.execute("SELECT %s::int", (i,))  # prepared after prepare_threshold=5 uses
         conn.rollback()
-        for i in range(8):
+        for i in range(8):  # the statements are prepared again, on whatever backend
             assert conn.execute("SELECT %s::int", (i,)).fetchone() == (i,)
         conn.commit()
     stats = proxy.stats()
-    assert stats["pinned_sessions"] == 0, stats["pin_reasons"]
+    # RDS Proxy pins on DEALLOCATE (psycopg/psycopg#1105): why the rds-proxy and local
+    # adapters turn psycopg's prepared statements off.
+    assert stats["pinned_sessions"] == 1 and stats["pin_reasons"] == {"deallocate": 1}
 
 
 def test_copy_pipeline_errors_and_cursors(make_proxy, proxy_pg):
@@ -163,7 +165,9 @@ def test_copy_pipeline_errors_and_cursors(make_proxy, proxy_pg):
             with conn.cursor(name="server_side") as cur:  # DECLARE inside the transaction
                 cur.execute("SELECT generate_series(1, 100)")
                 assert len(cur.fetchmany(40)) == 40
-    assert proxy.stats()["pinned_sessions"] == 0
+    # The one pin: psycopg's DEALLOCATE ALL after the rolled-back savepoint, with prepared
+    # statements in its cache (RDS Proxy pins on it too; the SDK's adapters avoid it).
+    assert proxy.stats()["pin_reasons"] == {"deallocate": 1}
 
 
 def test_async_with_on_the_callers_loop_and_the_stats_contract(proxy_pg):

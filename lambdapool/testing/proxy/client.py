@@ -82,8 +82,9 @@ class Client(asyncio.Protocol):
         self._unnamed_ok = False
         self._scram_state: object | None = None
         self._held: list[bytes] = []
-        # What this client sent to its backend since it was lent, while the server has not
-        # answered anything: if the backend dies in that window, it is sent again elsewhere.
+        # What this client asked of its backend since it was lent, while none of it has reached
+        # the backend's socket (held back by injected latency): if the backend dies in that
+        # window it is sent to another one. Anything written may have run, so is never resent.
         self._replay: list | None = None
         self._admin_sql = ""
         self._admin_result = (b"", b"")
@@ -431,11 +432,12 @@ class Client(asyncio.Protocol):
             elif kind == "Q":
                 sql = m.read_query(data[5:])
                 if _DEALLOCATE_ALL.fullmatch(sql):
-                    # psycopg sends this after a rollback; like PgBouncer 1.22+, no pin: it
-                    # empties this backend, whose statements are re-prepared on demand.
+                    # psycopg sends this after a rollback once it has prepared statements. It
+                    # empties this backend (its statements are re-prepared on demand), and, as
+                    # RDS Proxy does (psycopg/psycopg#1105), it pins the session.
                     statements.clear()
                     backend.prepared.clear()
-                elif self.pinned is None:
+                if self.pinned is None:
                     self._check_pin(sql, backend)
                 self._unnamed_ok = False
                 expect.append(("Q", None))
@@ -491,6 +493,7 @@ class Client(asyncio.Protocol):
     def _send(self, backend: Backend, data: bytes) -> None:
         latency = self.server.latency
         if not latency and not self._delayed:
+            self._replay = None  # on the wire: it may run, so it must never be sent twice
             backend.write(data)
             return
         loop = self.server.loop
@@ -502,6 +505,8 @@ class Client(asyncio.Protocol):
         loop = self.server.loop
         while self._delayed and self._delayed[0][0] <= loop.time():
             _, backend, data = self._delayed.popleft()
+            if backend is self.backend:
+                self._replay = None  # on the wire: it may run, so it must never be sent twice
             backend.write(data)
         if self._delayed:
             loop.call_at(self._delayed[0][0], self._send_delayed)
@@ -547,8 +552,8 @@ class Client(asyncio.Protocol):
         self.write(b"".join(out))
 
     def backend_lost(self, *, by_proxy: bool) -> None:
-        """The backend died. Before it answered anything, the client's requests go to another
-        backend (as RDS Proxy does); after, like a server crash, this client's session ends."""
+        """The backend died. Requests that never reached it go to another backend; once a
+        request was written it may have run, so, like a server crash, the session ends."""
         self.backend = None
         replay, self._replay = self._replay, None
         if replay and not self.closed:
