@@ -60,3 +60,22 @@ def test_a_preload_that_fails_is_reported_at_start(tmp_path):
     with pytest.raises(EnvironmentStartError, match="lambdapool_no_such_preload"):
         fleet.start()
     assert fleet._loop is None  # nothing left running
+
+
+def test_many_forked_environments_freeze_without_ever_stopping_us(lambda_fleet):
+    # A forked environment can reach GET /next before the zygote reports its pid; freezing it
+    # then must wait for the pid, never signal process group 0 (ours).
+    fleet = lambda_fleet(fork_server=True, preload=["psycopg"], reserved_concurrency=12)
+    for _ in range(3):
+        results = fleet.burst([{}] * 12, concurrency=12)
+        assert all(r.ok for r in results)
+        fleet.freeze_all()
+        assert {proc_state(e.pid) for e in fleet.environments} == {"T"}
+    assert proc_state(os.getpid()) != "T"
+
+
+def test_signalling_our_own_process_group_is_refused():
+    from lambdapool.testing.emulator.processes import signal_group
+
+    with pytest.raises(ValueError):
+        signal_group(0, 0)

@@ -140,6 +140,8 @@ class Environment:
         if fleet._zygote is not None:
             self.pid = await fleet._zygote.spawn(self.id, env, fleet.task_root, fleet.handler, str(self.log_path))
             fleet._zygote.on_exit(self.pid, self._exited)
+            if self.state == "idle" and self._waiter is not None and fleet.freeze:
+                fleet._spawn(self.freeze())  # it reached GET /next before we knew its pid
             return
         with open(self.log_path, "ab") as log:
             proc = subprocess.Popen(
@@ -203,8 +205,8 @@ class Environment:
 
     async def freeze(self) -> bool:
         """Stop the process group if it is idle in ``GET /next``; True once it is seen stopped."""
-        if self.state != "idle" or self._waiter is None:
-            return False
+        if self.state != "idle" or self._waiter is None or self.pid <= 0:
+            return False  # not idle, or forked but its pid not reported yet (spawn freezes it then)
         if not self.frozen:
             processes.stop_group(self.pid)
             self.frozen = True

@@ -28,6 +28,8 @@ def proc_state(pid: int) -> str | None:
 
 def signal_group(pgid: int, sig: int) -> bool:
     """Send ``sig`` to a process group; False when the group is gone."""
+    if pgid <= 1:  # 0 is our own group and 1 init's: never a sandbox of ours
+        raise ValueError(f"refusing to signal process group {pgid}")
     try:
         os.killpg(pgid, sig)
         return True
