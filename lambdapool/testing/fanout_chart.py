@@ -10,6 +10,7 @@ only, through its object API with the Agg canvas (no pyplot, no screen, safe in 
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,17 +74,23 @@ def draw_comparison(report: Report, path: str | Path) -> Path:
         ax.grid(True, alpha=0.3)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, top * 1.12)
-        ax.set_xlim(left=0)
+    # Shared x: one explicit range covering every run (a per-panel set_xlim would freeze the
+    # shared range at the first panel's data).
+    end = max([0.0, *(t for f in flights for t, _ in f),
+               *(t - _start(s) for s in scenarios for t, _ in s.timeline)])  # fmt: skip
+    axes[0].set_xlim(0, end * 1.02 or 1.0)
     axes[0].set_ylabel("connections")
     handles: dict[str, object] = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
     limit = next((s.limit for s in scenarios if s.limit is not None), None)
-    fig.suptitle(report.title + (f" \u2014 limit {limit}" if limit is not None else ""), fontsize=12)
+    width = fig.get_figwidth()
+    title = textwrap.wrap(report.title + (f" \u2014 limit {limit}" if limit is not None else ""), int(width * 10))
+    fig.suptitle("\n".join(title), fontsize=12)
     fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(5, len(handles)), fontsize=9,
                frameon=False)  # fmt: skip
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout(rect=(0, 0.08, 1, 1 - 0.04 * (len(title) - 1)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
