@@ -145,12 +145,13 @@ def burst(
     light_events: list[dict],
     *,
     sampler_dsn: str,
-    fault: Callable[[], None] | None = None,
+    fault: Callable[[], float | None] | None = None,
     fault_after: int = 0,
 ) -> Burst:
     """Run both fleets' events at once (processes ``len(set)`` wide: concurrency = fleet size),
     sampling the server's backends; with ``fault``, call it once ``fault_after`` invocations
-    have ended and record its window."""
+    have ended and record its window: from the call to its return, or to the time it returns
+    (when the fault took effect, before a downtime it then waits out)."""
     out = Burst()
     errors: list[BaseException] = []
 
@@ -173,8 +174,8 @@ def burst(
                 assert time.monotonic() < deadline, "the burst made no progress before the fault"
                 time.sleep(0.005)
             out.fault = Fault(start=time.time())
-            fault()
-            out.fault.end = time.time()
+            cut = fault()
+            out.fault.end = time.time() if cut is None else cut
         for t in threads:
             t.join(180)
         out.seconds = time.monotonic() - t0
