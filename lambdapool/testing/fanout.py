@@ -381,13 +381,10 @@ class _Fleets:
 
     def __init__(self, handler: HandlerRef, env: dict[str, str], burst: Burst, preload: tuple[str, ...]) -> None:
         self.burst = burst
-        # freeze=False: a burst keeps its environments busy, and a forked environment can ask for
-        # its first invocation before the fork server has reported its pid; freezing it then
-        # (SIGSTOP to process group 0) stops this very process (reported to the emulator's owner).
+        # Environments are frozen between invocations, as on Lambda.
         self.lambda_fleet = LambdaFleet(handler.handler, handler.task_root, env=env,
                                         reserved_concurrency=burst.concurrency, timeout=burst.timeout,
-                                        fork_server=True, preload=("psycopg", "lambdapool", *preload),
-                                        freeze=False)  # fmt: skip
+                                        fork_server=True, preload=("psycopg", "lambdapool", *preload))  # fmt: skip
         self.light_fleet: LightFleet | None = None
         if burst.light:
             from lambdapool.testing.emulator import module_factory

@@ -28,10 +28,8 @@ def app_db(pg_factory):
 def test_a_burst_through_the_local_proxy_stays_under_its_cap(app_db, local_proxy, lambda_fleet, backend_sampler):
     pg, app_dsn = app_db
     proxy = local_proxy(app_dsn, max_backends=4)
-    # freeze=False until the fork server's first-GET race is fixed (docs/fanout.md, "Known issue")
     fleet = lambda_fleet(HANDLER, env={"LAMBDAPOOL_DSN": proxy.dsn, "LAMBDAPOOL_POOLER": "local"},
-                         reserved_concurrency=16, fork_server=True, preload=["psycopg", "lambdapool"],
-                         freeze=False)  # fmt: skip
+                         reserved_concurrency=16, fork_server=True, preload=["psycopg", "lambdapool"])  # fmt: skip
     sampler = backend_sampler(pg)  # the superuser's DSN: it still gets in when the role's slots are gone
     results = fleet.burst([{"n": i} for i in range(64)], concurrency=16)
     sampler.stop()
