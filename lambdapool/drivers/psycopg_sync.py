@@ -12,8 +12,8 @@ def connect_kwargs(p: ConnectParams, timeout: float) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "host": p.host, "port": p.port, "user": p.user, "password": p.password, "dbname": p.dbname,
         "sslmode": p.sslmode, "sslrootcert": p.sslrootcert, "application_name": p.application_name,
-        # libpq counts whole seconds and treats anything under 2 as 2.
-        "connect_timeout": max(2, math.ceil(timeout)),
+        # libpq counts whole seconds, at least 2; the exact deadline is kept by the caller.
+        "connect_timeout": max(2, math.floor(timeout)),
     }  # fmt: skip
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     kwargs.update(p.options)
@@ -48,10 +48,11 @@ def _can_drive_connect(psycopg: Any) -> bool:
 
 
 def _connect_within(psycopg: Any, kwargs: dict[str, Any], timeout: float) -> Any:
-    """Connect within ``timeout`` seconds, under libpq's 2 s floor on connect_timeout.
+    """Connect within exactly ``timeout`` seconds.
 
-    A Lambda deadline can leave less than 2 s; psycopg's own connect drives the same
-    generator with the rounded-up value (psycopg/connection.py), so drive it with ours.
+    libpq's connect_timeout is whole seconds and at least 2, so a deadline of 2.75 s (or 1.5 s)
+    cannot be expressed; psycopg's own connect drives the same generator with that rounded
+    value (psycopg/connection.py), so drive it with ours.
     Falls back to the public API when psycopg's internals differ (see _can_drive_connect).
     """
     from psycopg import errors
@@ -76,7 +77,7 @@ class PsycopgDriver:
         import psycopg
 
         kwargs = connect_kwargs(params, timeout)
-        if timeout >= 2 or not _can_drive_connect(psycopg):
+        if not _can_drive_connect(psycopg):  # psycopg's internals moved: whole seconds, >= 2
             return psycopg.Connection.connect(**kwargs)
         return _connect_within(psycopg, kwargs, timeout)
 

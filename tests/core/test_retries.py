@@ -94,13 +94,12 @@ def silent_listener():
     srv.close()
 
 
+@pytest.mark.parametrize("remaining_ms", [1500, 3000])  # under libpq's 2 s floor, and not whole seconds
 @pytest.mark.parametrize("driver", DRIVERS)
-def test_hanging_connect_stops_at_the_deadline_even_under_libpqs_two_second_floor(
-    silent_listener, make_db, driver
-):
+def test_hanging_connect_stops_at_the_deadline(silent_listener, make_db, driver, remaining_ms):
     db = make_db(f"postgresql://app@127.0.0.1:{silent_listener}/db", driver=driver, connect_timeout=30)
     handler = query_handler(db)
     started = time.monotonic()
     with pytest.raises(lambdapool.ConnectionUnavailable, match="budget"):
-        handler({}, LambdaContext(remaining_ms=1500))
-    assert time.monotonic() - started < 1.5, "the connect attempt outlived the invocation's deadline"
+        handler({}, LambdaContext(remaining_ms=remaining_ms))
+    assert time.monotonic() - started < remaining_ms / 1000, "the connect outlived the invocation's deadline"
