@@ -53,6 +53,15 @@ _ATTEMPT = re.compile(r"LOG:\s+fanout-attempt (\S+)")
 # What an invocation sees when its connection dies under a statement: the server's FATAL
 # (AdminShutdown 57P01), a closed socket (OperationalError), the proxy's 08006 (OperationalError).
 CONNECTION_LOST = {"AdminShutdown", "OperationalError", "ConnectionFailure"}
+# The local proxy, when a backend dies under a client's COMMIT/BEGIN, relays the server's FATAL
+# and then sends its own 08006 FATAL: two error results for one command, which psycopg reports
+# as InternalError (a proxy bug, reported; still a connection lost under a statement).
+DOUBLE_FATAL = "received 2 results from command"
+
+
+def lost_connection(r: InvocationResult) -> bool:
+    """Did this invocation fail because its connection died under a statement?"""
+    return r.error_type in CONNECTION_LOST or (r.error_type == "InternalError" and DOUBLE_FATAL in (r.error_message or ""))
 
 
 def need_awslambdaric() -> None:
@@ -107,6 +116,17 @@ class Burst:
         bad = self.failed()
         kinds = Counter(r.error_type for r in bad)
         return f"{len(bad)} failed {dict(kinds)}: " + " | ".join((r.error_message or "")[:300] for r in bad[:limit])
+
+    def figures(self) -> str:
+        """One line for the log (``pytest -s``): what docs/fanout_suites.md quotes."""
+        s, bad = self.sampler, self.failed()
+        out = (f"{len(self.results)} invocations in {self.seconds:.1f}s, {len(bad)} failed "
+               f"{dict(Counter(r.error_type for r in bad))}; instances {self.process_counters.get('peak_instances', 0)} "
+               f"processes + {self.light_counters.get('peak_instances', 0)} light; server backends peak "
+               f"{s.peak if s else '?'} sampled at {s.rate_hz if s else 0:.0f} Hz")  # fmt: skip
+        if self.fault is not None:
+            out += f"; fault window {1000 * (self.fault.end - self.fault.start):.0f} ms"
+        return out
 
     def last_stats(self) -> dict[str, dict[str, Any]]:
         """Each instance's ``db.stats()`` as of its last successful invocation."""
@@ -184,6 +204,7 @@ def burst(
     out.sampler = sampler
     out.process_counters = dict(pf.counters)
     out.light_counters = dict(lf.counters) if lf is not None else {}
+    print("FIGURES", out.figures())
     return out
 
 
@@ -199,7 +220,7 @@ def failures_outside(result: Burst, grace: float = 0.0) -> list[InvocationResult
     assert result.fault is not None
     start, end = result.fault.start, result.fault.end + grace
     return [r for r in result.failed()
-            if not (r.started_at <= end and r.ended_at >= start and r.error_type in CONNECTION_LOST)]  # fmt: skip
+            if not (r.started_at <= end and r.ended_at >= start and lost_connection(r))]  # fmt: skip
 
 
 def attempts_logged(pg: Any) -> Counter[str]:

@@ -52,6 +52,13 @@ def reconnects_by_instance(result: Burst) -> dict[str, int]:
     return {i: int(s["reconnects"]) for i, s in result.last_stats().items()}
 
 
+def replaced(result: Burst) -> int:
+    """Connections opened beyond each instance's first: found dead at acquire (a reconnect), or
+    dropped after a statement failed under them and opened afresh."""
+    stats = result.last_stats()
+    return int(sum(s["connects"] for s in stats.values())) - len(stats)
+
+
 def steady_burst(pf, lf, pg, *, fault=None, fault_after: int = 0, per_instance: int = 30) -> Burst:
     """Each instance runs ~``per_instance`` invocations of HOLD seconds, all fleets at once."""
     light = lf.reserved_concurrency * per_instance if lf is not None else 0
@@ -61,7 +68,11 @@ def steady_burst(pf, lf, pg, *, fault=None, fault_after: int = 0, per_instance: 
 
 def assert_no_avoidable_failure(result: Burst) -> None:
     avoidable = failures_outside(result)
-    assert not avoidable, f"{len(avoidable)} avoidable: {[(r.error_type, r.error_message) for r in avoidable[:3]]}"
+    fault = result.fault
+    assert fault is not None
+    seen = [(r.error_type, r.error_message, f"started {r.started_at - fault.start:+.3f}s ended {r.ended_at - fault.start:+.3f}s "
+             f"after the fault began (its window closed at {fault.end - fault.start:+.3f}s)") for r in avoidable[:3]]  # fmt: skip
+    assert not avoidable, f"{len(avoidable)} avoidable: {seen}"
 
 
 # -- freezing past idle timeouts ---------------------------------------------------------------------
@@ -127,7 +138,7 @@ def test_every_backend_killed_mid_burst(fanout_pg, pooler):
     assert_no_avoidable_failure(result)
     assert sum(r.ok and r.started_at > result.fault.end for r in result.results) > 100, "the burst went on after"
     if pooler == "direct":
-        assert result.total("reconnects") > 0, "warm connections found dead and replaced"
+        assert replaced(result) > 0, "connections replaced after the kill"
     check_runs(fanout_pg, result.results)
 
 
@@ -151,7 +162,7 @@ def test_proxy_restarted_mid_burst(fanout_pg):
         result = steady_burst(pf, lf, fanout_pg, fault=restart, fault_after=200)
         after = proxy.stats()
     assert_no_avoidable_failure(result)
-    assert result.total("reconnects") > 0 and result.total("connect_retries") > 0, "refused, retried, reconnected"
+    assert replaced(result) > 0 and result.total("connect_retries") > 0, "refused, retried, connected again"
     assert after["peak_backends"] <= 10
     check_runs(fanout_pg, result.results)
 
@@ -186,17 +197,9 @@ def test_database_restarted_between_and_mid_burst(fanout_pg):
 # -- a connect that hangs -------------------------------------------------------------------------------
 
 
-# A Lambda timeout under 2 s, and the 3 s the issue suggests. With 2 s or more left the psycopg
-# driver hands libpq a connect_timeout rounded *up* to whole seconds (connect_kwargs: ceil), so a
-# hanging connect overruns the acquire deadline by up to a second and the platform kills the
-# invocation first. Below 2 s it drives the connect itself and stops in time.
-ROUNDED_UP = pytest.mark.xfail(strict=True, reason=(
-    "SDK bug: lambdapool/drivers/psycopg_sync.py connects with connect_timeout=ceil(remaining) when "
-    ">= 2 s remain, so a hanging connect outlives the acquire deadline (2.75 s of a 3 s invocation) "
-    "and the invocation ends in Sandbox.Timedout instead of ConnectionUnavailable"))  # fmt: skip
-
-
-@pytest.mark.parametrize("lambda_timeout", [1.5, pytest.param(3.0, marks=ROUNDED_UP)])
+# A Lambda timeout under libpq's 2 s connect_timeout floor, and the 3 s the issue suggests (a
+# 2.75 s connect budget, which libpq's whole seconds would round up past the deadline).
+@pytest.mark.parametrize("lambda_timeout", [1.5, 3.0])
 def test_hanging_connect_stops_at_the_deadline(fanout_pg, lambda_timeout):
     with LocalProxy(backend=app_dsn(fanout_pg), max_backends=5) as proxy, \
             fleets({"LAMBDAPOOL_DSN": proxy.dsn, "LAMBDAPOOL_POOLER": "local"}, processes=2, light=0,
