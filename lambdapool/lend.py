@@ -10,10 +10,8 @@ are re-entrant: only the outermost one commits (psycopg) or rolls back what it l
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
 logger = logging.getLogger("lambdapool")
@@ -26,33 +24,8 @@ class Lender:
         self.stats = db._stats
         self.slots = db._slots
 
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[Any]:
-        db = self.db
-        state = db._current.get()
-        token = None
-        if state is None:  # outside a handler: this block is its own invocation
-            state = db._adhoc()
-            token = db._current.set(state)
-        try:
-            if state.conn is None:
-                self.acquire(state)
-            state.depth += 1
-            try:
-                yield state.conn
-            except BaseException:
-                if state.depth == 1:
-                    self.rollback_quietly(state.conn)
-                raise
-            else:
-                if state.depth == 1 and self.driver.block_succeeded(state.conn) == "rollback":
-                    self.stats.incr("rollbacks")
-            finally:
-                state.depth -= 1
-        finally:
-            if token is not None:
-                db._current.reset(token)
-                self.finish(state)
+    def connection(self) -> Block:
+        return Block(self)
 
     def acquire(self, state: Any) -> None:
         started = time.monotonic()
@@ -90,3 +63,50 @@ class Lender:
             raise
         finally:
             self.slots.give(holder)
+
+
+class Block:
+    """One ``with db.connection()`` block (a class, not a generator: it is on every
+    warm invocation's path, and a generator-based context manager costs several times more)."""
+
+    __slots__ = ("lender", "state", "token")
+
+    def __init__(self, lender: Lender) -> None:
+        self.lender = lender
+
+    def __enter__(self) -> Any:
+        lender = self.lender
+        db = lender.db
+        state = db._current.get()
+        self.token = None
+        if state is None:  # outside a handler: this block is its own invocation
+            state = db._adhoc()
+            self.token = db._current.set(state)
+        self.state = state
+        try:
+            if state.conn is None:
+                lender.acquire(state)
+        except BaseException:
+            self._end_adhoc()
+            raise
+        state.depth += 1
+        return state.conn
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        lender, state = self.lender, self.state
+        try:
+            if state.depth == 1:
+                if exc_type is not None:
+                    lender.rollback_quietly(state.conn)
+                elif lender.driver.block_succeeded(state.conn) == "rollback":
+                    lender.stats.incr("rollbacks")
+        finally:
+            state.depth -= 1
+            self._end_adhoc()
+
+    def _end_adhoc(self) -> None:
+        if self.token is not None:
+            self.lender.db._current.reset(self.token)
+            self.token = None
+            self.lender.finish(self.state)
+

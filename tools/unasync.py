@@ -28,8 +28,10 @@ RULES = [
     (r"\baconnect_params\b", "connect_params"),
     (r"\bakeep_warm\b", "keep_warm"),
     (r"\bAsyncLender\b", "Lender"),
-    (r"\basynccontextmanager\b", "contextmanager"),
-    (r"\bAsyncIterator\b", "Iterator"),
+    (r"\bAsyncBlock\b", "Block"),
+    (r"\b__aenter__\b", "__enter__"),
+    (r"\b__aexit__\b", "__exit__"),
+    (r"``async with db.connection\(\)``", "``with db.connection()``"),
     (r"\(asyncio drivers\)", "(sync drivers)"),
     (r"Written by hand; ``(\w+).py`` \(sync drivers\) is generated from it by ``tools/unasync.py``:\n"
      r"edit this file, then run ``python tools/unasync.py``.",
