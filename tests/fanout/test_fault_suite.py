@@ -208,6 +208,7 @@ def test_hanging_connect_stops_at_the_deadline(fanout_pg, lambda_timeout):
         assert all(r.ok for r in warm)
         proxy.hang_on_connect(True)
         proxy.drop_clients()  # the warm connections die: the next invocations must connect
+        wait_for(lambda: proxy.stats()["clients"] == 0, "the cut connections closed")  # uvloop closes on its next turn
         hung = pf.burst([{}] * 2, concurrency=2)
         proxy.hang_on_connect(False)
         after = pf.burst([{}] * 2, concurrency=2)
