@@ -214,11 +214,8 @@ class Database:
         """
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
-        try:
-            asyncio.get_running_loop()
+        if asyncio._get_running_loop() is not None:  # (no exception when there is none: hot path)
             threaded = True  # called from inside someone's loop: cannot block it
-        except RuntimeError:
-            pass
         if threaded or self._loop_thread is not None:
             self._ensure_loop_thread()
             return asyncio.run_coroutine_threadsafe(coro, self._loop).result()

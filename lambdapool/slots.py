@@ -10,6 +10,7 @@ No background timers: they do not run in a frozen instance.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 import threading
 import time
 from typing import Any, Callable
@@ -56,27 +57,36 @@ class Slots:
 
 
 class AsyncSlots:
+    """The same on the instance's event loop: no locks (one thread), and no task or timer
+    unless every slot is lent (asyncio.wait_for per acquire cost more than the query)."""
+
     def __init__(self, size: int, make: Callable[[], Any]) -> None:
         self.size = size
         self._make = make
-        self._free: asyncio.Semaphore | None = None  # made on the instance's loop
         self._idle: list[Any] = []
+        self._waiters: deque[asyncio.Future[Any]] = deque()
         self.all: list[Any] = []
 
     async def take(self, timeout: float) -> Any:
-        if self._free is None:
-            self._free = asyncio.Semaphore(self.size)
-        try:
-            await asyncio.wait_for(self._free.acquire(), max(0.0, timeout))
-        except asyncio.TimeoutError:
-            raise _exhausted(self.size, timeout) from None
         if self._idle:
             return self._idle.pop()
-        holder = self._make()
-        self.all.append(holder)
-        return holder
+        if len(self.all) < self.size:
+            holder = self._make()
+            self.all.append(holder)
+            return holder
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await asyncio.wait({waiter}, timeout=max(0.0, timeout))
+        if waiter.done() and not waiter.cancelled():
+            return waiter.result()  # handed over by give(), in arrival order
+        self._waiters.remove(waiter)
+        waiter.cancel()
+        raise _exhausted(self.size, timeout)
 
     def give(self, holder: Any) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(holder)
+                return
         self._idle.append(holder)
-        assert self._free is not None
-        self._free.release()

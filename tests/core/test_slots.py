@@ -34,3 +34,23 @@ def test_most_recently_used_slot_is_lent_first():
     slots.give(a)
     slots.give(b)
     assert slots.take(1) is b  # the warmest connection
+
+
+def test_async_slots_hand_a_given_back_slot_to_the_first_waiter():
+    import asyncio
+
+    from lambdapool.slots import AsyncSlots
+
+    async def scenario():
+        slots = AsyncSlots(1, object)
+        first = await slots.take(1)
+        waiters = [asyncio.ensure_future(slots.take(2)) for _ in range(2)]
+        await asyncio.sleep(0)
+        slots.give(first)
+        got = await waiters[0]
+        slots.give(got)
+        assert await waiters[1] is first and len(slots.all) == 1
+        with pytest.raises(lambdapool.ConnectionUnavailable, match="max_per_instance=1"):
+            await slots.take(0.05)
+
+    asyncio.run(scenario())
