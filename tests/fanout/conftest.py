@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -245,7 +244,3 @@ def check_runs(pg: Any, results: Sequence[InvocationResult]) -> dict[str, int]:
     assert set(rows) <= ours and set(attempts) <= ours, "rows from request ids no invocation had"
     assert set(rows) <= set(attempts), "a committed row whose execution was not logged"
     return {"rows": len(rows), "attempts": sum(attempts.values()), "ok": sum(r.ok for r in results)}
-
-
-def new_name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
