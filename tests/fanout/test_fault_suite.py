@@ -170,16 +170,22 @@ def test_proxy_restarted_mid_burst(fanout_pg):
 # -- the database restarted ---------------------------------------------------------------------------
 
 
-def test_database_restarted_between_and_mid_burst(fanout_pg):
-    pg = fanout_pg
+def restarting(pg):
+    """A fault: fast shutdown (every session told, then cut), DOWNTIME refused, start again on
+    the same port and data. Its window closes at the cut."""
 
     def restart() -> float:
-        pg.stop(keep=True)  # fast shutdown: every session is told, then cut
+        pg.stop(keep=True)
         cut = time.time()
-        time.sleep(DOWNTIME)  # refused meanwhile
-        pg.start()  # same port and data
+        time.sleep(DOWNTIME)
+        pg.start()
         return cut
 
+    return restart
+
+
+def test_database_restarted_between_and_mid_burst(fanout_pg):
+    pg = fanout_pg
     with fleets({"LAMBDAPOOL_DSN": app_dsn(pg)}, processes=10, light=10) as (pf, lf):
         first = steady_burst(pf, lf, pg, per_instance=3)
         assert not first.failed(), first.describe_failures()
@@ -188,10 +194,24 @@ def test_database_restarted_between_and_mid_burst(fanout_pg):
         between = steady_burst(pf, lf, pg, per_instance=3)
         assert not between.failed(), between.describe_failures()
         assert min(reconnects_by_instance(between).values()) >= 1, "every instance found its connection dead"
-        mid = steady_burst(pf, lf, pg, fault=restart, fault_after=200)
+        mid = steady_burst(pf, lf, pg, fault=restarting(pg), fault_after=200)
     assert_no_avoidable_failure(mid)
     assert sum(r.ok and r.started_at > mid.fault.end for r in mid.results) > 100
     check_runs(pg, first.results + between.results + mid.results)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "local proxy bug: while the database is down, a client that needs a backend gets its statement "
+    "failed at once with 08001 (could not open a database connection: Connection refused / 57P03 "
+    "shutting down) instead of waiting up to borrow_timeout as RDS Proxy does; the SDK cannot retry "
+    "a statement, so every invocation of the downtime fails (690 of 900 seen)"))  # fmt: skip
+def test_database_restarted_mid_burst_through_the_local_proxy(fanout_pg):
+    pg = fanout_pg
+    with LocalProxy(backend=app_dsn(pg), max_backends=10) as proxy, \
+            fleets({"LAMBDAPOOL_DSN": proxy.dsn, "LAMBDAPOOL_POOLER": "local"}, processes=10, light=20) as (pf, lf):  # fmt: skip
+        mid = steady_burst(pf, lf, pg, fault=restarting(pg), fault_after=200)
+    check_runs(pg, mid.results)
+    assert_no_avoidable_failure(mid)
 
 
 # -- a connect that hangs -------------------------------------------------------------------------------
