@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +145,7 @@ def _run_as() -> pwd.struct_passwd | None:
         ) from None
 
 
-def _child_setup(user: pwd.struct_passwd | None) -> None:
+def _child_setup(user: pwd.struct_passwd | None, die_with_parent: bool = True) -> None:
     """In the child before exec: drop to ``user``, then ask to die with our process.
 
     The uid switch happens first because the kernel clears the parent-death signal on a
@@ -161,7 +162,8 @@ def _child_setup(user: pwd.struct_passwd | None) -> None:
             pass
     PR_SET_PDEATHSIG = 1
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGQUIT)
+        if die_with_parent:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGQUIT)
     except (OSError, AttributeError):  # not Linux: sweep_orphans still cleans up
         pass
     os.setpgrp()  # a Ctrl-C in the terminal is for pytest, not for the server
@@ -304,7 +306,11 @@ class PostgresServer:
 
     def _popen_kwargs(self) -> dict:
         user = self._user
-        return {"preexec_fn": lambda: _child_setup(user)}
+        # The kernel's parent-death signal fires when the *thread* that forked exits: only the
+        # main thread lives as long as the process (a server started from a worker thread is
+        # left to sweep_orphans instead).
+        main = threading.current_thread() is threading.main_thread()
+        return {"preexec_fn": lambda: _child_setup(user, main)}
 
     def _init_cluster(self) -> None:
         bin_dir = find_bin_dir(self.bin_dir)

@@ -200,11 +200,6 @@ def test_database_restarted_between_and_mid_burst(fanout_pg):
     check_runs(pg, first.results + between.results + mid.results)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "local proxy bug: while the database is down, a client that needs a backend gets its statement "
-    "failed at once with 08001 (could not open a database connection: Connection refused / 57P03 "
-    "shutting down) instead of waiting up to borrow_timeout as RDS Proxy does; the SDK cannot retry "
-    "a statement, so every invocation of the downtime fails (690 of 900 seen)"))  # fmt: skip
 def test_database_restarted_mid_burst_through_the_local_proxy(fanout_pg):
     pg = fanout_pg
     with LocalProxy(backend=app_dsn(pg), max_backends=10) as proxy, \

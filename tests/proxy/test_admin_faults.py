@@ -165,3 +165,37 @@ def test_requests_not_yet_answered_move_to_a_new_backend_when_theirs_dies(make_p
         timer.join()
         proxy.set_latency(0)
     assert proxy.stats()["replayed"] == 1
+
+
+def test_clients_wait_through_a_database_restart_instead_of_failing(make_proxy, proxy_pg):
+    # RDS Proxy holds clients through a failover; so does the proxy, up to borrow_timeout.
+    import threading
+
+    import psycopg
+
+    proxy = make_proxy(max_backends=2, borrow_timeout=30)
+    with psycopg.connect(proxy.dsn, autocommit=True) as conn:
+        conn.execute("SELECT 1")
+        proxy_pg.stop(keep=True)  # the database goes away...
+        result: list[object] = []
+        query = threading.Thread(target=lambda: result.append(conn.execute("SELECT 2").fetchone()))
+        query.start()
+        time.sleep(0.5)
+        proxy_pg.start()  # ...and comes back half a second later (from the main thread)
+        query.join(30)
+        assert result == [(2,)]  # it waited for the database, then was served
+    assert proxy.stats()["borrow_timeouts"] == 0
+
+
+def test_a_backend_killed_under_a_transaction_gives_the_client_one_error(make_proxy, proxy_pg):
+    import psycopg
+
+    proxy = make_proxy(max_backends=2)
+    conn = psycopg.connect(proxy.dsn)  # a transaction holds its backend until COMMIT
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    proxy_pg.psql(f"SELECT pg_terminate_backend({pid})")
+    time.sleep(0.1)
+    with pytest.raises(psycopg.OperationalError) as info:  # not "received 2 results from COMMIT"
+        conn.commit()
+    assert not isinstance(info.value, psycopg.InternalError)
+    conn.close()

@@ -182,6 +182,8 @@ class Backend(asyncio.Protocol):
             return
         for msg in messages:
             kind = msg[0]
+            if kind == "E" and client is not None and _is_fatal(msg[1]):
+                client.server_fatal = True  # relayed below: the client needs no second error
             if not expect:
                 if kind == "S":
                     self._note_parameter(msg)
@@ -308,3 +310,11 @@ class Backend(asyncio.Protocol):
         client, self.client = self.client, None
         if client is not None:
             client.backend_lost(by_proxy=was_closed)
+
+
+def _is_fatal(frame: bytes) -> bool:
+    """An ErrorResponse frame whose severity is FATAL or PANIC (the server ends the session)."""
+    for field in frame[5:].split(b"\0"):
+        if field[:1] in (b"S", b"V"):
+            return field[1:] in (b"FATAL", b"PANIC")
+    return False

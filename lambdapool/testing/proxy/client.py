@@ -86,6 +86,7 @@ class Client(asyncio.Protocol):
         # the backend's socket (held back by injected latency): if the backend dies in that
         # window it is sent to another one. Anything written may have run, so is never resent.
         self._replay: list | None = None
+        self.server_fatal = False  # the server sent this client a FATAL (its session is ending)
         self._admin_sql = ""
         self._admin_result = (b"", b"")
         self._delayed: deque[tuple[float, Backend, bytes]] = deque()
@@ -561,6 +562,9 @@ class Client(asyncio.Protocol):
             self.pending = replay + self.pending
             self.waiting = True
             self.server.pool.acquire(self)
+            return
+        if self.server_fatal:  # the server's own FATAL already reached the client: just close
+            self.abort()
             return
         why = "the proxy closed it (fault injection or lifetime)" if by_proxy else "the server closed it"
         self.fatal("08006", f"{PROXY}: lost the database connection in the middle of a transaction ({why})")

@@ -9,8 +9,11 @@ returned by a client or freshly connected, so nobody overtakes; a client arrivin
 others wait queues behind them even if a backend is idle at that instant.
 
 Backends open lazily: one connection attempt per waiter beyond those already connecting,
-while ``open + connecting < cap``. A failed attempt fails the head waiter with the reason
-(that is what a client of RDS Proxy sees when the database refuses). Each waiter has a
+while ``open + connecting < cap``. When the database is briefly away (refused, starting up,
+shutting down, full, a timeout: a restart or a failover), waiters stay queued and the attempt
+is retried with backoff, as RDS Proxy holds clients through a failover; they are answered
+only by their borrow timeout. Any other failure (a login the database rejects, the
+``refuse_backends`` fault) fails the head waiter at once with the reason. Each waiter has a
 borrow timeout, checked by a single timer aimed at the head of the queue; an expired waiter is
 answered with SQLSTATE 53300.
 
@@ -43,6 +46,8 @@ class Pool:
         self.refusing = False
         self.peak = 0
         self._expiry: asyncio.TimerHandle | None = None
+        self._retry_delay = 0.0  # backoff while the database is away; 0 when it answers
+        self._retry: asyncio.TimerHandle | None = None
 
     @property
     def in_use(self) -> int:
@@ -128,19 +133,35 @@ class Pool:
 
     # -- growing ---------------------------------------------------------------------------
     def _grow(self) -> None:
+        if self._retry is not None:  # the database is away: the retry timer grows the pool
+            return
         while len(self.waiters) > self.connecting and len(self.backends) + self.connecting < self.cap:
             self.connecting += 1
             self.server.loop.create_task(self._open())
+
+    def _retry_later(self) -> None:
+        self._retry_delay = min(1.0, max(0.05, self._retry_delay * 2))
+
+        def retry() -> None:
+            self._retry = None
+            self._grow()
+
+        if self._retry is None:
+            self._retry = self.server.loop.call_later(self._retry_delay, retry)
 
     async def _open(self) -> None:
         try:
             backend = await self.server.connect_backend(refuse=self.refusing)
         except Exception as exc:  # noqa: BLE001 - any failure is reported to the waiter
             self.connecting -= 1
+            if not self.refusing and _database_away(exc):
+                self._retry_later()  # waiters stay queued until a backend or their borrow timeout
+                return
             if self.waiters:
                 client = self.waiters.popleft()
                 client.backend_unavailable(str(exc))
             return
+        self._retry_delay = 0.0
         self.connecting -= 1
         self.backends.add(backend)
         self.peak = max(self.peak, len(self.backends))
@@ -170,3 +191,16 @@ class Pool:
         self.backends.clear()
         for backend in backends:
             backend.close()
+
+
+_AWAY = ("starting up", "shutting down", "in recovery", "too many clients", "remaining connection slots",
+         "not yet accepting connections", "connection reset", "closed the connection during login")  # fmt: skip
+
+
+def _database_away(exc: BaseException) -> bool:
+    """A failure that passes by itself: the server is down, restarting or full."""
+    if isinstance(exc, (ConnectionRefusedError, ConnectionResetError, TimeoutError, asyncio.TimeoutError)):
+        return True
+    text = str(exc).lower()
+    return any(reason in text for reason in _AWAY)
+
