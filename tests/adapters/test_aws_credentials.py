@@ -11,7 +11,6 @@ import json
 import logging
 import re
 import traceback
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,7 +18,6 @@ import psycopg
 import pytest
 from moto import mock_aws
 from moto.core import set_initial_no_auth_action_count
-from moto.server import ThreadedMotoServer
 
 from lambdapool import aws
 from lambdapool.credentials import (
@@ -29,6 +27,7 @@ from lambdapool.credentials import (
     resolve_proxy_endpoint,
 )
 from lambdapool.errors import AuthError, ConfigError, ConnectionUnavailable
+from lambdapool.testing.moto import reset_moto
 from lambdapool.testing.postgres import free_port
 
 REGION = "eu-west-1"
@@ -73,22 +72,11 @@ def mocked(aws_env: None) -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def moto_url(moto_server: str, aws_env: None) -> str:
-    """The threaded moto server, emptied for this test."""
-    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10)
-    return moto_server
+def moto_url(moto_server_url: str, aws_env: None) -> str:
+    """The session's threaded moto server (the lambdapool plugin's), emptied for this test."""
+    reset_moto(moto_server_url)
+    return moto_server_url
 
 
 def make_proxy(name: str, engine_family: str = "POSTGRESQL", endpoint_url: str | None = None) -> str:
