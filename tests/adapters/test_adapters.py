@@ -11,7 +11,6 @@ import textwrap
 import threading
 import time
 
-import psycopg
 import pytest
 from moto import mock_aws
 
