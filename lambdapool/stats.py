@@ -8,7 +8,7 @@ import threading
 KEYS = (
     "invocations", "cold_starts", "connects", "reuses", "liveness_checks", "pings", "reconnects",
     "connect_retries", "connect_failures", "auth_refreshes", "rollbacks", "resets", "discarded",
-    "guard_closes", "connect_ms_total", "acquire_ms_total", "acquire_waits",
+    "guard_closes", "connect_ms_total", "acquire_ms_total",
 )  # fmt: skip
 
 
