@@ -20,8 +20,10 @@ logger = logging.getLogger("lambdapool")
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Stop connecting this long before the platform's deadline, so the handler still has time to
-# report ConnectionUnavailable (never more than a tenth of the invocation's budget).
-DEADLINE_MARGIN = 0.25
+# report ConnectionUnavailable (and to survive a scheduling stall on a busy host): half a
+# second, never more than a fifth of the invocation's budget.
+DEADLINE_MARGIN = 0.5
+DEADLINE_MARGIN_SHARE = 0.2
 
 
 class _InvocationState:
@@ -173,7 +175,7 @@ class Database:
 
     def _acquire_deadline(self, state: _InvocationState) -> float:
         now = time.monotonic()
-        margin = min(DEADLINE_MARGIN, 0.1 * max(0.0, state.deadline - now))
+        margin = min(DEADLINE_MARGIN, DEADLINE_MARGIN_SHARE * max(0.0, state.deadline - now))
         return min(state.deadline - margin, now + self.settings.acquire_timeout)
 
     def _after(self, state: _InvocationState) -> None:

@@ -213,7 +213,7 @@ def test_database_restarted_mid_burst_through_the_local_proxy(fanout_pg):
 
 
 # A Lambda timeout under libpq's 2 s connect_timeout floor, and the 3 s the issue suggests (a
-# 2.75 s connect budget, which libpq's whole seconds would round up past the deadline).
+# 2.5 s connect budget, which libpq's whole seconds would round up past the deadline).
 @pytest.mark.parametrize("lambda_timeout", [1.5, 3.0])
 def test_hanging_connect_stops_at_the_deadline(fanout_pg, lambda_timeout):
     with LocalProxy(backend=app_dsn(fanout_pg), max_backends=5) as proxy, \
