@@ -42,8 +42,9 @@ class Slots:
                 deadline = time.monotonic() + max(0.0, timeout)
                 while not self._idle:
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0 or not self._cond.wait(remaining) and not self._idle:
+                    if remaining <= 0:
                         raise _exhausted(self.size, timeout)
+                    self._cond.wait(remaining)
             if self._idle:
                 return self._idle.pop()
             holder = self._make()

@@ -46,7 +46,6 @@ class Connector:
         started = time.monotonic()
         attempts = 0
         refreshed = False
-        where = "(unknown)"
         while True:
             params = self.adapter.connect_params()
             where = params.where()

@@ -48,7 +48,6 @@ class AsyncConnector:
         started = time.monotonic()
         attempts = 0
         refreshed = False
-        where = "(unknown)"
         while True:
             params = await self.adapter.aconnect_params()
             where = params.where()

@@ -83,12 +83,9 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         monkeypatch.delenv(name, raising=False)
     for key, value in fake_aws_environment().items():
         monkeypatch.setenv(key, value)
-    try:
-        from lambdapool import aws
+    from lambdapool import aws
 
-        aws.reset_clients()  # cached clients keep the credentials they were built with
-    except ImportError:
-        pass
+    aws.reset_clients()  # cached clients keep the credentials they were built with
     yield "us-east-1"
 
 

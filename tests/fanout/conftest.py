@@ -52,15 +52,11 @@ _ATTEMPT = re.compile(r"LOG:\s+fanout-attempt (\S+)")
 # What an invocation sees when its connection dies under a statement: the server's FATAL
 # (AdminShutdown 57P01), a closed socket (OperationalError), the proxy's 08006 (OperationalError).
 CONNECTION_LOST = {"AdminShutdown", "OperationalError", "ConnectionFailure"}
-# The local proxy, when a backend dies under a client's COMMIT/BEGIN, relays the server's FATAL
-# and then sends its own 08006 FATAL: two error results for one command, which psycopg reports
-# as InternalError (a proxy bug, reported; still a connection lost under a statement).
-DOUBLE_FATAL = "received 2 results from command"
 
 
 def lost_connection(r: InvocationResult) -> bool:
     """Did this invocation fail because its connection died under a statement?"""
-    return r.error_type in CONNECTION_LOST or (r.error_type == "InternalError" and DOUBLE_FATAL in (r.error_message or ""))
+    return r.error_type in CONNECTION_LOST
 
 
 def need_awslambdaric() -> None:
