@@ -35,11 +35,12 @@ DIRECT_LIGHT = 300
 
 
 def fan_out(pg, env: dict, *, processes: int = PROCESSES, light: int = LIGHT, preload=None, **kw) -> Burst:
-    """The two waves through both fleets at once. Lambda timeout 60 s, acquire timeout 50 s
-    (unless ``env`` says otherwise): on two cores a wave of a thousand cold instances queues
-    for the CPU, not only for the pool, and that wait is the harness's, not the SDK's."""
+    """The two waves through both fleets at once. Lambda timeout 60 s, acquire timeout 50 s,
+    connect timeout 20 s (unless ``env`` says otherwise): on two cores a wave of a thousand cold
+    instances queues for the CPU (and the light ones for this process's GIL, which the local
+    proxy's loop shares), not only for the pool, and that wait is the harness's, not the SDK's."""
     extra = {} if preload is None else {"preload": preload}
-    env = {"LAMBDAPOOL_ACQUIRE_TIMEOUT": "50", **env}
+    env = {"LAMBDAPOOL_ACQUIRE_TIMEOUT": "50", "LAMBDAPOOL_CONNECT_TIMEOUT": "20", **env}
     with fleets(env, processes=processes, light=light, **extra) as (pf, lf):
         return burst(pf, lf, events(processes, pause=PAUSE, hold=HOLD) + events(processes, hold=HOLD),
                      events(light, pause=PAUSE, hold=HOLD) + events(light, hold=HOLD), sampler_dsn=pg.dsn, **kw)  # fmt: skip

@@ -25,6 +25,8 @@ from lambdapool.testing.proxy.config import ProxySettings
 from lambdapool.testing.proxy.pinning import pin_reasons
 from lambdapool.testing.proxy.pool import Pool
 
+LISTEN_BACKLOG = 1024
+
 COUNTERS = ("clients_total", "transactions", "borrows", "waited", "borrow_timeouts", "pinned_sessions",
             "auth_failures", "backends_opened", "backends_closed", "resets", "reprepared", "replayed")  # fmt: skip
 
@@ -145,10 +147,12 @@ class ProxyServer:
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
-        sock.listen(1024)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
-        self._listener = await self.loop.create_server(lambda: Client(self), sock=sock)
+        # create_server listens again with its own backlog (100 by default): pass ours, or a
+        # burst of a thousand clients overflows the accept queue and their SYNs are dropped.
+        self._listener = await self.loop.create_server(lambda: Client(self), sock=sock, backlog=LISTEN_BACKLOG)
 
     def stop_listening(self) -> None:
         if self._listener is not None:
