@@ -13,7 +13,7 @@ from lambdapool import adapters, drivers, lifecycle
 from lambdapool.config import SETTINGS, Settings, from_environment, redact_dsn
 from lambdapool.metrics import emf_record, emit
 from lambdapool.runtime import Instance, Invocation, function_name
-from lambdapool.stats import Stats
+from lambdapool.stats import Stats, total
 
 logger = logging.getLogger("lambdapool")
 
@@ -79,7 +79,7 @@ class Database:
         self.adapter = adapters.load(settings.pooler)(settings, application_name=app_name)
         self.driver = drivers.load(settings.driver)
         self.is_async = bool(self.driver.is_async)
-        self._stats = Stats()
+        self._stats = Stats()  # invocations and cold starts, counted under self._lock
         self._lock = threading.Lock()
         self._current: contextvars.ContextVar[_InvocationState | None] = contextvars.ContextVar(
             "lambdapool_invocation", default=None
@@ -92,7 +92,7 @@ class Database:
             from lambdapool.slots import AsyncSlots
             from lambdapool.warm_async import AsyncConnector, AsyncWarmConnection
 
-            connector = AsyncConnector(self.driver, self.adapter, settings, self._stats)
+            connector = AsyncConnector(self.driver, self.adapter, settings)
             self._slots: Any = AsyncSlots(settings.max_per_instance, lambda: AsyncWarmConnection(connector))
             self._lender: Any = AsyncLender(self)
         else:
@@ -100,7 +100,7 @@ class Database:
             from lambdapool.slots import Slots
             from lambdapool.warm import Connector, WarmConnection
 
-            sync_connector = Connector(self.driver, self.adapter, settings, self._stats)
+            sync_connector = Connector(self.driver, self.adapter, settings)
             self._slots = Slots(settings.max_per_instance, lambda: WarmConnection(sync_connector))
             self._lender = Lender(self)
         lifecycle.register(
@@ -145,8 +145,10 @@ class Database:
     def stats(self) -> dict[str, float]:
         """Counters since the instance started (keys in ``lambdapool.stats.KEYS``), plus
         ``open_connections``."""
-        out = self._stats.snapshot()
-        out["open_connections"] = sum(1 for h in self._slots.all if h.conn is not None)
+        holders = list(self._slots.all)
+        with self._lock:
+            out = total([self._stats] + [h.stats for h in holders])
+        out["open_connections"] = sum(1 for h in holders if h.conn is not None)
         return out
 
     def connection(self) -> Any:
@@ -165,9 +167,10 @@ class Database:
         with self._lock:
             invocation = self._instance.begin(context, self.settings.invocation_timeout)
             self._last = invocation
-        self._stats.incr("invocations")
-        if invocation.cold_start:
-            self._stats.incr("cold_starts")
+            counts = self._stats.values
+            counts["invocations"] += 1
+            if invocation.cold_start:
+                counts["cold_starts"] += 1
         return _InvocationState(invocation, invocation.deadline)
 
     def _adhoc(self) -> _InvocationState:
@@ -179,8 +182,7 @@ class Database:
         return min(state.deadline - margin, now + self.settings.acquire_timeout)
 
     def _after(self, state: _InvocationState) -> None:
-        with self._lock:
-            self._instance.end()
+        self._instance.end()
         if self.settings.emit_metrics and state.invocation is not None:
             self._emit(state)
 

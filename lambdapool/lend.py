@@ -21,7 +21,6 @@ class Lender:
     def __init__(self, db: Any) -> None:
         self.db = db
         self.driver = db.driver
-        self.stats = db._stats
         self.slots = db._slots
 
     def connection(self) -> Block:
@@ -38,12 +37,13 @@ class Lender:
             raise
         state.holder, state.outcome = holder, holder.outcome
         state.acquire_ms = (time.monotonic() - started) * 1000.0
-        self.stats.add("acquire_ms_total", state.acquire_ms)
+        holder.stats.values["acquire_ms_total"] += state.acquire_ms
 
-    def rollback_quietly(self, conn: Any) -> None:
+    def rollback_quietly(self, state: Any) -> None:
+        conn = state.conn
         try:
             if self.driver.usable(conn) and self.driver.in_transaction(conn):
-                self.stats.incr("rollbacks")
+                state.holder.stats.incr("rollbacks")
                 self.driver.rollback(conn)
         except Exception:  # the handler's exception is the one that matters; release drops it
             pass
@@ -97,9 +97,9 @@ class Block:
         try:
             if state.depth == 1:
                 if exc_type is not None:
-                    lender.rollback_quietly(state.conn)
+                    lender.rollback_quietly(state)
                 elif lender.driver.block_succeeded(state.conn) == "rollback":
-                    lender.stats.incr("rollbacks")
+                    state.holder.stats.incr("rollbacks")
         finally:
             state.depth -= 1
             self._end_adhoc()

@@ -22,7 +22,6 @@ class AsyncLender:
     def __init__(self, db: Any) -> None:
         self.db = db
         self.driver = db.driver
-        self.stats = db._stats
         self.slots = db._slots
 
     def connection(self) -> AsyncBlock:
@@ -39,12 +38,13 @@ class AsyncLender:
             raise
         state.holder, state.outcome = holder, holder.outcome
         state.acquire_ms = (time.monotonic() - started) * 1000.0
-        self.stats.add("acquire_ms_total", state.acquire_ms)
+        holder.stats.values["acquire_ms_total"] += state.acquire_ms
 
-    async def rollback_quietly(self, conn: Any) -> None:
+    async def rollback_quietly(self, state: Any) -> None:
+        conn = state.conn
         try:
             if self.driver.usable(conn) and self.driver.in_transaction(conn):
-                self.stats.incr("rollbacks")
+                state.holder.stats.incr("rollbacks")
                 await self.driver.rollback(conn)
         except Exception:  # the handler's exception is the one that matters; release drops it
             pass
@@ -98,9 +98,9 @@ class AsyncBlock:
         try:
             if state.depth == 1:
                 if exc_type is not None:
-                    await lender.rollback_quietly(state.conn)
+                    await lender.rollback_quietly(state)
                 elif await lender.driver.block_succeeded(state.conn) == "rollback":
-                    lender.stats.incr("rollbacks")
+                    state.holder.stats.incr("rollbacks")
         finally:
             state.depth -= 1
             await self._end_adhoc()

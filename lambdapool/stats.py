@@ -1,8 +1,12 @@
-"""Counters for ``db.stats()``: stable keys, cheap to bump, safe across request threads."""
+"""Counters for ``db.stats()``: stable keys, cheap to bump.
+
+Each warm connection (slot) counts what happens to it, and the instance counts invocations
+under the lock it already takes to number them. A slot is lent to one request at a time, so
+its counters need no lock of their own: that kept three lock round trips off every warm
+invocation. ``db.stats()`` adds them up.
+"""
 
 from __future__ import annotations
-
-import threading
 
 # Documented in the README's stats table; every key is present from the start.
 KEYS = (
@@ -10,24 +14,28 @@ KEYS = (
     "connect_retries", "connect_failures", "auth_refreshes", "rollbacks", "resets", "discarded",
     "guard_closes", "connect_ms_total", "acquire_ms_total",
 )  # fmt: skip
+_MS_KEYS = ("connect_ms_total", "acquire_ms_total")
 
 
 class Stats:
+    """Counters owned by one thread at a time (a slot's holder, or whoever holds a lock)."""
+
+    __slots__ = ("values",)
+
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values: dict[str, float] = dict.fromkeys(KEYS, 0)
+        self.values: dict[str, float] = dict.fromkeys(KEYS, 0)
 
-    def incr(self, key: str, n: int = 1) -> None:
-        with self._lock:
-            self._values[key] = self._values.get(key, 0) + n
+    def incr(self, key: str, n: float = 1) -> None:
+        self.values[key] += n
 
-    def add(self, key: str, value: float) -> None:
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + value
+    add = incr
 
-    def snapshot(self) -> dict[str, float]:
-        with self._lock:
-            out = dict(self._values)
-        for key in ("connect_ms_total", "acquire_ms_total"):
-            out[key] = round(out[key], 3)
-        return out
+
+def total(parts: list[Stats]) -> dict[str, float]:
+    out = dict.fromkeys(KEYS, 0)
+    for part in parts:
+        for key, value in list(part.values.items()):
+            out[key] += value
+    for key in _MS_KEYS:
+        out[key] = round(out[key], 3)
+    return out

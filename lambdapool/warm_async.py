@@ -8,7 +8,8 @@ Theory of operation
 acquire (first ``db.connection()`` of an invocation):
   * no connection: connect (with retries) - a *connect*;
   * a connection whose socket is quiet and which was used less than ``ping_after_idle`` ago:
-    hand it out - a *reuse*, costing one ``poll()`` and no round trip;
+    hand it out - a *reuse*, costing one ``poll()`` (on a poller made once per connection)
+    and no round trip;
   * readable socket (the server spoke unasked: usually a FATAL before hanging up) or a long
     idle gap (a freeze: a silently dropped peer only shows on a round trip): ping it; a good
     ping is a reuse, a bad one drops it and connects anew - a *reconnect*;
@@ -27,7 +28,7 @@ import logging
 import time
 from typing import Any
 
-from lambdapool.drivers.base import classify_connect_error
+from lambdapool.drivers.base import classify_connect_error, socket_watch
 from lambdapool.errors import AuthError, ConnectionUnavailable
 from lambdapool.retry import backoff_delay, describe_error
 from lambdapool.stats import Stats
@@ -35,16 +36,15 @@ from lambdapool.stats import Stats
 logger = logging.getLogger("lambdapool")
 
 class AsyncConnector:
-    """Opens connections for one Database: adapter parameters, driver, retries, stats."""
+    """Opens connections for one Database: adapter parameters, driver, retries."""
 
-    def __init__(self, driver: Any, adapter: Any, settings: Any, stats: Stats) -> None:
+    def __init__(self, driver: Any, adapter: Any, settings: Any) -> None:
         self.driver = driver
         self.adapter = adapter
         self.settings = settings
-        self.stats = stats
 
-    async def connect(self, deadline: float) -> tuple[Any, int]:
-        """A new connection and the number of attempts it took."""
+    async def connect(self, deadline: float, stats: Stats) -> tuple[Any, int]:
+        """A new connection and the number of attempts it took (counted in ``stats``)."""
         started = time.monotonic()
         attempts = 0
         refreshed = False
@@ -59,13 +59,13 @@ class AsyncConnector:
                     raise TimeoutError("no time left before the deadline")
                 conn = await self.driver.connect(params, min(self.settings.connect_timeout, remaining))
             except Exception as exc:
-                self.stats.incr("connect_failures")
+                stats.incr("connect_failures")
                 kind = classify_connect_error(exc)
                 detail = describe_error(exc, (params.password,))
                 if kind == "auth":
                     if not refreshed and self.adapter.invalidate_credentials():
                         refreshed = True
-                        self.stats.incr("auth_refreshes")
+                        stats.incr("auth_refreshes")
                         logger.info("lambdapool: credentials rejected by %s; fetched them again", where)
                         continue
                     raise AuthError(
@@ -83,12 +83,12 @@ class AsyncConnector:
                         f"{attempts} attempt{'s' if attempts > 1 else ''} in {elapsed:.2f}s, stopped because "
                         f"{why}; last error: {detail}"
                     ) from exc
-                self.stats.incr("connect_retries")
+                stats.incr("connect_retries")
                 logger.debug("lambdapool: connect to %s failed (%s); retrying in %.3fs", where, detail, delay)
                 await asyncio.sleep(delay)
                 continue
-            self.stats.incr("connects")
-            self.stats.add("connect_ms_total", (time.monotonic() - t0) * 1000.0)
+            stats.incr("connects")
+            stats.add("connect_ms_total", (time.monotonic() - t0) * 1000.0)
             return conn, attempts
 
 
@@ -98,9 +98,10 @@ class AsyncWarmConnection:
     def __init__(self, connector: AsyncConnector) -> None:
         self.connector = connector
         self.driver = connector.driver
-        self.stats = connector.stats
         self.settings = connector.settings
+        self.stats = Stats()  # this slot's own counters: one request holds it at a time
         self.conn: Any = None
+        self.watch: Any = None  # poller on the connection's socket
         self.last_used = 0.0
         self.outcome = ""  # what the last acquire did: reuse, connect or reconnect
         self.refused = False  # did the last connect need retries (the server or pooler was full)?
@@ -108,27 +109,29 @@ class AsyncWarmConnection:
     async def acquire(self, deadline: float) -> Any:
         conn = self.conn
         if conn is not None:
-            self.stats.incr("liveness_checks")
-            state = self.driver.quick_state(conn)
-            idle = time.monotonic() - self.last_used
-            if state == "quiet" and idle < self.settings.ping_after_idle:
-                self.stats.incr("reuses")
-                self.outcome = "reuse"
-                return conn
-            if state != "closed" and await self._ping_ok(conn):
-                self.stats.incr("reuses")
+            counts = self.stats.values
+            counts["liveness_checks"] += 1
+            closed = self.driver.is_closed(conn)
+            if not closed and (
+                (not self.watch.poll(0) and time.monotonic() - self.last_used < self.settings.ping_after_idle)
+                or await self._ping_ok(conn)
+            ):
+                counts["reuses"] += 1
                 self.outcome = "reuse"
                 return conn
             await self.discard()
-            self.conn, attempts = await self.connector.connect(deadline)
-            self.refused = attempts > 1
+            await self._connect(deadline)
             self.stats.incr("reconnects")
             self.outcome = "reconnect"
             return self.conn
-        self.conn, attempts = await self.connector.connect(deadline)
-        self.refused = attempts > 1
+        await self._connect(deadline)
         self.outcome = "connect"
         return self.conn
+
+    async def _connect(self, deadline: float) -> None:
+        self.conn, attempts = await self.connector.connect(deadline, self.stats)
+        self.watch = socket_watch(self.driver.fileno(self.conn))
+        self.refused = attempts > 1
 
     async def _ping_ok(self, conn: Any) -> bool:
         self.stats.incr("pings")
@@ -168,7 +171,7 @@ class AsyncWarmConnection:
             await self.discard()
 
     async def discard(self) -> None:
-        conn, self.conn = self.conn, None
+        conn, self.conn, self.watch = self.conn, None, None
         if conn is None:
             return
         self.stats.incr("discarded")
@@ -179,7 +182,7 @@ class AsyncWarmConnection:
 
     def terminate(self) -> None:
         """Close without awaiting (signal handlers, before a snapshot)."""
-        conn, self.conn = self.conn, None
+        conn, self.conn, self.watch = self.conn, None, None
         if conn is not None:
             try:
                 self.driver.terminate(conn)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lambdapool.drivers.base import ConnectParams, socket_is_quiet
+from lambdapool.drivers.base import ConnectParams
 
 
 def ssl_argument(p: ConnectParams) -> Any:
@@ -37,16 +37,16 @@ class AsyncpgDriver:
         return await asyncpg.connect(**kwargs)
 
     @staticmethod
-    def quick_state(conn: Any) -> str:
-        if conn.is_closed():
-            return "closed"
+    def is_closed(conn: Any) -> bool:
+        return conn.is_closed()
+
+    @staticmethod
+    def fileno(conn: Any) -> int | None:
         # asyncpg only notices a dead peer when its loop polls the socket; between invocations
-        # the loop does not run, so look at the socket ourselves.
+        # the loop does not run, so the warm connection watches the socket itself.
         transport = getattr(conn, "_transport", None)
         sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is None:
-            return "readable"  # cannot tell: verify with a ping
-        return "quiet" if socket_is_quiet(sock.fileno()) else "readable"
+        return sock.fileno() if sock is not None else None
 
     @staticmethod
     def in_transaction(conn: Any) -> bool:

@@ -32,16 +32,24 @@ class ConnectParams:
         return f"{self.user or '(default user)'}@{self.host or '(default host)'}:{self.port or 5432}/{self.dbname or ''}"
 
 
-def socket_is_quiet(fd: int) -> bool:
-    """True when nothing waits on an idle connection's socket (~1.5 us, no round trip).
+class _Unwatchable:
+    def poll(self, timeout: int) -> list[tuple[int, int]]:
+        return [(-1, select.POLLIN)]  # cannot see the socket: report it readable, so it is pinged
+
+
+def socket_watch(fd: int | None) -> Any:
+    """A poller on an idle connection's socket, made once per connection: ``poll(0)`` is
+    empty while nothing waits on it (~1 us, no round trip).
 
     Readable on an idle connection means the server said something unasked: almost always a
     FATAL before it hung up (terminated backend, idle_session_timeout, a pooler's idle client
     timeout), sometimes a NOTIFY. Either way the caller verifies before a user statement runs.
     """
+    if fd is None or fd < 0:
+        return _Unwatchable()
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
-    return not poller.poll(0)
+    return poller
 
 
 # SQLSTATEs worth another try: the server or pooler is full or not ready yet.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lambdapool.drivers.base import RESET_SQL, ConnectParams
-from lambdapool.drivers.psycopg_sync import connect_kwargs, in_transaction, quick_state, usable
+from lambdapool.drivers.psycopg_sync import connect_kwargs, fileno, in_transaction, is_closed, usable
 
 
 class AsyncPsycopgDriver:
@@ -20,7 +20,8 @@ class AsyncPsycopgDriver:
         # libpq's own timeout has a 2 s floor; wait_for honours a tighter deadline.
         return await asyncio.wait_for(psycopg.AsyncConnection.connect(**connect_kwargs(params, timeout)), timeout)
 
-    quick_state = staticmethod(quick_state)
+    is_closed = staticmethod(is_closed)
+    fileno = staticmethod(fileno)
     in_transaction = staticmethod(in_transaction)
     usable = staticmethod(usable)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lambdapool.drivers.base import RESET_SQL, ConnectParams, socket_is_quiet
+from lambdapool.drivers.base import RESET_SQL, ConnectParams
 
 
 def connect_kwargs(p: ConnectParams, timeout: float) -> dict[str, Any]:
@@ -26,12 +26,12 @@ _IDLE, _ACTIVE, _INTRANS, _INERROR, _UNKNOWN = range(5)
 _CONNECTION_OK = 0
 
 
-def quick_state(conn: Any) -> str:
-    """'closed', 'readable' (verify before use) or 'quiet'; no round trip."""
-    pgconn = conn.pgconn
-    if conn.broken or pgconn.status != _CONNECTION_OK:
-        return "closed"
-    return "quiet" if socket_is_quiet(pgconn.socket) else "readable"
+def is_closed(conn: Any) -> bool:
+    return conn.broken or conn.pgconn.status != _CONNECTION_OK
+
+
+def fileno(conn: Any) -> int:
+    return conn.pgconn.socket
 
 
 def in_transaction(conn: Any) -> bool:
@@ -81,7 +81,8 @@ class PsycopgDriver:
             return psycopg.Connection.connect(**kwargs)
         return _connect_within(psycopg, kwargs, timeout)
 
-    quick_state = staticmethod(quick_state)
+    is_closed = staticmethod(is_closed)
+    fileno = staticmethod(fileno)
     in_transaction = staticmethod(in_transaction)
     usable = staticmethod(usable)
 
