@@ -150,6 +150,13 @@ class Adapter:
         return True
 
     # -- warm-keeping ----------------------------------------------------------------------
+    def may_close(self) -> bool:
+        """Could ``keep_warm`` (with refused=False) say no now? False lets a warm invocation end
+        without calling it (it is on every invocation's path). True whenever a subclass has its
+        own keep_warm and does not say otherwise."""
+        cls = type(self)
+        return cls.keep_warm is not Adapter.keep_warm or cls.akeep_warm is not Adapter.akeep_warm
+
     def keep_warm(self, driver: Any, conn: Any, refused: bool) -> bool:
         """End of each invocation, connection idle (sync drivers): False closes it.
         ``refused``: its connect needed retries (the server or pooler was full)."""

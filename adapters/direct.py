@@ -79,6 +79,10 @@ class DirectAdapter(Adapter):
     def _zombie_args(self) -> tuple[str, float]:
         return (self.application_name, self.options["zombie_timeout"])
 
+    def may_close(self) -> bool:
+        options = self.options
+        return options["budget_guard"] and (self._stale() or self._utilisation >= options["guard_threshold"])
+
     def keep_warm(self, driver: Any, conn: Any, refused: bool) -> bool:
         if not self.options["budget_guard"]:
             return True

@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """What a warm invocation costs, against the alternatives, measured in one run on this machine.
 
-    python benchmarks/bench_core.py [--iterations 2000] [--rounds 5]
+    python benchmarks/bench_core.py [--calls 300] [--rounds 20]
 
-Rows (median per invocation over rounds, each round interleaving the contenders):
+Rows (each round runs every contender for ``--calls`` calls, in a rotating order; figures are
+medians over rounds, and "vs hand-held" is the median of each round's own ratio, so a slow
+patch of the machine hits both sides of a comparison):
   * lambdapool warm invocation: decorator + acquire + SELECT 1 + release (psycopg, asyncpg)
   * hand-held module-global connection doing the same work (the floor; target: within 10%)
   * psycopg_pool / asyncpg.Pool checkout doing the same work
   * connect per invocation over TCP with SCRAM, and with SCRAM + TLS (the headline ratio)
+  * lambdapool's own CPU cost per warm invocation: a decorated handler that enters
+    ``db.connection()`` and runs no query, against an undecorated one (the overhead in
+    microseconds, independent of how fast the database answers)
   * ``import lambdapool`` in a fresh process (target: under 25 ms, no driver or AWS SDK)
 All servers are throwaway clusters on 127.0.0.1.
 """
@@ -36,23 +41,42 @@ class Ctx:
 
 
 def per_call_us(fn: Callable[[], object], n: int) -> float:
-    fn()  # warm-up: first connect, caches
     t0 = time.perf_counter()
     for _ in range(n):
         fn()
     return (time.perf_counter() - t0) / n * 1e6
 
 
-def measure(contenders: dict[str, Callable[[], object]], n: int, rounds: int) -> dict[str, float]:
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            samples[name].append(per_call_us(fn, n))
-    return {name: statistics.median(values) for name, values in samples.items()}
+def measure(contenders: dict[str, Callable[[], object]], calls: int, rounds: int) -> dict[str, list[float]]:
+    """Microseconds per call of each contender, one figure per round."""
+    names = list(contenders)
+    for fn in contenders.values():
+        fn()  # warm-up: first connect, caches
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            samples[name].append(per_call_us(contenders[name], calls))
+    return samples
+
+
+def ratio(samples: dict[str, list[float]], name: str, base: str) -> float:
+    return statistics.median(a / b for a, b in zip(samples[name], samples[base]))
+
+
+def hand_held_psycopg(dsn: str) -> Callable[[object, object], object]:
+    import psycopg
+
+    held = psycopg.connect(dsn)
+
+    def hand_held(event, context):
+        row = held.execute("SELECT 1").fetchone()
+        held.commit()
+        return row
+
+    return hand_held
 
 
 def sync_contenders(dsn: str) -> dict[str, Callable[[], object]]:
-    import psycopg
     from psycopg_pool import ConnectionPool
 
     db = lambdapool.Database(dsn, driver="psycopg")
@@ -62,13 +86,7 @@ def sync_contenders(dsn: str) -> dict[str, Callable[[], object]]:
         with db.connection() as conn:
             return conn.execute("SELECT 1").fetchone()
 
-    held = psycopg.connect(dsn)
-
-    def hand_held(event, context):
-        row = held.execute("SELECT 1").fetchone()
-        held.commit()
-        return row
-
+    hand_held = hand_held_psycopg(dsn)
     pool = ConnectionPool(dsn, min_size=1, max_size=1, open=True)
 
     def pooled(event, context):
@@ -142,40 +160,86 @@ def import_time_ms(runs: int = 15) -> tuple[float, list[str]]:
     return statistics.median(times), heavy
 
 
+def sdk_cost_contenders() -> dict[str, Callable[[], object]]:
+    """Handlers that take the warm connection and run no query: what lambdapool itself costs.
+    The DSN is never dialled after the first call (the warm connection is reused)."""
+
+    def bare(event, context):
+        return None
+
+    loop = asyncio.new_event_loop()
+
+    async def abare(event, context):
+        return None
+
+    return {"psycopg: undecorated handler": lambda: bare({}, Ctx()),
+            "asyncpg: undecorated async handler": lambda: loop.run_until_complete(abare({}, Ctx()))}  # fmt: skip
+
+
+def sdk_cost_warm(dsn: str) -> dict[str, Callable[[], object]]:
+    db = lambdapool.Database(dsn, driver="psycopg")
+    adb = lambdapool.Database(dsn, driver="asyncpg")
+
+    @db.lambda_handler
+    def warm(event, context):
+        with db.connection():
+            return None
+
+    @adb.lambda_handler
+    async def awarm(event, context):
+        async with adb.connection():
+            return None
+
+    return {"psycopg: lambdapool, connection() and no query": lambda: warm({}, Ctx()),
+            "asyncpg: lambdapool, connection() and no query": lambda: awarm({}, Ctx())}  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--connect-iterations", type=int, default=100)
+    parser.add_argument("--calls", type=int, default=300, help="calls per contender per round")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--connect-calls", type=int, default=20)
     args = parser.parse_args()
 
     with PostgresServer(password=PASSWORD, tls=True) as pg:
         plain = pg.dsn.replace("?sslmode=require", "?sslmode=disable")
         tls = pg.dsn  # sslmode=require
-        warm = measure({**sync_contenders(plain), **async_contenders(plain)}, args.iterations, args.rounds)
+        warm = measure({**sync_contenders(plain), **async_contenders(plain)}, args.calls, args.rounds)
+        held = hand_held_psycopg(plain)
         connects = measure(
             {
+                "psycopg: hand-held module-global connection": lambda: held({}, Ctx()),
                 "psycopg: connect per invocation, TCP + SCRAM": connect_per_invocation(plain),
                 "psycopg: connect per invocation, TCP + SCRAM + TLS": connect_per_invocation(tls),
             },
-            args.connect_iterations,
+            args.connect_calls,
             args.rounds,
         )
+        sdk = measure({**sdk_cost_contenders(), **sdk_cost_warm(plain)}, args.calls * 10, args.rounds)
     import_ms, heavy = import_time_ms()
 
-    base_sync = warm["psycopg: hand-held module-global connection"]
-    base_async = warm["asyncpg: hand-held module-global connection"]
-    ours = warm["psycopg: lambdapool warm invocation"]
-    print(f"\nPer invocation, median of {args.rounds} rounds (SELECT 1 on 127.0.0.1; Postgres {pg.bin_dir}):\n")
+    hand = {"psycopg": "psycopg: hand-held module-global connection",
+            "asyncpg": "asyncpg: hand-held module-global connection"}  # fmt: skip
+    print(f"\nPer invocation: median over {args.rounds} rounds (SELECT 1 on 127.0.0.1; Postgres {pg.bin_dir}):\n")
     print(f"{'contender':58} {'us/invocation':>14} {'vs hand-held':>13}")
-    for name, us in {**warm, **connects}.items():
-        base = base_async if name.startswith("asyncpg") else base_sync
-        print(f"{name:58} {us:14.1f} {us / base:12.2f}x")
+    for name, values in warm.items():
+        print(f"{name:58} {statistics.median(values):14.1f} {ratio(warm, name, hand[name.split(':')[0]]):12.2f}x")
+    for name, values in connects.items():
+        if name != hand["psycopg"]:
+            print(f"{name:58} {statistics.median(values):14.1f} {ratio(connects, name, hand['psycopg']):12.0f}x")
     print()
-    print(f"warm invocation overhead vs hand-held: psycopg {ours / base_sync - 1:+.1%}, "
-          f"asyncpg {warm['asyncpg: lambdapool warm invocation'] / base_async - 1:+.1%} (target: within 10%)")  # fmt: skip
-    for name, us in connects.items():
-        print(f"{name.split(': ', 1)[1]} costs {us / ours:.0f}x a lambdapool warm invocation")
+    overheads = {d: ratio(warm, f"{d}: lambdapool warm invocation", hand[d]) - 1 for d in hand}
+    print("warm invocation overhead vs hand-held: "
+          + ", ".join(f"{d} {o:+.1%}" for d, o in overheads.items()) + " (target: within 10%)")  # fmt: skip
+    ours = statistics.median(warm["psycopg: lambdapool warm invocation"])
+    for name, values in connects.items():
+        if name != hand["psycopg"]:
+            print(f"{name.split(': ', 1)[1]} costs {statistics.median(values) / ours:.0f}x a lambdapool warm invocation")
+    cost = {d: statistics.median(a - b for a, b in zip(sdk[f"{d}: lambdapool, connection() and no query"], sdk[base]))
+            for d, base in (("psycopg", "psycopg: undecorated handler"),
+                            ("asyncpg", "asyncpg: undecorated async handler"))}  # fmt: skip
+    print("lambdapool's own cost per warm invocation (decorator + acquire + release, no query): "
+          + ", ".join(f"{d} {us:.1f} us" for d, us in cost.items()))  # fmt: skip
     print(f"import lambdapool in a fresh process: {import_ms:.1f} ms median (target: under 25 ms); "
           f"heavy modules imported: {', '.join(heavy) or 'none'}")  # fmt: skip
     return 0

@@ -197,18 +197,6 @@ class Database:
         }
         emit(emf_record(self._function, figures, {"invocation": inv.number, "requestId": inv.request_id}))
 
-    # -- ending an invocation --------------------------------------------------------------
-    def _sync_end(self, state: _InvocationState) -> None:
-        self._lender.finish(state)
-        self._after(state)
-
-    async def _async_end(self, state: _InvocationState) -> None:
-        if self.is_async:
-            await self._lender.finish(state)
-        else:
-            self._lender.finish(state)
-        self._after(state)
-
     # -- the instance's event loop (async handlers) -----------------------------------------
     def _run(self, coro: Any, *, threaded: bool = False) -> Any:
         """Run ``coro`` on the one loop this instance keeps for its whole life.

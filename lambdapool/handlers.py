@@ -42,7 +42,8 @@ def _invoke_sync(db: Any, fn: Callable[..., Any], args: tuple, context: Any) -> 
         return fn(*args)
     finally:
         db._current.reset(token)
-        db._sync_end(state)
+        db._lender.finish(state)
+        db._after(state)
 
 
 async def _invoke_async(db: Any, fn: Callable[..., Any], args: tuple, context: Any) -> Any:
@@ -52,7 +53,11 @@ async def _invoke_async(db: Any, fn: Callable[..., Any], args: tuple, context: A
         return await fn(*args)
     finally:
         db._current.reset(token)
-        await db._async_end(state)
+        if db.is_async:
+            await db._lender.finish(state)
+        else:  # an async def handler may use a sync driver
+            db._lender.finish(state)
+        db._after(state)
 
 
 def wrap_lambda(db: Any, handler: Callable[..., Any]) -> Callable[[Any, Any], Any]:

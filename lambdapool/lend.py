@@ -28,14 +28,18 @@ class Lender:
 
     def acquire(self, state: Any) -> None:
         started = time.monotonic()
-        deadline = self.db._acquire_deadline(state)
-        holder = self.slots.take(deadline - started)
+        holder = self.slots.take_idle()
+        if holder is None:  # every slot is lent: wait for one
+            holder = self.slots.take(self.db._acquire_deadline(state) - started)
         try:
-            state.conn = holder.acquire(deadline)
+            # Awaiting only off the common path: each layer costs more than the check.
+            conn = holder.reuse()
+            if conn is None:
+                conn = holder.acquire(self.db._acquire_deadline(state))
         except BaseException:
             self.slots.give(holder)
             raise
-        state.holder, state.outcome = holder, holder.outcome
+        state.conn, state.holder, state.outcome = conn, holder, holder.outcome
         state.acquire_ms = (time.monotonic() - started) * 1000.0
         holder.stats.values["acquire_ms_total"] += state.acquire_ms
 
@@ -54,7 +58,8 @@ class Lender:
         if holder is None:
             return
         try:
-            holder.release()
+            if not holder.put_back():
+                holder.release()
         except Exception:
             logger.warning("lambdapool: releasing the connection failed; dropping it", exc_info=True)
             holder.terminate()
@@ -87,7 +92,8 @@ class Block:
             if state.conn is None:
                 lender.acquire(state)
         except BaseException:
-            self._end_adhoc()
+            if self.token is not None:
+                self._end_adhoc()
             raise
         state.depth += 1
         return state.conn
@@ -98,15 +104,16 @@ class Block:
             if state.depth == 1:
                 if exc_type is not None:
                     lender.rollback_quietly(state)
-                elif lender.driver.block_succeeded(state.conn) == "rollback":
-                    state.holder.stats.incr("rollbacks")
+                elif lender.driver.in_transaction(state.conn):
+                    if lender.driver.end_transaction(state.conn) == "rollback":
+                        state.holder.stats.incr("rollbacks")
         finally:
             state.depth -= 1
-            self._end_adhoc()
+            if self.token is not None:
+                self._end_adhoc()
 
     def _end_adhoc(self) -> None:
-        if self.token is not None:
-            self.lender.db._current.reset(self.token)
-            self.token = None
-            self.lender.finish(self.state)
+        self.lender.db._current.reset(self.token)
+        self.token = None
+        self.lender.finish(self.state)
 

@@ -29,14 +29,18 @@ class AsyncLender:
 
     async def acquire(self, state: Any) -> None:
         started = time.monotonic()
-        deadline = self.db._acquire_deadline(state)
-        holder = await self.slots.take(deadline - started)
+        holder = self.slots.take_idle()
+        if holder is None:  # every slot is lent: wait for one
+            holder = await self.slots.take(self.db._acquire_deadline(state) - started)
         try:
-            state.conn = await holder.acquire(deadline)
+            # Awaiting only off the common path: each await layer costs more than the check.
+            conn = holder.reuse()
+            if conn is None:
+                conn = await holder.acquire(self.db._acquire_deadline(state))
         except BaseException:
             self.slots.give(holder)
             raise
-        state.holder, state.outcome = holder, holder.outcome
+        state.conn, state.holder, state.outcome = conn, holder, holder.outcome
         state.acquire_ms = (time.monotonic() - started) * 1000.0
         holder.stats.values["acquire_ms_total"] += state.acquire_ms
 
@@ -55,7 +59,8 @@ class AsyncLender:
         if holder is None:
             return
         try:
-            await holder.release()
+            if not holder.put_back():
+                await holder.release()
         except Exception:
             logger.warning("lambdapool: releasing the connection failed; dropping it", exc_info=True)
             holder.terminate()
@@ -88,7 +93,8 @@ class AsyncBlock:
             if state.conn is None:
                 await lender.acquire(state)
         except BaseException:
-            await self._end_adhoc()
+            if self.token is not None:
+                await self._end_adhoc()
             raise
         state.depth += 1
         return state.conn
@@ -99,15 +105,16 @@ class AsyncBlock:
             if state.depth == 1:
                 if exc_type is not None:
                     await lender.rollback_quietly(state)
-                elif await lender.driver.block_succeeded(state.conn) == "rollback":
-                    state.holder.stats.incr("rollbacks")
+                elif lender.driver.in_transaction(state.conn):
+                    if await lender.driver.end_transaction(state.conn) == "rollback":
+                        state.holder.stats.incr("rollbacks")
         finally:
             state.depth -= 1
-            await self._end_adhoc()
+            if self.token is not None:
+                await self._end_adhoc()
 
     async def _end_adhoc(self) -> None:
-        if self.token is not None:
-            self.lender.db._current.reset(self.token)
-            self.token = None
-            await self.lender.finish(self.state)
+        self.lender.db._current.reset(self.token)
+        self.token = None
+        await self.lender.finish(self.state)
 

@@ -39,7 +39,19 @@ class Slots:
         self._idle: list[Any] = []
         self.all: list[Any] = []
 
+    def take_idle(self) -> Any:
+        """A free slot (idle, or a new one while under the bound), else None."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+            if len(self.all) < self.size:
+                holder = self._make()
+                self.all.append(holder)
+                return holder
+            return None
+
     def take(self, timeout: float) -> Any:
+        """A free slot, waiting up to ``timeout`` seconds for one to be given back."""
         with self._lock:
             if not self._idle and len(self.all) >= self.size:
                 deadline = time.monotonic() + max(0.0, timeout)
@@ -76,12 +88,18 @@ class AsyncSlots:
         self._waiters: deque[asyncio.Future[Any]] = deque()
         self.all: list[Any] = []
 
-    async def take(self, timeout: float) -> Any:
+    def take_idle(self) -> Any:
         if self._idle:
             return self._idle.pop()
         if len(self.all) < self.size:
             holder = self._make()
             self.all.append(holder)
+            return holder
+        return None
+
+    async def take(self, timeout: float) -> Any:
+        holder = self.take_idle()
+        if holder is not None:
             return holder
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)

@@ -106,17 +106,30 @@ class AsyncWarmConnection:
         self.outcome = ""  # what the last acquire did: reuse, connect or reconnect
         self.refused = False  # did the last connect need retries (the server or pooler was full)?
 
+    def reuse(self) -> Any:
+        """The warm connection if it can be lent without a round trip (the common case): open,
+        its socket quiet, used less than ``ping_after_idle`` ago. Else None: call acquire()."""
+        conn = self.conn
+        if conn is None:
+            return None
+        counts = self.stats.values
+        counts["liveness_checks"] += 1
+        if (
+            self.driver.is_closed(conn)
+            or self.watch.poll(0)
+            or time.monotonic() - self.last_used >= self.settings.ping_after_idle
+        ):
+            return None
+        counts["reuses"] += 1
+        self.outcome = "reuse"
+        return conn
+
     async def acquire(self, deadline: float) -> Any:
+        """After reuse() said no: verify the connection with a ping, or (re)connect."""
         conn = self.conn
         if conn is not None:
-            counts = self.stats.values
-            counts["liveness_checks"] += 1
-            closed = self.driver.is_closed(conn)
-            if not closed and (
-                (not self.watch.poll(0) and time.monotonic() - self.last_used < self.settings.ping_after_idle)
-                or await self._ping_ok(conn)
-            ):
-                counts["reuses"] += 1
+            if not self.driver.is_closed(conn) and await self._ping_ok(conn):
+                self.stats.incr("reuses")
                 self.outcome = "reuse"
                 return conn
             await self.discard()
@@ -141,6 +154,24 @@ class AsyncWarmConnection:
         except Exception as exc:
             logger.info("lambdapool: warm connection failed its ping (%s); reconnecting", type(exc).__name__)
             return False
+
+    def put_back(self) -> bool:
+        """The common end of an invocation, with no round trip: nothing left open, nothing to
+        reset, nothing for the adapter to decide. False when release() has work to do."""
+        conn = self.conn
+        if conn is None:
+            return True
+        driver = self.driver
+        if (
+            self.refused
+            or self.settings.reset_session
+            or not driver.usable(conn)
+            or driver.in_transaction(conn)
+            or self.connector.adapter.may_close()
+        ):
+            return False
+        self.last_used = time.monotonic()
+        return True
 
     async def release(self) -> None:
         """End of invocation: leave the connection idle and clean, or drop it (broken, or the

@@ -72,11 +72,10 @@ class AsyncpgDriver:
 
         return tuple(await conn.fetchrow(re.sub(r"%s", number, sql), *params))
 
-    async def block_succeeded(self, conn: Any) -> str | None:
-        if conn.is_in_transaction():
-            await conn.execute("ROLLBACK")
-            return "rollback"
-        return None
+    async def end_transaction(self, conn: Any) -> str:
+        """A clean block left a transaction open: asyncpg.Pool's release rolls it back."""
+        await conn.execute("ROLLBACK")
+        return "rollback"
 
     async def rollback(self, conn: Any) -> None:
         await conn.execute("ROLLBACK")

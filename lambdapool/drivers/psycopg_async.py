@@ -39,11 +39,10 @@ class AsyncPsycopgDriver:
         finally:
             await conn.set_autocommit(False)
 
-    async def block_succeeded(self, conn: Any) -> str | None:
-        if in_transaction(conn):
-            await conn.commit()
-            return "commit"
-        return None
+    async def end_transaction(self, conn: Any) -> str:
+        """A clean block left a transaction open: psycopg_pool's connection() commits it."""
+        await conn.commit()
+        return "commit"
 
     async def rollback(self, conn: Any) -> None:
         await conn.rollback()

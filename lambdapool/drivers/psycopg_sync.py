@@ -102,11 +102,10 @@ class PsycopgDriver:
         finally:
             conn.autocommit = False
 
-    def block_succeeded(self, conn: Any) -> str | None:
-        if in_transaction(conn):
-            conn.commit()
-            return "commit"
-        return None
+    def end_transaction(self, conn: Any) -> str:
+        """A clean block left a transaction open: psycopg_pool's connection() commits it."""
+        conn.commit()
+        return "commit"
 
     def rollback(self, conn: Any) -> None:
         conn.rollback()

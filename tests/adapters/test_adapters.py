@@ -253,13 +253,19 @@ def test_pgbouncer_transaction_mode_50_instances_no_missing_prepared_statements(
 # -- the registry --------------------------------------------------------------------------------
 
 
-def test_a_third_party_adapter_is_found_through_its_entry_point(tmp_path):
-    # A real installed distribution (a .dist-info on sys.path), as pip would leave it.
+def install_acme_pooler(tmp_path, body: str) -> dict[str, str]:
+    """A real installed distribution (a .dist-info on sys.path), as pip would leave it; returns
+    the environment that puts it on the path."""
     dist = tmp_path / "acme_pooler-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-pooler\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[lambdapool.poolers]\nacme = acme_pooler:AcmeAdapter\n")
-    (tmp_path / "acme_pooler.py").write_text(textwrap.dedent("""
+    (tmp_path / "acme_pooler.py").write_text(textwrap.dedent(body))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+
+
+def test_a_third_party_adapter_is_found_through_its_entry_point(tmp_path):
+    env = install_acme_pooler(tmp_path, """
         from lambdapool.adapters.base import Adapter
 
         class AcmeAdapter(Adapter):
@@ -267,15 +273,49 @@ def test_a_third_party_adapter_is_found_through_its_entry_point(tmp_path):
 
             def describe(self):
                 return {"pooler": "acme", "made_by": "a third party"}
-    """))
+    """)
     code = (
         "import lambdapool; db = lambdapool.Database('postgresql://u@h/db', pooler='acme');"
         "print(db.adapter.describe()['made_by'], 'acme' in __import__('lambdapool.adapters').adapters.available())"
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "a third party True"
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+def test_a_third_party_keep_warm_is_asked_after_every_invocation(pg, tmp_path, driver):
+    # The warm path skips keep_warm when the adapter cannot close (Adapter.may_close); a plugin
+    # that has its own keep_warm must still be asked every time.
+    env = install_acme_pooler(tmp_path, """
+        from lambdapool.adapters.base import Adapter
+
+        class AcmeAdapter(Adapter):
+            name = "acme"
+            asked = 0
+
+            def keep_warm(self, driver, conn, refused):
+                type(self).asked += 1
+                return False
+
+            async def akeep_warm(self, driver, conn, refused):
+                return self.keep_warm(driver, conn, refused)
+    """)
+    handler = (
+        "def handler(event, context):\n    with db.connection() as conn: conn.execute('SELECT 1')\n"
+        if driver == "psycopg"
+        else "async def handler(event, context):\n    async with db.connection() as conn: await conn.execute('SELECT 1')\n"
+    )
+    code = (
+        f"import lambdapool, acme_pooler\ndb = lambdapool.Database({pg.dsn!r}, driver={driver!r}, pooler='acme')\n"
+        + handler
+        + "handler = db.lambda_handler(handler)\n"
+        "for _ in range(3): handler({}, None)\n"
+        "print(acme_pooler.AcmeAdapter.asked, db.stats()['connects'], db.stats()['guard_closes'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["3", "3", "3"]  # asked each time; each "no" closed the connection
 
 
 def test_tls_bundle_not_found_names_the_amazon_roots():
