@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """What a warm invocation costs, against the alternatives, measured in one run on this machine.
 
-    python benchmarks/bench_core.py [--calls 300] [--rounds 20]
+    python benchmarks/bench_core.py [--calls 3000]
 
-Rows (each round runs every contender for ``--calls`` calls, in a rotating order; figures are
-medians over rounds, and "vs hand-held" is the median of each round's own ratio, so a slow
-patch of the machine hits both sides of a comparison):
+The contenders take turns call by call (in a rotating order), so every comparison sees the
+same machine: on a shared or virtualised host a loopback round trip varies several-fold from
+one moment to the next, and back-to-back batches would compare moments, not code. Figures are
+medians of single calls.
   * lambdapool warm invocation: decorator + acquire + SELECT 1 + release (psycopg, asyncpg)
   * hand-held module-global connection doing the same work (the floor; target: within 10%)
   * psycopg_pool / asyncpg.Pool checkout doing the same work
@@ -40,27 +41,25 @@ class Ctx:
         return 30_000
 
 
-def per_call_us(fn: Callable[[], object], n: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t0) / n * 1e6
-
-
-def measure(contenders: dict[str, Callable[[], object]], calls: int, rounds: int) -> dict[str, list[float]]:
-    """Microseconds per call of each contender, one figure per round."""
+def measure(contenders: dict[str, Callable[[], object]], calls: int) -> dict[str, list[float]]:
+    """Microseconds of each single call, the contenders taking turns."""
     names = list(contenders)
     for fn in contenders.values():
         fn()  # warm-up: first connect, caches
     samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            samples[name].append(per_call_us(contenders[name], calls))
+    clock = time.perf_counter
+    for i in range(calls):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            fn = contenders[name]
+            t0 = clock()
+            fn()
+            samples[name].append((clock() - t0) * 1e6)
     return samples
 
 
-def ratio(samples: dict[str, list[float]], name: str, base: str) -> float:
-    return statistics.median(a / b for a, b in zip(samples[name], samples[base]))
+def med(samples: dict[str, list[float]], name: str) -> float:
+    return statistics.median(samples[name])
 
 
 def hand_held_psycopg(dsn: str) -> Callable[[object, object], object]:
@@ -196,15 +195,14 @@ def sdk_cost_warm(dsn: str) -> dict[str, Callable[[], object]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=300, help="calls per contender per round")
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--connect-calls", type=int, default=20)
+    parser.add_argument("--calls", type=int, default=3000, help="calls per contender (warm rows)")
+    parser.add_argument("--connect-calls", type=int, default=100)
     args = parser.parse_args()
 
     with PostgresServer(password=PASSWORD, tls=True) as pg:
         plain = pg.dsn.replace("?sslmode=require", "?sslmode=disable")
         tls = pg.dsn  # sslmode=require
-        warm = measure({**sync_contenders(plain), **async_contenders(plain)}, args.calls, args.rounds)
+        warm = measure({**sync_contenders(plain), **async_contenders(plain)}, args.calls)
         held = hand_held_psycopg(plain)
         connects = measure(
             {
@@ -213,29 +211,33 @@ def main() -> int:
                 "psycopg: connect per invocation, TCP + SCRAM + TLS": connect_per_invocation(tls),
             },
             args.connect_calls,
-            args.rounds,
         )
-        sdk = measure({**sdk_cost_contenders(), **sdk_cost_warm(plain)}, args.calls * 10, args.rounds)
+        sdk = measure({**sdk_cost_contenders(), **sdk_cost_warm(plain)}, args.calls * 5)
     import_ms, heavy = import_time_ms()
 
     hand = {"psycopg": "psycopg: hand-held module-global connection",
             "asyncpg": "asyncpg: hand-held module-global connection"}  # fmt: skip
-    print(f"\nPer invocation: median over {args.rounds} rounds (SELECT 1 on 127.0.0.1; Postgres {pg.bin_dir}):\n")
-    print(f"{'contender':58} {'us/invocation':>14} {'vs hand-held':>13}")
-    for name, values in warm.items():
-        print(f"{name:58} {statistics.median(values):14.1f} {ratio(warm, name, hand[name.split(':')[0]]):12.2f}x")
-    for name, values in connects.items():
-        if name != hand["psycopg"]:
-            print(f"{name:58} {statistics.median(values):14.1f} {ratio(connects, name, hand['psycopg']):12.0f}x")
+    print(f"\nPer invocation, median of {args.calls} calls each (SELECT 1 on 127.0.0.1; Postgres {pg.bin_dir}):\n")
+    print(f"{'contender':58} {'us/invocation':>14} {'p10-p90':>15} {'vs hand-held':>13}")
+
+    def row(samples: dict[str, list[float]], name: str, base: str) -> None:
+        deciles = statistics.quantiles(samples[name], n=10)
+        spread = f"{deciles[0]:.0f}-{deciles[-1]:.0f}"
+        print(f"{name:58} {med(samples, name):14.1f} {spread:>15} {med(samples, name) / med(samples, base):12.2f}x")
+
+    for name in warm:
+        row(warm, name, hand[name.split(":")[0]])
+    for name in list(connects)[1:]:
+        row(connects, name, hand["psycopg"])
     print()
-    overheads = {d: ratio(warm, f"{d}: lambdapool warm invocation", hand[d]) - 1 for d in hand}
-    print("warm invocation overhead vs hand-held: "
-          + ", ".join(f"{d} {o:+.1%}" for d, o in overheads.items()) + " (target: within 10%)")  # fmt: skip
-    ours = statistics.median(warm["psycopg: lambdapool warm invocation"])
-    for name, values in connects.items():
-        if name != hand["psycopg"]:
-            print(f"{name.split(': ', 1)[1]} costs {statistics.median(values) / ours:.0f}x a lambdapool warm invocation")
-    cost = {d: statistics.median(a - b for a, b in zip(sdk[f"{d}: lambdapool, connection() and no query"], sdk[base]))
+    print("warm invocation overhead vs hand-held: " + ", ".join(
+        f"{d} {med(warm, f'{d}: lambdapool warm invocation') / med(warm, base) - 1:+.1%} "
+        f"({med(warm, f'{d}: lambdapool warm invocation') - med(warm, base):+.1f} us)"
+        for d, base in hand.items()) + " (target: within 10%)")  # fmt: skip
+    ours = med(warm, "psycopg: lambdapool warm invocation")
+    for name in list(connects)[1:]:
+        print(f"{name.split(': ', 1)[1]} costs {med(connects, name) / ours:.0f}x a lambdapool warm invocation")
+    cost = {d: med(sdk, f"{d}: lambdapool, connection() and no query") - med(sdk, base)
             for d, base in (("psycopg", "psycopg: undecorated handler"),
                             ("asyncpg", "asyncpg: undecorated async handler"))}  # fmt: skip
     print("lambdapool's own cost per warm invocation (decorator + acquire + release, no query): "

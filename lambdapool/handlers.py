@@ -42,7 +42,8 @@ def _invoke_sync(db: Any, fn: Callable[..., Any], args: tuple, context: Any) -> 
         return fn(*args)
     finally:
         db._current.reset(token)
-        db._lender.finish(state)
+        if not db._lender.finish_warm(state):
+            db._lender.finish(state)
         db._after(state)
 
 
@@ -53,10 +54,12 @@ async def _invoke_async(db: Any, fn: Callable[..., Any], args: tuple, context: A
         return await fn(*args)
     finally:
         db._current.reset(token)
-        if db.is_async:
-            await db._lender.finish(state)
-        else:  # an async def handler may use a sync driver
-            db._lender.finish(state)
+        lender = db._lender
+        if not lender.finish_warm(state):
+            if db.is_async:
+                await lender.finish(state)
+            else:  # an async def handler may use a sync driver
+                lender.finish(state)
         db._after(state)
 
 

@@ -26,20 +26,42 @@ class Lender:
     def connection(self) -> Block:
         return Block(self)
 
-    def acquire(self, state: Any) -> None:
+    # The common case - an idle slot whose connection is lent and given back as it is - runs
+    # without a coroutine (lend_warm, finish_warm): each layer cost more than the checks.
+    def lend_warm(self, state: Any) -> bool:
+        """Lend an idle slot's connection if it needs no round trip. Otherwise False, leaving
+        the slot it took (if any) in ``state.holder`` for acquire()."""
         started = time.monotonic()
         holder = self.slots.take_idle()
-        if holder is None:  # every slot is lent: wait for one
-            holder = self.slots.take(self.db._acquire_deadline(state) - started)
+        if holder is None:
+            return False
+        state.holder = holder
+        conn = holder.reuse(started)
+        if conn is None:
+            return False
+        self._lent(state, conn, started)
+        return True
+
+    def acquire(self, state: Any) -> None:
+        """After lend_warm() said no: wait for a slot, then verify or (re)connect."""
+        started = time.monotonic()
+        holder, conn = state.holder, None
         try:
-            # Awaiting only off the common path: each layer costs more than the check.
-            conn = holder.reuse()
+            if holder is None:  # every slot is lent: wait for one
+                holder = state.holder = self.slots.take(self.db._acquire_deadline(state) - started)
+                conn = holder.reuse(time.monotonic())  # (after a wait)
             if conn is None:
                 conn = holder.acquire(self.db._acquire_deadline(state))
         except BaseException:
-            self.slots.give(holder)
+            state.holder = None
+            if holder is not None:
+                self.slots.give(holder)
             raise
-        state.conn, state.holder, state.outcome = conn, holder, holder.outcome
+        self._lent(state, conn, started)
+
+    def _lent(self, state: Any, conn: Any, started: float) -> None:
+        holder = state.holder
+        state.conn, state.outcome = conn, holder.outcome
         state.acquire_ms = (time.monotonic() - started) * 1000.0
         holder.stats.values["acquire_ms_total"] += state.acquire_ms
 
@@ -51,6 +73,21 @@ class Lender:
                 self.driver.rollback(conn)
         except Exception:  # the handler's exception is the one that matters; release drops it
             pass
+
+    def finish_warm(self, state: Any) -> bool:
+        """End of the invocation when the connection needs nothing done (or there is none);
+        False leaves it for finish()."""
+        holder = state.holder
+        if holder is None:
+            return True
+        try:
+            if not holder.put_back():
+                return False
+        except Exception:  # let finish() deal with it
+            return False
+        state.holder = state.conn = None
+        self.slots.give(holder)
+        return True
 
     def finish(self, state: Any) -> None:
         """End of the invocation: release the connection and give the slot back, always."""
@@ -89,7 +126,7 @@ class Block:
             self.token = db._current.set(state)
         self.state = state
         try:
-            if state.conn is None:
+            if state.conn is None and not lender.lend_warm(state):
                 lender.acquire(state)
         except BaseException:
             if self.token is not None:
@@ -115,5 +152,6 @@ class Block:
     def _end_adhoc(self) -> None:
         self.lender.db._current.reset(self.token)
         self.token = None
-        self.lender.finish(self.state)
+        if not self.lender.finish_warm(self.state):
+            self.lender.finish(self.state)
 

@@ -26,48 +26,52 @@ def _exhausted(size: int, waited: float) -> ConnectionUnavailable:
     )
 
 
-class Slots:
+class _Bounded:
     def __init__(self, size: int, make: Callable[[], Any]) -> None:
         self.size = size
         self._make = make
+        self._idle: list[Any] = []
+        self.all: list[Any] = []
+
+    def _free(self) -> Any:
+        """An idle slot, or a new one while under the bound, else None (caller holds the lock)."""
+        if self._idle:
+            return self._idle.pop()
+        if len(self.all) < self.size:
+            holder = self._make()
+            self.all.append(holder)
+            return holder
+        return None
+
+
+class Slots(_Bounded):
+    def __init__(self, size: int, make: Callable[[], Any]) -> None:
+        super().__init__(size, make)
         # One plain lock, entered directly (C speed); the Condition on it is used only when
         # every slot is lent. threading's Semaphore and Condition.__enter__ are pure Python
         # and cost more than the rest of a warm invocation.
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._waiting = 0
-        self._idle: list[Any] = []
-        self.all: list[Any] = []
 
     def take_idle(self) -> Any:
-        """A free slot (idle, or a new one while under the bound), else None."""
+        """A free slot, else None."""
         with self._lock:
-            if self._idle:
-                return self._idle.pop()
-            if len(self.all) < self.size:
-                holder = self._make()
-                self.all.append(holder)
-                return holder
-            return None
+            return self._free()
 
     def take(self, timeout: float) -> Any:
         """A free slot, waiting up to ``timeout`` seconds for one to be given back."""
+        deadline = time.monotonic() + max(0.0, timeout)
         with self._lock:
-            if not self._idle and len(self.all) >= self.size:
-                deadline = time.monotonic() + max(0.0, timeout)
-                while not self._idle:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise _exhausted(self.size, timeout)
-                    self._waiting += 1
-                    try:
-                        self._cond.wait(remaining)
-                    finally:
-                        self._waiting -= 1
-            if self._idle:
-                return self._idle.pop()
-            holder = self._make()
-            self.all.append(holder)
+            while (holder := self._free()) is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _exhausted(self.size, timeout)
+                self._waiting += 1
+                try:
+                    self._cond.wait(remaining)
+                finally:
+                    self._waiting -= 1
             return holder
 
     def give(self, holder: Any) -> None:
@@ -77,28 +81,19 @@ class Slots:
                 self._cond.notify()
 
 
-class AsyncSlots:
+class AsyncSlots(_Bounded):
     """The same on the instance's event loop: no locks (one thread), and no task or timer
     unless every slot is lent (asyncio.wait_for per acquire cost more than the query)."""
 
     def __init__(self, size: int, make: Callable[[], Any]) -> None:
-        self.size = size
-        self._make = make
-        self._idle: list[Any] = []
+        super().__init__(size, make)
         self._waiters: deque[asyncio.Future[Any]] = deque()
-        self.all: list[Any] = []
 
     def take_idle(self) -> Any:
-        if self._idle:
-            return self._idle.pop()
-        if len(self.all) < self.size:
-            holder = self._make()
-            self.all.append(holder)
-            return holder
-        return None
+        return self._free()
 
     async def take(self, timeout: float) -> Any:
-        holder = self.take_idle()
+        holder = self._free()
         if holder is not None:
             return holder
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

@@ -104,9 +104,10 @@ class WarmConnection:
         self.outcome = ""  # what the last acquire did: reuse, connect or reconnect
         self.refused = False  # did the last connect need retries (the server or pooler was full)?
 
-    def reuse(self) -> Any:
+    def reuse(self, now: float) -> Any:
         """The warm connection if it can be lent without a round trip (the common case): open,
-        its socket quiet, used less than ``ping_after_idle`` ago. Else None: call acquire()."""
+        its socket quiet, used less than ``ping_after_idle`` before ``now`` (time.monotonic()).
+        Else None: call acquire()."""
         conn = self.conn
         if conn is None:
             return None
@@ -115,7 +116,7 @@ class WarmConnection:
         if (
             self.driver.is_closed(conn)
             or self.watch.poll(0)
-            or time.monotonic() - self.last_used >= self.settings.ping_after_idle
+            or now - self.last_used >= self.settings.ping_after_idle
         ):
             return None
         counts["reuses"] += 1
