@@ -54,26 +54,26 @@ class DirectAdapter(Adapter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._sampled_at = float("-inf")
+        self._sample_due = float("-inf")  # time.monotonic() of the next utilisation sample
         self._utilisation = 0.0
         self.samples = 0
         self.zombies_terminated = 0
 
     # The decision, shared by the sync and async paths.
     def _stale(self) -> bool:
-        return time.monotonic() - self._sampled_at >= self.options["guard_sample_interval"]
+        return time.monotonic() >= self._sample_due
 
     def _record(self, row: tuple) -> None:
         max_connections, reserved, used = row
         ordinary = max(1, max_connections - reserved)
         self._utilisation = used / ordinary
-        self._sampled_at = time.monotonic()
+        self._sample_due = time.monotonic() + self.options["guard_sample_interval"]
         self.samples += 1
 
     def _full(self, refused: bool) -> bool:
         if refused:  # the server just turned us away: no need to ask
             self._utilisation = max(self._utilisation, 1.0)
-            self._sampled_at = time.monotonic()
+            self._sample_due = time.monotonic() + self.options["guard_sample_interval"]
         return self._utilisation >= self.options["guard_threshold"]
 
     def _zombie_args(self) -> tuple[str, float]:
@@ -81,7 +81,9 @@ class DirectAdapter(Adapter):
 
     def may_close(self) -> bool:
         options = self.options
-        return options["budget_guard"] and (self._stale() or self._utilisation >= options["guard_threshold"])
+        return options["budget_guard"] and (
+            self._utilisation >= options["guard_threshold"] or time.monotonic() >= self._sample_due
+        )
 
     def keep_warm(self, driver: Any, conn: Any, refused: bool) -> bool:
         if not self.options["budget_guard"]:

@@ -160,12 +160,10 @@ class WarmConnection:
         conn = self.conn
         if conn is None:
             return True
-        driver = self.driver
         if (
             self.refused
             or self.settings.reset_session
-            or not driver.usable(conn)
-            or driver.in_transaction(conn)
+            or not self.driver.idle(conn)
             or self.connector.adapter.may_close()
         ):
             return False

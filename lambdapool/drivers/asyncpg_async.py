@@ -56,6 +56,11 @@ class AsyncpgDriver:
     def usable(conn: Any) -> bool:
         return not conn.is_closed()
 
+    @staticmethod
+    def idle(conn: Any) -> bool:
+        """Open and outside any transaction: nothing to clean before keeping it warm."""
+        return not conn.is_closed() and not conn.is_in_transaction()
+
     async def ping(self, conn: Any) -> None:
         await conn.execute("SELECT 1")  # no arguments: simple protocol, no prepared statement
 

@@ -38,6 +38,12 @@ def in_transaction(conn: Any) -> bool:
     return conn.pgconn.transaction_status in (_INTRANS, _INERROR)
 
 
+def idle(conn: Any) -> bool:
+    """Open and outside any transaction: nothing to clean before keeping it warm."""
+    pgconn = conn.pgconn
+    return not conn.broken and pgconn.status == _CONNECTION_OK and pgconn.transaction_status == _IDLE
+
+
 def usable(conn: Any) -> bool:
     pgconn = conn.pgconn
     return not conn.broken and pgconn.status == _CONNECTION_OK and pgconn.transaction_status != _UNKNOWN
@@ -85,6 +91,7 @@ class PsycopgDriver:
     fileno = staticmethod(fileno)
     in_transaction = staticmethod(in_transaction)
     usable = staticmethod(usable)
+    idle = staticmethod(idle)
 
     def ping(self, conn: Any) -> None:
         # psycopg_pool's check_connection: an empty query in autocommit starts no transaction.
