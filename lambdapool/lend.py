@@ -90,13 +90,13 @@ class Lender:
         return True
 
     def finish(self, state: Any) -> None:
-        """End of the invocation: release the connection and give the slot back, always."""
+        """End of the invocation (after finish_warm() said no): release the connection and give
+        the slot back, always."""
         holder, state.holder, state.conn = state.holder, None, None
         if holder is None:
             return
         try:
-            if not holder.put_back():
-                holder.release()
+            holder.release()
         except Exception:
             logger.warning("lambdapool: releasing the connection failed; dropping it", exc_info=True)
             holder.terminate()

@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--require-tls", action="store_true", help="refuse clients without TLS (implies --tls)")
     parser.add_argument("--cert-file", help="PEM certificate for client TLS")
     parser.add_argument("--key-file", help="PEM key of --cert-file")
-    parser.add_argument("--status-interval", type=float, default=1.0, help="seconds between status updates (default 1)")
+    parser.add_argument("--status-interval", type=float, default=1.0, help="seconds between status lines (default 1; 0: none)")
 
 
 def status_line(stats: dict) -> str:
@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
               f"(max_backends={server.pool.cap}, auth={proxy.settings.auth}, tls={'required' if args.require_tls else bool(server.ssl_context)})"
               + (f", CA file {server.ca_file}" if server.ca_file else ""), flush=True)  # fmt: skip
         try:
+            if args.status_interval <= 0:
+                await stop.wait()
             while not stop.is_set():
                 try:
                     await asyncio.wait_for(stop.wait(), args.status_interval)

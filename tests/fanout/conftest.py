@@ -16,6 +16,8 @@ running one handler, a sampler at 20 Hz or more, and the checks every test share
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -133,6 +135,48 @@ class Burst:
 
     def total(self, key: str) -> int:
         return int(sum(s[key] for s in self.last_stats().values()))
+
+
+@contextmanager
+def proxy_process(backend: str, max_backends: int) -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
+    """The local proxy in a process of its own (``lambdapool proxy``), as it runs beside real
+    functions: in this process it would share the GIL with a thousand light instances and the
+    Runtime API, and a slow machine starved it. Yields its DSN and a reader of its ``SHOW STATS``."""
+    import psycopg
+
+    from lambdapool.testing.postgres import free_port
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "lambdapool", "proxy", "--backend", backend, "--listen", f"127.0.0.1:{port}",
+           "--max-backends", str(max_backends), "--status-interval", "0"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    user = backend.split("://", 1)[1].split("@", 1)[0].split(":", 1)[0]
+    dsn = f"postgresql://{user}@127.0.0.1:{port}/postgres"
+    admin = f"postgresql://{user}@127.0.0.1:{port}/lambdapool"
+
+    def stats() -> dict[str, Any]:
+        with psycopg.connect(admin, autocommit=True, cursor_factory=psycopg.ClientCursor, connect_timeout=5) as conn:
+            cur = conn.execute("SHOW STATS")
+            return dict(zip([c.name for c in cur.description], cur.fetchone()))
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                stats()
+                break
+            except psycopg.OperationalError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"lambdapool proxy did not start: {proc.stderr.read() if proc.stderr else ''}")
+                time.sleep(0.05)
+        yield dsn, stats
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def events(count: int, **knobs: float) -> list[dict[str, float]]:

@@ -48,6 +48,29 @@ def test_cli_serves_clients_and_stops_cleanly(proxy_pg, sig):
     assert "stopped" in out and "Traceback" not in err
 
 
+def test_cli_status_interval_zero_prints_no_status_and_idles(proxy_pg):
+    import time
+
+    port = free_port()
+    proc = start_cli("--backend", proxy_pg.dsn, "--listen", f"127.0.0.1:{port}", "--status-interval", "0")
+    try:
+        read_banner(proc)
+        ticks = os.sysconf("SC_CLK_TCK")
+
+        def cpu_seconds() -> float:
+            fields = open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+        before = cpu_seconds()
+        time.sleep(1.0)
+        assert cpu_seconds() - before < 0.3  # waiting, not spinning
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert out.splitlines()[1:] == [line for line in out.splitlines()[1:] if "stopped" in line]  # no status lines
+
+
 def test_cli_scram_users_and_flag_errors(proxy_pg, capsys):
     import psycopg
 
