@@ -15,6 +15,7 @@ running one handler, a sampler at 20 Hz or more, and the checks every test share
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -177,6 +178,25 @@ def proxy_process(backend: str, max_backends: int) -> Iterator[tuple[str, Callab
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class LightFleetProcess:
+    """A light fleet that runs each burst in a child process (tests/fanout/light_child.py), for
+    the widest bursts; same ``burst`` and ``counters`` as LightFleet, read once the burst ends."""
+
+    def __init__(self, env: Mapping[str, str], light: int, timeout: float = 60.0) -> None:
+        self.env, self.reserved_concurrency, self.timeout = dict(env), light, timeout
+        self.counters: dict[str, int] = {}
+
+    def burst(self, evs: list[dict], concurrency: int) -> list[InvocationResult]:
+        assert concurrency == self.reserved_concurrency
+        spec = {"env": self.env, "light": concurrency, "timeout": self.timeout, "events": evs}
+        out = subprocess.run([sys.executable, "-m", "tests.fanout.light_child"], input=json.dumps(spec),
+                             capture_output=True, text=True, cwd=Path(__file__).parents[2], timeout=300)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-4000:]
+        answer = json.loads(out.stdout)
+        self.counters = answer["counters"]
+        return [InvocationResult(**{k: v for k, v in r.items() if k != "throttled"}) for r in answer["results"]]
 
 
 def events(count: int, **knobs: float) -> list[dict[str, float]]:

@@ -18,6 +18,7 @@ from tests.fanout.conftest import (
     ORDINARY_SLOTS,
     POOL_CAP,
     Burst,
+    LightFleetProcess,
     app_dsn,
     burst,
     check_runs,
@@ -46,7 +47,8 @@ def fan_out(pg, env: dict, *, processes: int = PROCESSES, light: int = LIGHT, pr
     pool, and that wait is the harness's, not the SDK's."""
     extra = {} if preload is None else {"preload": preload}
     env = {"LAMBDAPOOL_ACQUIRE_TIMEOUT": "50", "LAMBDAPOOL_CONNECT_TIMEOUT": "20", **env}
-    with fleets(env, processes=processes, light=light, **extra) as (pf, lf):
+    lf = LightFleetProcess(env, light) if light else None
+    with fleets(env, processes=processes, light=0, **extra) as (pf, _):
         return burst(pf, lf, events(processes, pause=PAUSE, hold=HOLD) + events(processes, hold=HOLD),
                      events(light, pause=PAUSE, hold=HOLD) + events(light, hold=HOLD), sampler_dsn=pg.dsn, **kw)  # fmt: skip
 
