@@ -198,3 +198,43 @@ def test_unreachable_or_refusing_backend_fails_start_with_a_clear_error(proxy_pg
     with pytest.raises(ConnectionUnavailable, match="28P01") as info:
         LocalProxy(wrong, max_backends=1).start()
     assert "wrong-pw" not in str(info.value)
+
+
+def test_stop_cancels_backend_connects_in_flight(proxy_pg):
+    """A proxy stopped while it is opening a backend leaves no task pending and no backend open
+    (it used to leave ``Pool._open`` tasks behind: "Task was destroyed but it is pending")."""
+    import dataclasses
+    import socket
+
+    import psycopg
+
+    from lambdapool.testing import LocalProxy
+
+    silent = socket.socket()  # accepts TCP, never answers: backend connects to it stay in flight
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+
+    async def main() -> tuple[int, list[asyncio.Task]]:
+        proxy = LocalProxy(backend=proxy_pg.dsn, max_backends=3, connect_timeout=30)
+        async with proxy:
+            server = proxy._server
+            holder = await psycopg.AsyncConnection.connect(proxy.dsn)
+            await holder.execute("SELECT 1")  # in a transaction: holds the one backend opened at start
+            server.settings.backend = dataclasses.replace(server.settings.backend, port=silent.getsockname()[1])
+            waiter = await psycopg.AsyncConnection.connect(proxy.dsn)
+            query = asyncio.create_task(waiter.execute("SELECT 2"))  # needs a second backend
+            while not server.pool.opening:
+                await asyncio.sleep(0.01)
+            opening = list(server.pool.opening)
+        await asyncio.gather(query, return_exceptions=True)  # the proxy ended its session
+        leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for conn in (holder, waiter):
+            await conn.close()
+        assert all(t.done() for t in opening)
+        return len(opening), leftovers
+
+    try:
+        opened, leftovers = asyncio.run(main())
+    finally:
+        silent.close()
+    assert opened == 1 and leftovers == []

@@ -48,6 +48,8 @@ class Pool:
         self._expiry: asyncio.TimerHandle | None = None
         self._retry_delay = 0.0  # backoff while the database is away; 0 when it answers
         self._retry: asyncio.TimerHandle | None = None
+        self.opening: set[asyncio.Task[None]] = set()  # backend connects in flight
+        self.closed = False
 
     @property
     def in_use(self) -> int:
@@ -133,11 +135,13 @@ class Pool:
 
     # -- growing ---------------------------------------------------------------------------
     def _grow(self) -> None:
-        if self._retry is not None:  # the database is away: the retry timer grows the pool
+        if self._retry is not None or self.closed:  # away: the retry timer grows the pool
             return
         while len(self.waiters) > self.connecting and len(self.backends) + self.connecting < self.cap:
             self.connecting += 1
-            self.server.loop.create_task(self._open())
+            task = self.server.loop.create_task(self._open())
+            self.opening.add(task)
+            task.add_done_callback(self.opening.discard)
 
     def _retry_later(self) -> None:
         self._retry_delay = min(1.0, max(0.05, self._retry_delay * 2))
@@ -163,6 +167,9 @@ class Pool:
             return
         self._retry_delay = 0.0
         self.connecting -= 1
+        if self.closed:  # the proxy stopped while this connect was finishing
+            backend.close()
+            return
         self.backends.add(backend)
         self.peak = max(self.peak, len(self.backends))
         self.release(backend)
@@ -183,6 +190,17 @@ class Pool:
             backend.close()
             self.backends.discard(backend)
         self._grow()
+
+    def shutdown(self) -> None:
+        """The proxy is stopping: open no more backends (connects in flight are cancelled, and
+        the server awaits them; the retry timer too), and close every backend."""
+        self.closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        for task in self.opening:
+            task.cancel()
+        self.close_all()
 
     def close_all(self) -> None:
         """Close every backend now (in-use ones end their client's session)."""

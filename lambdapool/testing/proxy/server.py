@@ -118,7 +118,9 @@ class ProxyServer:
         for client in list(self.clients):
             client.abort()
         if self.pool is not None:
-            self.pool.close_all()
+            self.pool.shutdown()
+            # let cancelled backend connects finish unwinding (closing any socket they opened)
+            await asyncio.gather(*self.pool.opening, return_exceptions=True)
         await asyncio.sleep(0)
         if self._tmp is not None:
             self._tmp.cleanup()
