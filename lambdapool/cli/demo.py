@@ -32,8 +32,9 @@ def verdict(scenario: Any) -> str:
     s = scenario.summary()
     peak = f"peak {s['peak_backends']} backends of the {s['limit']} the database allows"
     if s["failures"]:
+        late = f", {s['timed_out']} timed out connecting" if s.get("timed_out") else ""
         return (f"{scenario.name}: {s['failures']} of {s['invocations']} invocations failed "
-                f"({s.get('refused', 0)} refused: too many clients), {peak}")  # fmt: skip
+                f"({s.get('refused', 0)} refused: too many clients{late}), {peak}")  # fmt: skip
     cap = f" (cap {s['cap']})" if s.get("cap") else ""
     return f"{scenario.name}: all {s['invocations']} invocations succeeded, {peak}{cap}"
 

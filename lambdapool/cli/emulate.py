@@ -120,6 +120,7 @@ def summary_table(report: Any) -> str:
         ("invocations", lambda s: s["invocations"]),
         ("failed", lambda s: s["failures"]),
         ("  refused: too many clients", lambda s: s.get("refused")),
+        ("  timed out connecting", lambda s: s.get("timed_out")),
         ("throttled", lambda s: s["throttles"]),
         ("cold starts", lambda s: s["cold_starts"]),
         ("connects", lambda s: s.get("connects")),

@@ -15,7 +15,8 @@ connection. The embedded database reserves no slots, so its handlers meet Postgr
 "sorry, too many clients already" at ``max_connections - 1``.
 
 Rows added to the emulator's summary: ``refused`` (failures whose message is the server's
-"too many clients" / "slots are reserved"), ``connects`` and ``reconnects`` (from the SDK's
+"too many clients" / "slots are reserved"), ``timed_out`` (the other failures whose connect ran
+out of time: a server busy forking backends only to refuse them answers late), ``connects`` and ``reconnects`` (from the SDK's
 per-invocation metric lines, so any handler built on ``lambdapool.Database`` reports them),
 ``cap``, ``pooler_peak`` (the pooler's own count of its server connections) and ``pinned``
 (sessions the local proxy had to pin).
@@ -47,6 +48,7 @@ POOLERS = ("direct", "local", "pgbouncer", "rds-proxy")
 PROXY_NAME = "lambdapool-emulated-proxy"
 REGION = "us-east-1"
 REFUSALS = ("too many clients", "connection slots are reserved")
+TIMEOUTS = ("timeout expired", "timed out", "no time left before the deadline")
 DEMO_HANDLER = Path(__file__).with_name("demo_handler.py")
 
 # (scenario name, done, total, failures, backends now) every few tenths of a second
@@ -367,7 +369,8 @@ def run_scenario(
         pooler_stats = pooled.stats()
     target.wait_quiet(baseline)
     extra = {
-        "refused": sum(not r.ok and any(s in (r.error_message or "") for s in REFUSALS) for r in results),
+        "refused": sum(_failed_with(r, REFUSALS) for r in results),
+        "timed_out": sum(_failed_with(r, TIMEOUTS) and not _failed_with(r, REFUSALS) for r in results),
         **metrics,
         "cap": pooled.cap,
         "pooler_peak": pooler_stats.get("pooler_peak"),
@@ -497,3 +500,7 @@ __all__ = [
     "run_scenario",
     "scenario_name",
 ]
+
+
+def _failed_with(result: Any, reasons: tuple[str, ...]) -> bool:
+    return not result.ok and any(why in (result.error_message or "") for why in reasons)

@@ -53,11 +53,14 @@ def test_demo_shows_the_direct_overrun_and_the_pooled_run_under_its_cap(tmp_path
                          env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     # THEN direct (no guard) was refused at the limit: failures, "too many clients", peak == limit
-    direct = re.search(r"^direct \(no guard\): (\d+) of 200 invocations failed \((\d+) refused: too many clients\), "
-                       r"peak (\d+) backends of the (\d+) the database allows$", out.stdout, re.M)  # fmt: skip
+    direct = re.search(r"^direct \(no guard\): (\d+) of 200 invocations failed \((\d+) refused: too many clients"
+                       r"(?:, (\d+) timed out connecting)?\), peak (\d+) backends of the (\d+) the database allows$",
+                       out.stdout, re.M)  # fmt: skip
     assert direct, out.stdout
-    failed, refused, peak, limit = map(int, direct.groups())
-    assert failed > 0 and refused == failed and peak == limit == 19
+    failed, refused, late, peak, limit = (int(g or 0) for g in direct.groups())
+    # every failure was the limit's doing: refused, or (a loaded machine) out of time connecting
+    # to a server busy refusing others
+    assert failed > 0 and refused > 0 and refused + late == failed and peak == limit == 19
     # AND the same burst through the local proxy: no failure, the database never above the cap
     local = re.search(r"^local: all 200 invocations succeeded, peak (\d+) backends of the 19 the database allows "
                       r"\(cap 10\)$", out.stdout, re.M)  # fmt: skip
@@ -132,7 +135,8 @@ def test_emulate_against_a_running_database_counts_the_roles_own_limit(pg_factor
     summary = json.loads(figures.read_text())["scenarios"]["direct (no guard)"]["summary"]
     # THEN the limit is what the role can have (12 - 3 reserved - the sampler's own), and it was hit
     assert summary["limit"] == 8 and summary["peak_backends"] == 8
-    assert summary["failures"] > 0 and summary["refused"] == summary["failures"]
+    assert summary["failures"] > 0 and summary["refused"] > 0
+    assert summary["refused"] + summary["timed_out"] == summary["failures"]
 
 
 @pytest.mark.parametrize(
