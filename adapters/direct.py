@@ -81,9 +81,7 @@ class DirectAdapter(Adapter):
 
     def may_close(self) -> bool:
         options = self.options
-        return options["budget_guard"] and (
-            self._utilisation >= options["guard_threshold"] or time.monotonic() >= self._sample_due
-        )
+        return options["budget_guard"] and (self._utilisation >= options["guard_threshold"] or self._stale())
 
     def keep_warm(self, driver: Any, conn: Any, refused: bool) -> bool:
         if not self.options["budget_guard"]:

@@ -16,8 +16,9 @@ connection. The embedded database reserves no slots, so its handlers meet Postgr
 
 Rows added to the emulator's summary: ``refused`` (failures whose message is the server's
 "too many clients" / "slots are reserved"), ``timed_out`` (the other failures whose connect ran
-out of time: a server busy forking backends only to refuse them answers late), ``connects`` and ``reconnects`` (from the SDK's
-per-invocation metric lines, so any handler built on ``lambdapool.Database`` reports them),
+out of time: a server busy forking backends only to refuse them answers late), ``connects``
+and ``reconnects`` (from the SDK's per-invocation metric lines, so any handler built on
+``lambdapool.Database`` reports them),
 ``cap``, ``pooler_peak`` (the pooler's own count of its server connections) and ``pinned``
 (sessions the local proxy had to pin).
 """
@@ -335,6 +336,10 @@ def scenario_name(kind: str, budget_guard: bool = True) -> str:
     return "direct (no guard)" if kind == "direct" and not budget_guard else kind
 
 
+def _failed_with(result: Any, reasons: tuple[str, ...]) -> bool:
+    return not result.ok and any(why in (result.error_message or "") for why in reasons)
+
+
 def run_scenario(
     report: Report,
     handler: HandlerRef,
@@ -501,6 +506,3 @@ __all__ = [
     "scenario_name",
 ]
 
-
-def _failed_with(result: Any, reasons: tuple[str, ...]) -> bool:
-    return not result.ok and any(why in (result.error_message or "") for why in reasons)

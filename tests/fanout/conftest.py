@@ -143,41 +143,43 @@ def proxy_process(backend: str, max_backends: int) -> Iterator[tuple[str, Callab
     """The local proxy in a process of its own (``lambdapool proxy``), as it runs beside real
     functions: in this process it would share the GIL with a thousand light instances and the
     Runtime API, and a slow machine starved it. Yields its DSN and a reader of its ``SHOW STATS``."""
+    import tempfile
+
     import psycopg
 
+    from lambdapool.config import parse_dsn
     from lambdapool.testing.postgres import free_port
 
     port = free_port()
+    parts = parse_dsn(backend)
+    dsn = f"postgresql://{parts.user}@127.0.0.1:{port}/{parts.dbname}"
+    admin = f"postgresql://{parts.user}@127.0.0.1:{port}/lambdapool"
     cmd = [sys.executable, "-m", "lambdapool", "proxy", "--backend", backend, "--listen", f"127.0.0.1:{port}",
            "--max-backends", str(max_backends), "--status-interval", "0"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    user = backend.split("://", 1)[1].split("@", 1)[0].split(":", 1)[0]
-    dsn = f"postgresql://{user}@127.0.0.1:{port}/postgres"
-    admin = f"postgresql://{user}@127.0.0.1:{port}/lambdapool"
+    # stderr to a file, not a pipe nobody reads: a full pipe would block the proxy mid-burst
+    with tempfile.TemporaryFile("w+") as errors:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True)
 
-    def stats() -> dict[str, Any]:
-        with psycopg.connect(admin, autocommit=True, cursor_factory=psycopg.ClientCursor, connect_timeout=5) as conn:
-            cur = conn.execute("SHOW STATS")
-            return dict(zip([c.name for c in cur.description], cur.fetchone()))
+        def stats() -> dict[str, Any]:
+            with psycopg.connect(admin, autocommit=True, cursor_factory=psycopg.ClientCursor, connect_timeout=5) as conn:
+                cur = conn.execute("SHOW STATS")
+                return dict(zip([c.name for c in cur.description], cur.fetchone()))
 
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                stats()
-                break
-            except psycopg.OperationalError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"lambdapool proxy did not start: {proc.stderr.read() if proc.stderr else ''}")
-                time.sleep(0.05)
-        yield dsn, stats
-    finally:
-        proc.terminate()
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            banner = proc.stdout.readline()  # type: ignore[union-attr]  # printed once it listens
+            if "listening on" not in banner:
+                proc.wait(10)
+                errors.seek(0)
+                raise RuntimeError(f"lambdapool proxy did not start: {banner}{errors.read()}")
+            yield dsn, stats
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()  # type: ignore[union-attr]
 
 
 class LightFleetProcess:
