@@ -56,6 +56,7 @@ class DirectAdapter(Adapter):
         super().__init__(*args, **kwargs)
         self._sample_due = float("-inf")  # time.monotonic() of the next utilisation sample
         self._utilisation = 0.0
+        self._ask_from = self._sample_due if self.options["budget_guard"] else float("inf")  # see may_close
         self.samples = 0
         self.zombies_terminated = 0
 
@@ -69,19 +70,27 @@ class DirectAdapter(Adapter):
         self._utilisation = used / ordinary
         self._sample_due = time.monotonic() + self.options["guard_sample_interval"]
         self.samples += 1
+        self._update_ask_from()
 
     def _full(self, refused: bool) -> bool:
         if refused:  # the server just turned us away: no need to ask
             self._utilisation = max(self._utilisation, 1.0)
             self._sample_due = time.monotonic() + self.options["guard_sample_interval"]
+            self._update_ask_from()
         return self._utilisation >= self.options["guard_threshold"]
+
+    def _update_ask_from(self) -> None:
+        full = self._utilisation >= self.options["guard_threshold"]
+        self._ask_from = float("-inf") if full else self._sample_due
 
     def _zombie_args(self) -> tuple[str, float]:
         return (self.application_name, self.options["zombie_timeout"])
 
     def may_close(self) -> bool:
-        options = self.options
-        return options["budget_guard"] and (self._utilisation >= options["guard_threshold"] or self._stale())
+        # On every warm invocation's path, so one comparison: from _ask_from on, keep_warm may
+        # say no (now, when the server was last seen full; from the next sample otherwise;
+        # never with the guard off).
+        return time.monotonic() >= self._ask_from
 
     def keep_warm(self, driver: Any, conn: Any, refused: bool) -> bool:
         if not self.options["budget_guard"]:

@@ -12,8 +12,8 @@ from typing import Any, Callable, TypeVar
 from lambdapool import adapters, drivers, lifecycle
 from lambdapool.config import SETTINGS, Settings, from_environment, redact_dsn
 from lambdapool.metrics import emf_record, emit
-from lambdapool.runtime import Instance, Invocation, function_name
-from lambdapool.stats import Stats, total
+from lambdapool.runtime import Instance, Invocation, InvocationState, function_name
+from lambdapool.stats import total
 
 logger = logging.getLogger("lambdapool")
 
@@ -24,21 +24,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 # second, never more than a fifth of the invocation's budget.
 DEADLINE_MARGIN = 0.5
 DEADLINE_MARGIN_SHARE = 0.2
-
-
-class _InvocationState:
-    """What one invocation (or one ad-hoc ``connection()`` block outside a handler) holds."""
-
-    __slots__ = ("invocation", "deadline", "holder", "conn", "depth", "acquire_ms", "outcome")
-
-    def __init__(self, invocation: Invocation | None, deadline: float) -> None:
-        self.invocation = invocation
-        self.deadline = deadline
-        self.holder: Any = None
-        self.conn: Any = None
-        self.depth = 0
-        self.acquire_ms = 0.0
-        self.outcome = ""  # reuse, connect or reconnect (for the per-invocation metrics)
 
 
 class Database:
@@ -73,18 +58,17 @@ class Database:
 
     def _setup(self, values: dict[str, Any], env: dict[str, str]) -> None:
         self.settings = settings = Settings.build(values, env=env)
-        self._instance = Instance()
+        self._instance = Instance(settings.invocation_timeout)
         self._function = function_name()
         app_name = settings.application_name or f"lambdapool:{self._function}"[:63]
         self.adapter = adapters.load(settings.pooler)(settings, application_name=app_name)
         self.driver = drivers.load(settings.driver)
         self.is_async = bool(self.driver.is_async)
-        self._stats = Stats()  # invocations and cold starts, counted under self._lock
+        self._emit_metrics = settings.emit_metrics
         self._lock = threading.Lock()
-        self._current: contextvars.ContextVar[_InvocationState | None] = contextvars.ContextVar(
+        self._current: contextvars.ContextVar[InvocationState | None] = contextvars.ContextVar(
             "lambdapool_invocation", default=None
         )
-        self._last: Invocation | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         if self.is_async:
@@ -133,10 +117,10 @@ class Database:
     def invocation(self) -> Invocation:
         """The running invocation (else the last one, else a placeholder numbered 0)."""
         state = self._current.get()
-        if state is not None and state.invocation is not None:
-            return state.invocation
-        if self._last is not None:
-            return self._last
+        if state is None or not state.number:
+            state = self._instance.last
+        if state is not None:
+            return state.view()
         return Invocation(
             cold_start=True, number=0, init_type=self._instance.init_type, platform=self._instance.platform,
             deadline=time.monotonic() + self.settings.invocation_timeout,
@@ -146,8 +130,8 @@ class Database:
         """Counters since the instance started (keys in ``lambdapool.stats.KEYS``), plus
         ``open_connections``."""
         holders = list(self._slots.all)
-        with self._lock:
-            out = total([self._stats] + [h.stats for h in holders])
+        out = total([h.stats for h in holders])
+        out["invocations"], out["cold_starts"] = self._instance.invocations, self._instance.cold_starts
         out["open_connections"] = sum(1 for h in holders if h.conn is not None)
         return out
 
@@ -160,35 +144,21 @@ class Database:
         asyncpg rolls back any transaction left open (as asyncpg.Pool does); an exception rolls
         back. Outside a handler each outermost block acts as its own invocation.
         """
-        return self._lender.connection()
+        return self._lender  # the lender is the block: it keeps no state of its own
 
     # -- invocation bookkeeping ------------------------------------------------------------
-    def _begin(self, context: Any) -> _InvocationState:
-        with self._lock:
-            invocation = self._instance.begin(context, self.settings.invocation_timeout)
-            self._last = invocation
-            counts = self._stats.values
-            counts["invocations"] += 1
-            if invocation.cold_start:
-                counts["cold_starts"] += 1
-        return _InvocationState(invocation, invocation.deadline)
-
-    def _adhoc(self) -> _InvocationState:
-        return _InvocationState(None, time.monotonic() + self.settings.invocation_timeout)
-
-    def _acquire_deadline(self, state: _InvocationState) -> float:
+    def _acquire_deadline(self, state: InvocationState) -> float:
         now = time.monotonic()
         margin = min(DEADLINE_MARGIN, DEADLINE_MARGIN_SHARE * max(0.0, state.deadline - now))
         return min(state.deadline - margin, now + self.settings.acquire_timeout)
 
-    def _after(self, state: _InvocationState) -> None:
-        self._instance.end()
-        if self.settings.emit_metrics and state.invocation is not None:
+    def _after(self, state: InvocationState) -> None:
+        self._instance.last_end = time.monotonic()
+        if self._emit_metrics:
             self._emit(state)
 
-    def _emit(self, state: _InvocationState) -> None:
-        inv, outcome = state.invocation, state.outcome
-        assert inv is not None
+    def _emit(self, state: InvocationState) -> None:
+        inv, outcome = state.view(), state.outcome
         figures = {
             "ColdStart": int(inv.cold_start),
             "Connects": int(outcome in ("connect", "reconnect")),
@@ -228,19 +198,18 @@ class Database:
             if self.is_async:
 
                 async def warm() -> None:
-                    async with self._lender.connection():
+                    async with self._lender:
                         pass
 
                 self._run(warm())
             else:
-                with self._lender.connection():
+                with self._lender:
                     pass
         except Exception as exc:  # init must not fail for want of a connection: connect later
             logger.warning("lambdapool: prewarm failed (%s); will connect on first use", type(exc).__name__)
 
     def _restored(self) -> None:
-        with self._lock:
-            self._instance.restored()
+        self._instance.restored()
         # A cached secret's age is kept on a monotonic clock, which may not count the time the
         # snapshot sat on disk: fetch credentials afresh after a restore.
         self.adapter.invalidate_credentials()

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
+from asyncio import _get_running_loop  # (returns None when there is none, without raising: hot path)
 from typing import Any, Callable
 
 from lambdapool.errors import ConfigError
+from lambdapool.runtime import InvocationState
 
 
 def _check_sync_allowed(db: Any, fn: Callable[..., Any], decorator: str) -> None:
@@ -36,7 +39,7 @@ def _check_arity(fn: Callable[..., Any], count: int, decorator: str, shape: str)
 
 
 def _invoke_sync(db: Any, fn: Callable[..., Any], args: tuple, context: Any) -> Any:
-    state = db._begin(context)
+    state = InvocationState(db._instance, context)
     token = db._current.set(state)
     try:
         return fn(*args)
@@ -48,7 +51,7 @@ def _invoke_sync(db: Any, fn: Callable[..., Any], args: tuple, context: Any) -> 
 
 
 async def _invoke_async(db: Any, fn: Callable[..., Any], args: tuple, context: Any) -> Any:
-    state = db._begin(context)
+    state = InvocationState(db._instance, context)
     token = db._current.set(state)
     try:
         return await fn(*args)
@@ -67,9 +70,30 @@ def wrap_lambda(db: Any, handler: Callable[..., Any]) -> Callable[[Any, Any], An
     _check_arity(handler, 2, "lambda_handler", "(event, context)")
     if inspect.iscoroutinefunction(handler):
 
+        instance, current, lender = db._instance, db._current, db._lender  # (fixed for its life)
+
         @functools.wraps(handler)
         def run_async(event: Any, context: Any) -> Any:
-            return db._run(_invoke_async(db, handler, (event, context), context))
+            loop = db._loop
+            if loop is None or db._loop_thread is not None or _get_running_loop() is not None:
+                return db._run(_invoke_async(db, handler, (event, context), context))  # the first, or threaded
+            # The usual case: the instance's loop runs in this thread. The handler's coroutine
+            # runs as the loop's task, in a copy of this context, which already holds the
+            # invocation: no coroutine of ours wraps it (on every warm invocation's path).
+            state = InvocationState(instance, context)
+            token = current.set(state)
+            try:
+                return loop.run_until_complete(handler(event, context))
+            finally:
+                current.reset(token)
+                if not lender.finish_warm(state):
+                    if db.is_async:
+                        loop.run_until_complete(lender.finish(state))
+                    else:
+                        lender.finish(state)
+                instance.last_end = time.monotonic()  # (db._after(), inline)
+                if db._emit_metrics:
+                    db._emit(state)
 
         return run_async
 

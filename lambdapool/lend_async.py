@@ -7,6 +7,12 @@ An invocation takes a slot (``max_per_instance`` bound) and its warm connection 
 time it asks, keeps both until it ends, and hands them back clean. ``connection()`` blocks
 are re-entrant: only the outermost one commits (psycopg) or rolls back what it left open
 (asyncpg), as the driver's own pool would.
+
+The lender is itself the ``async with db.connection()`` block, and keeps no state of its
+own: a block finds its invocation in the context variable, so ``db.connection()`` makes
+nothing. This is every warm invocation's path, and on it each call and each object counted:
+the common case (an idle slot whose connection is lent and given back as it is) runs without
+a coroutine of its own (``reuse``, ``finish_warm``).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
+
+from lambdapool.runtime import InvocationState
 
 logger = logging.getLogger("lambdapool")
 
@@ -23,48 +31,63 @@ class AsyncLender:
         self.db = db
         self.driver = db.driver
         self.slots = db._slots
+        self.idle = db._slots.idle  # popped directly on the warm path (see slots._Bounded)
+        self.current = db._current
 
-    def connection(self) -> AsyncBlock:
-        return AsyncBlock(self)
-
-    # The common case - an idle slot whose connection is lent and given back as it is - runs
-    # without a coroutine (lend_warm, finish_warm): each await layer cost more than the checks.
-    def lend_warm(self, state: Any) -> bool:
-        """Lend an idle slot's connection if it needs no round trip. Otherwise False, leaving
-        the slot it took (if any) in ``state.holder`` for acquire()."""
-        started = time.monotonic()
-        holder = self.slots.take_idle()
-        if holder is None:
-            return False
-        state.holder = holder
-        conn = holder.reuse(started)
+    async def __aenter__(self) -> Any:
+        state = self.current.get()
+        if state is None:  # outside a handler: this block is its own invocation
+            state = InvocationState(self.db._instance, None, counted=False)
+            state.token = self.current.set(state)
+        conn = state.conn
         if conn is None:
-            return False
-        self._lent(state, conn, started)
-        return True
+            try:
+                try:
+                    holder = state.holder = self.idle.pop()
+                except IndexError:  # none idle: a new slot while under the bound, else None
+                    holder = state.holder = self.slots.take_idle()
+                if holder is None or (conn := holder.reuse(state)) is None:
+                    conn = await self.acquire(state)
+            except BaseException:
+                if state.token is not None:
+                    await self._end_adhoc(state)
+                raise
+        state.depth += 1
+        return conn
 
-    async def acquire(self, state: Any) -> None:
-        """After lend_warm() said no: wait for a slot, then verify or (re)connect."""
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        state = self.current.get()
+        try:
+            if state.depth == 1:
+                if exc_type is not None:
+                    await self.rollback_quietly(state)
+                elif state.holder.in_transaction():
+                    if await self.driver.end_transaction(state.conn) == "rollback":
+                        state.holder.stats.incr("rollbacks")
+        finally:
+            state.depth -= 1
+            if state.token is not None and not state.depth:
+                await self._end_adhoc(state)
+
+    async def acquire(self, state: Any) -> Any:
+        """After reuse() said no: wait for a slot, then verify or (re)connect."""
         started = time.monotonic()
         holder, conn = state.holder, None
         try:
             if holder is None:  # every slot is lent: wait for one
                 holder = state.holder = await self.slots.take(self.db._acquire_deadline(state) - started)
-                conn = holder.reuse(time.monotonic())  # (after a wait)
+                conn = holder.reuse(state)  # (after a wait)
             if conn is None:
                 conn = await holder.acquire(self.db._acquire_deadline(state))
+                state.conn, state.outcome = conn, holder.outcome
         except BaseException:
             state.holder = None
             if holder is not None:
                 self.slots.give(holder)
             raise
-        self._lent(state, conn, started)
-
-    def _lent(self, state: Any, conn: Any, started: float) -> None:
-        holder = state.holder
-        state.conn, state.outcome = conn, holder.outcome
         state.acquire_ms = (time.monotonic() - started) * 1000.0
         holder.stats.values["acquire_ms_total"] += state.acquire_ms
+        return conn
 
     async def rollback_quietly(self, state: Any) -> None:
         conn = state.conn
@@ -76,18 +99,25 @@ class AsyncLender:
             pass
 
     def finish_warm(self, state: Any) -> bool:
-        """End of the invocation when the connection needs nothing done (or there is none);
-        False leaves it for finish()."""
+        """End of the invocation when the connection needs nothing done (nothing left open,
+        nothing to reset, nothing for the adapter to decide) or there is none: give the slot
+        back as it is, with no round trip. False leaves it for finish()."""
         holder = state.holder
         if holder is None:
             return True
         try:
-            if not holder.put_back():
+            if holder.conn is not None and (
+                holder.refused or holder.reset_session or not holder.is_open() or holder.in_transaction()
+                or holder.may_close()
+            ):  # fmt: skip
                 return False
         except Exception:  # let finish() deal with it
             return False
+        holder.last_used = time.monotonic()
         state.holder = state.conn = None
-        self.slots.give(holder)
+        self.idle.append(holder)  # (slots.give(), inline: see slots.Slots.take)
+        if self.slots.waiting:
+            self.slots.wake()
         return True
 
     async def finish(self, state: Any) -> None:
@@ -107,52 +137,8 @@ class AsyncLender:
         finally:
             self.slots.give(holder)
 
-
-class AsyncBlock:
-    """One ``async with db.connection()`` block (a class, not a generator: it is on every
-    warm invocation's path, and a generator-based context manager costs several times more)."""
-
-    __slots__ = ("lender", "state", "token")
-
-    def __init__(self, lender: AsyncLender) -> None:
-        self.lender = lender
-
-    async def __aenter__(self) -> Any:
-        lender = self.lender
-        db = lender.db
-        state = db._current.get()
-        self.token = None
-        if state is None:  # outside a handler: this block is its own invocation
-            state = db._adhoc()
-            self.token = db._current.set(state)
-        self.state = state
-        try:
-            if state.conn is None and not lender.lend_warm(state):
-                await lender.acquire(state)
-        except BaseException:
-            if self.token is not None:
-                await self._end_adhoc()
-            raise
-        state.depth += 1
-        return state.conn
-
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        lender, state = self.lender, self.state
-        try:
-            if state.depth == 1:
-                if exc_type is not None:
-                    await lender.rollback_quietly(state)
-                elif lender.driver.in_transaction(state.conn):
-                    if await lender.driver.end_transaction(state.conn) == "rollback":
-                        state.holder.stats.incr("rollbacks")
-        finally:
-            state.depth -= 1
-            if self.token is not None:
-                await self._end_adhoc()
-
-    async def _end_adhoc(self) -> None:
-        self.lender.db._current.reset(self.token)
-        self.token = None
-        if not self.lender.finish_warm(self.state):
-            await self.lender.finish(self.state)
-
+    async def _end_adhoc(self, state: Any) -> None:
+        self.current.reset(state.token)
+        state.token = None
+        if not self.finish_warm(state):
+            await self.finish(state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from typing import Any
@@ -68,40 +69,100 @@ class Invocation:
         return int(self.remaining_time * 1000)
 
 
+class InvocationState:
+    """One invocation as the SDK tracks it: what it is, and the connection it holds.
+
+    One is made per invocation, by the handler decorators (and per ad-hoc ``connection()``
+    block outside a handler, numbered 0), so it stays small: its deadline (a call into the
+    platform's context) and its public view (:class:`Invocation`) are worked out only when
+    something asks.
+    """
+
+    __slots__ = ("instance", "context", "number", "cold_start", "started", "idle_gap", "_deadline", "_view",
+                 "holder", "conn", "depth", "acquire_ms", "outcome", "token")  # fmt: skip
+
+    def __init__(self, instance: Instance, context: Any, counted: bool = True) -> None:
+        """Begin an invocation of ``instance`` (or, not ``counted``, an ad-hoc block).
+
+        Numbering takes no lock although Cloud Functions begin invocations on several threads
+        (a lock cost more than the rest of this): next() on a count is one C call, atomic
+        under the GIL, and the invocation given the instance's _cold_number is the cold one.
+        """
+        self.instance = instance
+        self.context = context
+        self.started = now = time.monotonic()
+        if counted:
+            self.number = number = next(instance._numbers)
+            if number == instance._cold_number:
+                self.cold_start = True
+                instance.cold_starts += 1
+            else:
+                self.cold_start = False
+            last_end = instance.last_end
+            self.idle_gap = None if last_end is None else now - last_end
+            instance.last = self
+        else:
+            self.number, self.cold_start, self.idle_gap = 0, False, None
+        self._deadline: float | None = None
+        self._view: Invocation | None = None
+        self.holder: Any = None  # the slot (warm connection holder) lent to this invocation
+        self.conn: Any = None
+        self.depth = 0  # nesting of connection() blocks
+        self.acquire_ms = 0.0
+        self.outcome = ""  # reuse, connect or reconnect (for the per-invocation metrics)
+        self.token: Any = None  # an ad-hoc block's contextvar token
+
+    @property
+    def deadline(self) -> float:
+        """time.monotonic() of the platform's deadline (Lambda's context), else of the
+        configured ``invocation_timeout`` after the start."""
+        deadline = self._deadline
+        if deadline is None:
+            deadline = self._deadline = self.instance.deadline_of(self.context, self.started)
+        return deadline
+
+    def view(self) -> Invocation:
+        view = self._view
+        if view is None:
+            instance = self.instance
+            view = self._view = Invocation(
+                self.cold_start, self.number, instance.init_type, instance.platform, self.deadline,
+                getattr(self.context, "aws_request_id", None), self.idle_gap, self.started,
+            )  # fmt: skip
+        return view
+
+
 class Instance:
-    """Per-process facts: counts invocations, knows what makes the next one cold.
+    """Per-process facts: counts invocations and cold starts, knows what makes the next one cold.
 
     One process is one instance: a Lambda execution environment, a Cloud Functions worker.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, default_timeout: float) -> None:
         self.platform = detect_platform()
         self.init_type = detect_init_type()
-        self.invocations = 0
-        self._cold_pending = True
-        self._last_end: float | None = None
+        self.default_timeout = default_timeout  # seconds, where the platform gives no deadline
+        self.cold_starts = 0
+        self.last: InvocationState | None = None
+        self.last_end: float | None = None  # time.monotonic() when the last invocation ended
+        self._numbers = itertools.count(1)  # numbers invocations (see InvocationState)
+        self._cold_number = 1  # the number of the next cold start
+
+    @property
+    def invocations(self) -> int:
+        """Invocations begun so far."""
+        return int(repr(self._numbers)[len("count("):-1]) - 1  # (a count shows the next number it gives)
 
     def restored(self) -> None:
         """After a SnapStart restore the next invocation is this environment's first."""
-        self._cold_pending = True
+        self._cold_number = self.invocations + 1
         self.init_type = "snap-start"
-        self._last_end = None
+        self.last_end = None
 
-    def begin(self, context: Any, default_timeout: float) -> Invocation:
-        now = time.monotonic()
-        self.invocations += 1
-        cold, self._cold_pending = self._cold_pending, False
-        remaining = default_timeout
+    def deadline_of(self, context: Any, started: float) -> float:
         if context is not None:
             try:
-                remaining = context.get_remaining_time_in_millis() / 1000.0
+                return time.monotonic() + context.get_remaining_time_in_millis() / 1000.0
             except (AttributeError, TypeError, ValueError):  # not a Lambda context
                 pass
-        last_end = self._last_end
-        return Invocation(
-            cold, self.invocations, self.init_type, self.platform, now + remaining,
-            getattr(context, "aws_request_id", None), None if last_end is None else now - last_end, now,
-        )  # fmt: skip
-
-    def end(self) -> None:
-        self._last_end = time.monotonic()
+        return started + self.default_timeout

@@ -30,13 +30,18 @@ class _Bounded:
     def __init__(self, size: int, make: Callable[[], Any]) -> None:
         self.size = size
         self._make = make
-        self._idle: list[Any] = []
+        # Idle slots, most recently given back last. Callers on the warm path pop from it
+        # directly (``idle.pop()``: one C call, atomic under the GIL) and fall back to
+        # take_idle() when it is empty; only growing and waiting take the lock.
+        self.idle: list[Any] = []
         self.all: list[Any] = []
 
     def _free(self) -> Any:
         """An idle slot, or a new one while under the bound, else None (caller holds the lock)."""
-        if self._idle:
-            return self._idle.pop()
+        try:
+            return self.idle.pop()
+        except IndexError:
+            pass
         if len(self.all) < self.size:
             holder = self._make()
             self.all.append(holder)
@@ -47,15 +52,15 @@ class _Bounded:
 class Slots(_Bounded):
     def __init__(self, size: int, make: Callable[[], Any]) -> None:
         super().__init__(size, make)
-        # One plain lock, entered directly (C speed); the Condition on it is used only when
-        # every slot is lent. threading's Semaphore and Condition.__enter__ are pure Python
-        # and cost more than the rest of a warm invocation.
+        # One plain lock, entered directly (C speed), and only off the warm path; the
+        # Condition on it is used only when every slot is lent. threading's Semaphore and
+        # Condition.__enter__ are pure Python and cost more than the rest of a warm invocation.
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._waiting = 0
+        self.waiting = 0  # threads in take()
 
     def take_idle(self) -> Any:
-        """A free slot, else None."""
+        """A free slot (a new one while under the bound), else None."""
         with self._lock:
             return self._free()
 
@@ -63,22 +68,30 @@ class Slots(_Bounded):
         """A free slot, waiting up to ``timeout`` seconds for one to be given back."""
         deadline = time.monotonic() + max(0.0, timeout)
         with self._lock:
-            while (holder := self._free()) is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise _exhausted(self.size, timeout)
-                self._waiting += 1
-                try:
+            # Counted as waiting before looking: a slot is given back by appending it to idle
+            # and then looking for waiters (give(), the lender's finish_warm()), so either we
+            # see its slot or it sees us and wakes us under the lock, which it can only take
+            # once we wait. No wake-up is lost, and giving back takes no lock.
+            self.waiting += 1
+            try:
+                while (holder := self._free()) is None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise _exhausted(self.size, timeout)
                     self._cond.wait(remaining)
-                finally:
-                    self._waiting -= 1
-            return holder
+                return holder
+            finally:
+                self.waiting -= 1
 
     def give(self, holder: Any) -> None:
+        self.idle.append(holder)
+        if self.waiting:
+            self.wake()
+
+    def wake(self) -> None:
+        """A slot was just appended to idle: wake a waiter for it."""
         with self._lock:
-            self._idle.append(holder)
-            if self._waiting:  # (notify() checks ownership the slow way: ~0.5 us)
-                self._cond.notify()
+            self._cond.notify()
 
 
 class AsyncSlots(_Bounded):
@@ -87,7 +100,7 @@ class AsyncSlots(_Bounded):
 
     def __init__(self, size: int, make: Callable[[], Any]) -> None:
         super().__init__(size, make)
-        self._waiters: deque[asyncio.Future[Any]] = deque()
+        self.waiting: deque[asyncio.Future[Any]] = deque()  # tasks in take(), first come first
 
     def take_idle(self) -> Any:
         return self._free()
@@ -97,18 +110,23 @@ class AsyncSlots(_Bounded):
         if holder is not None:
             return holder
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        self.waiting.append(waiter)
         await asyncio.wait({waiter}, timeout=max(0.0, timeout))
         if waiter.done() and not waiter.cancelled():
-            return waiter.result()  # handed over by give(), in arrival order
-        self._waiters.remove(waiter)
+            return waiter.result()  # handed over by wake(), in arrival order
+        self.waiting.remove(waiter)
         waiter.cancel()
         raise _exhausted(self.size, timeout)
 
     def give(self, holder: Any) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
+        self.idle.append(holder)
+        if self.waiting:
+            self.wake()
+
+    def wake(self) -> None:
+        """A slot was just appended to idle: hand it to the first waiter still waiting."""
+        while self.waiting:
+            waiter = self.waiting.popleft()
             if not waiter.done():
-                waiter.set_result(holder)
+                waiter.set_result(self.idle.pop())
                 return
-        self._idle.append(holder)

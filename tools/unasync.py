@@ -28,7 +28,6 @@ RULES = [
     (r"\baconnect_params\b", "connect_params"),
     (r"\bakeep_warm\b", "keep_warm"),
     (r"\bAsyncLender\b", "Lender"),
-    (r"\bAsyncBlock\b", "Block"),
     (r"\b__aenter__\b", "__enter__"),
     (r"\b__aexit__\b", "__exit__"),
     (r"``async with db.connection\(\)``", "``with db.connection()``"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lambdapool.drivers.base import ConnectParams
+from lambdapool.drivers.base import ConnectParams, Probes
 
 
 def ssl_argument(p: ConnectParams) -> Any:
@@ -53,13 +53,20 @@ class AsyncpgDriver:
         return conn.is_in_transaction()
 
     @staticmethod
-    def usable(conn: Any) -> bool:
-        return not conn.is_closed()
+    def probes(conn: Any) -> Probes:
+        # Connection.is_closed() and is_in_transaction() are Python methods over asyncpg's
+        # Cython protocol, whose own methods answer with no Python frame at all: these run on
+        # every warm invocation. (The protocol object lives as long as the connection, and
+        # terminate()/abort mark it closing, so is_connected() turns False.) If asyncpg's
+        # internals move, the public methods.
+        proto = getattr(conn, "_protocol", None)
+        if hasattr(proto, "is_connected") and hasattr(proto, "is_in_transaction"):
+            return proto.is_connected, proto.is_in_transaction
+        return (lambda: not conn.is_closed()), conn.is_in_transaction
 
     @staticmethod
-    def idle(conn: Any) -> bool:
-        """Open and outside any transaction: nothing to clean before keeping it warm."""
-        return not conn.is_closed() and not conn.is_in_transaction()
+    def usable(conn: Any) -> bool:
+        return not conn.is_closed()
 
     async def ping(self, conn: Any) -> None:
         await conn.execute("SELECT 1")  # no arguments: simple protocol, no prepared statement

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lambdapool.drivers.base import RESET_SQL, ConnectParams
-from lambdapool.drivers.psycopg_sync import connect_kwargs, fileno, idle, in_transaction, is_closed, usable
+from lambdapool.drivers.psycopg_sync import connect_kwargs, fileno, in_transaction, is_closed, probes, usable
 
 
 class AsyncPsycopgDriver:
@@ -24,7 +24,7 @@ class AsyncPsycopgDriver:
     fileno = staticmethod(fileno)
     in_transaction = staticmethod(in_transaction)
     usable = staticmethod(usable)
-    idle = staticmethod(idle)
+    probes = staticmethod(probes)
 
     async def ping(self, conn: Any) -> None:
         await conn.set_autocommit(True)

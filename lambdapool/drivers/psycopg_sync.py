@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lambdapool.drivers.base import RESET_SQL, ConnectParams
+from lambdapool.drivers.base import RESET_SQL, ConnectParams, Probes
 
 
 def connect_kwargs(p: ConnectParams, timeout: float) -> dict[str, Any]:
@@ -38,10 +38,16 @@ def in_transaction(conn: Any) -> bool:
     return conn.pgconn.transaction_status in (_INTRANS, _INERROR)
 
 
-def idle(conn: Any) -> bool:
-    """Open and outside any transaction: nothing to clean before keeping it warm."""
-    pgconn = conn.pgconn
-    return not conn.broken and pgconn.status == _CONNECTION_OK and pgconn.transaction_status == _IDLE
+def probes(conn: Any) -> Probes:
+    pgconn = conn.pgconn  # (one for the connection's life)
+
+    def is_open() -> bool:
+        return not conn.broken and pgconn.status == _CONNECTION_OK
+
+    def transaction_open() -> bool:
+        return pgconn.transaction_status in (_INTRANS, _INERROR)
+
+    return is_open, transaction_open
 
 
 def usable(conn: Any) -> bool:
@@ -91,7 +97,7 @@ class PsycopgDriver:
     fileno = staticmethod(fileno)
     in_transaction = staticmethod(in_transaction)
     usable = staticmethod(usable)
-    idle = staticmethod(idle)
+    probes = staticmethod(probes)
 
     def ping(self, conn: Any) -> None:
         # psycopg_pool's check_connection: an empty query in autocommit starts no transaction.
