@@ -3,19 +3,26 @@
 
     python benchmarks/bench_core.py [--calls 3000]
 
-The contenders take turns call by call (in a random order each round), so every comparison sees the
-same machine: on a shared or virtualised host a loopback round trip varies several-fold from
-one moment to the next, and back-to-back batches would compare moments, not code. Figures are
-medians of single calls. And each tool is compared with a hand-held use of its own connection:
-two connections are two server processes, and where the scheduler puts each (beside the client
-or not) moved one hand-held connection 60-110% away from another in runs on a 2-vCPU VM, far
-more than the overhead being measured.
+How it compares, so that a figure means the same from one run to the next on a shared 2-vCPU VM:
+  * call by call, the contenders taking turns in a new random order each round: a loopback round
+    trip varies several-fold from one moment to the next, so back-to-back batches would compare
+    moments, not code (and a fixed rotation gives each contender the same predecessor: a call
+    right after one on the same connection finds its server process awake);
+  * each tool against a hand-held use of the very connection it uses: two connections are two
+    server processes, and their round trips differ as they are scheduled;
+  * this process pinned to one CPU and Postgres to the other(s), the shape of production (the
+    database runs elsewhere and the client's core waits idle). Left to the scheduler, two
+    hand-held connections came out up to 63% apart, differently from run to run; pinned, within
+    about 1%. A last row puts Postgres on this process's core instead: the shortest round trip,
+    a stress case for the ratio.
+Figures are medians of single calls. What it measures:
   * lambdapool warm invocation: decorator + acquire + SELECT 1 + release (psycopg, asyncpg)
   * hand-held module-global connection doing the same work (the floor; target: within 10%),
-    on the very same connection (one server backend for both: see below)
+    on the very same connection (one server backend for both)
   * psycopg_pool / asyncpg.Pool checkout doing the same work, against a hand-held use of the
     pool's own connection
-  * connect per invocation over TCP with SCRAM, and with SCRAM + TLS (the headline ratio)
+  * connect per invocation over TCP with SCRAM, and with SCRAM + TLS (the headline ratio;
+    Postgres on any CPU: each connect's fork and SCRAM, and the last one's exit, are server work)
   * the warm invocation against the hand-held connection again on a cold CPU: caches swept
     before every call, as when an environment is thawed (what a real warm invocation meets)
   * lambdapool's own CPU cost per warm invocation: a decorated handler that enters
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import subprocess
@@ -41,6 +49,7 @@ from lambdapool.testing import PostgresServer
 
 PASSWORD = "bench-Pw-1"
 CLEANUP: list[Callable[[], object]] = []  # pools to close before the server stops
+CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []  # (before any pinning)
 
 
 class Ctx:
@@ -72,6 +81,28 @@ def measure(contenders: dict[str, Callable[[], object]], calls: int,
             fn()
             samples[name].append((clock() - t0) * 1e6)
     return samples
+
+
+def place(server_pid: int | None, where: str) -> str:
+    """Pin this process to one CPU and the server (whose backends inherit it as they are
+    forked) to the others (``apart``), to the same one (``same``), or to any (``free``).
+
+    Left to the scheduler, a backend sometimes shares the client's core and sometimes not:
+    two connections' round trips came out 0-63% apart, differently from run to run. Apart is
+    production's shape (the database runs elsewhere; the client's core waits idle). Connecting
+    per invocation runs free: there, a backend's exit and the next one's fork and SCRAM are
+    server work that a single server core would queue behind. Returns what was done, or ""."""
+    cpus = CPUS
+    if len(cpus) < 2 or server_pid is None:
+        return ""
+    ours = {cpus[0]}
+    theirs = {"apart": set(cpus[1:]), "same": ours, "free": set(cpus)}[where]
+    try:
+        os.sched_setaffinity(server_pid, theirs)
+        os.sched_setaffinity(0, ours)
+    except OSError:  # not allowed to move the server's processes: leave it to the scheduler
+        return ""
+    return f"this process on CPU {cpus[0]}, Postgres on CPU {','.join(map(str, sorted(theirs)))}"
 
 
 def cache_sweeper(mib: int = 64) -> Callable[[], object]:
@@ -240,22 +271,28 @@ def main() -> int:
     with PostgresServer(password=PASSWORD, tls=True) as pg:
         plain = pg.dsn.replace("?sslmode=require", "?sslmode=disable")
         tls = pg.dsn  # sslmode=require
+        placement = place(pg.pid, "apart")
         warm = measure({**sync_contenders(plain), **async_contenders(plain)}, args.calls)
-        import psycopg
-
-        held = hand_held_psycopg(psycopg.connect(plain))
+        place(pg.pid, "free")
         connects = measure(
             {
-                "psycopg: hand-held connection": lambda: held({}, Ctx()),
                 "psycopg: connect per invocation, TCP + SCRAM": connect_per_invocation(plain),
                 "psycopg: connect per invocation, TCP + SCRAM + TLS": connect_per_invocation(tls),
             },
             args.connect_calls,
         )
-        cold_names = [f"{d}: {who}" for d in ("psycopg", "asyncpg")
-                      for who in ("hand-held, connection A", "lambdapool warm invocation, on A")]  # fmt: skip
-        contenders = {**sync_contenders(plain), **async_contenders(plain)}
-        cold = measure({name: contenders[name] for name in cold_names}, args.cold_calls, between=cache_sweeper())
+        pairs = [f"{d}: {who}" for d in ("psycopg", "asyncpg")
+                 for who in ("hand-held, connection A", "lambdapool warm invocation, on A")]  # fmt: skip
+
+        def fresh_pairs() -> dict[str, Callable[[], object]]:  # new connections: new backends
+            contenders = {**sync_contenders(plain), **async_contenders(plain)}
+            return {name: contenders[name] for name in pairs}
+
+        place(pg.pid, "apart")
+        cold = measure(fresh_pairs(), args.cold_calls, between=cache_sweeper())
+        same_core = None
+        if placement and place(pg.pid, "same"):  # backends forked from now on share our core
+            same_core = measure(fresh_pairs(), args.calls)
         sdk = measure({**sdk_cost_contenders(), **sdk_cost_warm(plain)}, args.calls * 5)
         for close in CLEANUP:
             close()
@@ -265,10 +302,11 @@ def main() -> int:
         driver, _, rest = name.partition(": ")
         return f"{driver}: hand-held, connection {rest[-1]}"
 
-    print(f"\nPer invocation, median of {args.calls} calls each (SELECT 1 on 127.0.0.1; Postgres {pg.bin_dir}).")
-    print("Each tool is compared with a hand-held use of the very connection it uses: two connections are")
-    print("two server processes, scheduled apart, and their round trips can differ by more than the overhead")
-    print("being measured (A against B, below).\n")
+    print(f"\nPer invocation, median of {args.calls} calls each (SELECT 1 on 127.0.0.1; Postgres {pg.bin_dir};")
+    unpinned = "placement left to the scheduler: one CPU, or the server could not be moved"
+    print(f"{placement + ' (connecting per invocation: Postgres on any CPU)' if placement else unpinned}).")
+    print("Each tool is compared with a hand-held use of the very connection it uses (connections A and B")
+    print("are two server processes; the line 'B against A' shows how far apart their round trips came).\n")
     print(f"{'contender':52} {'us/invocation':>14} {'p10-p90':>12} {'vs hand-held, same connection':>30}")
 
     def row(samples: dict[str, list[float]], name: str, base: str) -> None:
@@ -278,24 +316,28 @@ def main() -> int:
 
     for name in warm:
         row(warm, name, base_of(name))
-    for name in list(connects)[1:]:
-        row(connects, name, "psycopg: hand-held connection")
+    for name in connects:  # (against the hand-held round trip above)
+        row({**connects, **warm}, name, "psycopg: hand-held, connection A")
     print()
     drivers = ("psycopg", "asyncpg")
-    overhead = {d: (med(warm, f"{d}: lambdapool warm invocation, on A"), med(warm, f"{d}: hand-held, connection A"))
-                for d in drivers}  # fmt: skip
-    print("warm invocation overhead vs hand-held on the same connection: " + ", ".join(
-        f"{d} {ours / base - 1:+.1%} ({ours - base:+.1f} us)" for d, (ours, base) in overhead.items())
-        + " (target: within 10%)")  # fmt: skip
-    print("the same on a cold CPU (caches swept before each call, as after a freeze): " + ", ".join(
-        f"{d} {med(cold, f'{d}: lambdapool warm invocation, on A') / med(cold, f'{d}: hand-held, connection A') - 1:+.1%} "
-        f"({med(cold, f'{d}: lambdapool warm invocation, on A') - med(cold, f'{d}: hand-held, connection A'):+.1f} us "
-        f"on {med(cold, f'{d}: hand-held, connection A'):.0f} us)" for d in drivers))  # fmt: skip
+
+    def versus(samples: dict[str, list[float]]) -> str:
+        parts = []
+        for d in drivers:
+            ours, base = med(samples, f"{d}: lambdapool warm invocation, on A"), med(samples, f"{d}: hand-held, connection A")
+            parts.append(f"{d} {ours / base - 1:+.1%} ({ours - base:+.1f} us on {base:.0f} us)")
+        return ", ".join(parts)
+
+    print("warm invocation overhead vs hand-held on the same connection: " + versus(warm) + " (target: within 10%)")
+    print("the same on a cold CPU (caches swept before each call, as after a freeze): " + versus(cold))
+    if same_core is not None:
+        print("the same with Postgres on this process's core (the shortest round trip; a stress case): "
+              + versus(same_core))  # fmt: skip
     print("two hand-held connections, B against A (server placement, not code): " + ", ".join(
         f"{d} {med(warm, f'{d}: hand-held, connection B') / med(warm, f'{d}: hand-held, connection A') - 1:+.1%}"
         for d in drivers))  # fmt: skip
-    ours = overhead["psycopg"][0]
-    for name in list(connects)[1:]:
+    ours = med(warm, "psycopg: lambdapool warm invocation, on A")
+    for name in connects:
         print(f"{name.split(': ', 1)[1]} costs {med(connects, name) / ours:.0f}x a lambdapool warm invocation")
     cost = {d: med(sdk, f"{d}: lambdapool, connection() and no query") - med(sdk, base)
             for d, base in (("psycopg", "psycopg: undecorated handler"),

@@ -8,14 +8,16 @@ Theory of operation
 acquire (first ``db.connection()`` of an invocation):
   * no connection: connect (with retries) - a *connect*;
   * a connection whose socket is quiet and which was used less than ``ping_after_idle`` ago:
-    hand it out - a *reuse*, costing one ``poll()`` (on a poller made once per connection)
-    and no round trip;
+    hand it out - a *reuse*, costing the driver's own open check and one poll of the socket
+    (drivers.base.socket_watch, made once per connection), and no round trip;
   * readable socket (the server spoke unasked: usually a FATAL before hanging up) or a long
     idle gap (a freeze: a silently dropped peer only shows on a round trip): ping it; a good
     ping is a reuse, a bad one drops it and connects anew - a *reconnect*;
   * all before any user statement runs, so no statement is ever sent twice.
-release (end of the invocation): roll back whatever is open, reset session state if asked,
-drop a connection left broken or one the adapter does not want kept warm.
+release (end of the invocation): when nothing is open, nothing is to be reset and the adapter
+has no say, the lender gives the slot back as it is (lend_async.AsyncLender.finish_warm);
+otherwise release(): roll back whatever is open, reset session state if asked, drop a
+connection left broken or one the adapter does not want kept warm.
 connect: retries transient errors (server or pooler full, refused, not ready) with full-jitter
 exponential backoff, and an auth failure once after refreshing the credentials; never past
 the deadline. Failures raise ConnectionUnavailable / AuthError chained to the driver's error.
