@@ -11,8 +11,8 @@ are re-entrant: only the outermost one commits (psycopg) or rolls back what it l
 The lender is itself the ``async with db.connection()`` block, and keeps no state of its
 own: a block finds its invocation in the context variable, so ``db.connection()`` makes
 nothing. This is every warm invocation's path, and on it each call and each object counted:
-the common case (an idle slot whose connection is lent and given back as it is) runs without
-a coroutine of its own (``reuse``, ``finish_warm``).
+the common case (an idle slot whose connection is lent and given back as it is) is plain
+calls, awaiting nothing (``reuse``, ``finish_warm``).
 """
 
 from __future__ import annotations
