@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 import threading
 import time
@@ -24,6 +25,28 @@ F = TypeVar("F", bound=Callable[..., Any])
 # second, never more than a fifth of the invocation's budget.
 DEADLINE_MARGIN = 0.5
 DEADLINE_MARGIN_SHARE = 0.2
+
+
+def busy_elsewhere(loop: asyncio.AbstractEventLoop, coro: Any) -> bool:
+    """After ``loop.run_until_complete(coro)`` raised RuntimeError: was it only that another
+    thread is running the loop? (Then coro was never started and can still run.)"""
+    return not loop.is_closed() and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED
+
+
+def run_when_free(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
+    """``loop.run_until_complete(coro)``, taking turns with other threads that run the loop.
+
+    Lambda gives an environment one invocation at a time, so the instance's loop is normally
+    ours alone; a test or an app calling an async ``lambda_handler`` from several threads at
+    once gets its calls run one after another instead of "This event loop is already running".
+    """
+    while True:
+        try:
+            return loop.run_until_complete(coro)
+        except RuntimeError:
+            if not busy_elsewhere(loop, coro):
+                raise
+        time.sleep(0.0005)
 
 
 class Database:
@@ -175,13 +198,15 @@ class Database:
         serve requests on several threads, so there the loop runs in its own thread.
         """
         if self._loop is None:
-            self._loop = asyncio.new_event_loop()
+            with self._lock:  # (two threads may make the first call at once)
+                if self._loop is None:
+                    self._loop = asyncio.new_event_loop()
         if asyncio._get_running_loop() is not None:  # (no exception when there is none: hot path)
             threaded = True  # called from inside someone's loop: cannot block it
         if threaded or self._loop_thread is not None:
             self._ensure_loop_thread()
             return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-        return self._loop.run_until_complete(coro)
+        return run_when_free(self._loop, coro)
 
     def _ensure_loop_thread(self) -> None:
         with self._lock:

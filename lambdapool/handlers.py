@@ -14,6 +14,7 @@ import time
 from asyncio import _get_running_loop  # (returns None when there is none, without raising: hot path)
 from typing import Any, Callable
 
+from lambdapool.database import busy_elsewhere, run_when_free
 from lambdapool.errors import ConfigError
 from lambdapool.runtime import InvocationState
 
@@ -83,12 +84,18 @@ def wrap_lambda(db: Any, handler: Callable[..., Any]) -> Callable[[Any, Any], An
             state = InvocationState(instance, context)
             token = current.set(state)
             try:
-                return loop.run_until_complete(handler(event, context))
+                coro = handler(event, context)
+                try:
+                    return loop.run_until_complete(coro)
+                except RuntimeError:
+                    if not busy_elsewhere(loop, coro):
+                        raise
+                    return run_when_free(loop, coro)  # another thread's call holds the loop
             finally:
                 current.reset(token)
                 if not lender.finish_warm(state):
                     if db.is_async:
-                        loop.run_until_complete(lender.finish(state))
+                        run_when_free(loop, lender.finish(state))
                     else:
                         lender.finish(state)
                 instance.last_end = time.monotonic()  # (db._after(), inline)
