@@ -48,7 +48,7 @@ import lambdapool
 from lambdapool.testing import PostgresServer
 
 PASSWORD = "bench-Pw-1"
-CLEANUP: list[Callable[[], object]] = []  # pools to close before the server stops
+CLEANUP: list[Callable[[], object]] = []  # pools and Databases to close before the server stops
 CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []  # (before any pinning)
 
 
@@ -135,6 +135,7 @@ def sync_contenders(dsn: str) -> dict[str, Callable[[], object]]:
     from psycopg_pool import ConnectionPool
 
     db = lambdapool.Database(dsn, driver="psycopg")
+    CLEANUP.append(db.close)
 
     @db.lambda_handler
     def warm(event, context):
@@ -164,6 +165,7 @@ def async_contenders(dsn: str) -> dict[str, Callable[[], object]]:
     import asyncpg
 
     db = lambdapool.Database(dsn, driver="asyncpg")
+    CLEANUP.append(db.close)
 
     @db.lambda_handler
     async def warm(event, context):
