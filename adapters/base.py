@@ -100,8 +100,14 @@ class Adapter:
             sslmode=parts.params.get("sslmode"),
             sslrootcert=parts.params.get("sslrootcert"),
             application_name=self.application_name,
-            options=self.driver_options(),
+            options={**self.driver_options(), **(self.settings.connect_kwargs or {})},
         )
+
+    def names_an_endpoint(self) -> bool:
+        """Does something say where the database is (else libpq would try the local socket)?"""
+        import os
+
+        return bool(self.settings.parts.host or self.options["secret_arn"] or os.environ.get("PGHOST"))
 
     def driver_options(self) -> dict[str, Any]:
         """Keyword arguments for the driver's connect (e.g. prepared-statement settings)."""

@@ -70,6 +70,9 @@ class RdsProxyAdapter(Adapter):
         if self.settings.reset_session:
             _warn_reset_once()
 
+    def names_an_endpoint(self) -> bool:
+        return bool(self.options["proxy_name"]) or super().names_an_endpoint()
+
     def _sslmode(self) -> str:
         if self.options["ssl_ca_file"]:
             return "verify-full"

@@ -22,11 +22,11 @@ __all__ = [
 
 if TYPE_CHECKING:
     from lambdapool.database import Database
+else:
 
+    def __getattr__(name: str) -> object:  # PEP 562: Database (and what it pulls in) loads on first use
+        if name == "Database":
+            from lambdapool.database import Database
 
-def __getattr__(name: str):  # PEP 562: Database (and what it pulls in) loads on first use
-    if name == "Database":
-        from lambdapool.database import Database
-
-        return Database
-    raise AttributeError(f"module 'lambdapool' has no attribute {name!r}")
+            return Database
+        raise AttributeError(f"module 'lambdapool' has no attribute {name!r}")

@@ -8,8 +8,11 @@ by each adapter and validated the same way (:func:`coerce`).
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Union
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -61,7 +64,25 @@ SETTINGS: tuple[Setting, ...] = (
             "close connections on SIGTERM, chaining any handler already installed"),
     Setting("password", str, None,
             "password (or a callable returning one) when it is not in the DSN"),
+    Setting("max_lifetime", float, 3600.0,
+            "seconds after which a connection is replaced at the next acquire (never mid-invocation), "
+            "as psycopg_pool does: a backend's memory grows with its life, and new connections "
+            "spread over a proxy's or replica's new capacity; 0 keeps them forever"),
+    Setting("configure", object, None,
+            "callable run on every new connection (register adapters, set row_factory), as "
+            "psycopg_pool's configure; async drivers may give a coroutine function"),
+    Setting("connect_kwargs", dict, None,
+            "extra keyword arguments for the driver's connect (JSON object in the environment); "
+            "they win over the pooler's defaults"),
+    Setting("metrics_namespace", str, None,
+            "CloudWatch namespace of the metrics; default POWERTOOLS_METRICS_NAMESPACE, else lambdapool"),
+    Setting("metrics_dimensions", dict, None,
+            "metric dimensions (JSON object in the environment); default service=POWERTOOLS_SERVICE_NAME "
+            "when set, else FunctionName=<function>"),
 )  # fmt: skip
+
+# The driver's connect arguments that are settings of their own (in the DSN or a setting).
+RESERVED_CONNECT_KWARGS = frozenset({"host", "port", "user", "password", "dbname", "database", "dsn", "conninfo"})
 
 _BY_NAME = {s.name: s for s in SETTINGS}
 _TRUE = {"1", "true", "yes", "on"}
@@ -91,6 +112,17 @@ def coerce(name: str, value: Any, kind: type, *, source: str = "") -> Any:
         return number
     if kind is str and not isinstance(value, str):
         raise ConfigError(f"{name}{where} must be a string, got {type(value).__name__}")
+    if kind is dict:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ConfigError(f'{name}{where} must be a JSON object such as {{"key": "value"}}') from None
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{name}{where} must be a mapping of names to values, got {type(value).__name__}")
+        return dict(value)
+    if kind is object and name == "configure" and not callable(value):
+        raise ConfigError(f"configure must be a callable taking the new connection, got {type(value).__name__}")
     return value
 
 
@@ -219,6 +251,11 @@ class Settings:
     application_name: str | None
     handle_sigterm: bool
     password: PasswordSource = field(repr=False)
+    max_lifetime: float = 3600.0
+    configure: Callable[[Any], Any] | None = None
+    connect_kwargs: dict[str, Any] | None = field(default=None, repr=False)
+    metrics_namespace: str | None = None
+    metrics_dimensions: dict[str, str] | None = None
     parts: DsnParts = field(repr=False, default_factory=DsnParts)
     pooler_options: dict[str, Any] = field(default_factory=dict)
 
@@ -255,9 +292,39 @@ class Settings:
             raise ConfigError("max_per_instance must be at least 1")
         if resolved["connect_timeout"] == 0 or resolved["acquire_timeout"] == 0:
             raise ConfigError("connect_timeout and acquire_timeout must be more than 0 seconds")
+        reserved = sorted(RESERVED_CONNECT_KWARGS & set(resolved["connect_kwargs"] or ()))
+        if reserved:
+            raise ConfigError(
+                f"connect_kwargs may not set {', '.join(reserved)}: put the endpoint, user and database "
+                "in the dsn (and the password in the dsn, password= or a secret)"
+            )
         parts = parse_dsn(resolved["dsn"]) if resolved["dsn"] else DsnParts()
         return cls(**resolved, parts=parts, pooler_options=extra)
 
 
 def setting_names() -> list[str]:
     return [s.name for s in SETTINGS]
+
+
+class UnknownSettingWarning(UserWarning):
+    """A ``LAMBDAPOOL_*`` variable that names no setting (a typo, most likely)."""
+
+
+# LAMBDAPOOL_* variables that are not Database settings: the test tools' own.
+TOOL_VARIABLES = frozenset({"TEST_DSN", "TEST_SENTINEL", "PG_BIN", "PG_USER", "PGBOUNCER_BIN", "PROXY_BACKEND"})
+
+
+def warn_unknown_variables(known: list[str], environ: dict[str, str] | None = None) -> list[str]:
+    """Warn about each ``LAMBDAPOOL_*`` variable that names none of ``known``, with the closest
+    name; returns the unknown variables."""
+    env = os.environ if environ is None else environ
+    names = {env_name(n): n for n in known}
+    unknown = []
+    for var in sorted(env):
+        if not var.startswith(ENV_PREFIX) or var in names or var[len(ENV_PREFIX):] in TOOL_VARIABLES:
+            continue
+        unknown.append(var)
+        close = difflib.get_close_matches(var, list(names), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else f"; settings: {', '.join(sorted(names))}"
+        warnings.warn(f"{var} is not a lambdapool setting and is ignored{hint}", UnknownSettingWarning, stacklevel=3)
+    return unknown

@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import inspect
 import logging
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Literal, TypeVar, overload
 
-from lambdapool import adapters, drivers, lifecycle
-from lambdapool.config import SETTINGS, Settings, from_environment, redact_dsn
-from lambdapool.metrics import emf_record, emit
+from lambdapool import adapters, drivers, lifecycle, metrics
+from lambdapool.config import SETTINGS, Settings, from_environment, redact_dsn, warn_unknown_variables
+from lambdapool.errors import ConfigError
+from lambdapool.loop import InstanceLoop, run_when_free
 from lambdapool.runtime import Instance, Invocation, InvocationState, function_name
-from lambdapool.stats import total
+from lambdapool.scope import InvocationScope
+from lambdapool.stats import StatsDict, total
+
+if TYPE_CHECKING:
+    import asyncpg
+    import psycopg
+
+    from lambdapool.protocols import AsyncBlock, SyncBlock
 
 logger = logging.getLogger("lambdapool")
 
 F = TypeVar("F", bound=Callable[..., Any])
+BlockT = TypeVar("BlockT")
 
 # Stop connecting this long before the platform's deadline, so the handler still has time to
 # report ConnectionUnavailable (and to survive a scheduling stall on a busy host): half a
@@ -26,38 +34,54 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEADLINE_MARGIN = 0.5
 DEADLINE_MARGIN_SHARE = 0.2
 
-
-def busy_elsewhere(loop: asyncio.AbstractEventLoop, coro: Any) -> bool:
-    """After ``loop.run_until_complete(coro)`` raised RuntimeError: was it only that another
-    thread is running the loop? (Then coro was never started and can still run.)"""
-    return not loop.is_closed() and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED
-
-
-def run_when_free(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
-    """``loop.run_until_complete(coro)``, taking turns with other threads that run the loop.
-
-    Lambda gives an environment one invocation at a time, so the instance's loop is normally
-    ours alone; a test or an app calling an async ``lambda_handler`` from several threads at
-    once gets its calls run one after another instead of "This event loop is already running".
-    """
-    while True:
-        try:
-            return loop.run_until_complete(coro)
-        except RuntimeError:
-            if not busy_elsewhere(loop, coro):
-                raise
-        time.sleep(0.0005)
+NO_DSN = (
+    "no database configured: set LAMBDAPOOL_DSN or DATABASE_URL (or pass dsn=), e.g. "
+    "postgresql://user@host:5432/dbname; on {platform} there is no local Postgres socket to fall back to"
+)
 
 
-class Database:
+class Database(Generic[BlockT]):
     """One per process (module level), shared by every invocation the instance serves.
 
     ``Database(dsn, driver="psycopg", pooler="direct", **settings)``; see the settings table
     in the README (and ``lambdapool.config.SETTINGS``). Nothing connects until an invocation
     asks (``prewarm=True`` connects during init). Raises :class:`~lambdapool.ConfigError` for
-    bad settings.
+    bad settings. Typed by driver: ``connection()`` yields a ``psycopg.Connection``, a
+    ``psycopg.AsyncConnection`` or an ``asyncpg.Connection``.
     """
 
+    @overload
+    def __init__(
+        self: Database[SyncBlock[psycopg.Connection[Any]]],
+        dsn: str | None = None,
+        *,
+        driver: Literal["psycopg"] = "psycopg",
+        pooler: str | None = None,
+        **settings: Any,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Database[AsyncBlock[psycopg.AsyncConnection[Any]]],
+        dsn: str | None = None,
+        *,
+        driver: Literal["psycopg-async"],
+        pooler: str | None = None,
+        **settings: Any,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Database[AsyncBlock[asyncpg.Connection[Any]]],
+        dsn: str | None = None,
+        *,
+        driver: Literal["asyncpg"],
+        pooler: str | None = None,
+        **settings: Any,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Database[Any], dsn: str | None = None, *, driver: str | None = None, pooler: str | None = None,
+        **settings: Any,
+    ) -> None: ...  # fmt: skip
     def __init__(self, dsn: str | None = None, *, driver: str | None = None, pooler: str | None = None,
                  **settings: Any) -> None:  # fmt: skip
         values = dict(settings)
@@ -66,16 +90,35 @@ class Database:
                 values[key] = value
         self._setup(values, env={})
 
+    @overload
     @classmethod
-    def from_env(cls, **overrides: Any) -> Database:
+    def from_env(
+        cls, *, driver: Literal["psycopg"], **overrides: Any
+    ) -> Database[SyncBlock[psycopg.Connection[Any]]]: ...
+    @overload
+    @classmethod
+    def from_env(
+        cls, *, driver: Literal["psycopg-async"], **overrides: Any
+    ) -> Database[AsyncBlock[psycopg.AsyncConnection[Any]]]: ...
+    @overload
+    @classmethod
+    def from_env(cls, *, driver: Literal["asyncpg"], **overrides: Any) -> Database[AsyncBlock[asyncpg.Connection[Any]]]: ...
+    @overload
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Database[Any]: ...
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Database[Any]:
         """Settings from ``LAMBDAPOOL_<NAME>`` variables (``DATABASE_URL`` for the DSN);
-        keyword arguments win over the environment."""
+        keyword arguments win over the environment. A ``LAMBDAPOOL_*`` variable that names no
+        setting is reported (:class:`~lambdapool.config.UnknownSettingWarning`, with the
+        closest name), not silently ignored."""
         core = [s.name for s in SETTINGS]
         env = from_environment(core)
         pooler = overrides.get("pooler") or env.get("pooler") or "direct"
         options = [o.name for o in adapters.load(pooler).OPTIONS]
         env.update(from_environment(options))
-        db = cls.__new__(cls)
+        warn_unknown_variables(core + options)
+        db: Database[Any] = cls.__new__(cls)
         db._setup(overrides, env=env)
         return db
 
@@ -85,15 +128,22 @@ class Database:
         self._function = function_name()
         app_name = settings.application_name or f"lambdapool:{self._function}"[:63]
         self.adapter = adapters.load(settings.pooler)(settings, application_name=app_name)
+        platform = self._instance.platform
+        if platform != "local" and not settings.dsn and not self.adapter.names_an_endpoint():
+            raise ConfigError(NO_DSN.format(platform=platform))
         self.driver = drivers.load(settings.driver)
         self.is_async = bool(self.driver.is_async)
-        self._emit_metrics = settings.emit_metrics
+        self._report: Callable[[dict[str, float], dict[str, Any]], None] | None = None
+        if settings.emit_metrics:
+            self._report = metrics.EmfSink(
+                metrics.namespace(settings.metrics_namespace),
+                metrics.dimensions(settings.metrics_dimensions, self._function),
+            )
         self._lock = threading.Lock()
         self._current: contextvars.ContextVar[InvocationState | None] = contextvars.ContextVar(
             "lambdapool_invocation", default=None
         )
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: threading.Thread | None = None
+        self.loop = InstanceLoop()  # for async handlers (lambdapool.loop)
         if self.is_async:
             from lambdapool.lend_async import AsyncLender
             from lambdapool.slots import AsyncSlots
@@ -122,9 +172,10 @@ class Database:
             f"dsn={redact_dsn(self.settings.dsn)}>"
         )
 
-    # -- decorators (lambdapool.handlers does the work) -------------------------------------
+    # -- decorators and integrations: thin layers over invocation_scope() -------------------
     def lambda_handler(self, handler: F) -> F:
-        """Decorate an AWS Lambda handler ``(event, context)``, ``def`` or ``async def``."""
+        """Decorate an AWS Lambda handler ``(event, context)``: a ``def``, an ``async def`` or
+        any callable (a ``Mangum`` instance)."""
         from lambdapool.handlers import wrap_lambda
 
         return wrap_lambda(self, handler)  # type: ignore[return-value]
@@ -135,6 +186,46 @@ class Database:
 
         return wrap_cloud_function(self, function)  # type: ignore[return-value]
 
+    def invocation_scope(self, context: Any = None) -> InvocationScope:
+        """The block of one invocation: ``with`` (sync drivers) or ``async with`` (any driver).
+
+        Numbered, cold start or warm, with a deadline from ``context`` (a Lambda context) or
+        ``invocation_timeout``; a connection is taken only if the block asks for one, and
+        whatever it holds is given back clean at the end. Yields :attr:`invocation`. Entered
+        inside a running invocation, it joins that one.
+        """
+        return InvocationScope(self, context)
+
+    def asgi(self, app: Any) -> Any:
+        """Wrap an ASGI app so that each HTTP request is one invocation (lifespan untouched)."""
+        from lambdapool.web import AsgiApp
+
+        return AsgiApp(self, app)
+
+    def wsgi(self, app: Any) -> Any:
+        """Wrap a WSGI app so that each request is one invocation (until its response closes)."""
+        from lambdapool.web import WsgiApp
+
+        return WsgiApp(self, app)
+
+    def sqlalchemy_engine(self, **engine_kwargs: Any) -> Any:
+        """A ``sqlalchemy.Engine`` whose pool lends the invocation's warm connection."""
+        from lambdapool.sqlalchemy import create_engine
+
+        return create_engine(self, **engine_kwargs)
+
+    def sqlalchemy_async_engine(self, **engine_kwargs: Any) -> Any:
+        """A ``sqlalchemy.ext.asyncio.AsyncEngine`` whose pool lends the invocation's warm connection."""
+        from lambdapool.sqlalchemy import create_async_engine
+
+        return create_async_engine(self, **engine_kwargs)
+
+    def add_metrics_to(self, powertools_metrics: Any) -> None:
+        """Add lambdapool's per-invocation figures to a Powertools ``Metrics`` instead of printing
+        an EMF line of our own: one blob and one ColdStart per invocation. Put
+        ``@metrics.log_metrics`` outside ``@db.lambda_handler``, so it flushes after we add."""
+        self._report = metrics.PowertoolsSink(powertools_metrics)
+
     # -- what handlers see -----------------------------------------------------------------
     @property
     def invocation(self) -> Invocation:
@@ -142,14 +233,11 @@ class Database:
         state = self._current.get()
         if state is None or not state.number:
             state = self._instance.last
-        if state is not None:
-            return state.view()
-        return Invocation(
-            cold_start=True, number=0, init_type=self._instance.init_type, platform=self._instance.platform,
-            deadline=time.monotonic() + self.settings.invocation_timeout,
-        )  # fmt: skip
+        if state is None:
+            state = InvocationState(self._instance, None, counted=False)
+        return state.view()
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> StatsDict:
         """Counters since the instance started (keys in ``lambdapool.stats.KEYS``), plus
         ``open_connections``."""
         holders = list(self._slots.all)
@@ -158,18 +246,19 @@ class Database:
         out["open_connections"] = sum(1 for h in holders if h.conn is not None)
         return out
 
-    def connection(self) -> Any:
+    def connection(self) -> BlockT:
         """The invocation's connection: a context manager (``async with`` for async drivers)
         yielding the driver's own connection object.
 
         Lazy (nothing opens until asked), re-entrant (nested blocks get the same connection).
         When the outermost block exits cleanly, psycopg commits (as psycopg_pool does) and
         asyncpg rolls back any transaction left open (as asyncpg.Pool does); an exception rolls
-        back. Outside a handler each outermost block acts as its own invocation.
+        back. Outside an invocation each outermost block is its own, and may end in another
+        thread than it began (FastAPI's sync dependencies).
         """
-        return self._lender  # the lender is the block: it keeps no state of its own
+        return self._lender.block()  # type: ignore[no-any-return]
 
-    # -- invocation bookkeeping ------------------------------------------------------------
+    # -- invocation bookkeeping (lambdapool.scope) -------------------------------------------
     def _acquire_deadline(self, state: InvocationState) -> float:
         now = time.monotonic()
         margin = min(DEADLINE_MARGIN, DEADLINE_MARGIN_SHARE * max(0.0, state.deadline - now))
@@ -177,7 +266,7 @@ class Database:
 
     def _after(self, state: InvocationState) -> None:
         self._instance.last_end = time.monotonic()
-        if self._emit_metrics:
+        if self._report is not None:
             self._emit(state)
 
     def _emit(self, state: InvocationState) -> None:
@@ -188,34 +277,8 @@ class Database:
             "Reconnects": int(outcome == "reconnect"),
             "AcquireMs": round(state.acquire_ms, 3),
         }
-        emit(emf_record(self._function, figures, {"invocation": inv.number, "requestId": inv.request_id}))
-
-    # -- the instance's event loop (async handlers) -----------------------------------------
-    def _run(self, coro: Any, *, threaded: bool = False) -> Any:
-        """Run ``coro`` on the one loop this instance keeps for its whole life.
-
-        Lambda runs it in the calling thread (one invocation at a time). Cloud Functions
-        serve requests on several threads, so there the loop runs in its own thread.
-        """
-        if self._loop is None:
-            with self._lock:  # (two threads may make the first call at once)
-                if self._loop is None:
-                    self._loop = asyncio.new_event_loop()
-        if asyncio._get_running_loop() is not None:  # (no exception when there is none: hot path)
-            threaded = True  # called from inside someone's loop: cannot block it
-        if threaded or self._loop_thread is not None:
-            self._ensure_loop_thread()
-            return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-        return run_when_free(self._loop, coro)
-
-    def _ensure_loop_thread(self) -> None:
-        with self._lock:
-            if self._loop_thread is not None:
-                return
-            assert self._loop is not None
-            loop = self._loop
-            self._loop_thread = threading.Thread(target=loop.run_forever, name="lambdapool-loop", daemon=True)
-            self._loop_thread.start()
+        assert self._report is not None
+        self._report(figures, {"invocation": inv.number, "requestId": inv.request_id})
 
     # -- lifecycle -------------------------------------------------------------------------
     def _prewarm(self) -> None:
@@ -223,12 +286,13 @@ class Database:
             if self.is_async:
 
                 async def warm() -> None:
-                    async with self._lender:
-                        pass
+                    async with self.invocation_scope():
+                        async with self._lender:
+                            pass
 
-                self._run(warm())
+                self.loop.run(warm())
             else:
-                with self._lender:
+                with self.invocation_scope(), self._lender:
                     pass
         except Exception as exc:  # init must not fail for want of a connection: connect later
             logger.warning("lambdapool: prewarm failed (%s); will connect on first use", type(exc).__name__)
@@ -241,38 +305,36 @@ class Database:
 
     def _shutdown(self, reason: str) -> None:
         """Close every connection now (SIGTERM, exit, before a snapshot); never raises."""
-        holders = list(self._slots.all)
-        if not any(h.conn is not None for h in holders):
+        holders = [h for h in self._slots.all if h.conn is not None]
+        if not holders:
             return
         logger.info("lambdapool: closing %d connection(s) (%s)", len(holders), reason)
-        loop = self._loop
-        if self.is_async and loop is not None and not loop.is_running() and not loop.is_closed():
-            try:
-                loop.run_until_complete(asyncio.wait_for(self._aclose_holders(holders), 2.0))
-                return
-            except Exception:
-                pass
         for holder in holders:
-            if self.is_async:
-                holder.terminate()
-            else:
+            if not self.is_async:
                 try:
                     holder.discard()
                 except Exception:
                     holder.terminate()
-
-    @staticmethod
-    async def _aclose_holders(holders: list[Any]) -> None:
-        for holder in holders:
-            await holder.discard()
+                continue
+            loop = holder.loop  # a graceful close on the connection's own loop, where it is idle
+            if loop is not None and not loop.is_running() and not loop.is_closed():
+                try:
+                    run_when_free(loop, asyncio.wait_for(holder.discard(), 2.0))
+                    continue
+                except Exception:
+                    pass
+            holder.terminate()
 
     def close(self) -> None:
         """Close this instance's connections (they reopen lazily if used again)."""
-        if self.is_async and self._loop is not None and self._loop_thread is not None:
-            asyncio.run_coroutine_threadsafe(self._aclose_holders(list(self._slots.all)), self._loop).result(5)
-            return
+        if self.is_async:
+            for holder in [h for h in self._slots.all if h.conn is not None]:
+                loop = holder.loop
+                if loop is not None and loop.is_running() and asyncio._get_running_loop() is not loop:
+                    asyncio.run_coroutine_threadsafe(holder.discard(), loop).result(5)
         self._shutdown("close")
 
     async def aclose(self) -> None:
         """Async drivers: close this instance's connections from inside a running loop."""
-        await self._aclose_holders(list(self._slots.all))
+        for holder in list(self._slots.all):
+            await holder.discard()

@@ -1,30 +1,27 @@
-"""The handler decorators: each invocation begins, runs the user's code, and always ends.
+"""The handler decorators: each call is one ``db.invocation_scope()`` around the user's code.
 
-Ending an invocation releases its connection (rolls back what is open, resets if asked) and
-counts it. The handler's own result or exception passes through untouched. ``async def``
-handlers run on the instance's single event loop (``Database._run``): a new loop per
-invocation would orphan the loop-bound connections that the warm connection is made of.
+The handler's own result or exception passes through untouched. ``async def`` handlers run on
+the instance's single event loop (``db.loop``): a new loop per invocation would orphan the
+loop-bound connections that the warm connection is made of. Any other callable (a ``Mangum``
+instance, which runs its own loop) is called as it is, inside the scope.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import time
-from asyncio import _get_running_loop  # (returns None when there is none, without raising: hot path)
 from typing import Any, Callable
 
-from lambdapool.database import busy_elsewhere, run_when_free
 from lambdapool.errors import ConfigError
-from lambdapool.runtime import InvocationState
 
 
-def _check_sync_allowed(db: Any, fn: Callable[..., Any], decorator: str) -> None:
-    if db.is_async:
-        raise ConfigError(
-            f"{decorator}: driver {db.settings.driver!r} is asynchronous, so {fn.__name__} must be "
-            f"'async def' (or choose driver='psycopg' for a plain def handler)"
-        )
+def describe(fn: Any) -> str:
+    """A name for ``fn`` in messages: functions have one, callable objects have a class."""
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def is_async(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
 def _check_arity(fn: Callable[..., Any], count: int, decorator: str, shape: str) -> None:
@@ -36,98 +33,86 @@ def _check_arity(fn: Callable[..., Any], count: int, decorator: str, shape: str)
     variadic = any(p.kind == p.VAR_POSITIONAL for p in params)
     required = [p for p in positional if p.default is p.empty]
     if len(required) > count or (len(positional) < count and not variadic):
-        raise ConfigError(f"{decorator}: {fn.__name__} must take {shape}")
+        raise ConfigError(f"{decorator}: {describe(fn)} must take {shape}")
 
 
-def _invoke_sync(db: Any, fn: Callable[..., Any], args: tuple, context: Any) -> Any:
-    state = InvocationState(db._instance, context)
-    token = db._current.set(state)
-    try:
-        return fn(*args)
-    finally:
-        db._current.reset(token)
-        if not db._lender.finish_warm(state):
-            db._lender.finish(state)
-        db._after(state)
+def hidden_async(decorator: str, fn: Any) -> ConfigError:
+    return ConfigError(
+        f"{decorator}: {describe(fn)} is a plain function around an async def (another decorator sits "
+        f"between them, e.g. Powertools' @metrics.log_metrics): put @db.{decorator} innermost, directly "
+        "above the async def, and the other decorators above it"
+    )
 
 
-async def _invoke_async(db: Any, fn: Callable[..., Any], args: tuple, context: Any) -> Any:
-    state = InvocationState(db._instance, context)
-    token = db._current.set(state)
-    try:
-        return await fn(*args)
-    finally:
-        db._current.reset(token)
-        lender = db._lender
-        if not lender.finish_warm(state):
-            if db.is_async:
-                await lender.finish(state)
-            else:  # an async def handler may use a sync driver
-                lender.finish(state)
-        db._after(state)
+def _check_not_hiding_async(fn: Any, decorator: str) -> None:
+    if not is_async(fn) and is_async(inspect.unwrap(fn)):
+        raise hidden_async(decorator, fn)
+
+
+def _named_like(wrapper: Callable[..., Any], fn: Any) -> Callable[..., Any]:
+    if inspect.isfunction(fn) or inspect.ismethod(fn):
+        return functools.wraps(fn)(wrapper)
+    wrapper.__wrapped__ = fn  # type: ignore[attr-defined]  # (an object's __dict__ is not ours to copy)
+    return wrapper
+
+
+def _returned_coroutine(decorator: str, fn: Any, result: Any) -> Any:
+    if inspect.iscoroutine(result):
+        result.close()  # (else "coroutine was never awaited" on top of our error)
+        raise hidden_async(decorator, fn)
+    return result
 
 
 def wrap_lambda(db: Any, handler: Callable[..., Any]) -> Callable[[Any, Any], Any]:
+    if not callable(handler):
+        raise ConfigError(f"lambda_handler needs a callable (event, context), got {type(handler).__name__}")
     _check_arity(handler, 2, "lambda_handler", "(event, context)")
-    if inspect.iscoroutinefunction(handler):
+    _check_not_hiding_async(handler, "lambda_handler")
+    if is_async(handler):
 
-        instance, current, lender = db._instance, db._current, db._lender  # (fixed for its life)
+        async def invoke(event: Any, context: Any) -> Any:
+            async with db.invocation_scope(context):
+                return await handler(event, context)
 
-        @functools.wraps(handler)
         def run_async(event: Any, context: Any) -> Any:
-            loop = db._loop
-            if loop is None or db._loop_thread is not None or _get_running_loop() is not None:
-                return db._run(_invoke_async(db, handler, (event, context), context))  # the first, or threaded
-            # The usual case: the instance's loop runs in this thread. The handler's coroutine
-            # runs as the loop's task, in a copy of this context, which already holds the
-            # invocation: no coroutine of ours wraps it (on every warm invocation's path).
-            state = InvocationState(instance, context)
-            token = current.set(state)
-            try:
-                coro = handler(event, context)
-                try:
-                    return loop.run_until_complete(coro)
-                except RuntimeError:
-                    if not busy_elsewhere(loop, coro):
-                        raise
-                    return run_when_free(loop, coro)  # another thread's call holds the loop
-            finally:
-                current.reset(token)
-                if not lender.finish_warm(state):
-                    if db.is_async:
-                        run_when_free(loop, lender.finish(state))
-                    else:
-                        lender.finish(state)
-                instance.last_end = time.monotonic()  # (db._after(), inline)
-                if db._emit_metrics:
-                    db._emit(state)
+            return db.loop.run(invoke(event, context))
 
-        return run_async
+        return _named_like(run_async, handler)
 
-    _check_sync_allowed(db, handler, "lambda_handler")
-
-    @functools.wraps(handler)
     def run(event: Any, context: Any) -> Any:
-        return _invoke_sync(db, handler, (event, context), context)
+        with db.invocation_scope(context):
+            result = handler(event, context)
+        return _returned_coroutine("lambda_handler", handler, result)
 
-    return run
+    return _named_like(run, handler)
 
 
 def wrap_cloud_function(db: Any, function: Callable[..., Any]) -> Callable[[Any], Any]:
+    if not callable(function):
+        raise ConfigError(f"cloud_function needs a callable (request), got {type(function).__name__}")
     _check_arity(function, 1, "cloud_function", "one argument: (request) or (cloud_event)")
-    if inspect.iscoroutinefunction(function):
+    _check_not_hiding_async(function, "cloud_function")
+    if is_async(function):
 
-        @functools.wraps(function)
+        async def invoke(arg: Any) -> Any:
+            async with db.invocation_scope():
+                return await function(arg)
+
         def run_async(arg: Any) -> Any:
             # functions-framework calls us on several threads: the loop runs in its own thread.
-            return db._run(_invoke_async(db, function, (arg,), None), threaded=True)
+            return db.loop.run(invoke(arg), threaded=True)
 
-        return run_async
+        return _named_like(run_async, function)
 
-    _check_sync_allowed(db, function, "cloud_function")
+    if db.is_async:
+        raise ConfigError(
+            f"cloud_function: driver {db.settings.driver!r} is asynchronous, so {describe(function)} must be "
+            f"'async def' (or choose driver='psycopg' for a plain def function)"
+        )
 
-    @functools.wraps(function)
     def run(arg: Any) -> Any:
-        return _invoke_sync(db, function, (arg,), None)
+        with db.invocation_scope():
+            result = function(arg)
+        return _returned_coroutine("cloud_function", function, result)
 
-    return run
+    return _named_like(run, function)

@@ -21,12 +21,22 @@ import logging
 import time
 from typing import Any
 
+from lambdapool.errors import LambdapoolError
+from lambdapool.misuse import AsyncBlockOnly
 from lambdapool.runtime import InvocationState
 
 logger = logging.getLogger("lambdapool")
 
+ACROSS_CONTEXTS = (
+    "a connection() block ended in another thread or context than it began, and no invocation "
+    "was running there: keep the object db.connection() returned for the whole block (a with "
+    "statement does), or run the request inside db.invocation_scope() / db.asgi() / db.wsgi()"
+)
 
-class AsyncLender:
+
+class AsyncLender(AsyncBlockOnly):
+    """The instance's lender; within an invocation it is also the ``connection()`` block."""
+
     def __init__(self, db: Any) -> None:
         self.db = db
         self.driver = db.driver
@@ -34,31 +44,53 @@ class AsyncLender:
         self.idle = db._slots.idle  # popped directly on the warm path (see slots._Bounded)
         self.current = db._current
 
+    def block(self) -> Any:
+        """What ``db.connection()`` returns: the lender itself inside an invocation (it keeps no
+        state: the block finds its invocation in the context variable), else a block that is
+        its own invocation."""
+        if self.current.get() is None:
+            return AsyncAdhocBlock(self)
+        return self
+
     async def __aenter__(self) -> Any:
         state = self.current.get()
-        if state is None:  # outside a handler: this block is its own invocation
+        if state is None:  # a block kept from outside any invocation: it is its own
             state = InvocationState(self.db._instance, None, counted=False)
             state.token = self.current.set(state)
+        return await self.enter(state)
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        state = self.current.get()
+        if state is None:
+            raise LambdapoolError(ACROSS_CONTEXTS)
+        await self.exit(state, exc_type)
+
+    async def enter(self, state: Any) -> Any:
         conn = state.conn
+        if conn is not None and not state.holder.is_open():
+            conn = None  # closed by the user (or SQLAlchemy's NullPool): never handed out again
         if conn is None:
             try:
-                try:
-                    holder = state.holder = self.idle.pop()
-                except IndexError:  # none idle: a new slot while under the bound, else None
-                    holder = state.holder = self.slots.take_idle()
-                if holder is None or (conn := holder.reuse(state)) is None:
+                holder = state.holder
+                if holder is None:
+                    try:
+                        holder = state.holder = self.idle.pop()
+                    except IndexError:  # none idle: a new slot while under the bound, else None
+                        holder = state.holder = self.slots.take_idle()
+                    if holder is not None:
+                        conn = holder.reuse(state)
+                if conn is None:
                     conn = await self.acquire(state)
             except BaseException:
-                if state.token is not None:
-                    await self._end_adhoc(state)
+                if state.token is not None and not state.depth:
+                    await self.end_adhoc(state)
                 raise
         state.depth += 1
         return conn
 
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        state = self.current.get()
+    async def exit(self, state: Any, exc_type: Any) -> None:
         try:
-            if state.depth == 1:
+            if state.depth == 1 and state.conn is not None:
                 if exc_type is not None:
                     await self.rollback_quietly(state)
                 elif state.holder.in_transaction():
@@ -67,7 +99,7 @@ class AsyncLender:
         finally:
             state.depth -= 1
             if state.token is not None and not state.depth:
-                await self._end_adhoc(state)
+                await self.end_adhoc(state)
 
     async def acquire(self, state: Any) -> Any:
         """After reuse() said no: wait for a slot, then verify or (re)connect."""
@@ -115,9 +147,7 @@ class AsyncLender:
             return False
         holder.last_used = time.monotonic()
         state.holder = state.conn = None
-        self.idle.append(holder)  # (slots.give(), inline: see slots.Slots.take)
-        if self.slots.waiting:
-            self.slots.wake()
+        self.slots.give(holder)
         return True
 
     async def finish(self, state: Any) -> None:
@@ -137,8 +167,49 @@ class AsyncLender:
         finally:
             self.slots.give(holder)
 
-    async def _end_adhoc(self, state: Any) -> None:
-        self.current.reset(state.token)
-        state.token = None
+    def abandon(self, state: Any) -> None:
+        """Give the slot back with no round trip, dropping its connection (whose loop is gone)."""
+        holder, state.holder, state.conn = state.holder, None, None
+        if holder is not None:
+            holder.terminate()
+            self.slots.give(holder)
+
+    async def end(self, state: Any) -> None:
+        """End of an invocation: give back what it holds."""
         if not self.finish_warm(state):
             await self.finish(state)
+
+    async def end_adhoc(self, state: Any) -> None:
+        token, state.token = state.token, None
+        try:
+            self.current.reset(token)
+        except ValueError:  # ended in another context (a worker thread): that copy is gone anyway
+            pass
+        await self.end(state)
+
+
+class AsyncAdhocBlock(AsyncBlockOnly):
+    """``async with db.connection()`` outside any invocation: a block that is its own.
+
+    It keeps its invocation itself rather than finding it in the context variable, so it may
+    end in another thread or context than it began: FastAPI enters and leaves a sync ``yield``
+    dependency on different worker threads, each with its own copy of the context.
+    """
+
+    __slots__ = ("lender", "state")
+
+    def __init__(self, lender: AsyncLender) -> None:
+        self.lender = lender
+        self.state: Any = None
+
+    async def __aenter__(self) -> Any:
+        lender = self.lender
+        if self.state is not None:
+            raise LambdapoolError("this connection() block is already in use: call db.connection() for each block")
+        state = self.state = InvocationState(lender.db._instance, None, counted=False)
+        state.token = lender.current.set(state)  # nested connection() blocks find it there
+        return await lender.enter(state)
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        state, self.state = self.state, None
+        await self.lender.exit(state, exc_type)

@@ -36,29 +36,60 @@ def function_name(environ: dict[str, str] | None = None) -> str:
 class Invocation:
     """What a handler may want to know about the invocation it is running in.
 
-    (A plain class with __slots__: one is made per invocation, and a dataclass with a
-    default factory cost a microsecond more.)
+    A view over the SDK's own record of the invocation (one small object, no copying): it is
+    made for every ``invocation_scope()``, so it stays cheap, and the deadline (a call into the
+    platform's context) is worked out only when asked.
     """
 
-    __slots__ = ("cold_start", "number", "init_type", "platform", "deadline", "request_id", "idle_gap", "started")
+    __slots__ = ("_state",)
 
-    def __init__(self, cold_start: bool, number: int, init_type: str, platform: str, deadline: float,
-                 request_id: str | None = None, idle_gap: float | None = None,
-                 started: float | None = None) -> None:  # fmt: skip
-        self.cold_start = cold_start
-        self.number = number  # in this instance, from 1
-        self.init_type = init_type
-        self.platform = platform
-        self.deadline = deadline  # time.monotonic() value
-        self.request_id = request_id
-        self.idle_gap = idle_gap  # seconds since the previous invocation ended (a freeze, on Lambda)
-        self.started = time.monotonic() if started is None else started
+    def __init__(self, state: InvocationState) -> None:
+        self._state = state
 
     def __repr__(self) -> str:
         return (
             f"Invocation(number={self.number}, cold_start={self.cold_start}, init_type={self.init_type!r}, "
             f"platform={self.platform!r}, remaining_time={self.remaining_time:.3f}, request_id={self.request_id!r})"
         )
+
+    @property
+    def cold_start(self) -> bool:
+        """The first invocation of this instance (or the first after a SnapStart restore)."""
+        return self._state.cold_start
+
+    @property
+    def number(self) -> int:
+        """In this instance, from 1 (0: outside any invocation)."""
+        return self._state.number
+
+    @property
+    def init_type(self) -> str:
+        """on-demand, provisioned-concurrency or snap-start."""
+        return self._state.instance.init_type
+
+    @property
+    def platform(self) -> str:
+        """aws-lambda, gcp-functions or local."""
+        return self._state.instance.platform
+
+    @property
+    def deadline(self) -> float:
+        """time.monotonic() of the platform's deadline (else ``invocation_timeout`` after the start)."""
+        return self._state.deadline
+
+    @property
+    def request_id(self) -> str | None:
+        return getattr(self._state.context, "aws_request_id", None)
+
+    @property
+    def idle_gap(self) -> float | None:
+        """Seconds since the previous invocation ended (a freeze, on Lambda)."""
+        return self._state.idle_gap
+
+    @property
+    def started(self) -> float:
+        """time.monotonic() when the invocation began."""
+        return self._state.started
 
     @property
     def remaining_time(self) -> float:
@@ -124,11 +155,7 @@ class InvocationState:
     def view(self) -> Invocation:
         view = self._view
         if view is None:
-            instance = self.instance
-            view = self._view = Invocation(
-                self.cold_start, self.number, instance.init_type, instance.platform, self.deadline,
-                getattr(self.context, "aws_request_id", None), self.idle_gap, self.started,
-            )  # fmt: skip
+            view = self._view = Invocation(self)
         return view
 
 

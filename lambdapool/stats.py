@@ -8,11 +8,13 @@ invocation. ``db.stats()`` adds them up.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 # Documented in the README's stats table; every key is present from the start.
 KEYS = (
     "invocations", "cold_starts", "connects", "reuses", "liveness_checks", "pings", "reconnects",
     "connect_retries", "connect_failures", "auth_refreshes", "rollbacks", "resets", "discarded",
-    "guard_closes", "connect_ms_total", "acquire_ms_total",
+    "guard_closes", "expired", "connect_ms_total", "acquire_ms_total",
 )  # fmt: skip
 _MS_KEYS = ("connect_ms_total", "acquire_ms_total")
 
@@ -31,11 +33,35 @@ class Stats:
     add = incr
 
 
-def total(parts: list[Stats]) -> dict[str, float]:
-    out = dict.fromkeys(KEYS, 0)
+class StatsDict(TypedDict):
+    """What ``db.stats()`` returns: counts since the instance started, and two totals in ms."""
+
+    invocations: int
+    cold_starts: int
+    connects: int
+    reuses: int
+    liveness_checks: int
+    pings: int
+    reconnects: int
+    connect_retries: int
+    connect_failures: int
+    auth_refreshes: int
+    rollbacks: int
+    resets: int
+    discarded: int
+    guard_closes: int
+    expired: int
+    connect_ms_total: float
+    acquire_ms_total: float
+    open_connections: int
+
+
+def total(parts: list[Stats]) -> StatsDict:
+    out: dict[str, float] = dict.fromkeys(KEYS, 0)
     for part in parts:
         for key, value in list(part.values.items()):
             out[key] += value
     for key in _MS_KEYS:
-        out[key] = round(out[key], 3)
-    return out
+        out[key] = round(float(out[key]), 3)
+    out["open_connections"] = 0
+    return out  # type: ignore[return-value]

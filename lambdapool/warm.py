@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 from lambdapool.drivers.base import classify_connect_error, socket_watch
-from lambdapool.errors import AuthError, ConnectionUnavailable
+from lambdapool.errors import AuthError, ConfigError, ConnectionUnavailable
 from lambdapool.retry import backoff_delay, describe_error
 from lambdapool.stats import Stats
 
@@ -43,8 +43,10 @@ class Connector:
         self.adapter = adapter
         self.settings = settings
 
-    def connect(self, deadline: float, stats: Stats) -> tuple[Any, int]:
-        """A new connection and the number of attempts it took (counted in ``stats``)."""
+    def connect(self, deadline: float, stats: Stats, carried: Any = None) -> tuple[Any, int]:
+        """A new connection and the number of attempts it took (counted in ``stats``), set up
+        as the user's own: ``configure`` run, then ``carried`` (the settings the user gave the
+        connection it replaces, such as autocommit or row_factory) applied."""
         started = time.monotonic()
         attempts = 0
         refreshed = False
@@ -89,21 +91,44 @@ class Connector:
                 continue
             stats.incr("connects")
             stats.add("connect_ms_total", (time.monotonic() - t0) * 1000.0)
+            self._set_up(conn, carried)
             return conn, attempts
+
+    def _set_up(self, conn: Any, carried: Any) -> None:
+        configure = self.settings.configure
+        try:
+            if configure is not None:
+                result = configure(conn)
+                if self.driver.in_transaction(conn):
+                    raise ConfigError(
+                        "configure left the new connection inside a transaction: commit or roll back "
+                        "before it returns (or set conn.autocommit = True there)"
+                    )
+            if carried:
+                self.driver.apply_user_settings(conn, carried)
+        except BaseException:
+            try:
+                self.driver.close(conn)
+            except Exception:
+                pass
+            raise
 
 
 class WarmConnection:
     """One slot of an instance: at most one connection, lent to one invocation at a time."""
 
     # (slotted: its fields sit in the object itself, fewer memory lines on the warm path)
-    __slots__ = ("connector", "driver", "ping_after_idle", "reset_session", "may_close", "stats", "counts", "conn",
-                 "is_open", "in_transaction", "watch", "last_used", "outcome", "refused")  # fmt: skip
+    __slots__ = ("connector", "driver", "ping_after_idle", "max_lifetime", "reset_session", "may_close", "stats",
+                 "counts", "conn", "is_open", "in_transaction", "watch", "last_used", "expires", "outcome",
+                 "refused", "carried", "loop")  # fmt: skip
 
     def __init__(self, connector: Connector) -> None:
         self.connector = connector
         self.driver = connector.driver
-        self.ping_after_idle = connector.settings.ping_after_idle
-        self.reset_session = connector.settings.reset_session
+        settings = connector.settings
+        self.ping_after_idle = settings.ping_after_idle
+        self.max_lifetime = settings.max_lifetime or float("inf")
+        self.reset_session = settings.reset_session
         self.may_close = connector.adapter.may_close
         self.stats = Stats()  # this slot's own counters: one request holds it at a time
         self.counts = self.stats.values  # (the same dict, one lookup nearer)
@@ -113,19 +138,23 @@ class WarmConnection:
         self.in_transaction: Any = None
         self.watch: Any = None  # poller on the connection's socket
         self.last_used = 0.0
+        self.expires = 0.0  # time.monotonic() after which the connection is replaced (max_lifetime)
         self.outcome = ""  # what the last acquire did: reuse, connect or reconnect
         self.refused = False  # did the last connect need retries (the server or pooler was full)?
+        self.carried: Any = None  # the user's settings of the last connection, for its successor
+        self.loop: Any = None  # the event loop the connection is bound to
 
     def reuse(self, state: Any) -> Any:
         """Lend the warm connection to ``state`` (an InvocationState) if that needs no round
-        trip (the common case): open, its socket quiet, used less than ``ping_after_idle`` ago.
-        Else None: call acquire()."""
+        trip (the common case): open, its socket quiet, used less than ``ping_after_idle`` ago,
+        younger than ``max_lifetime``. Else None: call acquire()."""
         conn = self.conn
         if conn is None:
             return None
         counts = self.counts
         counts["liveness_checks"] += 1
-        if not self.is_open() or self.watch.poll(0) or time.monotonic() - self.last_used >= self.ping_after_idle:
+        now = time.monotonic()
+        if not self.is_open() or self.watch.poll(0) or now - self.last_used >= self.ping_after_idle or now >= self.expires:
             return None
         counts["reuses"] += 1
         self.outcome = state.outcome = "reuse"
@@ -135,6 +164,10 @@ class WarmConnection:
     def acquire(self, deadline: float) -> Any:
         """After reuse() said no: verify the connection with a ping, or (re)connect."""
         conn = self.conn
+        if conn is not None and time.monotonic() >= self.expires:
+            self.stats.incr("expired")  # older than max_lifetime: replaced between invocations
+            self.discard()
+            conn = None
         if conn is not None:
             if not self.driver.is_closed(conn) and self._ping_ok(conn):
                 self.stats.incr("reuses")
@@ -150,9 +183,11 @@ class WarmConnection:
         return self.conn
 
     def _connect(self, deadline: float) -> None:
-        self.conn, attempts = self.connector.connect(deadline, self.stats)
-        self.is_open, self.in_transaction = self.driver.probes(self.conn)
-        self.watch = socket_watch(self.driver.fileno(self.conn))
+        conn, attempts = self.connector.connect(deadline, self.stats, self.carried)
+        self.conn = conn
+        self.is_open, self.in_transaction = self.driver.probes(conn)
+        self.watch = socket_watch(self.driver.fileno(conn))
+        self.expires = time.monotonic() + self.max_lifetime
         self.refused = attempts > 1
 
     def _ping_ok(self, conn: Any) -> bool:
@@ -192,8 +227,15 @@ class WarmConnection:
         if not keep:
             self.discard()
 
-    def discard(self) -> None:
+    def _drop(self) -> Any:
+        """Forget the connection, keeping the user's settings of it for the next one."""
         conn, self.conn, self.watch = self.conn, None, None
+        if conn is not None:
+            self.carried = self.driver.user_settings(conn)
+        return conn
+
+    def discard(self) -> None:
+        conn = self._drop()
         if conn is None:
             return
         self.stats.incr("discarded")
@@ -204,7 +246,7 @@ class WarmConnection:
 
     def terminate(self) -> None:
         """Close without awaiting (signal handlers, before a snapshot)."""
-        conn, self.conn, self.watch = self.conn, None, None
+        conn = self._drop()
         if conn is not None:
             try:
                 self.driver.terminate(conn)

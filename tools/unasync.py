@@ -19,6 +19,8 @@ PAIRS = [
     ("lambdapool/lend_async.py", "lambdapool/lend.py"),
 ]
 RULES = [
+    (r"(?s)^[ \t]*# async only: begin\n.*?^[ \t]*# async only: end\n", ""),
+    (r"^.*# async only\n", ""),
     (r"^import asyncio\n", ""),
     (r"\basync def ", "def "),
     (r"\bawait ", ""),
@@ -28,6 +30,8 @@ RULES = [
     (r"\baconnect_params\b", "connect_params"),
     (r"\bakeep_warm\b", "keep_warm"),
     (r"\bAsyncLender\b", "Lender"),
+    (r"\bAsyncAdhocBlock\b", "AdhocBlock"),
+    (r"\bAsyncBlockOnly\b", "SyncBlockOnly"),
     (r"\b__aenter__\b", "__enter__"),
     (r"\b__aexit__\b", "__exit__"),
     (r"``async with db.connection\(\)``", "``with db.connection()``"),

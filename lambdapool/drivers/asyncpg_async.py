@@ -84,6 +84,13 @@ class AsyncpgDriver:
 
         return tuple(await conn.fetchrow(re.sub(r"%s", number, sql), *params))
 
+    @staticmethod
+    def user_settings(conn: Any) -> dict[str, Any]:
+        return {}  # asyncpg keeps its settings in connect arguments (connect_kwargs, configure)
+
+    async def apply_user_settings(self, conn: Any, settings: dict[str, Any]) -> None:
+        return None
+
     async def end_transaction(self, conn: Any) -> str:
         """A clean block left a transaction open: asyncpg.Pool's release rolls it back."""
         await conn.execute("ROLLBACK")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import select
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -76,13 +77,16 @@ _RETRY_TEXT = (
 )  # fmt: skip
 _AUTH_TEXT = ("password authentication failed", "pam authentication failed",
               "iam authentication failed", "no pg_hba.conf entry", "authentication failed")  # fmt: skip
+# libpq gives no SQLSTATE for a failed connect (psycopg's error has none): the server's text
+# for 28000, an unknown role.
+_UNKNOWN_ROLE = re.compile(r'role "[^"]*" does not exist')
 
 
 def classify_connect_error(exc: BaseException) -> str:
     """'retry' (transient), 'auth' (credentials rejected) or 'fatal' (retrying cannot help)."""
     sqlstate = getattr(exc, "sqlstate", None)
     text = str(exc).lower()
-    if sqlstate in AUTH_SQLSTATES or any(t in text for t in _AUTH_TEXT):
+    if sqlstate in AUTH_SQLSTATES or any(t in text for t in _AUTH_TEXT) or _UNKNOWN_ROLE.search(text):
         return "auth"
     if sqlstate in RETRY_SQLSTATES or any(t in text for t in _RETRY_TEXT):
         return "retry"

@@ -5,7 +5,40 @@ from __future__ import annotations
 from typing import Any
 
 from lambdapool.drivers.base import RESET_SQL, ConnectParams
-from lambdapool.drivers.psycopg_sync import connect_kwargs, fileno, in_transaction, is_closed, probes, usable
+from lambdapool.drivers.psycopg_sync import (
+    connect_kwargs,
+    fileno,
+    in_transaction,
+    is_closed,
+    probes,
+    usable,
+    user_settings,
+)
+
+
+def _own_cursor(conn: Any) -> Any:
+    from psycopg import AsyncClientCursor, rows
+
+    return AsyncClientCursor(conn, row_factory=rows.tuple_row)
+
+
+class _autocommit:
+    __slots__ = ("conn", "was")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def __aenter__(self) -> None:
+        self.was = self.conn.autocommit
+        if not self.was:
+            await self.conn.set_autocommit(True)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if not self.was and not self.conn.closed:
+            try:
+                await self.conn.set_autocommit(False)
+            except Exception:  # broken meanwhile: the error that broke it is the one to report
+                pass
 
 
 class AsyncPsycopgDriver:
@@ -26,19 +59,26 @@ class AsyncPsycopgDriver:
     usable = staticmethod(usable)
     probes = staticmethod(probes)
 
+    # As the sync driver: a cursor of the SDK's own, tuple rows, nothing prepared, and the
+    # user's autocommit left as it was.
     async def ping(self, conn: Any) -> None:
-        await conn.set_autocommit(True)
-        try:
-            await conn.execute("")
-        finally:
-            await conn.set_autocommit(False)
+        async with _autocommit(conn):
+            await _own_cursor(conn).execute("", prepare=False)
 
     async def query_row(self, conn: Any, sql: str, params: tuple = ()) -> tuple:
-        await conn.set_autocommit(True)
-        try:
-            return await (await conn.execute(sql, params or None)).fetchone()
-        finally:
-            await conn.set_autocommit(False)
+        async with _autocommit(conn):
+            cur = await _own_cursor(conn).execute(sql, params or None, prepare=False)
+            return await cur.fetchone()
+
+    user_settings = staticmethod(user_settings)
+
+    async def apply_user_settings(self, conn: Any, settings: dict[str, Any]) -> None:
+        for name, value in settings.items():
+            setter = getattr(conn, f"set_{name}", None)
+            if setter is not None:  # autocommit, isolation_level...: async setters
+                await setter(value)
+            else:
+                setattr(conn, name, value)
 
     async def end_transaction(self, conn: Any) -> str:
         """A clean block left a transaction open: psycopg_pool's connection() commits it."""
@@ -49,11 +89,8 @@ class AsyncPsycopgDriver:
         await conn.rollback()
 
     async def reset(self, conn: Any) -> None:
-        await conn.set_autocommit(True)
-        try:
-            await conn.execute(RESET_SQL)
-        finally:
-            await conn.set_autocommit(False)
+        async with _autocommit(conn):
+            await _own_cursor(conn).execute(RESET_SQL, prepare=False)
 
     async def close(self, conn: Any) -> None:
         await conn.close()

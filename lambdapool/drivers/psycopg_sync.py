@@ -55,6 +55,46 @@ def usable(conn: Any) -> bool:
     return not conn.broken and pgconn.status == _CONNECTION_OK and pgconn.transaction_status != _UNKNOWN
 
 
+# What a user may set on a connection and expects to keep: carried over to the connection
+# that replaces it after a reconnect (adapters registered on conn.adapters are not: use
+# the configure setting for those).
+USER_SETTINGS = ("autocommit", "isolation_level", "read_only", "deferrable", "row_factory", "cursor_factory",
+                 "prepare_threshold", "prepared_max")  # fmt: skip
+
+
+def user_settings(conn: Any) -> dict[str, Any]:
+    return {name: getattr(conn, name) for name in USER_SETTINGS if hasattr(conn, name)}
+
+
+def _own_cursor(conn: Any) -> Any:
+    from psycopg import ClientCursor, rows
+
+    # ClientCursor: parameters bound client-side, one simple-protocol query (no Parse/Bind,
+    # nothing prepared, nothing for a transaction-mode pooler to trip on).
+    return ClientCursor(conn, row_factory=rows.tuple_row)
+
+
+class _autocommit:
+    """In autocommit for the block (if not already), then back to what the user had."""
+
+    __slots__ = ("conn", "was")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.was = self.conn.autocommit
+        if not self.was:
+            self.conn.autocommit = True
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.was and not self.conn.closed:
+            try:
+                self.conn.autocommit = False
+            except Exception:  # broken meanwhile: the error that broke it is the one to report
+                pass
+
+
 def _can_drive_connect(psycopg: Any) -> bool:
     return hasattr(psycopg.Connection, "_connect_gen") and hasattr(psycopg.waiting, "wait_conn")
 
@@ -99,21 +139,24 @@ class PsycopgDriver:
     usable = staticmethod(usable)
     probes = staticmethod(probes)
 
+    # The SDK's own statements run on a cursor of their own, with tuple rows and never
+    # prepared, in autocommit (starting no transaction) and leave the user's settings as they
+    # were: row_factory, prepare_threshold and autocommit are the user's.
     def ping(self, conn: Any) -> None:
-        # psycopg_pool's check_connection: an empty query in autocommit starts no transaction.
-        conn.autocommit = True
-        try:
-            conn.execute("")
-        finally:
-            conn.autocommit = False
+        # psycopg_pool's check_connection: an empty query, outside any transaction.
+        with _autocommit(conn):
+            _own_cursor(conn).execute("", prepare=False)
 
     def query_row(self, conn: Any, sql: str, params: tuple = ()) -> tuple:
         """One row of an internal query, in autocommit: it starts no transaction."""
-        conn.autocommit = True
-        try:
-            return conn.execute(sql, params or None).fetchone()
-        finally:
-            conn.autocommit = False
+        with _autocommit(conn):
+            return _own_cursor(conn).execute(sql, params or None, prepare=False).fetchone()
+
+    user_settings = staticmethod(user_settings)
+
+    def apply_user_settings(self, conn: Any, settings: dict[str, Any]) -> None:
+        for name, value in settings.items():
+            setattr(conn, name, value)
 
     def end_transaction(self, conn: Any) -> str:
         """A clean block left a transaction open: psycopg_pool's connection() commits it."""
@@ -124,11 +167,8 @@ class PsycopgDriver:
         conn.rollback()
 
     def reset(self, conn: Any) -> None:
-        conn.autocommit = True
-        try:
-            conn.execute(RESET_SQL)  # no parameters: one simple-protocol round trip
-        finally:
-            conn.autocommit = False
+        with _autocommit(conn):
+            _own_cursor(conn).execute(RESET_SQL, prepare=False)  # no parameters: one simple-protocol round trip
 
     def close(self, conn: Any) -> None:
         conn.close()

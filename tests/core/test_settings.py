@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 import lambdapool
@@ -66,13 +68,30 @@ def test_redact_dsn_hides_passwords_in_both_forms():
     assert "hunter 2" not in redact_dsn("host=h password='hunter 2' user=me")
 
 
-def test_sync_handler_with_an_async_driver_is_refused_at_decoration():
+def test_a_plain_with_on_an_async_driver_says_to_use_async_with():
+    # A plain def handler is allowed with any driver (it may hand the event to Mangum, which
+    # runs its own loop), but a plain `with db.connection()` on an async driver is a mistake.
     db = lambdapool.Database("postgresql://u@h/db", driver="asyncpg")
-    with pytest.raises(lambdapool.ConfigError, match="must be 'async def'"):
 
-        @db.lambda_handler
-        def handler(event, context):
+    @db.lambda_handler
+    def handler(event, context):
+        with db.connection():
             pass
+
+    with pytest.raises(lambdapool.ConfigError, match=r"use 'async with db.connection\(\)'"):
+        handler({}, None)
+    assert db.stats()["invocations"] == 1 and db.stats()["open_connections"] == 0
+
+
+def test_async_with_on_the_sync_driver_says_to_use_with():
+    db = lambdapool.Database("postgresql://u@h/db", driver="psycopg")
+
+    async def use() -> None:
+        async with db.connection():
+            pass
+
+    with pytest.raises(lambdapool.ConfigError, match=r"use 'with db.connection\(\)'"):
+        asyncio.run(use())
 
 
 def test_handler_with_the_wrong_shape_is_refused():
