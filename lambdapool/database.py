@@ -70,7 +70,7 @@ class Database(Generic[BlockT]):
     ) -> None: ...
     @overload
     def __init__(
-        self: Database[AsyncBlock[asyncpg.Connection[Any]]],
+        self: Database[AsyncBlock[asyncpg.Connection]],
         dsn: str | None = None,
         *,
         driver: Literal["asyncpg"],
@@ -102,7 +102,7 @@ class Database(Generic[BlockT]):
     ) -> Database[AsyncBlock[psycopg.AsyncConnection[Any]]]: ...
     @overload
     @classmethod
-    def from_env(cls, *, driver: Literal["asyncpg"], **overrides: Any) -> Database[AsyncBlock[asyncpg.Connection[Any]]]: ...
+    def from_env(cls, *, driver: Literal["asyncpg"], **overrides: Any) -> Database[AsyncBlock[asyncpg.Connection]]: ...
     @overload
     @classmethod
     def from_env(cls, **overrides: Any) -> Database[Any]: ...

@@ -44,6 +44,22 @@ def hidden_async(decorator: str, fn: Any) -> ConfigError:
     )
 
 
+def ran_a_running_loop(exc: RuntimeError) -> bool:
+    """Did ``exc`` come from running an event loop that is already running (Mangum's
+    ``loop.run_until_complete`` called from inside an ``async def``)?"""
+    text = str(exc)
+    return "already running" in text or "another loop is running" in text
+
+
+def loop_inside_async(decorator: str, fn: Any) -> ConfigError:
+    return ConfigError(
+        f"{decorator}: {describe(fn)} is an async def, so it runs on the instance's event loop, and something "
+        "in it ran an event loop itself (a Mangum instance does: mangum(event, context) cannot be called from "
+        f"an async def): decorate the Mangum instance instead, handler = db.{decorator}(Mangum(db.asgi(app))), "
+        "or make the wrapper a plain def"
+    )
+
+
 def _check_not_hiding_async(fn: Any, decorator: str) -> None:
     if not is_async(fn) and is_async(inspect.unwrap(fn)):
         raise hidden_async(decorator, fn)
@@ -72,7 +88,12 @@ def wrap_lambda(db: Any, handler: Callable[..., Any]) -> Callable[[Any, Any], An
 
         async def invoke(event: Any, context: Any) -> Any:
             async with db.invocation_scope(context):
-                return await handler(event, context)
+                try:
+                    return await handler(event, context)
+                except RuntimeError as exc:
+                    if not ran_a_running_loop(exc):
+                        raise
+                    raise loop_inside_async("lambda_handler", handler) from exc
 
         def run_async(event: Any, context: Any) -> Any:
             return db.loop.run(invoke(event, context))

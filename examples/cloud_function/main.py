@@ -6,21 +6,24 @@ Concurrent requests in one instance (gen2 concurrency, functions-framework threa
 their own connection, at most LAMBDAPOOL_MAX_PER_INSTANCE of them.
 """
 
+from typing import Any
+
 import lambdapool
 
 db = lambdapool.Database.from_env(driver="psycopg")
 
 
 @db.cloud_function
-def hello(request):
+def hello(request: Any) -> dict[str, Any]:  # a flask.Request
     sleep = float(request.args.get("sleep", 0)) if request.args else 0.0
     with db.connection() as conn:
-        pid = conn.execute("SELECT pg_backend_pid() FROM (SELECT pg_sleep(%s)) AS s", (sleep,)).fetchone()[0]
+        row = conn.execute("SELECT pg_backend_pid() FROM (SELECT pg_sleep(%s)) AS s", (sleep,)).fetchone()
+    pid = row[0] if row else None
     return {"backend_pid": pid, "cold_start": db.invocation.cold_start, "invocation": db.invocation.number}
 
 
 @db.cloud_function
-def on_event(cloud_event):
+def on_event(cloud_event: Any) -> None:  # a cloudevents.http.CloudEvent
     with db.connection() as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS events (id text PRIMARY KEY, type text)")
         conn.execute(

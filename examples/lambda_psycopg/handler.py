@@ -4,6 +4,8 @@ Deploy with the handler ``handler.handler`` and set LAMBDAPOOL_DSN (or DATABASE_
 rds-proxy settings (see the README). Locally: ``lambdapool emulate examples/lambda_psycopg/handler.py:handler``.
 """
 
+from typing import Any
+
 import lambdapool
 
 # Module level: built once per execution environment, during init. Connects on first use.
@@ -11,11 +13,12 @@ db = lambdapool.Database.from_env(driver="psycopg")
 
 
 @db.lambda_handler
-def handler(event, context):
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     with db.connection() as conn:  # a psycopg.Connection; commits when the block exits cleanly
         row = conn.execute(
             "SELECT pg_backend_pid(), %s::int + 1", (int(event.get("n", 0)),)
         ).fetchone()
+    assert row is not None  # (one row: a SELECT without FROM)
     return {
         "backend_pid": row[0],
         "result": row[1],

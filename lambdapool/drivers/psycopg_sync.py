@@ -99,6 +99,9 @@ def _can_drive_connect(psycopg: Any) -> bool:
     return hasattr(psycopg.Connection, "_connect_gen") and hasattr(psycopg.waiting, "wait_conn")
 
 
+_CONNECT_OPTIONS = ("autocommit", "prepare_threshold", "row_factory", "cursor_factory")
+
+
 def _connect_within(psycopg: Any, kwargs: dict[str, Any], timeout: float) -> Any:
     """Connect within exactly ``timeout`` seconds.
 
@@ -110,14 +113,21 @@ def _connect_within(psycopg: Any, kwargs: dict[str, Any], timeout: float) -> Any
     from psycopg import errors
     from psycopg.conninfo import make_conninfo
 
-    options = {k: kwargs.pop(k) for k in ("autocommit", "prepare_threshold") if k in kwargs}
+    # connect()'s own keyword arguments, applied as it applies them (the rest is conninfo)
+    options = {k: kwargs.pop(k) for k in _CONNECT_OPTIONS if k in kwargs}
+    context = kwargs.pop("context", None)
     gen = psycopg.Connection._connect_gen(make_conninfo("", **kwargs))
     try:
         conn = psycopg.waiting.wait_conn(gen, interval=0.02, timeout=timeout)
     except errors._WaitTimeout:
         raise errors.ConnectionTimeout("connection timeout expired") from None
+    if context is not None:  # an AdaptContext (Django's adapters template): a copy of its adapters
+        from psycopg.adapt import AdaptersMap
+
+        conn._adapters = AdaptersMap(context.adapters)
     for key, value in options.items():
-        setattr(conn, key, value)
+        if value is not None or key == "prepare_threshold":  # (None is connect()'s default for the factories)
+            setattr(conn, key, value)
     return conn
 
 

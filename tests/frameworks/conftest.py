@@ -1,0 +1,101 @@
+"""Fixtures for the framework tests (SQLAlchemy, Django, ASGI/WSGI apps): one Postgres for the
+session, reached directly, through the local proxy and through PgBouncer.
+
+``route`` is parametrised over the three ways in. Each gives the DSN and pooler name a
+Database takes, counts pinned sessions (the local proxy's ``pinned_sessions``; 0 elsewhere)
+and kills the server's backends between invocations (``kill_backends``), which a warm
+connection must survive with no failed invocation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from lambdapool.testing import LocalProxy, PostgresNotFound, PostgresServer
+from lambdapool.testing.pgbouncer import PgBouncer, PgBouncerNotFound
+from lambdapool.testing.pytest_plugin import missing
+
+PASSWORD = "fw-pw"
+ROUTES = ["direct", "local", "pgbouncer"]
+
+
+@pytest.fixture(scope="session")
+def fw_pg() -> Iterator[PostgresServer]:
+    """A private server with SCRAM over TCP (so the proxy and PgBouncer log in as clients do)."""
+    try:
+        server = PostgresServer(max_connections=60, password=PASSWORD).start()
+    except PostgresNotFound as exc:
+        missing("Postgres server binaries", str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def client_backends(pg: PostgresServer) -> int:
+    """Client backends on the server, other than the psql asking."""
+    return int(pg.psql(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+    ))  # fmt: skip
+
+
+def kill_backends(pg: PostgresServer) -> int:
+    """Terminate every client backend (but the psql asking) and wait until they are gone."""
+    killed = int(pg.psql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+    ))  # fmt: skip
+    deadline = time.monotonic() + 10
+    while client_backends(pg) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return killed
+
+
+@dataclass
+class Route:
+    """One way to the database: ``dsn`` and ``pooler`` for a Database, and its observers."""
+
+    name: str
+    pg: PostgresServer
+    dsn: str
+    pooler: str
+    proxy: LocalProxy | None = None
+    bouncer: PgBouncer | None = None
+
+    def pins(self) -> int:
+        return int(self.proxy.stats()["pinned_sessions"]) if self.proxy is not None else 0
+
+    def kill_backends(self) -> int:
+        return kill_backends(self.pg)
+
+    def settings(self) -> dict[str, Any]:
+        """Database(**route.settings()): the DSN and pooler."""
+        return {"dsn": self.dsn, "pooler": self.pooler}
+
+
+@pytest.fixture(params=ROUTES)
+def route(request: pytest.FixtureRequest, fw_pg: PostgresServer) -> Iterator[Route]:
+    name = request.param
+    if name == "direct":
+        yield Route(name, fw_pg, fw_pg.dsn, "direct")
+        return
+    if name == "local":
+        proxy = LocalProxy(fw_pg.dsn, max_backends=5).start()
+        try:
+            yield Route(name, fw_pg, proxy.dsn, "local", proxy=proxy)
+        finally:
+            proxy.stop()
+        return
+    try:
+        bouncer = PgBouncer(fw_pg, default_pool_size=5).start()
+    except PgBouncerNotFound as exc:
+        missing("pgbouncer", str(exc))
+    try:
+        yield Route(name, fw_pg, bouncer.dsn, "pgbouncer", bouncer=bouncer)
+    finally:
+        bouncer.stop()
