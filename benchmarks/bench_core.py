@@ -174,7 +174,7 @@ def async_contenders(dsn: str) -> dict[str, Callable[[], object]]:
 
     ctx = Ctx()
     warm({}, ctx)  # connects (and makes the instance's loop): the hand-held twin uses both
-    loop = db._loop
+    loop = db.loop.get()  # (the instance loop the handler runs on)
 
     async def make_pool():  # asyncpg.Pool binds to the loop running when it is made
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
@@ -200,6 +200,56 @@ def async_contenders(dsn: str) -> dict[str, Callable[[], object]]:
         "asyncpg: lambdapool warm invocation, on A": lambda: warm({}, ctx),
         "asyncpg: hand-held, connection B": lambda: theirs({}, ctx),
         "asyncpg: asyncpg.Pool checkout, on B": lambda: loop.run_until_complete(pooled()),
+    }
+
+
+def sqlalchemy_contenders(dsn: str) -> dict[str, Callable[[], object]]:
+    """The same ORM query in a Session: a lambdapool engine's warm invocation (connection A)
+    against a module-global SQLAlchemy engine with its default QueuePool (connection B), each
+    beside a hand-held use of its own connection."""
+    from sqlalchemy import Column, Integer, String, create_engine, select
+    from sqlalchemy.orm import DeclarativeBase, Session
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Item(Base):
+        __tablename__ = "bench_items"
+        id = Column(Integer, primary_key=True)  # (no Mapped[] annotations: this module's are strings)
+        name = Column(String(50))
+
+    db = lambdapool.Database(dsn, driver="psycopg")
+    CLEANUP.append(db.close)
+    engine = db.sqlalchemy_engine()
+    Base.metadata.create_all(engine)  # (outside an invocation: its own checkout)
+    with Session(engine) as session:
+        session.merge(Item(id=1, name="one"))
+        session.commit()
+    query = select(Item).where(Item.id == 1)
+
+    @db.lambda_handler
+    def warm(event, context):
+        with Session(engine) as session:
+            return session.scalars(query).one().name
+
+    plain = create_engine(dsn.replace("postgresql://", "postgresql+psycopg://", 1))  # QueuePool
+    CLEANUP.append(plain.dispose)
+
+    def queuepool(event, context):
+        with Session(plain) as session:
+            return session.scalars(query).one().name
+
+    ctx = Ctx()
+    warm({}, ctx)
+    queuepool({}, ctx)
+    with plain.connect() as c:  # the pool's one connection, for its hand-held twin
+        pooled_conn = c.connection.driver_connection
+    ours, theirs = hand_held_psycopg(db._slots.all[0].conn), hand_held_psycopg(pooled_conn)
+    return {
+        "sqlalchemy: hand-held, connection A": lambda: ours({}, ctx),
+        "sqlalchemy: lambdapool engine warm invocation, on A": lambda: warm({}, ctx),
+        "sqlalchemy: hand-held, connection B": lambda: theirs({}, ctx),
+        "sqlalchemy: module-global QueuePool engine, on B": lambda: queuepool({}, ctx),
     }
 
 
@@ -274,7 +324,8 @@ def main() -> int:
         plain = pg.dsn.replace("?sslmode=require", "?sslmode=disable")
         tls = pg.dsn  # sslmode=require
         placement = place(pg.pid, "apart")
-        warm = measure({**sync_contenders(plain), **async_contenders(plain)}, args.calls)
+        warm = measure({**sync_contenders(plain), **async_contenders(plain), **sqlalchemy_contenders(plain)},
+                       args.calls)  # fmt: skip
         place(pg.pid, "free")
         connects = measure(
             {
@@ -338,6 +389,12 @@ def main() -> int:
     print("two hand-held connections, B against A (server placement, not code): " + ", ".join(
         f"{d} {med(warm, f'{d}: hand-held, connection B') / med(warm, f'{d}: hand-held, connection A') - 1:+.1%}"
         for d in drivers))  # fmt: skip
+    sa_ours = med(warm, "sqlalchemy: lambdapool engine warm invocation, on A") / med(warm, "sqlalchemy: hand-held, connection A")
+    sa_theirs = med(warm, "sqlalchemy: module-global QueuePool engine, on B") / med(warm, "sqlalchemy: hand-held, connection B")
+    print(f"sqlalchemy ORM query: lambdapool engine warm invocation against a module-global QueuePool engine, "
+          f"each over its own connection's hand-held round trip: {sa_ours / sa_theirs:.2f}x (target: at most 1.10x; "
+          f"raw medians {med(warm, 'sqlalchemy: lambdapool engine warm invocation, on A'):.0f} us against "
+          f"{med(warm, 'sqlalchemy: module-global QueuePool engine, on B'):.0f} us)")  # fmt: skip
     ours = med(warm, "psycopg: lambdapool warm invocation, on A")
     for name in connects:
         print(f"{name.split(': ', 1)[1]} costs {med(connects, name) / ours:.0f}x a lambdapool warm invocation")
