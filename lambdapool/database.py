@@ -9,7 +9,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Generic, Literal, TypeVar, overload
 
-from lambdapool import adapters, drivers, lifecycle, metrics
+from lambdapool import adapters, drivers, lifecycle, metrics  # type: ignore[attr-defined]  # (adapters: package-dir)
 from lambdapool.config import SETTINGS, Settings, from_environment, redact_dsn, warn_unknown_variables
 from lambdapool.errors import ConfigError
 from lambdapool.loop import InstanceLoop, run_when_free

@@ -189,7 +189,7 @@ class Instance:
     def deadline_of(self, context: Any, started: float) -> float:
         if context is not None:
             try:
-                return time.monotonic() + context.get_remaining_time_in_millis() / 1000.0
+                return time.monotonic() + float(context.get_remaining_time_in_millis()) / 1000.0
             except (AttributeError, TypeError, ValueError):  # not a Lambda context
                 pass
         return started + self.default_timeout

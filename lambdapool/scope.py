@@ -39,7 +39,7 @@ class InvocationScope:
         db = self._db
         if self._token is not None:
             raise LambdapoolError("this invocation_scope() is already in use: make one per invocation")
-        outer = db._current.get()
+        outer: InvocationState | None = db._current.get()
         if outer is not None and outer.number:  # inside a running invocation: part of it
             return outer.view()
         state = self._state = InvocationState(db._instance, self._context)

@@ -17,9 +17,10 @@ release (end of the invocation): when nothing is open, nothing is to be reset an
 has no say, the lender gives the slot back as it is (lend_async.Lender.finish_warm);
 otherwise release(): roll back whatever is open, reset session state if asked, drop a
 connection left broken or one the adapter does not want kept warm.
-connect: retries transient errors (server or pooler full, refused, not ready) with full-jitter
-exponential backoff, and an auth failure once after refreshing the credentials; never past
-the deadline. Failures raise ConnectionUnavailable / AuthError chained to the driver's error.
+connect: retries transient errors (server or pooler full, refused, not ready) with backoff
+(lambdapool.retry: a network blip briefly, a refusal for capacity on a longer, decorrelated
+scale), and an auth failure once after refreshing the credentials; never past the deadline.
+Failures raise ConnectionUnavailable / AuthError chained to the driver's error.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ import logging
 import time
 from typing import Any
 
-from lambdapool.drivers.base import classify_connect_error, socket_watch
+from lambdapool.drivers.base import classify_connect_error, connect_error_fix, socket_watch
 from lambdapool.errors import AuthError, ConfigError, ConnectionUnavailable
-from lambdapool.retry import backoff_delay, describe_error
+from lambdapool.retry import REFUSED_MEMORY, Backoff, describe_error, is_refusal
 from lambdapool.stats import Stats
 
 logger = logging.getLogger("lambdapool")
@@ -42,6 +43,8 @@ class Connector:
         self.driver = driver
         self.adapter = adapter
         self.settings = settings
+        self.refused_delay = 0.0  # the last refusal's backoff delay, and when it was chosen
+        self.refused_at = float("-inf")
 
     def connect(self, deadline: float, stats: Stats, carried: Any = None) -> tuple[Any, int]:
         """A new connection and the number of attempts it took (counted in ``stats``), set up
@@ -50,6 +53,9 @@ class Connector:
         started = time.monotonic()
         attempts = 0
         refreshed = False
+        recently = started - self.refused_at < REFUSED_MEMORY
+        backoff = Backoff(deadline - started, self.refused_delay) if recently else Backoff(deadline - started)
+        earlier = ""  # the error before the last: the last attempt may be cut short by the deadline
         while True:
             params = self.adapter.connect_params()
             where = params.where()
@@ -64,6 +70,11 @@ class Connector:
                 stats.incr("connect_failures")
                 kind = classify_connect_error(exc)
                 detail = describe_error(exc, (params.password,))
+                if kind == "config":  # only a setting fixes it (e.g. RDS Proxy's IAM needs TLS)
+                    raise ConfigError(
+                        f"{where} via pooler {self.adapter.name!r} refused the connection ({detail}): "
+                        f"{connect_error_fix(exc)}"
+                    ) from exc
                 if kind == "auth":
                     if not refreshed and self.adapter.invalidate_credentials():
                         refreshed = True
@@ -76,7 +87,9 @@ class Connector:
                         + f" ({detail}); check the user, the password/secret and pg_hba / the proxy's auth"
                     ) from exc
                 elapsed = time.monotonic() - started
-                delay = backoff_delay(attempts)
+                delay = backoff.delay(exc)
+                if is_refusal(exc):
+                    self.refused_delay, self.refused_at = delay, time.monotonic()
                 if kind == "fatal" or time.monotonic() + delay >= deadline:
                     budget = deadline - started
                     why = "the error is not transient" if kind == "fatal" else f"the budget of {budget:.2f}s ran out"
@@ -84,7 +97,9 @@ class Connector:
                         f"could not connect to {where} via pooler {self.adapter.name!r}: "
                         f"{attempts} attempt{'s' if attempts > 1 else ''} in {elapsed:.2f}s, stopped because "
                         f"{why}; last error: {detail}"
+                        + (f" (the one before: {earlier})" if earlier and earlier != detail else "")
                     ) from exc
+                earlier = detail
                 stats.incr("connect_retries")
                 logger.debug("lambdapool: connect to %s failed (%s); retrying in %.3fs", where, detail, delay)
                 time.sleep(delay)

@@ -38,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-client-timeout", type=float, default=1800.0, help="close clients idle this long (default 1800)")
     parser.add_argument("--max-idle-backends", type=int, help="close idle backends beyond this many")
     parser.add_argument("--max-client-connections", type=int, help="refuse clients beyond this many")
+    parser.add_argument("--max-connection-rate", type=float,
+                        help="refuse new client connections beyond this many a second (RDS Proxy's rate limit)")
+    parser.add_argument("--borrow-on-connect", action="store_true",
+                        help="borrow a backend during each login, as RDS Proxy does (a full pool fails the connect)")
     parser.add_argument("--backend-max-lifetime", type=float, help="close backends older than this many seconds")
     parser.add_argument("--auth", choices=("trust", "scram", "iam"), default="trust", help="client authentication (default trust)")
     parser.add_argument("--user", action="append", default=[], metavar="NAME=PASSWORD", help="a SCRAM user (repeatable)")
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         max_connections_percent=args.max_connections_percent, borrow_timeout=args.borrow_timeout,
         idle_client_timeout=args.idle_client_timeout, max_idle_backends=args.max_idle_backends,
         max_client_connections=args.max_client_connections, backend_max_lifetime=args.backend_max_lifetime,
+        max_connection_rate=args.max_connection_rate, borrow_on_connect=args.borrow_on_connect,
         auth=args.auth, users=_pairs(args.user, "--user"), iam_credentials=_pairs(args.iam_credential, "--iam-credential"),
         region=args.region, tls=args.tls or args.require_tls, require_tls=args.require_tls,
         cert_file=args.cert_file, key_file=args.key_file,

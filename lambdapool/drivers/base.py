@@ -82,10 +82,43 @@ _AUTH_TEXT = ("password authentication failed", "pam authentication failed",
 _UNKNOWN_ROLE = re.compile(r'role "[^"]*" does not exist')
 
 
+# RDS Proxy's own refusals (its troubleshooting page gives texts, no SQLSTATEs). The pool is
+# full or the proxy sheds load: transient. Matched before the credential rules, because the
+# IAM one is worded as an authentication failure ("The IAM authentication failed because of
+# too many competing requests") and may carry a 28xxx SQLSTATE, yet the token is fine.
+_PROXY_BUSY_TEXT = (
+    "timed-out waiting to acquire database connection", "rate of connection to proxy exceeded",
+    "maximum number of client connections to the proxy exceeded", "too many competing requests",
+)  # fmt: skip
+# Refusals that only a setting fixes: (text, the fix). Retrying or refreshing credentials
+# cannot help, so they fail at once as a ConfigError (matched before the 28000 auth rule).
+_CONFIG_TEXT = (
+    # RDS Proxy: "IAM is allowed only with SSL connections." / "IAM authentication is allowed
+    # only with SSL connections."
+    ("allowed only with ssl connections",
+     ("IAM authentication through RDS Proxy needs TLS: connect with sslmode=require (or verify-full with "
+      "ssl_ca_file), not sslmode=disable/allow")),
+    # RDS Proxy with RequireTLS: "This RDS Proxy requires TLS connections."
+    ("requires tls connections",
+     "the proxy requires TLS (RequireTLS): connect with sslmode=require (or verify-full with ssl_ca_file)"),
+)  # fmt: skip
+
+
+def connect_error_fix(exc: BaseException) -> str | None:
+    """The setting that fixes a connect error classified 'config', else None."""
+    text = str(exc).lower()
+    return next((fix for needle, fix in _CONFIG_TEXT if needle in text), None)
+
+
 def classify_connect_error(exc: BaseException) -> str:
-    """'retry' (transient), 'auth' (credentials rejected) or 'fatal' (retrying cannot help)."""
+    """'retry' (transient), 'auth' (credentials rejected), 'config' (a setting must change:
+    see connect_error_fix) or 'fatal' (retrying cannot help)."""
     sqlstate = getattr(exc, "sqlstate", None)
     text = str(exc).lower()
+    if any(t in text for t in _PROXY_BUSY_TEXT):
+        return "retry"
+    if connect_error_fix(exc) is not None:
+        return "config"
     if sqlstate in AUTH_SQLSTATES or any(t in text for t in _AUTH_TEXT) or _UNKNOWN_ROLE.search(text):
         return "auth"
     if sqlstate in RETRY_SQLSTATES or any(t in text for t in _RETRY_TEXT):

@@ -289,6 +289,14 @@ def attempts_logged(pg: Any) -> Counter[str]:
     return Counter(_ATTEMPT.findall(Path(pg.log_file).read_text(errors="replace")))
 
 
+_REFUSED = re.compile(r"FATAL:\s+(?:sorry, too many clients already|remaining connection slots are reserved)")
+
+
+def refused_attempts(pg: Any) -> int:
+    """Connect attempts the server refused for want of a slot, from its log (one FATAL each)."""
+    return len(_REFUSED.findall(Path(pg.log_file).read_text(errors="replace")))
+
+
 def check_runs(pg: Any, results: Sequence[InvocationResult]) -> dict[str, int]:
     """No statement ran twice, no row committed twice, every successful invocation's row is
     there and nothing committed that no invocation asked for."""

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from lambdapool.proto import NEED_DATA, CancelRequest, GSSENCRequest, Parser, ProtocolError, SSLRequest, StartupMessage
 from lambdapool.proto import messages as m
+from lambdapool.testing.proxy import rds_errors as rds
 from lambdapool.testing.proxy.auth import AuthFailed, verify_iam_token
 from lambdapool.testing.proxy.config import ADMIN_DATABASES
 
@@ -193,6 +194,8 @@ class Client(asyncio.Protocol):
                 self._startup(event.params)
             elif self.state == "admin":
                 self._admin_message(event)
+            elif self.state == "login" and event.type == "X":  # gave up while its login waited
+                self.abort()
             elif event.type == "p" and self.state in ("sasl1", "sasl2", "password"):
                 self._auth_message(event.body)
             else:
@@ -217,13 +220,31 @@ class Client(asyncio.Protocol):
         settings = self.server.settings
         self.user = params["user"]
         self.database = params.get("database") or self.user
+        if settings.auth == "iam" and not self.tls and self.server.ssl_context is not None:
+            # RDS Proxy takes IAM tokens over TLS only (without tls=True the proxy has no
+            # certificate to offer, so it lets plaintext tokens through for tests)
+            self.server.counters["auth_failures"] += 1
+            code, text = rds.IAM_NEEDS_TLS
+            self.fatal(code, f'{text} ({PROXY}: auth="iam" takes tokens over TLS only; connect with sslmode=require)')
+            return
         if settings.require_tls and not self.tls:
             self.server.counters["auth_failures"] += 1
-            self.fatal("28000", f"{PROXY}: TLS is required (require_tls=True); connect with sslmode=require")
+            code, text = rds.REQUIRES_TLS
+            self.fatal(code, f"{text} ({PROXY}: TLS is required (require_tls=True); connect with sslmode=require)")
             return
         limit = settings.max_client_connections
         if limit is not None and len(self.server.clients) > limit:
-            self.fatal("53300", f"{PROXY}: too many client connections (max_client_connections={limit})")
+            self.server.counters["client_cap_refusals"] += 1
+            code, text = rds.CLIENT_CAP
+            self.fatal(code, f"{text.format(limit=limit)} ({PROXY}: too many client connections "
+                             f"(max_client_connections={limit}))")  # fmt: skip
+            return
+        rate = self.server.rate
+        if rate is not None and not rate.take(self.server.loop.time()):
+            self.server.counters["rate_refusals"] += 1
+            code, text = rds.CONNECTION_RATE
+            self.fatal(code, f"{text.format(rate=f'{rate.rate:g}')} ({PROXY}: more than "
+                             f"max_connection_rate={rate.rate:g} new connections a second)")  # fmt: skip
             return
         if self.database not in ADMIN_DATABASES and self.database != settings.backend.database:
             self.fatal("3D000", f'{PROXY}: database "{self.database}" is not served here; '
@@ -269,6 +290,10 @@ class Client(asyncio.Protocol):
                 self.write(m.auth_request(m.AUTH_SASL_FINAL, final))
             else:
                 settings = self.server.settings
+                if self.server.take_iam_throttle():  # fault injection (throttle_iam), not a bad token
+                    code, text = rds.IAM_COMPETING
+                    self.fatal(code, f"{text} ({PROXY}: throttle_iam fault injection)")
+                    return
                 verify_iam_token(m.read_password(body), hosts=self.server.iam_hosts, port=self.server.port,
                                  user=self.user, credentials=settings.iam_credentials, region=settings.region)  # fmt: skip
         except AuthFailed as exc:
@@ -278,6 +303,16 @@ class Client(asyncio.Protocol):
         self._auth_ok()
 
     def _auth_ok(self) -> None:
+        if self.server.settings.borrow_on_connect and self.database not in ADMIN_DATABASES:
+            # RDS Proxy borrows a database connection to finish a login: with the pool full,
+            # the login waits (up to borrow_timeout) and may fail with its borrow timeout.
+            self.state = "login"
+            self.waiting = True
+            self.server.pool.acquire(self)
+            return
+        self._logged_in()
+
+    def _logged_in(self) -> None:
         out = [m.auth_ok()]
         reported = dict(self.server.baseline)
         names = {k.lower(): k for k in reported}
@@ -357,6 +392,13 @@ class Client(asyncio.Protocol):
     def attach(self, backend: Backend) -> None:
         """The pool lends ``backend``: apply our settings, then send what waited."""
         self.waiting = False
+        if self.state == "login":  # borrow_on_connect: the login needed a backend, and has one
+            self.server.counters["borrows"] += 1
+            # returned on the next turn of the loop: the pool may be handing backends out in a
+            # loop of its own (which this would re-enter, once per waiting login)
+            self.server.loop.call_soon(self.server.pool.release, backend)
+            self._logged_in()
+            return
         self.backend = backend
         backend.client = self
         self._unnamed_ok = False
@@ -522,15 +564,25 @@ class Client(asyncio.Protocol):
     # -- failures --------------------------------------------------------------------------
     def borrow_timed_out(self, *, busy: int, cap: int) -> None:
         timeout = self.server.settings.borrow_timeout
+        code, text = rds.BORROW_TIMEOUT
+        message = (f"{text} ({PROXY}: timed out after {float(timeout)}s waiting to borrow a database connection "
+                   f"(all {cap} backends busy; raise max_backends or borrow_timeout))")  # fmt: skip
+        if self.state == "login":
+            self.waiting = False
+            self.fatal(code, message)
+            return
         self._fail_pending(m.error_response(
-            "53300",
-            f"{PROXY}: timed out after {float(timeout)}s waiting to borrow a database connection "
-            f"(all {cap} backends busy; raise max_backends or borrow_timeout)",
+            code, message,
             hint=f"{busy} of {cap} backends were in use and {len(self.server.pool.waiters)} other clients waiting",
         ))  # fmt: skip
 
     def backend_unavailable(self, reason: str) -> None:
-        self._fail_pending(m.error_response("08001", f"{PROXY}: could not open a database connection: {reason}"))
+        message = f"{PROXY}: could not open a database connection: {reason}"
+        if self.state == "login":
+            self.waiting = False
+            self.fatal("08001", message)
+            return
+        self._fail_pending(m.error_response("08001", message))
 
     def _fail_pending(self, error: bytes) -> None:
         """Answer every request that waited for a backend with ``error``, as the server would."""

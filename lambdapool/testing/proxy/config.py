@@ -81,6 +81,8 @@ class ProxySettings:
     idle_client_timeout: float | None = 1800.0
     max_idle_backends: int | None = None
     max_client_connections: int | None = None
+    max_connection_rate: float | None = None  # new client logins per second (a token bucket)
+    borrow_on_connect: bool = False  # borrow a backend during login, as RDS Proxy does
     backend_max_lifetime: float | None = None
     connect_timeout: float = 10.0
     auth: str = "trust"
@@ -106,6 +108,7 @@ class ProxySettings:
         _positive("idle_client_timeout", self.idle_client_timeout)
         _positive("max_idle_backends", self.max_idle_backends, allow_zero=True)
         _positive("max_client_connections", self.max_client_connections)
+        _positive("max_connection_rate", self.max_connection_rate)
         _positive("backend_max_lifetime", self.backend_max_lifetime)
         if self.auth not in AUTH_MODES:
             raise ConfigError(f"auth: must be one of {', '.join(AUTH_MODES)}, got {self.auth!r}")

@@ -39,6 +39,10 @@ class LocalProxy:
         borrow_timeout: seconds a client waits for a backend before SQLSTATE 53300.
         idle_client_timeout: close clients idle this long (None: never).
         max_idle_backends, max_client_connections, backend_max_lifetime: further limits.
+        max_connection_rate: new client connections a second (RDS Proxy's "Rate of connection
+            to proxy exceeded"); None: no limit.
+        borrow_on_connect: borrow a backend during each login, as RDS Proxy does, so a full
+            pool fails the connect itself after ``borrow_timeout``.
         auth: ``"trust"``, ``"scram"`` (against ``users``) or ``"iam"`` (tokens signed with one of
             ``iam_credentials`` = ``{access_key_id: secret_access_key}``, for ``region``).
         tls / require_tls / cert_file / key_file: TLS for clients (self-signed if no cert given).
@@ -50,6 +54,7 @@ class LocalProxy:
                  max_connections_percent: float | None = None, borrow_timeout: float = 120.0,
                  idle_client_timeout: float | None = 1800.0, max_idle_backends: int | None = None,
                  max_client_connections: int | None = None, backend_max_lifetime: float | None = None,
+                 max_connection_rate: float | None = None, borrow_on_connect: bool = False,
                  auth: str = "trust", users: dict[str, str] | None = None,
                  iam_credentials: dict[str, str] | None = None, region: str | None = None,
                  tls: bool = False, require_tls: bool = False, cert_file: str | None = None,
@@ -61,6 +66,7 @@ class LocalProxy:
             max_connections_percent=max_connections_percent, borrow_timeout=borrow_timeout,
             idle_client_timeout=idle_client_timeout, max_idle_backends=max_idle_backends,
             max_client_connections=max_client_connections, backend_max_lifetime=backend_max_lifetime,
+            max_connection_rate=max_connection_rate, borrow_on_connect=borrow_on_connect,
             connect_timeout=connect_timeout, auth=auth, users=dict(users or {}),
             iam_credentials=dict(iam_credentials or {}), region=region, tls=tls, require_tls=require_tls,
             cert_file=cert_file, key_file=key_file,
@@ -204,6 +210,14 @@ class LocalProxy:
     def start_listening(self) -> Any:
         """Accept connections again on the same port (in ``async with`` mode: await the result)."""
         return self._call(lambda s: s.start_listening())
+
+    def throttle_iam(self, on: bool | int = True) -> None:
+        """Refuse IAM logins with RDS Proxy's "The IAM authentication failed because of too many
+        competing requests." (before the token is checked): True until turned off, an int n for
+        the next n logins, False to stop. Counted in ``stats()["iam_throttled"]``."""
+        if isinstance(on, int) and not isinstance(on, bool) and on < 0:
+            raise ConfigError(f"throttle_iam: a count must be >= 0, got {on!r}")
+        self._call(lambda s: s.throttle_iam(on))
 
     def hang_on_connect(self, on: bool = True) -> None:
         """While on, new connections are accepted but never answered (a connect timeout test)."""

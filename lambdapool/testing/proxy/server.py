@@ -24,11 +24,13 @@ from lambdapool.testing.proxy.client import Client
 from lambdapool.testing.proxy.config import ProxySettings
 from lambdapool.testing.proxy.pinning import pin_reasons
 from lambdapool.testing.proxy.pool import Pool
+from lambdapool.testing.proxy.rds_errors import ConnectionRate
 
 LISTEN_BACKLOG = 1024
 
 COUNTERS = ("clients_total", "transactions", "borrows", "waited", "borrow_timeouts", "pinned_sessions",
-            "auth_failures", "backends_opened", "backends_closed", "resets", "reprepared", "replayed")  # fmt: skip
+            "auth_failures", "backends_opened", "backends_closed", "resets", "reprepared", "replayed",
+            "client_cap_refusals", "rate_refusals", "iam_throttled")  # fmt: skip
 
 
 class _QueryCollector:
@@ -68,6 +70,8 @@ class ProxyServer:
         self.baseline_lower: dict[str, str] = {}
         self.latency = 0.0
         self.hanging = False
+        self.iam_throttle: bool | int = False  # fault: refuse IAM logins as "too many competing requests"
+        self.rate: ConnectionRate | None = None
         self.ssl_context: ssl.SSLContext | None = None
         self.scram: ScramVerifier | None = None
         self.iam_hosts: set[str] = set()
@@ -85,6 +89,8 @@ class ProxyServer:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         settings = self.settings
+        if settings.max_connection_rate is not None:
+            self.rate = ConnectionRate(settings.max_connection_rate, self.loop.time())
         if settings.tls:
             self._setup_tls()
         if settings.auth == "scram":
@@ -292,6 +298,21 @@ class ProxyServer:
         for client in dropped:
             client.abort()
         return len(dropped)
+
+    def throttle_iam(self, on: bool | int) -> None:
+        """True: refuse IAM logins (before their token is checked) until turned off; an int n:
+        the next n of them; False/0: stop."""
+        self.iam_throttle = on
+
+    def take_iam_throttle(self) -> bool:
+        """Should this IAM login be refused as "too many competing requests"? (counts it down)"""
+        on = self.iam_throttle
+        if on is False or on == 0:
+            return False
+        if on is not True:
+            self.iam_throttle = on - 1
+        self.counters["iam_throttled"] += 1
+        return True
 
     def hang_on_connect(self, on: bool) -> None:
         self.hanging = on
