@@ -70,6 +70,31 @@ def lambda_context(scope: Scope) -> Any:
     return None
 
 
+async def give_back(db: Any) -> None:
+    """Before the last of the response goes out, give the slot back if no connection() block
+    is open: the client (Lambda Web Adapter, a browser) may send its next request as soon as it
+    has the response, and that request should find the warm connection idle rather than open a
+    second one. The invocation goes on (a background task may take a connection again, lazily)."""
+    state = db._current.get()
+    if state is None or state.holder is None or state.depth:
+        return
+    lender = db._lender
+    if not lender.finish_warm(state):
+        if db.is_async:
+            await lender.finish(state)
+        else:
+            lender.finish(state)
+
+
+def give_back_sync(scope: Any) -> None:
+    """give_back() for WSGI (the sync driver), in the invocation's context."""
+    db: Any = getattr(scope, "_db", None)
+    state = db._current.get() if db is not None else None
+    if state is not None and state.holder is not None and not state.depth:
+        if not db._lender.finish_warm(state):
+            db._lender.finish(state)
+
+
 class AsgiApp:
     """An ASGI app whose every ``http`` request is one invocation (``db.asgi(app)``).
 
@@ -91,8 +116,15 @@ class AsgiApp:
         if scope["type"] != "http":  # lifespan, websocket: as they are
             await self.app(scope, receive, send)
             return
-        async with self.db.invocation_scope(lambda_context(scope)):
-            await self.app(scope, receive, send)
+        db = self.db
+
+        async def send_last_unheld(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                await give_back(db)
+            await send(message)
+
+        async with db.invocation_scope(lambda_context(scope)):
+            await self.app(scope, receive, send_last_unheld)
 
     def __getattr__(self, name: str) -> Any:  # (app.state, app.router...: the app's own)
         if name in ("db", "app"):
@@ -152,7 +184,11 @@ class ClosingResponse:
     def __next__(self) -> bytes:
         if self._it is None:
             self._it = self._ctx.run(iter, self._result)
-        return self._ctx.run(next, self._it)
+        try:
+            return self._ctx.run(next, self._it)
+        except StopIteration:  # the body is out: the slot goes back before the server's close()
+            self._ctx.run(give_back_sync, self._scope)
+            raise
 
     def close(self) -> None:
         scope, self._scope = self._scope, None

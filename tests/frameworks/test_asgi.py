@@ -5,12 +5,14 @@ Mangum and FastAPI's sync yield dependencies."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import subprocess
 import sys
 import warnings
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +181,7 @@ def test_sync_yield_dependency_across_threads_leaks_nothing(make_db, route, wrap
         route.kill_backends()
         assert client.get("/dep").status_code == 200
     stats = db.stats()
-    assert stats["connects"] + stats["reconnects"] <= 2, stats
+    assert stats["connects"] <= 2 and stats["reconnects"] <= 1, stats  # (connects counts the reconnect)
     assert db._slots.idle and len(db._slots.idle) == 1, "the slot was not given back"
     assert idle_in_transaction(route) == 0
     if wrapped:
@@ -192,9 +194,11 @@ def test_testclient_lifespan_and_websocket_pass_through(make_db, fw_pg, driver):
     from starlette.routing import Route, WebSocketRoute
     from starlette.websockets import WebSocket
 
+    db = make_db(fw_pg.dsn, driver=driver)
     started: list[bool] = []
 
-    async def lifespan(app: Any) -> Any:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
         started.append(True)
         yield
 

@@ -51,7 +51,8 @@ async def _fail_async(db: lambdapool.Database[Any]) -> None:
 
 
 def stats(db: lambdapool.Database[Any]) -> dict[str, Any]:
-    return {**db.stats(), "os_pid": os.getpid(), "last_request_id": db.invocation.request_id}
+    return {**db.stats(), "os_pid": os.getpid(), "last_request_id": db.invocation.request_id,
+            "idle_slots": len(db._slots.idle), "slots": len(db._slots.all)}  # fmt: skip
 
 
 def fastapi_app(db: lambdapool.Database[Any]) -> Any:
