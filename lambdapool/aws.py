@@ -115,6 +115,9 @@ def reset_clients() -> None:
     with _clients_lock:
         _clients.clear()
         _aio_session = None
+    from lambdapool.credentials.aws_keys import default_keys  # the IAM signer's cached keys too
+
+    default_keys.reset()
 
 
 def call(request: AwsCall) -> Any:

@@ -8,7 +8,6 @@ by each adapter and validated the same way (:func:`coerce`).
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
@@ -49,7 +48,8 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds an invocation may run where the platform gives no deadline (Cloud Functions, local)"),
     Setting("max_per_instance", int, 4,
             "connections one instance may hold for concurrent requests (Cloud Functions); "
-            "Lambda runs one invocation at a time and uses one. Fleet cost = instances x this"),
+            "1 on Lambda, which sends a process one invocation at a time (a web server's tail of "
+            "one request then waits instead of opening a second). Fleet cost = instances x this"),
     Setting("reset_session", bool, False,
             "reset session state (SET, temp tables, LISTEN, advisory locks) after each "
             "invocation; costs a round trip, and pins sessions behind RDS Proxy"),
@@ -87,6 +87,17 @@ RESERVED_CONNECT_KWARGS = frozenset({"host", "port", "user", "password", "dbname
 _BY_NAME = {s.name: s for s in SETTINGS}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+
+def _default(setting: Setting) -> Any:
+    if setting.name == "max_per_instance":
+        from lambdapool.runtime import detect_platform
+
+        return LAMBDA_MAX_PER_INSTANCE if detect_platform() == "aws-lambda" else setting.default
+    return setting.default
+
+
+LAMBDA_MAX_PER_INSTANCE = 1
 
 
 def coerce(name: str, value: Any, kind: type, *, source: str = "") -> Any:
@@ -277,7 +288,7 @@ class Settings:
             elif s.name in env:
                 raw, source = env[s.name], env_name(s.name)
             else:
-                resolved[s.name] = s.default
+                resolved[s.name] = _default(s)
                 continue
             if s.name == "password" and callable(raw):
                 resolved[s.name] = raw
@@ -317,6 +328,8 @@ TOOL_VARIABLES = frozenset({"TEST_DSN", "TEST_SENTINEL", "PG_BIN", "PG_USER", "P
 def warn_unknown_variables(known: list[str], environ: dict[str, str] | None = None) -> list[str]:
     """Warn about each ``LAMBDAPOOL_*`` variable that names none of ``known``, with the closest
     name; returns the unknown variables."""
+    import difflib  # (only here: it is not on the cold path)
+
     env = os.environ if environ is None else environ
     names = {env_name(n): n for n in known}
     unknown = []
