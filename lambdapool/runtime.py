@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 PLATFORMS = ("aws-lambda", "gcp-functions", "local")
-INIT_TYPES = ("on-demand", "provisioned-concurrency", "snap-start")
+INIT_TYPES = ("on-demand", "provisioned-concurrency", "snap-start", "lambda-managed-instances")
+MANAGED_INSTANCES = "lambda-managed-instances"
 
 
 def detect_platform(environ: dict[str, str] | None = None) -> str:
@@ -21,9 +22,21 @@ def detect_platform(environ: dict[str, str] | None = None) -> str:
 
 
 def detect_init_type(environ: dict[str, str] | None = None) -> str:
+    """How Lambda made this environment. Lambda Managed Instances are told apart by
+    ``AWS_LAMBDA_MAX_CONCURRENCY`` (the runtime client starts that many worker processes per
+    environment, each with its own init and globals, and never frozen)."""
     env = os.environ if environ is None else environ
+    if max_concurrency(env) is not None:
+        return MANAGED_INSTANCES
     value = env.get("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand")
     return value if value in INIT_TYPES else "on-demand"
+
+
+def max_concurrency(environ: dict[str, str] | None = None) -> int | None:
+    """Processes per execution environment on Lambda Managed Instances, else None."""
+    env = os.environ if environ is None else environ
+    value = env.get("AWS_LAMBDA_MAX_CONCURRENCY", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def function_name(environ: dict[str, str] | None = None) -> str:
@@ -71,6 +84,12 @@ class Invocation:
     def platform(self) -> str:
         """aws-lambda, gcp-functions or local."""
         return self._state.instance.platform
+
+    @property
+    def processes_per_environment(self) -> int:
+        """Python processes in this execution environment that each hold their own connections:
+        ``AWS_LAMBDA_MAX_CONCURRENCY`` on Lambda Managed Instances, else 1."""
+        return self._state.instance.processes_per_environment
 
     @property
     def deadline(self) -> float:
@@ -168,6 +187,7 @@ class Instance:
     def __init__(self, default_timeout: float) -> None:
         self.platform = detect_platform()
         self.init_type = detect_init_type()
+        self.processes_per_environment = max_concurrency() or 1
         self.default_timeout = default_timeout  # seconds, where the platform gives no deadline
         self.cold_starts = 0
         self.last: InvocationState | None = None
