@@ -1,7 +1,10 @@
 """rds-proxy: connect through Amazon RDS Proxy without pinning its sessions.
 
-Endpoint: ``proxy_name`` (looked up once with describe_db_proxies; a port in the DSN, if
-any, overrides the proxy's 5432: tunnels, tests) or the DSN's host.
+Endpoint: the DSN's host (what the infra/ templates give: the proxy's hostname, so a cold
+start makes no AWS call, needs no rds:DescribeDBProxies and no NAT gateway or RDS VPC endpoint),
+or ``proxy_name``: looked up once per instance with describe_db_proxies (one lookup even when
+threads start at once; throttling retried inside the connect's budget; a port in the DSN, if
+any, overrides the proxy's 5432: tunnels, tests). With both, ``proxy_name`` wins.
 Auth: IAM tokens (``iam_auth=true``: generate_db_auth_token, signed locally, cached well
 inside their 15 minutes), a Secrets Manager secret (``secret_arn``: cached, fetched again once
 when the proxy rejects it, which is how a rotation shows itself), or a password.
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -26,6 +31,7 @@ from lambdapool.adapters.base import Adapter
 from lambdapool.config import Setting
 from lambdapool.drivers.base import ConnectParams
 from lambdapool.errors import ConfigError
+from lambdapool.retry import CONNECT_DEADLINE
 
 logger = logging.getLogger("lambdapool")
 
@@ -53,6 +59,7 @@ class RdsProxyAdapter(Adapter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._endpoint: tuple[str, int] | None = None
+        self._lookup_lock = threading.Lock()  # threads at a cold start: one describe_db_proxies
         super().__init__(*args, **kwargs)
         opts = self.options
         if not opts["proxy_name"] and not self.settings.parts.host:
@@ -85,10 +92,13 @@ class RdsProxyAdapter(Adapter):
         if self._endpoint is None:
             from lambdapool.credentials import resolve_proxy_endpoint
 
-            host, port = resolve_proxy_endpoint(
-                self.options["proxy_name"], self.options["region"], endpoint_url=self.options["aws_endpoint_url"]
-            )
-            self._endpoint = (host, self.settings.parts.port or port)
+            with self._lookup_lock:
+                if self._endpoint is None:
+                    host, port = resolve_proxy_endpoint(
+                        self.options["proxy_name"], self.options["region"],
+                        endpoint_url=self.options["aws_endpoint_url"], deadline=self._lookup_deadline(),
+                    )  # fmt: skip
+                    self._endpoint = (host, self.settings.parts.port or port)
         return self._endpoint
 
     async def aendpoint(self) -> tuple[str | None, int | None]:
@@ -98,10 +108,17 @@ class RdsProxyAdapter(Adapter):
             from lambdapool.credentials import aresolve_proxy_endpoint
 
             host, port = await aresolve_proxy_endpoint(
-                self.options["proxy_name"], self.options["region"], endpoint_url=self.options["aws_endpoint_url"]
-            )
+                self.options["proxy_name"], self.options["region"],
+                endpoint_url=self.options["aws_endpoint_url"], deadline=self._lookup_deadline(),
+            )  # fmt: skip
             self._endpoint = (host, self.settings.parts.port or port)
         return self._endpoint
+
+    def _lookup_deadline(self) -> float:
+        # The lookup runs inside a connect: it stops at that connect's deadline (the
+        # invocation's, less the margin), else acquire_timeout from now.
+        deadline = CONNECT_DEADLINE.get()
+        return deadline if deadline is not None else time.monotonic() + self.settings.acquire_timeout
 
     def params_for(self, host: str | None, port: int | None) -> ConnectParams:
         params = super().params_for(host, port)

@@ -30,12 +30,16 @@ refused.
 
 from __future__ import annotations
 
+import contextvars
 import random
 import re
 
 BLIP_FIRST, BLIP_CAP = 0.05, 1.0  # seconds
 REFUSED_FIRST, REFUSED_CAP = 1.0, 10.0
 REFUSED_SHARE_OF_BUDGET = 1 / 3
+# The time.monotonic() deadline of the connect in progress, for what runs inside it (an
+# adapter's endpoint lookup, which must stop in time too).
+CONNECT_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("lambdapool_connect", default=None)
 REFUSED_MEMORY = 20.0  # seconds a refusal's backoff level carries over to the next connect
 
 # Full: the server's or the pooler's capacity, not the network. SQLSTATE 53300 is

@@ -34,7 +34,7 @@ from typing import Any
 
 from lambdapool.drivers.base import classify_connect_error, connect_error_fix, socket_watch
 from lambdapool.errors import AuthError, ConfigError, ConnectionUnavailable
-from lambdapool.retry import REFUSED_MEMORY, Backoff, describe_error, is_refusal
+from lambdapool.retry import CONNECT_DEADLINE, REFUSED_MEMORY, Backoff, describe_error, is_refusal
 from lambdapool.stats import Stats
 
 logger = logging.getLogger("lambdapool")
@@ -53,6 +53,13 @@ class AsyncConnector:
         """A new connection and the number of attempts it took (counted in ``stats``), set up
         as the user's own: ``configure`` run, then ``carried`` (the settings the user gave the
         connection it replaces, such as autocommit or row_factory) applied."""
+        token = CONNECT_DEADLINE.set(deadline)
+        try:
+            return await self._attempts(deadline, stats, carried)
+        finally:
+            CONNECT_DEADLINE.reset(token)
+
+    async def _attempts(self, deadline: float, stats: Stats, carried: Any) -> tuple[Any, int]:
         started = time.monotonic()
         attempts = 0
         refreshed = False

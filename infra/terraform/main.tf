@@ -10,9 +10,15 @@ locals {
   # ... and arn:aws:rds-db:REGION:ACCOUNT:dbuser:prx-.../USER, what it may connect as
   proxy_user_arn = "${replace(replace(aws_db_proxy.this.arn, ":rds:", ":rds-db:"), ":db-proxy:", ":dbuser:")}/${var.db_user}"
   alarm_actions     = var.alarm_topic_arn == null ? [] : [var.alarm_topic_arn]
+  end_to_end_iam    = var.proxy_auth_scheme == "IAM_AUTH"
+  # arn:aws:rds-db:REGION:ACCOUNT:dbuser:db-.../USER: what an end-to-end IAM proxy logs in as
+  db_resource_id = local.create_database ? aws_db_instance.this[0].resource_id : var.existing_db_resource_id
+  db_user_arn = local.end_to_end_iam ? "arn:${data.aws_partition.current.partition}:rds-db:${data.aws_region.current.region}:${data.aws_caller_identity.current.account_id}:dbuser:${local.db_resource_id}/${var.db_user}" : null
 }
 
 data "aws_partition" "current" {}
+data "aws_region" "current" {}
+data "aws_caller_identity" "current" {}
 
 # --- network ----------------------------------------------------------------------------------
 
@@ -26,7 +32,7 @@ resource "aws_vpc_security_group_egress_rule" "function_all" {
   security_group_id = aws_security_group.function.id
   ip_protocol       = "-1"
   cidr_ipv4         = "0.0.0.0/0"
-  description       = "AWS APIs (IAM tokens, Secrets Manager, describe_db_proxies) and the proxy"
+  description       = "the proxy; AWS APIs only for auth_mode = secret or find_proxy_by = name"
 }
 
 resource "aws_security_group" "proxy" {
@@ -88,6 +94,8 @@ resource "aws_db_instance" "this" {
   db_name                     = var.db_name
   username                    = var.db_user
   manage_master_user_password = true
+  # end-to-end IAM: the proxy logs in with rds-db:connect (then GRANT rds_iam TO the user)
+  iam_database_authentication_enabled = local.end_to_end_iam
   publicly_accessible         = false
   db_subnet_group_name        = aws_db_subnet_group.this[0].name
   vpc_security_group_ids      = [aws_security_group.database[0].id]
@@ -114,11 +122,22 @@ resource "aws_iam_role" "proxy" {
 }
 
 resource "aws_iam_role_policy" "proxy_secret" {
-  name = "read-database-secret"
-  role = aws_iam_role.proxy.id
+  count = local.end_to_end_iam ? 0 : 1
+  name  = "read-database-secret"
+  role  = aws_iam_role.proxy.id
   policy = jsonencode({
     Version   = "2012-10-17"
     Statement = [{ Effect = "Allow", Action = "secretsmanager:GetSecretValue", Resource = local.db_secret_arn }]
+  })
+}
+
+resource "aws_iam_role_policy" "proxy_connect" {
+  count = local.end_to_end_iam ? 1 : 0
+  name  = "connect-to-the-database"
+  role  = aws_iam_role.proxy.id
+  policy = jsonencode({
+    Version   = "2012-10-17"
+    Statement = [{ Effect = "Allow", Action = "rds-db:connect", Resource = local.db_user_arn }]
   })
 }
 
@@ -130,19 +149,32 @@ resource "aws_db_proxy" "this" {
   role_arn               = aws_iam_role.proxy.arn
   vpc_subnet_ids         = var.subnet_ids
   vpc_security_group_ids = [aws_security_group.proxy.id]
+  # End-to-end IAM: clients and the proxy's own logins use IAM; no secret is involved.
+  default_auth_scheme = local.end_to_end_iam ? "IAM_AUTH" : null
 
-  auth {
-    auth_scheme = "SECRETS"
-    secret_arn  = local.db_secret_arn
-    iam_auth    = var.auth_mode == "iam" ? "REQUIRED" : "DISABLED"
+  dynamic "auth" {
+    for_each = local.end_to_end_iam ? [] : [1]
+    content {
+      auth_scheme = "SECRETS"
+      secret_arn  = local.db_secret_arn
+      iam_auth    = var.auth_mode == "iam" ? "REQUIRED" : "DISABLED"
 
-    client_password_auth_type = "POSTGRES_SCRAM_SHA_256"
+      client_password_auth_type = "POSTGRES_SCRAM_SHA_256"
+    }
   }
 
   lifecycle {
     precondition {
-      condition     = local.create_database || var.db_secret_arn != null
+      condition     = local.create_database || local.end_to_end_iam || var.db_secret_arn != null
       error_message = "An existing database needs db_secret_arn (the proxy logs in with it)."
+    }
+    precondition {
+      condition     = local.create_database || !local.end_to_end_iam || var.existing_db_resource_id != null
+      error_message = "proxy_auth_scheme = IAM_AUTH with an existing database needs existing_db_resource_id (db-...)."
+    }
+    precondition {
+      condition     = !local.end_to_end_iam || var.auth_mode == "iam"
+      error_message = "proxy_auth_scheme = IAM_AUTH has no secret for the functions to read: use auth_mode = iam."
     }
   }
 }
@@ -176,10 +208,14 @@ resource "aws_iam_role_policy_attachment" "function_vpc" {
 }
 
 data "aws_iam_policy_document" "function" {
-  statement {
-    sid       = "FindTheProxy"
-    actions   = ["rds:DescribeDBProxies"]
-    resources = [aws_db_proxy.this.arn]
+  # Only to look the proxy up by name: given its endpoint, the function calls no AWS API.
+  dynamic "statement" {
+    for_each = var.find_proxy_by == "name" ? [1] : []
+    content {
+      sid       = "FindTheProxy"
+      actions   = ["rds:DescribeDBProxies"]
+      resources = [aws_db_proxy.this.arn]
+    }
   }
   dynamic "statement" {
     for_each = var.auth_mode == "iam" ? [1] : []
@@ -226,7 +262,6 @@ resource "aws_lambda_function" "this" {
     variables = merge(
       {
         LAMBDAPOOL_POOLER           = "rds-proxy"
-        LAMBDAPOOL_PROXY_NAME       = aws_db_proxy.this.name
         LAMBDAPOOL_DRIVER           = var.driver
         LAMBDAPOOL_USER             = var.db_user
         LAMBDAPOOL_DBNAME           = var.db_name
@@ -234,6 +269,9 @@ resource "aws_lambda_function" "this" {
         LAMBDAPOOL_IAM_AUTH         = var.auth_mode == "iam" ? "true" : "false"
       },
       var.auth_mode == "secret" ? { LAMBDAPOOL_SECRET_ARN = local.db_secret_arn } : {},
+      # the proxy's hostname itself (no control-plane call at cold start), or its name to look up
+      var.find_proxy_by == "endpoint" ? { LAMBDAPOOL_DSN = "postgresql://${aws_db_proxy.this.endpoint}:5432" } : {},
+      var.find_proxy_by == "name" ? { LAMBDAPOOL_PROXY_NAME = aws_db_proxy.this.name } : {},
     )
   }
 }

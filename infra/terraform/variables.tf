@@ -70,6 +70,26 @@ variable "auth_mode" {
   }
 }
 
+variable "find_proxy_by" {
+  description = "endpoint: functions get the proxy's hostname in LAMBDAPOOL_DSN and call no AWS API to find it (no rds:DescribeDBProxies, NAT gateway or RDS VPC endpoint); name: LAMBDAPOOL_PROXY_NAME, looked up once per instance."
+  type        = string
+  default     = "endpoint"
+  validation {
+    condition     = contains(["endpoint", "name"], var.find_proxy_by)
+    error_message = "find_proxy_by must be endpoint or name."
+  }
+}
+
+variable "proxy_auth_scheme" {
+  description = "How the proxy logs in to the database. SECRETS: with the database secret. IAM_AUTH: end-to-end IAM (default_auth_scheme), no secret; needs auth_mode = iam and GRANT rds_iam TO db_user."
+  type        = string
+  default     = "SECRETS"
+  validation {
+    condition     = contains(["SECRETS", "IAM_AUTH"], var.proxy_auth_scheme)
+    error_message = "proxy_auth_scheme must be SECRETS or IAM_AUTH."
+  }
+}
+
 variable "max_connections_percent" {
   description = "From the plan: share of max_connections the proxy may open."
   type        = number
@@ -143,6 +163,12 @@ variable "existing_db_security_group_id" {
 
 variable "db_secret_arn" {
   description = "Secret with db_user's username and password; required with an existing database."
+  type        = string
+  default     = null
+}
+
+variable "existing_db_resource_id" {
+  description = "With an existing database and proxy_auth_scheme = IAM_AUTH: its resource id (db-...), which the proxy's rds-db:connect names."
   type        = string
   default     = null
 }

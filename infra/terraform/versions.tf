@@ -3,7 +3,9 @@ terraform {
   required_providers {
     aws = {
       source  = "hashicorp/aws"
-      version = ">= 5.30" # aws_vpc_security_group_ingress_rule, manage_master_user_password
+      # aws_vpc_security_group_ingress_rule, manage_master_user_password (5.30); aws_db_proxy's
+      # default_auth_scheme (end-to-end IAM), seen in 6.21.0's schema (earlier 6.x not checked)
+      version = ">= 6.21"
     }
   }
 }

@@ -1,7 +1,8 @@
 """`lambdapool check`: does what is deployed fit under the database's max_connections?
 
 Reads the numbers from AWS, not from templates: each function's reserved concurrency and
-``LAMBDAPOOL_*`` environment (Lambda), the proxy target group's ``MaxConnectionsPercent``
+``LAMBDAPOOL_*`` environment (Lambda; a function uses the proxy when its DSN's host is the
+proxy's endpoint, as the infra/ templates set it, or its ``LAMBDAPOOL_PROXY_NAME`` names it), the proxy target group's ``MaxConnectionsPercent``
 (RDS), and the database's ``max_connections`` from its parameter group (a number, RDS's
 formula, or the class default when the group does not set it). Prints the arithmetic; exits 1
 naming the function (or the proxy) that breaks the budget, 0 when it fits.
@@ -38,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db-instance", help="the RDS instance (default: the proxy's target)")
     parser.add_argument(
         "--function", action="append", default=[], metavar="NAME",
-        help="a function to count (repeatable); default: every function whose LAMBDAPOOL_PROXY_NAME is "
-             "the proxy, or whose DSN points at the instance",
+        help="a function to count (repeatable); default: every function whose DSN (LAMBDAPOOL_DSN / "
+             "DATABASE_URL) points at the proxy's endpoint or the instance, or whose LAMBDAPOOL_PROXY_NAME "
+             "is the proxy",
     )
     add_limit_arguments(parser)
 
@@ -54,6 +56,14 @@ class Deployed:
     proxy_name: str | None
     connections: int
     processes: int = 1
+    host: str | None = None  # the DSN's host, normalised (never the DSN: it may carry a password)
+
+    def uses(self, proxy_name: str | None, proxy_host: str | None) -> bool:
+        """Does it connect through this proxy: by its endpoint (whatever the pooler setting
+        says, that is where its connections go) or by name (the rds-proxy pooler's lookup)?"""
+        if self.pooler == "rds-proxy" and self.proxy_name:
+            return self.proxy_name == proxy_name  # proxy_name wins over the DSN's host
+        return bool(proxy_host) and self.host == proxy_host
 
 
 class _Aws:
@@ -89,12 +99,17 @@ def _dsn_host(env: dict[str, str]) -> str | None:
     if not dsn:
         return None
     if "://" in dsn:
-        return urlsplit(dsn).hostname
+        return normal_host(urlsplit(dsn).hostname)
     for part in dsn.split():
         key, _, value = part.partition("=")
         if key == "host":
-            return value
+            return normal_host(value)
     return None
+
+
+def normal_host(host: str | None) -> str | None:
+    """Hostnames compare case-blind, a trailing dot (the DNS root) aside."""
+    return host.lower().rstrip(".") or None if host else None
 
 
 def _deployed(api: _Aws, name: str, config: dict[str, Any] | None = None) -> Deployed:
@@ -110,7 +125,7 @@ def _deployed(api: _Aws, name: str, config: dict[str, Any] | None = None) -> Dep
     except ValueError:
         raise ConfigError(f"{name}: LAMBDAPOOL_MAX_PER_INSTANCE is not an integer") from None
     return Deployed(name, reserved, env.get("LAMBDAPOOL_POOLER", "direct"), env.get("LAMBDAPOOL_PROXY_NAME"),
-                    connections, processes_per_environment(config))
+                    connections, processes_per_environment(config), _dsn_host(env))
 
 
 def processes_per_environment(config: dict[str, Any]) -> int:
@@ -120,29 +135,32 @@ def processes_per_environment(config: dict[str, Any]) -> int:
     return int((managed or {}).get("PerExecutionEnvironmentMaxConcurrency") or 1)
 
 
-def _discover(api: _Aws, proxy_name: str | None, db_host: str | None) -> list[Deployed]:
+def _discover(api: _Aws, proxy_name: str | None, hosts: set[str]) -> list[Deployed]:
+    """The functions whose LAMBDAPOOL_PROXY_NAME is the proxy, or whose DSN's host is one of
+    ``hosts`` (the proxy's endpoint, the instance's address)."""
     found = []
     for config in api.pages("lambda", "list_functions", "Functions", "list Lambda functions",
                             "lambda:ListFunctions", next_key="NextMarker"):
         env = (config.get("Environment") or {}).get("Variables", {})
         if (proxy_name and env.get("LAMBDAPOOL_PROXY_NAME") == proxy_name) or (
-            db_host and _dsn_host({k: str(v) for k, v in env.items()}) == db_host
+            _dsn_host({k: str(v) for k, v in env.items()}) in hosts
         ):
             found.append(_deployed(api, config["FunctionName"], config))
     return found
 
 
-def _proxy(api: _Aws, name: str) -> tuple[dict[str, Any], str | None]:
-    """The default target group's pool settings, and the instance the proxy points at."""
-    api.call("rds", "describe_db_proxies", f"read RDS Proxy {name!r}", "rds:DescribeDBProxies",
-             f"RDS Proxy {name!r} not found in {api.region}", DBProxyName=name)
+def _proxy(api: _Aws, name: str) -> tuple[dict[str, Any], str | None, str | None]:
+    """The default target group's pool settings, the instance the proxy points at, and its endpoint."""
+    proxies = api.call("rds", "describe_db_proxies", f"read RDS Proxy {name!r}", "rds:DescribeDBProxies",
+                       f"RDS Proxy {name!r} not found in {api.region}", DBProxyName=name).get("DBProxies", [])
+    endpoint = normal_host(proxies[0].get("Endpoint")) if proxies else None
     groups = api.call("rds", "describe_db_proxy_target_groups", f"read RDS Proxy {name!r}'s target groups",
                       "rds:DescribeDBProxyTargetGroups", DBProxyName=name)["TargetGroups"]
     group = next((g for g in groups if g.get("IsDefault")), groups[0] if groups else {})
     targets = api.call("rds", "describe_db_proxy_targets", f"read RDS Proxy {name!r}'s targets",
                        "rds:DescribeDBProxyTargets", DBProxyName=name).get("Targets", [])
     instance = next((t.get("RdsResourceId") for t in targets if t.get("Type") == "RDS_INSTANCE"), None)
-    return group.get("ConnectionPoolConfig", {}), instance
+    return group.get("ConnectionPoolConfig", {}), instance, endpoint
 
 
 def _instance(api: _Aws, identifier: str) -> tuple[int, str, str | None]:
@@ -181,14 +199,14 @@ class _Counted:
     unbounded: list[str]
 
 
-def _count(functions: list[Deployed], proxy_name: str | None) -> _Counted:
+def _count(functions: list[Deployed], proxy_name: str | None, proxy_host: str | None = None) -> _Counted:
     counted = _Counted([], [], [])
     for fn in functions:
-        if fn.pooler == "rds-proxy" and fn.proxy_name == proxy_name:
+        if proxy_name and fn.uses(proxy_name, proxy_host):
             counted.notes.append(f"  client: {fn.name} reserved {fn.concurrency or 'unreserved'} x "
-                                 f"{fn.connections} conn through rds-proxy {fn.proxy_name}")
+                                 f"{fn.connections} conn through rds-proxy {proxy_name}")
         elif fn.pooler != "direct":
-            via = f"{fn.pooler} {fn.proxy_name or ''}".rstrip()
+            via = f"{fn.pooler} {fn.proxy_name or fn.host or ''}".rstrip()
             counted.notes.append(f"  not counted: {fn.name} goes through {via}")
         elif fn.concurrency is None:
             counted.unbounded.append(fn.name)
@@ -216,12 +234,14 @@ def _verdict(t: Tally) -> str:
     return f"FAIL: {breaker.name} breaks the budget: over by {t.over}; {fix}"
 
 
-def _limits(api: _Aws, args: argparse.Namespace) -> tuple[Limits, dict[str, Any], str | None]:
-    """The database's limits (flags win over AWS), the proxy's pool settings, the instance's host."""
+def _limits(api: _Aws, args: argparse.Namespace) -> tuple[Limits, dict[str, Any], str | None, str | None]:
+    """The database's limits (flags win over AWS), the proxy's pool settings, the instance's
+    host, and the proxy's endpoint."""
     pool: dict[str, Any] = {}
     instance = args.db_instance
+    endpoint = None
     if args.proxy_name:
-        pool, target = _proxy(api, args.proxy_name)
+        pool, target, endpoint = _proxy(api, args.proxy_name)
         instance = instance or target
     host = None
     if instance:
@@ -233,17 +253,17 @@ def _limits(api: _Aws, args: argparse.Namespace) -> tuple[Limits, dict[str, Any]
     elif args.max_connections is None:
         raise ConfigError(f"RDS Proxy {args.proxy_name!r} has no RDS instance target; pass --db-instance "
                           "or --max-connections")
-    return limits_from(args), pool, host
+    return limits_from(args), pool, normal_host(host), endpoint
 
 
 def run(args: argparse.Namespace) -> int:
     if not (args.proxy_name or args.db_instance):
         raise ConfigError("give --proxy-name NAME (its target is the database) or --db-instance ID")
     api = _Aws(args.region, args.endpoint_url)
-    limits, pool, host = _limits(api, args)
+    limits, pool, host, endpoint = _limits(api, args)
     functions = ([_deployed(api, n) for n in args.function] if args.function
-                 else _discover(api, args.proxy_name, host))
-    counted = _count(functions, args.proxy_name)
+                 else _discover(api, args.proxy_name, {h for h in (host, endpoint) if h}))
+    counted = _count(functions, args.proxy_name, endpoint)
     proxy = [_proxy_consumer(limits, args.proxy_name, pool)] if args.proxy_name else []
     result = tally(limits, proxy + counted.direct)
     print("\n".join(result.lines() + counted.notes))

@@ -13,6 +13,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 MOTO_SKIPS = {"AWS::RDS::DBProxy", "AWS::RDS::DBProxyTargetGroup", "AWS::CloudWatch::Alarm"}
 PLACEHOLDER_PROXY_ID = "prx-0123456789abcdef0"
+PLACEHOLDER_DBI_RESOURCE_ID = "db-ABCDEFGHIJKLMNOPQRSTUVWXY0"  # moto has no DBInstance.DbiResourceId
 SAM_TEMPLATE = ROOT / "infra" / "sam" / "template.yaml"
 TERRAFORM = ROOT / "infra" / "terraform"
 
@@ -159,15 +160,22 @@ def _numbers(props: dict, keys: tuple[str, ...]) -> dict:
     return {k: (float(v) if k == "Threshold" else int(v)) if k in keys else v for k, v in props.items()}
 
 
+def proxy_endpoint(stack: str) -> str:
+    """The hostname deploy_stack gives the stack's proxy (in the template and in moto's RDS)."""
+    return f"{stack}.proxy-placeholder.us-east-1.rds.amazonaws.com"
+
+
 def deploy_stack(stack: str, parameters: dict[str, str], network: tuple[str, list[str]], secret_arn: str) -> dict:
     """Deploy the SAM template into moto; make what moto's CloudFormation skips through the APIs.
 
     moto's CloudFormation skips MOTO_SKIPS and rejects Fn::GetAtt on them and on
     DBInstance.MasterUserSecret.SecretArn: those resources are removed, the references replaced
-    by fixed values (the proxy's name is the stack's; its ARN carries PLACEHOLDER_PROXY_ID; the
-    master secret is ``secret_arn``), and the removed resources are then created through moto's
-    RDS and CloudWatch APIs from the template's own properties, so their settings are the
-    template's. Returns the outputs, the physical ids and the names of the skipped resources.
+    by fixed values (the proxy's name is the stack's; its ARN carries PLACEHOLDER_PROXY_ID, its
+    endpoint is ``proxy_endpoint(stack)``, also in moto's RDS; the master secret is ``secret_arn``;
+    the database's DbiResourceId PLACEHOLDER_DBI_RESOURCE_ID), and the removed resources are then
+    created through moto's RDS and CloudWatch APIs from the template's own properties, so their
+    settings are the template's. Returns the outputs, the physical ids, the names of the skipped
+    resources and the properties each one made was created with (``made``).
     """
     import boto3
 
@@ -185,8 +193,9 @@ def deploy_stack(stack: str, parameters: dict[str, str], network: tuple[str, lis
     fixed = {
         ref("Proxy"): stack,  # DBProxyName is the stack's name
         getatt("Proxy", "DBProxyArn"): f"arn:aws:rds:us-east-1:123456789012:db-proxy:{PLACEHOLDER_PROXY_ID}",
-        getatt("Proxy", "Endpoint"): f"{stack}.proxy-placeholder.us-east-1.rds.amazonaws.com",
+        getatt("Proxy", "Endpoint"): proxy_endpoint(stack),
         getatt("Database", "MasterUserSecret.SecretArn"): secret_arn,
+        getatt("Database", "DbiResourceId"): PLACEHOLDER_DBI_RESOURCE_ID,
     }
     cfn = boto3.client("cloudformation")
     cfn.create_stack(
@@ -205,12 +214,18 @@ def deploy_stack(stack: str, parameters: dict[str, str], network: tuple[str, lis
     resolve = Resolver(template, stack, parameters, {**physical, "Proxy": stack}, attributes)
 
     rds, cloudwatch = boto3.client("rds"), boto3.client("cloudwatch")
+    made = {}
     for name, resource in skipped.items():
         if "Condition" in resource and not resolve.condition(resource["Condition"]):
             continue
-        props = resolve(resource["Properties"])
+        props = made[name] = resolve(resource["Properties"])
         if resource["Type"] == "AWS::RDS::DBProxy":
-            rds.create_db_proxy(**_numbers(props, ("IdleClientTimeout",)))
+            # moto 5.2 requires Auth (an end-to-end IAM proxy has none) and ignores DefaultAuthScheme
+            rds.create_db_proxy(**{"Auth": [], **_numbers(props, ("IdleClientTimeout",))})
+            from moto.core import DEFAULT_ACCOUNT_ID
+            from moto.rds.models import rds_backends
+
+            rds_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].db_proxies[props["DBProxyName"]].endpoint = proxy_endpoint(stack)
         elif resource["Type"] == "AWS::RDS::DBProxyTargetGroup":
             rds.register_db_proxy_targets(DBProxyName=props["DBProxyName"],
                                           DBInstanceIdentifiers=props["DBInstanceIdentifiers"])
@@ -221,4 +236,4 @@ def deploy_stack(stack: str, parameters: dict[str, str], network: tuple[str, lis
             cloudwatch.put_metric_alarm(AlarmName=f"{stack}-{name}", **_numbers(
                 props, ("Period", "EvaluationPeriods", "DatapointsToAlarm", "Threshold")))
     return {"outputs": {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])},
-            "physical": physical, "skipped": sorted(skipped)}
+            "physical": physical, "skipped": sorted(skipped), "made": made}

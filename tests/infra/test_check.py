@@ -32,7 +32,8 @@ def make_deployment(subnets: list[str]) -> dict[str, str]:
     rds.register_db_proxy_targets(DBProxyName="orders", DBInstanceIdentifiers=["orders"])
     pool_config(60)
     address = rds.describe_db_instances(DBInstanceIdentifier="orders")["DBInstances"][0]["Endpoint"]["Address"]
-    return {"role": role, "address": address}
+    endpoint = rds.describe_db_proxies(DBProxyName="orders")["DBProxies"][0]["Endpoint"]
+    return {"role": role, "address": address, "endpoint": endpoint}
 
 
 @pytest.fixture
@@ -57,6 +58,14 @@ def function(role: str, name: str, env: dict[str, str], reserved: int | None) ->
 def proxied(deployment, name: str, reserved: int | None, per_instance: int = 1) -> None:
     function(deployment["role"], name, {"LAMBDAPOOL_POOLER": "rds-proxy", "LAMBDAPOOL_PROXY_NAME": "orders",
                                         "LAMBDAPOOL_MAX_PER_INSTANCE": str(per_instance)}, reserved)
+
+
+def endpointed(deployment, name: str, reserved: int | None, per_instance: int = 1, *,
+               variable: str = "LAMBDAPOOL_DSN", pooler: str | None = "rds-proxy") -> None:
+    """A function given the proxy's hostname, as the infra/ templates do (no LAMBDAPOOL_PROXY_NAME)."""
+    dsn = f"postgresql://app:hunter2-secret@{deployment['endpoint'].upper()}:5432/orders"  # hosts are case-blind
+    env = {variable: dsn, "LAMBDAPOOL_MAX_PER_INSTANCE": str(per_instance)}
+    function(deployment["role"], name, env | ({"LAMBDAPOOL_POOLER": pooler} if pooler else {}), reserved)
 
 
 def direct(deployment, name: str, reserved: int | None) -> None:
@@ -85,6 +94,40 @@ def test_a_fitting_deployment_passes_and_shows_the_arithmetic(deployment, capsys
     assert "client: web reserved 50 x 4 conn through rds-proxy orders" in out
     assert "OK: the fan-out fits, 5 connection(s) to spare" in out
     assert "hunter2" not in out  # the DSN is read for its host, never printed
+
+
+def test_functions_given_the_proxys_endpoint_are_found_as_its_clients(deployment, capsys):
+    # GIVEN functions that carry the proxy's hostname (LAMBDAPOOL_DSN, DATABASE_URL, even with no
+    # pooler set: their connections go to the proxy all the same) and no LAMBDAPOOL_PROXY_NAME
+    endpointed(deployment, "api", 500)
+    endpointed(deployment, "web", 50, per_instance=4, variable="DATABASE_URL")
+    endpointed(deployment, "plain", 10, pooler=None)
+    direct(deployment, "cron", 30)
+    code, out = check(capsys)
+    # THEN each is counted as a client of the proxy, not as direct connections: 60 + 30 fits
+    assert code == 0, out
+    for name, reserved, conns in (("api", 500, 1), ("web", 50, 4), ("plain", 10, 1)):
+        assert f"client: {name} reserved {reserved} x {conns} conn through rds-proxy orders" in out
+    assert "cron 30 x 1 conn = 30 (direct)" in out and "OK: the fan-out fits, 5 connection(s) to spare" in out
+    assert "hunter2" not in out
+
+
+def test_an_endpoint_deployment_that_overcommits_names_the_function(deployment, capsys):
+    endpointed(deployment, "api", 500)
+    direct(deployment, "cron", 40)
+    code, out = check(capsys)
+    assert code == 1, out
+    assert "client: api reserved 500 x 1 conn through rds-proxy orders" in out
+    assert "FAIL: cron breaks the budget: over by 5; to fit, lower cron's reserved concurrency from 40 to 35" in out
+
+
+def test_a_function_named_for_another_proxy_is_not_its_client(deployment, capsys):
+    # proxy_name wins over the DSN's host in the adapter, so check follows the name
+    function(deployment["role"], "elsewhere", {
+        "LAMBDAPOOL_POOLER": "rds-proxy", "LAMBDAPOOL_PROXY_NAME": "billing",
+        "LAMBDAPOOL_DSN": f"postgresql://{deployment['endpoint']}:5432"}, 100)
+    code, out = check(capsys)
+    assert code == 0 and "not counted: elsewhere goes through rds-proxy billing" in out
 
 
 def test_an_overcommitted_direct_function_fails_by_name(deployment, capsys):
@@ -141,7 +184,7 @@ def test_console_script_against_moto_server(moto_url, monkeypatch):
     # GIVEN the deployment in moto's server (boto3 here reaches it through AWS_ENDPOINT_URL)
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
     deployment = make_deployment(make_network()[1])
-    proxied(deployment, "api", 500)
+    endpointed(deployment, "api", 500)
     direct(deployment, "cron", 40)
     # WHEN `lambdapool check` runs as a command, told the endpoint by --endpoint-url only
     env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}

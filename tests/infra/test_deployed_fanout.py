@@ -19,7 +19,12 @@ import pytest
 import lambdapool
 from lambdapool.testing.moto import signing_keys
 from lambdapool.testing.proxy import LocalProxy
-from tests.infra.infra_support import create_secret, deploy_stack, plan_parameters
+from tests.infra.infra_support import (
+    create_secret,
+    deploy_stack,
+    plan_parameters,
+    proxy_endpoint,
+)
 from tests.support import LambdaContext
 
 RESERVED = 24
@@ -55,10 +60,13 @@ def test_burst_of_the_deployed_function_stays_under_max_connections(network, pg_
         from moto.rds.models import rds_backends
 
         rds_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].db_proxies["orders"].endpoint = proxy.host
-        # the deployed environment, plus what only a test needs: the proxy's port and test CA
+        # the deployed environment (the proxy's endpoint in the DSN, no lookup), with what only
+        # a test needs: that endpoint made the stand-in's address, and its test CA
+        deployed = proxy_endpoint("orders")
+        assert env["LAMBDAPOOL_DSN"] == f"postgresql://{deployed}:5432" and "LAMBDAPOOL_PROXY_NAME" not in env
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        monkeypatch.setenv("LAMBDAPOOL_DSN", f"postgresql://:{proxy.port}")
+        monkeypatch.setenv("LAMBDAPOOL_DSN", env["LAMBDAPOOL_DSN"].replace(f"{deployed}:5432", f"{proxy.host}:{proxy.port}"))
         monkeypatch.setenv("LAMBDAPOOL_SSL_CA_FILE", proxy.ca_file)
         instances = [lambdapool.Database.from_env() for _ in range(RESERVED)]  # one per environment
         try:

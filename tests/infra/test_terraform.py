@@ -116,7 +116,7 @@ def test_rds_db_connect_is_scoped_to_the_proxy_and_user(module):
     assert locals_["proxy_resource_id"] == '${split(":", aws_db_proxy.this.arn)[6]}'
     policy = next(b for e in module["data"] for k, v in e.items() if k == "aws_iam_policy_document"
                   for label, b in v.items() if label == "function")
-    connect = policy["dynamic"][0]["statement"]["content"][0]
+    connect = _dynamic_statement(policy, "ConnectThroughTheProxy")
     assert connect["actions"] == ["rds-db:connect"] and connect["resources"] == ["${local.proxy_user_arn}"]
     # the expression, applied to a proxy ARN, gives the rds-db ARN of that proxy and user
     expression = locals_["proxy_user_arn"]
@@ -125,6 +125,52 @@ def test_rds_db_connect_is_scoped_to_the_proxy_and_user(module):
     arn = "arn:aws:rds:us-east-1:123456789012:db-proxy:prx-0123456789abcdef0"
     applied = arn.replace(":rds:", ":rds-db:").replace(":db-proxy:", ":dbuser:") + "/app"
     assert applied == "arn:aws:rds-db:us-east-1:123456789012:dbuser:prx-0123456789abcdef0/app"
+
+
+def _dynamic_statement(policy: dict, sid: str) -> dict:
+    return next(d["statement"]["content"][0] for d in policy["dynamic"] if d["statement"]["content"][0]["sid"] == sid)
+
+
+def _function_policy(module: dict) -> dict:
+    return next(b for e in module["data"] for k, v in e.items() if k == "aws_iam_policy_document"
+                for label, b in v.items() if label == "function")
+
+
+def test_functions_get_the_proxys_endpoint_and_no_describe_permission(module):
+    fn = blocks(module, "resource")["aws_lambda_function.this"]
+    environment = fn["environment"][0]["variables"]
+    # the endpoint when find_proxy_by is endpoint (the default), the name only when asked
+    assert ('var.find_proxy_by == "endpoint" ? {LAMBDAPOOL_DSN = '
+            '"postgresql://${aws_db_proxy.this.endpoint}:5432"} : {}') in environment
+    assert 'var.find_proxy_by == "name" ? {LAMBDAPOOL_PROXY_NAME = aws_db_proxy.this.name} : {}' in environment
+    assert "LAMBDAPOOL_PROXY_NAME = aws_db_proxy.this.name," not in environment  # not unconditionally
+    assert blocks(module, "variable")["find_proxy_by"]["default"] == "endpoint"
+    # the role has rds:DescribeDBProxies only through the dynamic block that find_proxy_by = name turns on
+    policy = _function_policy(module)
+    assert "statement" not in policy  # every statement is conditional
+    find = next(d for d in policy["dynamic"] if d["statement"]["content"][0]["sid"] == "FindTheProxy")["statement"]
+    assert find["for_each"] == '${var.find_proxy_by == "name" ? [1] : []}'
+    assert find["content"][0]["actions"] == ["rds:DescribeDBProxies"]
+
+
+def test_end_to_end_iam_option_renders(module):
+    resources = blocks(module, "resource")
+    proxy = resources["aws_db_proxy.this"]
+    assert proxy["default_auth_scheme"] == '${local.end_to_end_iam ? "IAM_AUTH" : null}'
+    auth = proxy["dynamic"][0]["auth"]
+    assert auth["for_each"] == "${local.end_to_end_iam ? [] : [1]}" and auth["content"][0]["auth_scheme"] == "SECRETS"
+    assert resources["aws_iam_role_policy.proxy_secret"]["count"] == "${local.end_to_end_iam ? 0 : 1}"
+    assert resources["aws_iam_role_policy.proxy_connect"]["count"] == "${local.end_to_end_iam ? 1 : 0}"
+    assert "local.db_user_arn" in resources["aws_iam_role_policy.proxy_connect"]["policy"]
+    assert resources["aws_db_instance.this"]["iam_database_authentication_enabled"] == "${local.end_to_end_iam}"
+    locals_ = next(block for block in module["locals"] if "end_to_end_iam" in block)
+    assert locals_["end_to_end_iam"] == '${var.proxy_auth_scheme == "IAM_AUTH"}'
+    assert ":dbuser:${local.db_resource_id}/${var.db_user}" in locals_["db_user_arn"]
+    variable = blocks(module, "variable")["proxy_auth_scheme"]
+    assert variable["default"] == "SECRETS"
+    condition = variable["validation"][0]["condition"]
+    assert _validate(condition, "proxy_auth_scheme", "IAM_AUTH") and not _validate(condition, "proxy_auth_scheme", "x")
+    assert not any(r.startswith("aws_secretsmanager_secret") for r in resources)  # the module never makes one
 
 
 def _validate(condition: str, name: str, value) -> bool:
