@@ -85,6 +85,18 @@ class InstanceLoop:
             return asyncio.run_coroutine_threadsafe(coro, loop).result()
         return run_when_free(loop, coro)
 
+    def cancel_pending(self) -> None:
+        """Cancel the tasks a failed handler left on the loop (Mangum run from inside an async
+        handler schedules its own) and let them unwind, so none is left half-run."""
+        loop = self.loop
+        if loop is None or loop.is_running() or loop.is_closed():
+            return
+        tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
     def _ensure_thread(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
             if self.thread is None:
