@@ -4,6 +4,10 @@
 --invocations 500`` runs the same burst once per ``--pooler``, against ``--dsn`` or a throwaway
 Postgres (``--max-connections``), shows progress on stderr while it runs, then prints the
 scenarios side by side; ``--chart`` and ``--json`` keep the picture and the figures.
+``--max-concurrency N`` runs the environments as Lambda Managed Instances (N worker processes
+each, by awslambdaric's own multi-process mode); ``--setup FILE.sql`` runs a script once as the
+database's owner before the bursts. The throwaway database's role (``app``) owns a schema of
+its own, first on its search path, so handlers may create their tables.
 The scenario machinery is :mod:`lambdapool.testing.fanout`.
 """
 
@@ -30,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "side by side (default: local)")  # fmt: skip
     parser.add_argument("--concurrency", type=int, default=20,
                         help="invocations in flight, and Lambda environments at most (default 20)")  # fmt: skip
+    parser.add_argument("--max-concurrency", type=int, metavar="N",
+                        help="run Lambda Managed Instances environments of N worker processes each "
+                             "(AWS_LAMBDA_MAX_CONCURRENCY), packed full before another starts; "
+                             "--concurrency / N environments at most")  # fmt: skip
     parser.add_argument("--invocations", type=int, default=200, help="invocations in the burst (default 200)")
     parser.add_argument("--light", type=int, default=0, metavar="N",
                         help="add N light in-process instances, invoked as many rounds as the environments")  # fmt: skip
@@ -37,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     db.add_argument("--dsn", help="a running database (default: a throwaway Postgres)")
     db.add_argument("--max-connections", type=int, default=30,
                     help="max_connections of the throwaway Postgres (default 30)")  # fmt: skip
+    parser.add_argument("--setup", type=Path, metavar="FILE.sql",
+                        help="SQL run once as the database's owner before the bursts (tables, grants, seed rows); "
+                             "the throwaway database's handlers connect as role app, which owns schema app")  # fmt: skip
     parser.add_argument("--cap", type=int, help="the pooler's cap on backends (default: two thirds of the limit)")
     parser.add_argument("--no-guard", action="store_true", help="direct: turn the SDK's budget guard off")
     parser.add_argument("--timeout", type=float, default=10.0, help="the function's timeout in seconds (default 10)")
@@ -123,6 +134,8 @@ def summary_table(report: Any) -> str:
         ("  timed out connecting", lambda s: s.get("timed_out")),
         ("throttled", lambda s: s["throttles"]),
         ("cold starts", lambda s: s["cold_starts"]),
+        ("instances (environments)", lambda s: s["instances"]),
+        ("processes", lambda s: s["processes"]),
         ("connects", lambda s: s.get("connects")),
         ("reconnects", lambda s: s.get("reconnects")),
         ("peak backends / limit", peak),
@@ -174,11 +187,16 @@ def run(args: argparse.Namespace) -> int:
     kinds = poolers(args.pooler)
     fanout.require(*(["matplotlib"] if args.chart else []), *(["moto"] if "rds-proxy" in kinds else []))
     handler = fanout.HandlerRef.parse(args.handler)
-    burst = fanout.Burst(args.invocations, args.concurrency, args.light, args.timeout, _event(args.event)).validate()
+    burst = fanout.Burst(args.invocations, args.concurrency, args.light, args.timeout, _event(args.event),
+                         max_concurrency=args.max_concurrency).validate()  # fmt: skip
+    if args.setup is not None and not args.setup.is_file():
+        raise ConfigError(f"--setup {args.setup}: no such file (a SQL script to run before the bursts)")
     env = _env_pairs(args.env)
     progress = ProgressLine()
     with database(args.dsn, args.max_connections) as target:
-        width = f"{burst.concurrency} Lambda environments" + (f" + {burst.light} light instances" if burst.light else "")
+        if args.setup is not None:
+            fanout.run_setup(target, args.setup)
+        width = burst.describe() + (f" + {burst.light} light instances" if burst.light else "")
         report = Report(f"{handler.path.name}:{handler.function}, {burst.total} invocations over {width}, "
                         f"against {target.description}")  # fmt: skip
         print(report.title, file=sys.stderr)

@@ -175,12 +175,32 @@ def embedded_database(max_connections: int = 20, role: str = "app") -> Iterator[
     pg = PostgresServer(max_connections=max_connections, settings={"superuser_reserved_connections": 0})
     pg.start()
     try:
-        pg.psql(f'CREATE ROLE "{role}" LOGIN')
+        # PostgreSQL 15 lets no ordinary role create in `public`: the role gets a schema of its
+        # own, named after it, so first on the default search_path ("$user", public).
+        pg.psql(f'CREATE ROLE "{role}" LOGIN; CREATE SCHEMA AUTHORIZATION "{role}"')
         dsn = f"postgresql://{quote(role, safe='')}@{pg.host}:{pg.port}/{pg.database}"
         yield Target(dsn, pg.dsn, max_connections, max_connections - 1,
                      f"embedded Postgres (max_connections={max_connections})")  # fmt: skip
     finally:
         pg.stop()
+
+
+def run_setup(target: Target, path: Path) -> None:
+    """Run the SQL script at ``path`` once, as the database's owner (the throwaway database's
+    superuser, or ``--dsn``'s user), before any burst: tables, grants, seed rows."""
+    import psycopg
+
+    try:
+        script = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"--setup {path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        with psycopg.connect(target.monitor_dsn, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(script)  # type: ignore[arg-type]  # no parameters: the simple protocol, many statements
+    except psycopg.Error as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+        raise ConfigError(f"--setup {path}: the script failed ({type(exc).__name__}: {detail}); "
+                          f"fix it and run again") from None  # fmt: skip
 
 
 def existing_database(dsn: str) -> Target:
@@ -210,18 +230,23 @@ def default_cap(target: Target) -> int:
 class Burst:
     """``invocations`` over Lambda environments, ``concurrency`` in flight (and at most that
     many environments); ``light`` adds that many in-process instances, each invoked as many
-    rounds as the environments are (``light * ceil(invocations / concurrency)`` invocations)."""
+    rounds as the environments are (``light * ceil(invocations / concurrency)`` invocations).
+    With ``max_concurrency`` the environments are Lambda Managed Instances of that many worker
+    processes each: ``ceil(concurrency / max_concurrency)`` environments at most."""
 
     invocations: int = 200
     concurrency: int = 20
     light: int = 0
     timeout: float = 10.0  # the functions' timeout: a connection wait never runs past it
     event: Mapping[str, Any] = field(default_factory=dict)
+    max_concurrency: int | None = None
 
     def validate(self) -> Burst:
         for name in ("invocations", "concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} {getattr(self, name)}: must be at least 1")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ConfigError(f"--max-concurrency {self.max_concurrency}: processes per environment, at least 1")
         if self.light < 0:
             raise ConfigError(f"--light {self.light}: must be 0 or more")
         if self.timeout <= 0:
@@ -238,6 +263,17 @@ class Burst:
 
     def events(self, count: int) -> list[dict[str, Any]]:
         return [{**self.event, "n": i} for i in range(count)]
+
+    @property
+    def environments(self) -> int:
+        """The most Lambda environments the burst can use."""
+        return math.ceil(self.concurrency / (self.max_concurrency or 1))
+
+    def describe(self) -> str:
+        """"20 Lambda environments", or "4 Managed Instances environments x 16 processes"."""
+        if self.max_concurrency is None:
+            return f"{self.concurrency} Lambda environments"
+        return f"{self.environments} Managed Instances environments x {self.max_concurrency} processes"
 
 
 @dataclass
@@ -389,9 +425,11 @@ class _Fleets:
 
     def __init__(self, handler: HandlerRef, env: dict[str, str], burst: Burst, preload: tuple[str, ...]) -> None:
         self.burst = burst
-        # Environments are frozen between invocations, as on Lambda.
+        # Environments are frozen between invocations, as on Lambda (never on Managed Instances,
+        # whose environments run max_concurrency worker processes each, packed full first).
         self.lambda_fleet = LambdaFleet(handler.handler, handler.task_root, env=env,
                                         reserved_concurrency=burst.concurrency, timeout=burst.timeout,
+                                        max_concurrency=burst.max_concurrency,
                                         fork_server=True, preload=("psycopg", "lambdapool", *preload))  # fmt: skip
         self.light_fleet: LightFleet | None = None
         if burst.light:
@@ -503,6 +541,7 @@ __all__ = [
     "pooler",
     "require",
     "run_scenario",
+    "run_setup",
     "scenario_name",
 ]
 

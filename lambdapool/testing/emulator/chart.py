@@ -30,6 +30,9 @@ def draw_backends(report: Report, path: Path) -> Path:
             peak = max(ys)
             failed = sum(not r.ok for r in scenario.results)
             label = f"{scenario.name}: peak {peak}, {failed} of {len(scenario.results)} failed"
+            summary = scenario.summary()
+            if summary["processes"] != summary["instances"]:  # Managed Instances: say both
+                label += f" ({summary['instances']} environments, {summary['processes']} processes)"
             ax.step(xs, ys, where="post", linewidth=1.6, label=label)
         if scenario.limit is not None:
             limits.add(scenario.limit)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import secrets
 import shutil
@@ -40,6 +41,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,7 @@ from lambdapool.testing.postgres import _child_setup
 
 INIT_TIMEOUT = 10.0  # Lambda's limit on the init phase of an on-demand environment
 ACCOUNT = "123456789012"
+MANAGED_INSTANCES = "lambda-managed-instances"  # AWS_LAMBDA_INITIALIZATION_TYPE there
 
 
 class EnvironmentStartError(LambdapoolError):
@@ -68,12 +71,14 @@ class EnvironmentInfo:
     """A snapshot of one environment, for tests and reports."""
 
     id: str
-    pid: int
+    pid: int  # the runtime's main process (and process group)
     state: str  # starting | busy | idle | stopping | dead
     frozen: bool  # confirmed stopped (state T)
     invocations: int
     init_ms: float | None
     returncode: int | None
+    in_flight: int = 0  # invocations assigned and not yet answered
+    worker_pids: tuple[int, ...] = ()  # Managed Instances: awslambdaric's worker processes
 
 
 class _Invocation:
@@ -84,6 +89,7 @@ class _Invocation:
         self.started_at = time.time()
         self.t0 = time.monotonic()
         self.cold = False
+        self.worker: int | None = None  # the Runtime API connection (runtime process) it went to
         self.future: asyncio.Future[InvocationResult] = asyncio.get_running_loop().create_future()
 
     def finish(self, env: Environment, ok: bool, payload: Any = None,
@@ -96,18 +102,22 @@ class _Invocation:
             latency_ms=(time.monotonic() - self.t0) * 1000, ok=ok, payload=payload,
             error_type=error[0] if error else None, error_message=error[1] if error else None,
             started_at=self.started_at, ended_at=time.time(),
+            process_id=f"{env.id}/{self.worker}" if self.worker is not None and env.fleet.max_concurrency else None,
         ))  # fmt: skip
 
 
 class Environment:
     """One execution environment: its process, its Runtime API port and where it stands.
 
-    Used only on the fleet's event loop. Implements :class:`.runtime_api.RuntimeHandler`.
+    ``capacity`` invocations may be in flight at once: 1 on demand, ``max_concurrency`` on
+    Managed Instances, where that many awslambdaric workers each hold a ``GET /next``. Used
+    only on the fleet's event loop. Implements :class:`.runtime_api.RuntimeHandler`.
     """
 
     def __init__(self, fleet: LambdaFleet, env_id: str) -> None:
         self.fleet = fleet
         self.id = env_id
+        self.capacity = fleet.max_concurrency or 1
         self.state = "starting"
         self.frozen = False  # SIGSTOP sent and not undone
         self.frozen_confirmed = False  # and the process was seen stopped
@@ -121,13 +131,21 @@ class Environment:
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # first GET /next
         self.init_failure: tuple[str, str] | None = None
         self._launched = 0.0
-        self._waiter: asyncio.Future[NextInvocation] | None = None
-        self._pending: _Invocation | None = None  # assigned, not yet handed out
-        self._current: _Invocation | None = None  # handed out, not yet answered
+        self._waiters: deque[tuple[int, asyncio.Future[NextInvocation]]] = deque()  # workers in GET /next
+        self._pending: deque[_Invocation] = deque()  # assigned, not yet handed out
+        self._current: dict[str, _Invocation] = {}  # handed out, not yet answered, by request id
+
+    @property
+    def load(self) -> int:
+        return len(self._pending) + len(self._current)
+
+    def _waiting(self) -> bool:
+        return any(not f.done() for _, f in self._waiters)
 
     def info(self) -> EnvironmentInfo:
+        workers = tuple(processes.children(self.pid)) if self.fleet.max_concurrency and self.pid > 0 else ()
         return EnvironmentInfo(self.id, self.pid, self.state, self.frozen_confirmed, self.invocations,
-                               self.init_ms, self.returncode)  # fmt: skip
+                               self.init_ms, self.returncode, self.load, workers)  # fmt: skip
 
     # -- lifecycle (called by the fleet) -----------------------------------------------------
     async def launch(self, init_type: str) -> None:
@@ -140,7 +158,7 @@ class Environment:
         if fleet._zygote is not None:
             self.pid = await fleet._zygote.spawn(self.id, env, fleet.task_root, fleet.handler, str(self.log_path))
             fleet._zygote.on_exit(self.pid, self._exited)
-            if self.state == "idle" and self._waiter is not None and fleet.freeze:
+            if self.state == "idle" and self._waiting() and fleet.freeze:
                 fleet._spawn(self.freeze())  # it reached GET /next before we knew its pid
             return
         with open(self.log_path, "ab") as log:
@@ -173,21 +191,28 @@ class Environment:
         self._exited(proc.wait())
 
     def _exited(self, code: int) -> None:
+        if self.fleet.max_concurrency and self.state != "stopping" and self.pid > 1:
+            processes.signal_group(self.pid, signal.SIGKILL)  # the main process died: no orphan workers
         self.returncode = code
         self.state = "dead"
         self.frozen = self.frozen_confirmed = False
         why = self.init_failure or ("Runtime.ExitError", f"Runtime exited with {_describe_exit(code)}")
-        for inv in (self._pending, self._current):
-            if inv is not None:
-                inv.finish(self, False, error=why)
-        self._pending = self._current = None
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.cancel()
+        self._fail_all(why)
+        for _, waiter in self._waiters:
+            if not waiter.done():
+                waiter.cancel()
+        self._waiters.clear()
         if self.server is not None:
             self.server.close()
         if not self.exited.done():
             self.exited.set_result(code)
         self.fleet._forget(self)
+
+    def _fail_all(self, why: tuple[str, str]) -> None:
+        for inv in [*self._pending, *self._current.values()]:
+            inv.finish(self, False, error=why)
+        self._pending.clear()
+        self._current.clear()
 
     def assign(self, inv: _Invocation) -> None:
         """Give ``inv`` to this environment (thawing it if frozen)."""
@@ -196,16 +221,21 @@ class Environment:
         if self.frozen:
             processes.thaw(self.pid)
             self.frozen = self.frozen_confirmed = False
-        if self._waiter is not None and not self._waiter.done():
-            self._current = inv
-            self._waiter.set_result(self._next_for(inv))
-            self._waiter = None
-        else:
-            self._pending = inv
+        while self._waiters:
+            worker, waiter = self._waiters.popleft()
+            if not waiter.done():  # a worker still waiting (not one whose connection closed)
+                self._hand_out(inv, worker)
+                waiter.set_result(self._next_for(inv))
+                return
+        self._pending.append(inv)
+
+    def _hand_out(self, inv: _Invocation, worker: int) -> None:
+        inv.worker = worker
+        self._current[inv.request_id] = inv
 
     async def freeze(self) -> bool:
         """Stop the process group if it is idle in ``GET /next``; True once it is seen stopped."""
-        if self.state != "idle" or self._waiter is None or self.pid <= 0:
+        if self.state != "idle" or not self._waiting() or self.pid <= 0:
             return False  # not idle, or forked but its pid not reported yet (spawn freezes it then)
         if not self.frozen:
             processes.stop_group(self.pid)
@@ -230,27 +260,41 @@ class Environment:
                               trace_id=f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)};Sampled=0")  # fmt: skip
 
     # -- the Runtime API side ------------------------------------------------------------------
-    async def next_invocation(self) -> NextInvocation:
+    async def next_invocation(self, worker: int) -> NextInvocation:
         if self.init_ms is None:
             self.init_ms = (time.monotonic() - self._launched) * 1000
             self.ready.set_result(None)
-        if self._pending is not None:
-            inv, self._pending, self._current = self._pending, None, self._pending
+        if self._pending:
+            inv = self._pending.popleft()
+            self._hand_out(inv, worker)
             return self._next_for(inv)
         if self.state == "starting":  # provisioned ahead of traffic: ready, and nothing to do yet
             self.state = "idle"
             self.idle_since = time.monotonic()
-        self._waiter = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[NextInvocation] = asyncio.get_running_loop().create_future()
+        self._waiters.append((worker, waiter))
         if self.state == "idle" and self.fleet.freeze:
             self.fleet._spawn(self.freeze())
-        return await self._waiter
+        return await waiter
+
+    def connection_closed(self, worker: int) -> None:
+        """A runtime process's connection closed. On demand the process exit says why; on
+        Managed Instances a worker gone mid-invocation fails it, and the environment is reset
+        (its other invocations fail with it), as a timed-out one is."""
+        if not self.fleet.max_concurrency or self.state in ("stopping", "dead"):
+            return
+        lost = [inv for inv in self._current.values() if inv.worker == worker]
+        if lost:
+            for inv in lost:
+                inv.finish(self, False, error=("Runtime.ExitError", "a runtime worker process exited mid-invocation"))
+            self.state = "stopping"
+            self.fleet._spawn(self.fleet._kill(self, graceful=False))
 
     def _answered(self, request_id: str) -> _Invocation | None:
-        inv = self._current
-        if inv is None or inv.request_id != request_id:
+        inv = self._current.pop(request_id, None)
+        if inv is None:
             return None
-        self._current = None
-        if self.state == "busy":  # not when it is being reaped
+        if self.state == "busy" and self.load == 0:  # not when it is being reaped
             self.state = "idle"
             self.idle_since = time.monotonic()
         return inv
@@ -274,6 +318,8 @@ class Environment:
         return 202
 
     def init_error(self, error_type: str, body: bytes) -> int:
+        if self.init_failure is not None:
+            return 403  # another worker reported first: awslambdaric's workers expect RAPID's 403
         self.init_failure = error_fields(error_type, body)
         return 202  # the runtime exits next; _exited() fails the waiting invocation with this
 
@@ -304,12 +350,14 @@ class LambdaFleet(Fleet):
         *,
         env: Mapping[str, str] | None = None,
         reserved_concurrency: int = 100,
+        max_concurrency: int | None = None,
+        max_environments: int | None = None,
         timeout: float = 30.0,
         memory_mb: int = 128,
         idle_reap_after: float | None = None,
         shutdown_extension: bool = False,
         shutdown_grace: float = 2.0,
-        freeze: bool = True,
+        freeze: bool | None = None,
         fork_server: bool = False,
         preload: Sequence[str] = (),
         function_name: str = "lambdapool-emulated",
@@ -325,16 +373,28 @@ class LambdaFleet(Fleet):
             raise ConfigError(f"reserved_concurrency={reserved_concurrency!r}: must be at least 1")
         if timeout <= 0:
             raise ConfigError(f"timeout={timeout!r}: must be a positive number of seconds")
+        if max_concurrency is not None and (isinstance(max_concurrency, bool) or max_concurrency < 1):
+            raise ConfigError(f"max_concurrency={max_concurrency!r}: processes per Managed Instances environment, "
+                              f"at least 1 (or None for on-demand environments)")  # fmt: skip
+        if max_concurrency is not None and freeze:
+            raise ConfigError("freeze=True with max_concurrency: Lambda Managed Instances never freeze an "
+                              "environment; leave freeze unset")  # fmt: skip
+        if max_environments is not None and max_environments < 1:
+            raise ConfigError(f"max_environments={max_environments!r}: must be at least 1 (or None: "
+                              f"reserved_concurrency / max_concurrency, rounded up)")  # fmt: skip
         self.handler = handler
         self.task_root = str(Path(task_root).resolve())
         self.env = dict(env or {})
         self.reserved_concurrency = reserved_concurrency
+        self.max_concurrency = max_concurrency
+        # The capacity provider's limit; by default as many as reserved concurrency can fill.
+        self.max_environments = max_environments or math.ceil(reserved_concurrency / (max_concurrency or 1))
         self.timeout = timeout
         self.memory_mb = memory_mb
         self.idle_reap_after = idle_reap_after
         self.shutdown_extension = shutdown_extension
         self.shutdown_grace = shutdown_grace
-        self.freeze = freeze
+        self.freeze = max_concurrency is None if freeze is None else freeze
         self.fork_server = fork_server or bool(preload)
         self.preload = tuple(preload)
         self._zygote: ForkServer | None = None
@@ -352,8 +412,9 @@ class LambdaFleet(Fleet):
         self.log_dir = Path(".")
 
     def __repr__(self) -> str:
+        mode = f" max_concurrency={self.max_concurrency}" if self.max_concurrency else ""
         return (f"<LambdaFleet {self.handler} environments={len(self._envs)} "
-                f"reserved_concurrency={self.reserved_concurrency}>")  # fmt: skip
+                f"reserved_concurrency={self.reserved_concurrency}{mode}>")  # fmt: skip
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> LambdaFleet:
@@ -439,17 +500,18 @@ class LambdaFleet(Fleet):
 
     async def _invoke(self, payload: bytes) -> InvocationResult:
         inv = _Invocation(payload, self.timeout)
-        env = self._idle_environment()
+        env = self._environment_with_room()
+        fresh = env is None
         if env is None:
-            if len(self._envs) >= self.reserved_concurrency:
-                return self.ledger.record(throttled(
-                    inv.request_id, inv.started_at, time.time(), (time.monotonic() - inv.t0) * 1000,
-                    f"Rate Exceeded. (ReservedFunctionConcurrentInvocationLimitExceeded: "
-                    f"{len(self._envs)} of {self.reserved_concurrency} environments busy)",
-                ))  # fmt: skip
-            env = await self._launch()
-            inv.cold = True
-        env.assign(inv)
+            why = self._throttle_reason()
+            if why is not None:
+                return self.ledger.record(throttled(inv.request_id, inv.started_at, time.time(),
+                                                    (time.monotonic() - inv.t0) * 1000, why))  # fmt: skip
+            env = self._new_environment()
+        inv.cold = env.init_ms is None  # it waits for an init: its own (on demand) or a shared one
+        env.assign(inv)  # before the launch is awaited, so that nobody else takes its slot
+        if fresh:
+            await self._start_environment(env)
         try:
             limit = self.timeout + (INIT_TIMEOUT if inv.cold else 0.0)
             result = await asyncio.wait_for(asyncio.shield(inv.future), limit)
@@ -459,23 +521,58 @@ class LambdaFleet(Fleet):
             await self._kill(env)
         return self.ledger.record(result)
 
-    def _idle_environment(self) -> Environment | None:
-        idle = [e for e in self._envs.values() if e.state == "idle"]
-        return max(idle, key=lambda e: e.idle_since) if idle else None
+    def _in_flight(self) -> int:
+        return sum(e.load for e in self._envs.values())
 
-    async def _launch(self, init_type: str = "on-demand") -> Environment:
+    def _throttle_reason(self) -> str | None:
+        """Why an invocation with no room anywhere is refused, or None if it may start one."""
+        if self.max_concurrency is None:
+            if len(self._envs) < self.reserved_concurrency:
+                return None
+            return (f"Rate Exceeded. (ReservedFunctionConcurrentInvocationLimitExceeded: "
+                    f"{len(self._envs)} of {self.reserved_concurrency} environments busy)")  # fmt: skip
+        if self._in_flight() >= self.reserved_concurrency:
+            return (f"Rate Exceeded. (ReservedFunctionConcurrentInvocationLimitExceeded: {self._in_flight()} of "
+                    f"{self.reserved_concurrency} invocations in flight)")  # fmt: skip
+        if len(self._envs) >= self.max_environments:
+            return (f"Rate Exceeded. ({len(self._envs)} of {self.max_environments} Managed Instances environments, "
+                    f"each with {self.max_concurrency} invocations in flight)")  # fmt: skip
+        return None
+
+    def _environment_with_room(self) -> Environment | None:
+        """On demand: an idle environment, the most recently used. Managed Instances: the
+        fullest environment with a free slot (packing), a starting one included."""
+        if self.max_concurrency is None:
+            idle = [e for e in self._envs.values() if e.state == "idle"]
+            return max(idle, key=lambda e: e.idle_since) if idle else None
+        if self._in_flight() >= self.reserved_concurrency:
+            return None
+        room = [e for e in self._envs.values() if e.state in ("starting", "busy", "idle") and e.load < e.capacity]
+        return max(room, key=lambda e: (e.load, e.idle_since)) if room else None
+
+    def _new_environment(self) -> Environment:
         self._seq += 1
         env = Environment(self, f"env-{self._seq:04d}")
         self._envs[env.id] = env
+        return env
+
+    async def _launch(self, init_type: str | None = None) -> Environment:
+        env = self._new_environment()
+        await self._start_environment(env, init_type)
+        return env
+
+    async def _start_environment(self, env: Environment, init_type: str | None = None) -> None:
+        if init_type is None:
+            init_type = MANAGED_INSTANCES if self.max_concurrency else "on-demand"
         try:
             await env.launch(init_type)
         except OSError as exc:
             self._forget(env)
             if env.server is not None:
                 env.server.close()
+            env._fail_all(("Runtime.ExitError", f"the environment could not start: {exc}"))
             raise EnvironmentStartError(f"could not start `{self.python} -m awslambdaric`: {exc}") from exc
         self.ledger.started(len(self._envs))
-        return env
 
     def provision(self, count: int, timeout: float = INIT_TIMEOUT) -> list[str]:
         """Start ``count`` environments ahead of traffic, as provisioned concurrency does.
@@ -487,11 +584,13 @@ class LambdaFleet(Fleet):
         return self._call(self._provision(count, timeout))
 
     async def _provision(self, count: int, timeout: float) -> list[str]:
-        room = self.reserved_concurrency - len(self._envs)
+        cap, setting = ((self.max_environments, f"max_environments={self.max_environments}") if self.max_concurrency
+                        else (self.reserved_concurrency, f"reserved_concurrency={self.reserved_concurrency}"))  # fmt: skip
+        room = cap - len(self._envs)
         if count > room:
-            raise ConfigError(f"provision(count={count}): only {room} environments left under "
-                              f"reserved_concurrency={self.reserved_concurrency}")  # fmt: skip
-        envs = [await self._launch("provisioned-concurrency") for _ in range(count)]
+            raise ConfigError(f"provision(count={count}): only {room} environments left under {setting}")
+        init_type = None if self.max_concurrency else "provisioned-concurrency"
+        envs = [await self._launch(init_type) for _ in range(count)]
         waits = [asyncio.wait({e.ready, e.exited}, return_when=asyncio.FIRST_COMPLETED) for e in envs]
         await asyncio.wait_for(asyncio.gather(*waits), timeout)
         failed = [e for e in envs if not e.ready.done()]
@@ -524,15 +623,18 @@ class LambdaFleet(Fleet):
             "AWS_LAMBDA_INITIALIZATION_TYPE": init_type,
             "AWS_REGION": self.region,
             "AWS_DEFAULT_REGION": self.region,
+            # awslambdaric's own multi-process mode: it forks this many workers
+            **({"AWS_LAMBDA_MAX_CONCURRENCY": str(self.max_concurrency)} if self.max_concurrency else {}),
             **self.env,
         }
 
     def _execution_env(self) -> str:
         """``AWS_Lambda_python3.X``. awslambdaric lets Python signal handlers run only when it
         polls ``GET /next`` in a thread, which it does on the python3.12+ runtimes; so that
-        SIGTERM reaches a handler, a fleet with a shutdown extension presents itself as 3.12+."""
+        SIGTERM reaches a handler, a fleet with a shutdown extension or on Managed Instances
+        (scaled in by SIGTERM) presents itself as 3.12+."""
         version = sys.version_info[:2]
-        if self.shutdown_extension and version < (3, 12):
+        if (self.shutdown_extension or self.max_concurrency) and version < (3, 12):
             version = (3, 12)
         return f"AWS_Lambda_python{version[0]}.{version[1]}"
 
@@ -565,17 +667,21 @@ class LambdaFleet(Fleet):
 
     async def _reap_idle(self, idle_for: float) -> list[str]:
         now = time.monotonic()
-        victims = [e for e in self._envs.values() if e.state == "idle" and now - e.idle_since >= idle_for]
+        victims = [e for e in self._envs.values() if e.state == "idle" and e.load == 0 and now - e.idle_since >= idle_for]
         await self._reap(victims)
         return [e.id for e in victims]
 
     async def _reap(self, victims: list[Environment]) -> None:
         for env in victims:
             env.state = "stopping"
-        await asyncio.gather(*(self._kill(env, graceful=self.shutdown_extension) for env in victims))
+        graceful = self.shutdown_extension or self.max_concurrency is not None  # Managed Instances: SIGTERM first
+        await asyncio.gather(*(self._kill(env, graceful=graceful) for env in victims))
         self.ledger.reaped(len(victims))
 
     async def _kill(self, env: Environment, graceful: bool = False) -> None:
+        if self.max_concurrency is not None:
+            await self._kill_group(env, graceful)
+            return
         if env.exited.done():
             return
         if graceful:
@@ -586,6 +692,21 @@ class LambdaFleet(Fleet):
             except asyncio.TimeoutError:
                 pass
         env.kill()
+        await env.exited
+
+    async def _kill_group(self, env: Environment, graceful: bool) -> None:
+        """Managed Instances: the main process dies at once on SIGTERM, its workers once they
+        have closed: wait for the whole process group, then SIGKILL what is left of it."""
+        env.state = "stopping"
+        if env.pid <= 1:
+            return
+        if graceful and not env.exited.done():
+            await env.shut_down()
+            if await processes.wait_group_gone(env.pid, self.shutdown_grace):
+                await env.exited
+                return
+        env.kill()
+        await processes.wait_group_gone(env.pid, 5.0)
         await env.exited
 
     async def _start_reaper(self) -> None:

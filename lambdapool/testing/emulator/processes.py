@@ -105,3 +105,34 @@ def children(pid: int) -> list[int]:
     except OSError:
         pass
     return found
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid``, found in ``/proc``.
+
+    Managed Instances environments need this: their workers outlive the main process by the
+    time they take to close, and an orphan's zombie may never be reaped by PID 1 here.
+    """
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rindex(b")") + 2 :].split()  # state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            found.append(int(name))
+    return found
+
+
+async def wait_group_gone(pgid: int, timeout: float) -> bool:
+    """Poll until no live process is left in group ``pgid``: True, or False at ``timeout``."""
+    deadline, pauses = time.monotonic() + timeout, _pauses()
+    while group_members(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(max(next(pauses), 0.005))
+    return True

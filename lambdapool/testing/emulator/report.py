@@ -3,6 +3,9 @@
 A scenario is a fleet's invocation results plus, optionally, a :class:`BackendSampler`'s
 timeline and the database's limit. Percentiles are nearest-rank over the invocations that
 reached an instance, cold and warm apart (a cold one carries its instance's init).
+``instances`` counts instances (Lambda: execution environments), ``processes`` the runtime
+processes that served invocations (the same number, except on Lambda Managed Instances,
+where each environment runs ``max_concurrency`` worker processes, each with its own connections).
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ class Scenario:
             "failures": sum(not r.ok and not r.throttled for r in results),
             "throttles": sum(r.throttled for r in results),
             "cold_starts": sum(r.cold for r in results),
-            "instances": len({r.instance_id for r in served if r.instance_id}),
+            "instances": len({r.instance_id for r in served if r.instance_id}),  # Lambda: environments
+            # runtime processes that served: more than instances on Lambda Managed Instances
+            "processes": len({r.process_id or r.instance_id for r in served if r.instance_id}),
             "peak_backends": peak,
             "limit": self.limit,
             # A database never holds more than its limit: it refuses instead (see failures).

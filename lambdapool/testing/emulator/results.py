@@ -21,6 +21,9 @@ class InvocationResult:
     ``init_ms`` is the time from launch to ready (Lambda's "Init Duration"); ``latency_ms`` runs
     from the call to the answer and includes that init on a cold start. ``started_at`` and
     ``ended_at`` are wall-clock seconds (``time.time()``), to line up with a sampler's timeline.
+    ``process_id`` names the runtime process inside the instance that ran it, where an instance
+    runs several (Lambda Managed Instances: ``env-0001/3``); None where instance and process
+    are one.
     """
 
     request_id: str
@@ -34,6 +37,7 @@ class InvocationResult:
     error_message: str | None = None
     started_at: float = 0.0
     ended_at: float = 0.0
+    process_id: str | None = None
 
     @property
     def throttled(self) -> bool:

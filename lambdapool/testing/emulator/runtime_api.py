@@ -6,11 +6,18 @@ the emulator tells environments apart. All ports live on one event loop, so one 
 serves every environment. HTTP is parsed by hand (request line, headers, a Content-Length or
 chunked body, ``Expect: 100-continue``): that is all a runtime client sends, and it keeps
 the hot path to a few microseconds (asyncio sets TCP_NODELAY, so no Nagle stalls either).
+
+Each connection gets a number, passed to the handler as ``worker``: awslambdaric keeps one
+connection per runtime process, so on Lambda Managed Instances (several worker processes
+polling one port) the number tells the workers apart. A connection that closes while its
+``GET /next`` waits is reported (``connection_closed``), so no invocation is handed to a
+worker that is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -49,7 +56,9 @@ class NextInvocation:
 class RuntimeHandler(Protocol):
     """One environment's side of the API; the status codes returned are sent to the runtime."""
 
-    async def next_invocation(self) -> NextInvocation: ...
+    async def next_invocation(self, worker: int) -> NextInvocation: ...
+
+    def connection_closed(self, worker: int) -> None: ...
 
     def invocation_response(self, request_id: str, body: bytes) -> int: ...
 
@@ -60,7 +69,8 @@ class RuntimeHandler(Protocol):
 
 async def serve(handler: RuntimeHandler, host: str = "127.0.0.1") -> asyncio.Server:
     """Listen on a free port of ``host`` for one environment's runtime client."""
-    return await asyncio.start_server(lambda r, w: _connection(handler, r, w), host, 0)
+    numbers = itertools.count(1)
+    return await asyncio.start_server(lambda r, w: _connection(handler, next(numbers), r, w), host, 0)
 
 
 def error_fields(error_type: str, body: bytes) -> tuple[str, str]:
@@ -74,10 +84,11 @@ def error_fields(error_type: str, body: bytes) -> tuple[str, str]:
     return (error_type or str(doc.get("errorType") or "Unhandled"), str(doc.get("errorMessage", "")))
 
 
-async def _connection(handler: RuntimeHandler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _connection(handler: RuntimeHandler, worker: int, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:  # fmt: skip
     try:
         while (request := await _read_request(reader, writer)) is not None:
-            status, headers, body = await _route(handler, *request)
+            status, headers, body = await _route(handler, worker, reader, *request)
             writer.write(_response(status, headers, body))
             await writer.drain()
     except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
@@ -85,7 +96,30 @@ async def _connection(handler: RuntimeHandler, reader: asyncio.StreamReader, wri
     except asyncio.CancelledError:  # the environment is gone: its GET /next will never be answered
         pass
     finally:
-        writer.close()
+        try:
+            writer.close()
+        except RuntimeError:  # collected after the fleet's loop closed (a worker's open connection)
+            return
+        handler.connection_closed(worker)
+
+
+async def _next_unless_closed(handler: RuntimeHandler, worker: int, reader: asyncio.StreamReader) -> NextInvocation:
+    """``GET /next``, given up if the client goes away meanwhile (a runtime client sends
+    nothing while it waits: any byte, or EOF, means the connection is done with)."""
+    task = asyncio.ensure_future(handler.next_invocation(worker))
+    watch = asyncio.ensure_future(reader.read(1))
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.wait({watch})  # out of the reader before anyone reads from it again
+    if task.cancelled() or not task.done():
+        raise ConnectionResetError("the runtime client left while waiting for an invocation")
+    if watch.done() and not watch.cancelled():  # answered, but the client is gone or misbehaved
+        raise ConnectionResetError("the runtime client left while waiting for an invocation")
+    return task.result()
 
 
 async def _read_request(
@@ -130,13 +164,14 @@ def _response(status: int, headers: dict[str, str], body: bytes) -> bytes:
 
 
 async def _route(
-    handler: RuntimeHandler, method: str, target: str, headers: dict[str, str], body: bytes
+    handler: RuntimeHandler, worker: int, reader: asyncio.StreamReader, method: str, target: str,
+    headers: dict[str, str], body: bytes,
 ) -> tuple[int, dict[str, str], bytes]:
     path = target.split("?", 1)[0]
     if path == NEXT:
         if method != "GET":
             return 405, {}, b""
-        invocation = await handler.next_invocation()
+        invocation = await _next_unless_closed(handler, worker, reader)
         return 200, invocation.response_headers(), invocation.body
     if method != "POST":
         return (405 if path.startswith(PREFIX) else 404), {}, b""
