@@ -42,6 +42,7 @@ CREDENTIALS_HINT = (
 # endpoint that cannot be reached (a VPC without a NAT gateway or VPC endpoint) must fail with
 # a message while the invocation is still alive. Retries stay botocore's (AWS_MAX_ATTEMPTS).
 TIMEOUTS = {"connect_timeout": 3, "read_timeout": 10}
+NO_RETRIES = {"total_max_attempts": 1}  # for callers whose own retries know their deadline
 
 # Error codes, grouped by what the user has to do about them.
 _NOT_FOUND = {"ResourceNotFoundException", "DBProxyNotFoundFault", "DBProxyNotFound"}
@@ -86,14 +87,15 @@ class AwsCall:
     not_found: str | None = None
 
 
-_clients: dict[tuple[str, str, str | None], Any] = {}
+_clients: dict[tuple[str, str, str | None, bool], Any] = {}
 _clients_lock = threading.Lock()
 _aio_session: Any = None
 
 
-def client(service: str, region: str, endpoint_url: str | None = None) -> Any:
-    """A boto3 client, built on first use and kept: building one costs ~200 ms."""
-    key = (service, region, endpoint_url)
+def client(service: str, region: str, endpoint_url: str | None = None, *, retries: bool = True) -> Any:
+    """A boto3 client, built on first use and kept: building one costs ~200 ms. ``retries``
+    False turns botocore's own retries off (the caller retries within its deadline)."""
+    key = (service, region, endpoint_url, retries)
     found = _clients.get(key)
     if found is not None:
         return found
@@ -103,8 +105,9 @@ def client(service: str, region: str, endpoint_url: str | None = None) -> Any:
             from botocore.config import Config
 
             with _translated(f"create a boto3 {service} client", region=region):
+                config = Config(**TIMEOUTS) if retries else Config(retries=NO_RETRIES, **TIMEOUTS)
                 _clients[key] = boto3.session.Session().client(
-                    service, region_name=region, endpoint_url=endpoint_url, config=Config(**TIMEOUTS)
+                    service, region_name=region, endpoint_url=endpoint_url, config=config
                 )
         return _clients[key]
 

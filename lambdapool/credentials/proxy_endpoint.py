@@ -25,7 +25,6 @@ THROTTLED = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceede
 # each wait is uniform(FIRST, 3 x the previous one), capped, so a fleet's retries spread out.
 BACKOFF_FIRST, BACKOFF_CAP = 0.1, 5.0
 LOOKUP_BUDGET = 10.0  # without a deadline from the caller
-NO_RETRIES = {"total_max_attempts": 1}  # ours are deadline-aware; botocore's are not
 
 
 class _Throttled(Exception):
@@ -67,13 +66,7 @@ def resolve_proxy_endpoint(
     """The ``(host, port)`` of RDS Proxy ``proxy_name``, looked up with boto3; throttling is
     retried until ``deadline`` (a ``time.monotonic()``; default: LOOKUP_BUDGET from now)."""
     request = _request(proxy_name, aws.resolve_region(region), endpoint_url)
-    boto3 = aws._import("boto3", "aws")
-    from botocore.config import Config
-
-    with aws._translated("create a boto3 rds client", region=request.region):
-        api = boto3.session.Session().client(
-            "rds", region_name=request.region, endpoint_url=endpoint_url, config=Config(retries=NO_RETRIES, **aws.TIMEOUTS)
-        )
+    api = aws.client("rds", request.region, endpoint_url, retries=False)  # (kept: ~0.25 s of CPU to build)
     backoff = _Backoff(request, proxy_name, deadline)
     while True:
         try:
@@ -99,7 +92,7 @@ async def aresolve_proxy_endpoint(
     session = aws._import("aiobotocore.session", "aws-async").get_session()
     from aiobotocore.config import AioConfig
 
-    config = AioConfig(retries=NO_RETRIES, **aws.TIMEOUTS)
+    config = AioConfig(retries=aws.NO_RETRIES, **aws.TIMEOUTS)
     backoff = _Backoff(request, proxy_name, deadline)
     with aws._translated("create an aiobotocore rds client", region=request.region):
         async with session.create_client(

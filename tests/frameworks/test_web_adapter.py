@@ -204,7 +204,10 @@ def test_frozen_between_requests_backend_killed_next_request_reconnects(serve, r
     stats = served.stats()
     assert stats["connect_failures"] == 0, stats
     if route.name == "direct":
-        assert stats["reconnects"] == 2, stats
+        # One new connection per kill: a reconnect at the next acquire, or, when the freeze caught
+        # a request's tail (FastAPI runs a yield dependency's exit after the response), a plain
+        # connect after that tail found the connection dead and dropped it.
+        assert stats["connects"] == 3, stats
     assert stats["open_connections"] == 1
     assert route.pins() == 0
     assert idle_in_transaction(route) == 0
