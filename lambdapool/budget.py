@@ -9,8 +9,12 @@ is left, ``usable``, is shared by the *consumers*:
 * a pooler (RDS Proxy, PgBouncer) opens at most its cap of backends, however many clients it has;
 * a function that connects directly opens ``concurrency x processes x connections`` backends:
   reserved concurrency (Lambda) or max instances (Cloud Functions), times the Python processes
-  per environment (Lambda Managed Instances run several), times the connections each process
-  keeps (``max_per_instance``; 1 on Lambda).
+  per environment, times the connections each process keeps (``max_per_instance``; 1 on
+  Lambda). Standard Lambda runs one process per environment. Lambda Managed Instances run
+  ``PerExecutionEnvironmentMaxConcurrency`` processes in each (default 16 per vCPU), each with
+  its own connections and never frozen, so ``concurrency`` counts *environments* there: the
+  function scaling config's ``MaxExecutionEnvironments``, or what the capacity provider's
+  ``MaxVCpuCount`` can hold.
 
 The budget fits when the consumers' sum is at most ``usable``. :func:`plan` turns the inputs
 into pooler settings that fit; :func:`tally` checks deployed numbers (``lambdapool check``).
@@ -192,6 +196,7 @@ class Function:
     ``connections``: connections per process (``max_per_instance``; 1 on Lambda).
     ``processes``: Python processes per environment (Lambda Managed Instances; else 1).
     ``pooler``: how it reaches the database; ``None`` means the plan's pooler.
+    ``managed``: a Lambda Managed Instances function; ``concurrency`` is then its environments.
     """
 
     name: str
@@ -199,6 +204,7 @@ class Function:
     connections: int = 1
     processes: int = 1
     pooler: str | None = None
+    managed: bool = False
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -218,8 +224,8 @@ class Function:
         return self.concurrency * self.per_environment
 
     def arithmetic(self) -> str:
-        parts = [str(self.concurrency)]
-        if self.processes != 1:
+        parts = [f"{self.concurrency} environments" if self.managed else str(self.concurrency)]
+        if self.processes != 1 or self.managed:
             parts.append(f"{self.processes} processes")
         parts.append(f"{self.connections} conn")
         return f"{self.name} {' x '.join(parts)} = {self.fan_out}"
@@ -282,7 +288,15 @@ class Tally:
             room = breaker.connections - self.over
             largest = room // fn.per_environment
             route = f"route {fn.name} through a pooler (--pooler rds-proxy or pgbouncer)"
-            lower = f"lower {fn.name}'s reserved concurrency from {fn.concurrency} to {largest}"
+            if fn.managed:
+                lower = (f"lower {fn.name}'s execution environments from {fn.concurrency} to {largest} "
+                         "(MaxExecutionEnvironments in its scaling config, or its capacity provider's MaxVCpuCount)")
+                processes = room // (fn.concurrency * fn.connections)
+                if 1 <= processes < fn.processes:
+                    route = (f"lower {fn.name}'s PerExecutionEnvironmentMaxConcurrency from {fn.processes} to "
+                             f"{processes}; or {route}")
+            else:
+                lower = f"lower {fn.name}'s reserved concurrency from {fn.concurrency} to {largest}"
             fix = [lower, route, *fix] if largest >= 1 else [route, *fix]
         elif breaker is not None:
             fix.insert(0, f"lower {breaker.name}'s connection cap by {self.over}")
@@ -382,8 +396,10 @@ class Plan:
                 f"PgBouncer: default_pool_size {b.default_pool_size}, max_db_connections {b.max_db_connections}, "
                 f"max_client_conn {b.max_client_conn}, reserve_pool_size {b.reserve_pool_size}"
             )
+        managed = {f.name for f in self.functions if f.managed}
         for name, largest in self.largest_concurrency.items():
-            out.append(f"direct: {name} fits up to reserved concurrency {largest}")
+            what = "execution environments" if name in managed else "reserved concurrency"
+            out.append(f"direct: {name} fits up to {what} {largest}")
         return out
 
     def to_dict(self) -> dict[str, object]:
@@ -404,6 +420,7 @@ class Plan:
                     "concurrency": f.concurrency,
                     "connections": f.connections,
                     "processes": f.processes,
+                    "managed_instances": f.managed,
                     "fan_out": f.fan_out,
                     **({"largest_concurrency": self.largest_concurrency[f.name]}
                        if f.name in self.largest_concurrency else {}),

@@ -241,21 +241,78 @@ resource "aws_iam_role_policy" "function" {
   policy = data.aws_iam_policy_document.function.json
 }
 
-resource "aws_lambda_function" "this" {
-  for_each                       = var.functions
-  function_name                  = each.key
-  role                           = aws_iam_role.function.arn
-  s3_bucket                      = var.code_s3_bucket
-  s3_key                         = var.code_s3_key
-  handler                        = each.value.handler
-  runtime                        = var.runtime
-  timeout                        = var.timeout
-  memory_size                    = var.memory_size
-  reserved_concurrent_executions = each.value.reserved_concurrency
+# --- Lambda Managed Instances (functions with managed_instances) ------------------------------
+# Each such function gets its own capacity provider, so that its vCPU cap bounds its own
+# environments: environments x vCPUs per environment (memory_size / 1024 / memory_gib_per_vcpu).
+# Its fan-out is then environments x per_execution_environment_max_concurrency x max_per_instance.
+
+locals {
+  managed = { for name, fn in var.functions : name => fn if fn.managed_instances != null }
+}
+
+resource "aws_iam_role" "capacity_provider" {
+  count              = length(local.managed) > 0 && var.capacity_provider_operator_role_arn == null ? 1 : 0
+  name_prefix        = "${var.name}-lmi-operator-"
+  assume_role_policy = data.aws_iam_policy_document.assume["function"].json
+}
+
+resource "aws_iam_role_policy_attachment" "capacity_provider" {
+  count      = length(aws_iam_role.capacity_provider)
+  role       = aws_iam_role.capacity_provider[0].name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/AWSLambdaManagedEC2ResourceOperator"
+}
+
+resource "aws_lambda_capacity_provider" "this" {
+  for_each = local.managed
+  name     = "${var.name}-${each.key}"
 
   vpc_config {
     subnet_ids         = var.subnet_ids
     security_group_ids = [aws_security_group.function.id]
+  }
+
+  permissions_config {
+    capacity_provider_operator_role_arn = coalesce(var.capacity_provider_operator_role_arn,
+    one(aws_iam_role.capacity_provider[*].arn))
+  }
+
+  capacity_provider_scaling_config {
+    scaling_mode   = "Auto"
+    max_vcpu_count = max(2, ceil(each.value.reserved_concurrency * var.memory_size / 1024 / each.value.managed_instances.memory_gib_per_vcpu))
+  }
+}
+
+resource "aws_lambda_function" "this" {
+  for_each      = var.functions
+  function_name = each.key
+  role          = aws_iam_role.function.arn
+  s3_bucket     = var.code_s3_bucket
+  s3_key        = var.code_s3_key
+  handler       = each.value.handler
+  runtime       = var.runtime
+  timeout       = var.timeout
+  memory_size   = var.memory_size
+  # On Managed Instances the environments are capped by the capacity provider instead.
+  reserved_concurrent_executions = each.value.managed_instances == null ? each.value.reserved_concurrency : null
+  publish                        = each.value.managed_instances != null # environments run published versions
+
+  dynamic "vpc_config" { # a Managed Instances function takes its network from its capacity provider
+    for_each = each.value.managed_instances == null ? [1] : []
+    content {
+      subnet_ids         = var.subnet_ids
+      security_group_ids = [aws_security_group.function.id]
+    }
+  }
+
+  dynamic "capacity_provider_config" {
+    for_each = each.value.managed_instances == null ? [] : [each.value.managed_instances]
+    content {
+      lambda_managed_instances_capacity_provider_config {
+        capacity_provider_arn                     = aws_lambda_capacity_provider.this[each.key].arn
+        per_execution_environment_max_concurrency = capacity_provider_config.value.per_execution_environment_max_concurrency
+        execution_environment_memory_gib_per_vcpu = capacity_provider_config.value.memory_gib_per_vcpu
+      }
+    }
   }
 
   environment {

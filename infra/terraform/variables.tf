@@ -115,12 +115,28 @@ variable "connection_borrow_timeout" {
 }
 
 variable "functions" {
-  description = "From the plan: function name => reserved concurrency and connections per environment."
+  description = <<-EOT
+    From the plan: function name => reserved concurrency and connections per process. With
+    managed_instances (a NAME=ENVSxCONNSxPROCS plan) the function runs on Lambda Managed
+    Instances: reserved_concurrency is then its execution environments (its own capacity
+    provider gets max_vcpu_count = environments x vCPUs per environment) and
+    per_execution_environment_max_concurrency its processes per environment.
+  EOT
   type = map(object({
     reserved_concurrency = number
     max_per_instance     = optional(number, 1)
     handler              = optional(string, "app.handler")
+    managed_instances = optional(object({
+      per_execution_environment_max_concurrency = number
+      memory_gib_per_vcpu                       = optional(number, 2)
+    }))
   }))
+}
+
+variable "capacity_provider_operator_role_arn" {
+  description = "Lambda Managed Instances: the operator role (AWSLambdaManagedEC2ResourceOperator); null = create one."
+  type        = string
+  default     = null
 }
 
 variable "proxy_connections_alarm_threshold" {

@@ -6,13 +6,17 @@ proxy's endpoint, as the infra/ templates set it, or its ``LAMBDAPOOL_PROXY_NAME
 (RDS), and the database's ``max_connections`` from its parameter group (a number, RDS's
 formula, or the class default when the group does not set it). Prints the arithmetic; exits 1
 naming the function (or the proxy) that breaks the budget, 0 when it fits.
+
+A Lambda Managed Instances function (``CapacityProviderConfig`` in its configuration) counts
+environments x processes x connections (lambdapool/cli/managed.py says where each comes from).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -57,6 +61,7 @@ class Deployed:
     connections: int
     processes: int = 1
     host: str | None = None  # the DSN's host, normalised (never the DSN: it may carry a password)
+    managed: ManagedInstances | None = None  # Lambda Managed Instances: environments and processes
 
     def uses(self, proxy_name: str | None, proxy_host: str | None) -> bool:
         """Does it connect through this proxy: by its endpoint (whatever the pooler setting
@@ -124,15 +129,99 @@ def _deployed(api: _Aws, name: str, config: dict[str, Any] | None = None) -> Dep
         connections = int(env.get("LAMBDAPOOL_MAX_PER_INSTANCE", "1"))
     except ValueError:
         raise ConfigError(f"{name}: LAMBDAPOOL_MAX_PER_INSTANCE is not an integer") from None
+    managed = managed_instances(api, name, config)
     return Deployed(name, reserved, env.get("LAMBDAPOOL_POOLER", "direct"), env.get("LAMBDAPOOL_PROXY_NAME"),
-                    connections, processes_per_environment(config), _dsn_host(env))
+                    connections, processes_per_environment(config), _dsn_host(env), managed)
+
+
+# Lambda Managed Instances -------------------------------------------------------------------
+# moto (5.2) models none of this: tests answer these calls with botocore's Stubber.
+
+PROCESSES_PER_VCPU = 16  # Python's PerExecutionEnvironmentMaxConcurrency default, per vCPU (AWS docs)
+GIB_PER_VCPU = 2.0  # ExecutionEnvironmentMemoryGiBPerVCpu's default
+
+
+def _managed_config(config: dict[str, Any]) -> dict[str, Any] | None:
+    return (config.get("CapacityProviderConfig") or {}).get("LambdaManagedInstancesCapacityProviderConfig")
+
+
+def vcpus_per_environment(config: dict[str, Any]) -> float:
+    """An environment's vCPUs: its memory over the memory-per-vCPU ratio (both from the configuration)."""
+    ratio = float((_managed_config(config) or {}).get("ExecutionEnvironmentMemoryGiBPerVCpu") or GIB_PER_VCPU)
+    return int(config.get("MemorySize") or 2048) / 1024 / ratio
 
 
 def processes_per_environment(config: dict[str, Any]) -> int:
-    """Python processes in one environment: several on Lambda Managed Instances, one each
-    serving one of the environment's concurrent requests (and holding its own connections)."""
-    managed = (config.get("CapacityProviderConfig") or {}).get("LambdaManagedInstancesCapacityProviderConfig")
-    return int((managed or {}).get("PerExecutionEnvironmentMaxConcurrency") or 1)
+    """Python processes in one environment: on Lambda Managed Instances one per concurrent
+    request (PerExecutionEnvironmentMaxConcurrency, default 16 per vCPU), each holding its own
+    connections; 1 on standard Lambda."""
+    managed = _managed_config(config)
+    if managed is None:
+        return 1
+    given = managed.get("PerExecutionEnvironmentMaxConcurrency")
+    return int(given) if given else PROCESSES_PER_VCPU * max(1, math.ceil(vcpus_per_environment(config)))
+
+
+@dataclass(frozen=True)
+class ManagedInstances:
+    """What bounds a Managed Instances function's environments, and how many processes each runs."""
+
+    processes: int
+    processes_from: str
+    environments: int | None  # None: nothing bounds them
+    bounds: tuple[str, ...]  # each bound that was found, with its arithmetic
+
+    def lines(self, name: str) -> list[str]:
+        envs = "unbounded" if self.environments is None else str(self.environments)
+        out = [f"managed instances: {name} runs {self.processes} processes per environment ({self.processes_from})"]
+        out += [f"managed instances: {name} environments <= {b}" for b in self.bounds]
+        out.append(f"managed instances: {name} environments = {envs}"
+                   + (" (the smallest bound)" if len(self.bounds) > 1 else ""))
+        return out
+
+
+def managed_instances(api: _Aws, name: str, config: dict[str, Any]) -> ManagedInstances | None:
+    """Read a Managed Instances function's bounds: each published version's scaling config
+    (MaxExecutionEnvironments; each version runs its own environments, so they add up) and the
+    capacity provider's MaxVCpuCount over the environment's vCPUs. ``None`` for standard Lambda."""
+    managed = _managed_config(config)
+    if managed is None:
+        return None
+    processes = processes_per_environment(config)
+    vcpus = vcpus_per_environment(config)
+    if managed.get("PerExecutionEnvironmentMaxConcurrency"):
+        processes_from = "PerExecutionEnvironmentMaxConcurrency"
+    else:
+        ratio = managed.get("ExecutionEnvironmentMemoryGiBPerVCpu") or GIB_PER_VCPU
+        processes_from = (f"default {PROCESSES_PER_VCPU} per vCPU x {math.ceil(vcpus)} vCPU: MemorySize "
+                          f"{config.get('MemorySize') or 2048} MiB / {ratio:g} GiB per vCPU")
+    bounds: list[tuple[int, str]] = []
+    versions = [v["Version"] for v in api.pages(
+        "lambda", "list_versions_by_function", "Versions", f"list the versions of {name!r}",
+        "lambda:ListVersionsByFunction", next_key="NextMarker", FunctionName=name) if v.get("Version") != "$LATEST"]
+    maxima: list[int | None] = []
+    for version in versions:
+        scaling = api.call("lambda", "get_function_scaling_config", f"read the scaling config of {name}:{version}",
+                           "lambda:GetFunctionScalingConfig", FunctionName=name, Qualifier=version)
+        applied = scaling.get("AppliedFunctionScalingConfig") or scaling.get("RequestedFunctionScalingConfig") or {}
+        maxima.append(applied.get("MaxExecutionEnvironments"))
+    known = [int(m) for m in maxima if m is not None]
+    if versions and len(known) == len(versions):  # a version without a maximum leaves this unbounded
+        terms = " + ".join(f"v{v} {m}" for v, m in zip(versions, known))
+        bounds.append((sum(known), f"{sum(known)}: MaxExecutionEnvironments of its published versions ({terms})"))
+    arn = managed.get("CapacityProviderArn")
+    if arn:
+        provider = api.call("lambda", "get_capacity_provider", f"read capacity provider {arn.rsplit(':', 1)[-1]!r}",
+                            "lambda:GetCapacityProvider", f"capacity provider {arn!r} not found",
+                            CapacityProviderName=arn)["CapacityProvider"]
+        max_vcpus = (provider.get("CapacityProviderScalingConfig") or {}).get("MaxVCpuCount")
+        if max_vcpus:
+            fit = math.floor(max_vcpus / vcpus)  # some vCPUs go to the instances' own agents: an upper bound
+            text = (f"{fit}: capacity provider {arn.rsplit(':', 1)[-1]} MaxVCpuCount {max_vcpus} / "
+                    f"{vcpus:g} vCPU per environment")
+            bounds.append((fit, text))
+    environments = min(b for b, _ in bounds) if bounds else None
+    return ManagedInstances(processes, processes_from, environments, tuple(text for _, text in bounds))
 
 
 def _discover(api: _Aws, proxy_name: str | None, hosts: set[str]) -> list[Deployed]:
@@ -197,17 +286,35 @@ class _Counted:
     direct: list[Consumer]
     notes: list[str]
     unbounded: list[str]
+    unbounded_managed: list[str] = field(default_factory=list)
+
+
+def _clients(fn: Deployed) -> str:
+    """A proxied function's client connections (the proxy's side, not the database's)."""
+    if fn.managed is not None:
+        envs = fn.managed.environments if fn.managed.environments is not None else "unbounded"
+        return f"{fn.name} {envs} environments x {fn.managed.processes} processes x {fn.connections} conn"
+    return f"{fn.name} reserved {fn.concurrency or 'unreserved'} x {fn.connections} conn"
 
 
 def _count(functions: list[Deployed], proxy_name: str | None, proxy_host: str | None = None) -> _Counted:
     counted = _Counted([], [], [])
     for fn in functions:
+        if fn.managed is not None:
+            counted.notes += [f"  {line}" for line in fn.managed.lines(fn.name)]
         if proxy_name and fn.uses(proxy_name, proxy_host):
-            counted.notes.append(f"  client: {fn.name} reserved {fn.concurrency or 'unreserved'} x "
-                                 f"{fn.connections} conn through rds-proxy {proxy_name}")
+            counted.notes.append(f"  client: {_clients(fn)} through rds-proxy {proxy_name}")
         elif fn.pooler != "direct":
             via = f"{fn.pooler} {fn.proxy_name or fn.host or ''}".rstrip()
             counted.notes.append(f"  not counted: {fn.name} goes through {via}")
+        elif fn.managed is not None and fn.managed.environments is None:
+            counted.unbounded_managed.append(fn.name)
+        elif fn.managed is not None and fn.managed.environments == 0:
+            counted.notes.append(f"  not counted: {fn.name} may run no environment (MaxExecutionEnvironments 0)")
+        elif fn.managed is not None and fn.managed.environments is not None:
+            function = Function(fn.name, fn.managed.environments, fn.connections, fn.managed.processes,
+                                pooler="direct", managed=True)
+            counted.direct.append(direct_consumer(function))
         elif fn.concurrency is None:
             counted.unbounded.append(fn.name)
         else:
@@ -267,10 +374,19 @@ def run(args: argparse.Namespace) -> int:
     proxy = [_proxy_consumer(limits, args.proxy_name, pool)] if args.proxy_name else []
     result = tally(limits, proxy + counted.direct)
     print("\n".join(result.lines() + counted.notes))
+    failed = False
     if counted.unbounded:
         print(f"FAIL: {', '.join(counted.unbounded)} connect(s) directly with no reserved concurrency: the "
               "fan-out is bounded only by the account's concurrency; set reserved concurrency (lambdapool "
               "plan --pooler direct says the largest that fits) or go through the proxy")
+        failed = True
+    if counted.unbounded_managed:
+        print(f"FAIL: {', '.join(counted.unbounded_managed)} connect(s) directly from Lambda Managed Instances "
+              "with no bound on execution environments: set MaxExecutionEnvironments in each published "
+              "version's scaling config or MaxVCpuCount on the capacity provider (lambdapool plan --pooler "
+              "direct --function NAME=ENVSx1xPROCS says the largest that fits), or go through the proxy")
+        failed = True
+    if failed:
         return 1
     print(_verdict(result))
     return 0 if result.fits else 1

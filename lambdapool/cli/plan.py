@@ -40,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--function", action="append", default=[], metavar="NAME=CONCURRENCY[xCONNS[xPROCS]][@POOLER]",
         help="a function sharing the database: reserved concurrency (or max instances), connections per "
-             "process (max_per_instance), processes per environment; repeat for each",
+             "process (max_per_instance), processes per environment; repeat for each. xPROCS marks a Lambda "
+             "Managed Instances function: CONCURRENCY is then its execution environments and PROCS its "
+             "PerExecutionEnvironmentMaxConcurrency (default 16 per vCPU)",
     )
     parser.add_argument("--pooler", choices=POOLERS, help="how functions reach the database (default rds-proxy)")
     parser.add_argument("--poolers", type=int, help="pooler instances sharing the database (default 1)")
@@ -55,7 +57,8 @@ def parse_function(spec: str) -> Function:
             f"--function {spec!r}: expected NAME=CONCURRENCY[xCONNS[xPROCS]][@POOLER], e.g. api=50 or web=20x4"
         )
     g = match.groupdict()
-    return Function(g["name"], int(g["c"]), int(g["k"] or 1), int(g["p"] or 1), g["pooler"])
+    managed = g["p"] is not None  # xPROCS: Lambda Managed Instances, CONCURRENCY counts environments
+    return Function(g["name"], int(g["c"]), int(g["k"] or 1), int(g["p"] or 1), g["pooler"], managed=managed)
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -103,10 +106,11 @@ def _functions(args: argparse.Namespace, data: dict[str, Any]) -> list[Function]
     out = []
     for item in data.get("functions", []):
         try:
+            item = {"managed": "processes" in item, **item}  # as with xPROCS; "managed": false overrides
             out.append(Function(**item))
         except TypeError as exc:
             raise ConfigError(f"--config functions: {exc}; keys are name, concurrency, connections, "
-                              "processes, pooler") from None
+                              "processes, pooler, managed") from None
     return out
 
 
@@ -116,6 +120,25 @@ def build(args: argparse.Namespace) -> Plan:
         limits_from(args, data), _functions(args, data),
         pooler=_pick(args, data, "pooler", "rds-proxy"), poolers=_pick(args, data, "poolers", 1),
     )
+
+
+def processes_explained(p: Plan) -> list[str]:
+    """How to read the xPROCS term (printed when a function has one)."""
+    managed = [f for f in p.functions if f.managed]
+    if not managed:
+        return []
+    names = ", ".join(f"{f.name} {f.concurrency} environments x {f.processes} processes" for f in managed)
+    return [
+        f"processes: {names} (Lambda Managed Instances)",
+        "  each execution environment runs PerExecutionEnvironmentMaxConcurrency Python processes, each with",
+        "  its own connections (the runtime sets AWS_LAMBDA_MAX_CONCURRENCY to it); unset, Python's default is",
+        "  16 per vCPU, vCPUs = MemorySize / 1024 / ExecutionEnvironmentMemoryGiBPerVCpu (default 2).",
+        "  Read it: aws lambda get-function-configuration --function-name NAME --query",
+        "  CapacityProviderConfig.LambdaManagedInstancesCapacityProviderConfig",
+        "  environments: MaxExecutionEnvironments (aws lambda get-function-scaling-config --function-name NAME",
+        "  --qualifier VERSION; each published version counts), at most the capacity provider's MaxVCpuCount / vCPUs;",
+        "  lambdapool check reads all of these from AWS.",
+    ]
 
 
 def cfn_parameters(p: Plan, stack_function: str | None) -> dict[str, str]:
@@ -132,10 +155,13 @@ def cfn_parameters(p: Plan, stack_function: str | None) -> dict[str, str]:
             f"--stack-function {stack_function!r}: not a function through RDS Proxy {sorted(pooled)}"
         )
     fn = pooled[stack_function]
+    managed = {"ManagedInstancesMaxEnvironments": str(fn.concurrency),
+               "PerEnvironmentMaxConcurrency": str(fn.processes)} if fn.managed else {}
     return {
         "FunctionName": fn.name,
         "ReservedConcurrency": str(fn.concurrency),
         "MaxPerInstance": str(fn.connections),
+        **managed,
         "MaxConnectionsPercent": str(p.rds_proxy.max_connections_percent),
         "MaxIdleConnectionsPercent": str(p.rds_proxy.max_idle_connections_percent),
         "ProxyConnectionsAlarmThreshold": str(p.rds_proxy.cap),
@@ -157,16 +183,16 @@ def tfvars(p: Plan) -> str:
     if p.limits.instance_class:
         values["db_instance_class"] = f'"{p.limits.instance_class}"'
     width = max(map(len, values))
-    lines = ["# lambdapool plan: " + ", ".join(f"{f.name} {f.concurrency}x{f.connections}" for f in p.functions)]
+    lines = ["# lambdapool plan: " + ", ".join(
+        f"{f.name} {f.concurrency}x{f.connections}" + (f"x{f.processes}" if f.managed else "") for f in p.functions)]
     lines += [f"{key.ljust(width)} = {value}" for key, value in values.items()]
     lines.append("functions = {")
     for f in p.pooled():
-        lines += [
-            f'  "{f.name}" = {{',
-            f"    reserved_concurrency = {f.concurrency}",
-            f"    max_per_instance     = {f.connections}",
-            "  }",
-        ]
+        lines += [f'  "{f.name}" = {{', f"    reserved_concurrency = {f.concurrency}",
+                  f"    max_per_instance     = {f.connections}"]
+        if f.managed:  # the environments cap comes from the capacity provider's max_vcpu_count
+            lines.append(f"    managed_instances    = {{ per_execution_environment_max_concurrency = {f.processes} }}")
+        lines.append("  }")
     lines.append("}")
     direct = [f.name for f in p.functions if f not in p.pooled()]
     if direct:
@@ -199,7 +225,7 @@ def render(p: Plan, fmt: str, stack_function: str | None = None) -> str:
         return tfvars(p)
     if fmt == "pgbouncer":
         return pgbouncer_lines(p)
-    return "\n".join(p.lines())
+    return "\n".join(p.lines() + processes_explained(p))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ import io
 import json
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parents[2]
 MOTO_SKIPS = {"AWS::RDS::DBProxy", "AWS::RDS::DBProxyTargetGroup", "AWS::CloudWatch::Alarm"}
@@ -237,3 +237,47 @@ def deploy_stack(stack: str, parameters: dict[str, str], network: tuple[str, lis
                 props, ("Period", "EvaluationPeriods", "DatapointsToAlarm", "Threshold")))
     return {"outputs": {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])},
             "physical": physical, "skipped": sorted(skipped), "made": made}
+
+
+class MotoGaps:
+    """botocore's Stubber for the calls moto (5.2) does not model, on a client whose other calls
+    go on to moto: Lambda Managed Instances (GetCapacityProvider, GetFunctionScalingConfig, the
+    CapacityProviderConfig in GetFunctionConfiguration). Each stubbed response is validated
+    against botocore's Lambda model by ``Stubber.add_response``; a stub answers the first call
+    of its operation whose parameters include ``expected``; unmatched calls reach moto."""
+
+    def __init__(self, client: Any) -> None:
+        from botocore.stub import Stubber
+
+        self.client = client
+        self.stubber = Stubber(client)
+        self._stubs: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+
+    def add(self, method: str, response: dict[str, Any], **expected: Any) -> None:
+        self.stubber.add_response(method, response, expected)  # validates the response's shape
+        item = self.stubber._queue.pop()
+        self._stubs.append((item["operation_name"], expected, item["response"]))
+
+    def _match(self, model: Any, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        for i, (operation, expected, response) in enumerate(self._stubs):
+            if operation == model.name and all(params.get(k) == v for k, v in expected.items()):
+                context["moto_gaps_response"] = self._stubs.pop(i)[2]
+                return
+
+    def _respond(self, context: dict[str, Any], **_: Any) -> Any:
+        return context.pop("moto_gaps_response", None)  # None: the call goes on to moto
+
+    def __enter__(self) -> Self:
+        events = self.client.meta.events
+        events.register_first("before-parameter-build.lambda.*", self._match, unique_id="moto-gaps-match")
+        events.register("before-call.lambda.*", self._respond, unique_id="moto-gaps-respond")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        events = self.client.meta.events
+        events.unregister("before-parameter-build.lambda.*", unique_id="moto-gaps-match")
+        events.unregister("before-call.lambda.*", unique_id="moto-gaps-respond")
+
+    @property
+    def unused(self) -> list[str]:
+        return [operation for operation, _, _ in self._stubs]

@@ -95,3 +95,21 @@ def test_console_script_refuses_without_traceback():
          "--pooler", "direct"], capture_output=True, text=True,
     )
     assert out.returncode == 2 and "a breaks the budget" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_processes_term_is_shown_and_explained(capsys):
+    # GIVEN a Managed Instances function: 4 environments x 1 conn x 16 processes, connecting directly
+    code, out, _ = plan(capsys, "--max-connections", "100", "--function", "api=20", "--function",
+                        "worker=4x1x16@direct")
+    assert code == 0
+    assert "worker 4 environments x 16 processes x 1 conn = 64 (direct)" in out
+    assert "processes: worker 4 environments x 16 processes (Lambda Managed Instances)" in out
+    assert "16 per vCPU, vCPUs = MemorySize / 1024 / ExecutionEnvironmentMemoryGiBPerVCpu (default 2)" in out
+    assert "aws lambda get-function-configuration --function-name NAME" in out
+    assert "direct: worker fits up to execution environments 4" in out
+    # AND the stack parameters carry the environments and processes to the template
+    code, out, _ = plan(capsys, "--max-connections", "400", "--function", "worker=4x1x16", "--format", "cfn")
+    assert code == 0 and "ManagedInstancesMaxEnvironments=4" in out and "PerEnvironmentMaxConcurrency=16" in out
+    # AND a plan without xPROCS says nothing of processes
+    code, out, _ = plan(capsys, "--max-connections", "100", "--function", "api=20")
+    assert "processes" not in out

@@ -5,6 +5,7 @@ land on the right resource attributes, and its validations accept them."""
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import hcl2
@@ -77,7 +78,36 @@ def _resolve(value: str, tfvars: dict, each: dict | None = None):
     item = re.fullmatch(r"\$\{each\.value\.(\w+)\}", str(value))
     if item and each is not None:
         return each[item.group(1)]
+    managed = re.fullmatch(r"\$\{each\.value\.managed_instances == null \? each\.value\.(\w+) : null\}", str(value))
+    if managed and each is not None:  # reserved concurrency on standard Lambda only
+        return None if each.get("managed_instances") else each[managed.group(1)]
     return value
+
+
+def test_managed_instances_functions_get_the_plans_environments_and_processes(module, capsys):
+    # GIVEN a plan with a Managed Instances function: 4 environments x 16 processes x 1 conn
+    assert main(["plan", "--max-connections", "400", "--function", "api=50", "--function", "worker=4x1x16",
+                 "--format", "tfvars"]) == 0
+    tfvars = parse(capsys.readouterr().out)
+    worker = tfvars["functions"]["worker"]
+    assert worker["managed_instances"] == {"per_execution_environment_max_concurrency": 16}
+    resources = blocks(module, "resource")
+    fn = resources["aws_lambda_function.this"]
+    # THEN its processes are the plan's, it runs on its own capacity provider, no reserved concurrency
+    config = fn["dynamic"][1]["capacity_provider_config"]["content"][0][
+        "lambda_managed_instances_capacity_provider_config"][0]
+    assert config["per_execution_environment_max_concurrency"] == (
+        "${capacity_provider_config.value.per_execution_environment_max_concurrency}")
+    assert config["capacity_provider_arn"] == "${aws_lambda_capacity_provider.this[each.key].arn}"
+    assert _resolve(fn["reserved_concurrent_executions"], tfvars, worker) is None
+    assert _resolve(fn["reserved_concurrent_executions"], tfvars, tfvars["functions"]["api"]) == 50
+    # AND the provider's vCPU cap holds exactly the planned environments: 4 x 4096 MiB / 1024 / 2 GiB per vCPU
+    scaling = resources["aws_lambda_capacity_provider.this"]["capacity_provider_scaling_config"][0]
+    expression = scaling["max_vcpu_count"].removeprefix("${").removesuffix("}")
+    for name, value in (("each.value.reserved_concurrency", 4), ("var.memory_size", 4096),
+                        ("each.value.managed_instances.memory_gib_per_vcpu", 2)):
+        expression = expression.replace(name, str(value))
+    assert eval(expression, {"max": max, "ceil": math.ceil}) == 8  # our own module's arithmetic
 
 
 def test_the_modules_numbers_are_the_plans(module, capsys):
