@@ -186,7 +186,20 @@ def read_query(body: bytes) -> str:
 
 
 def read_parse(body: bytes) -> tuple[bytes, bytes, str]:
-    """A Parse ('P'): (statement name, the rest of the body after the name, the SQL)."""
+    """A Parse ('P'): (statement name, the rest of the body after the name, the SQL as UTF-8)."""
+    name, rest, sql = read_parse_bytes(body)
+    return name, rest, _text(sql)
+
+
+# The relay reads SQL as bytes: a session's client_encoding may be anything (LATIN1, EUC_JP,
+# SJIS...), and the text is only looked at, never changed (lambdapool.proto.encodings decodes it).
+def read_query_bytes(body: bytes) -> bytes:
+    """The SQL of a Query ('Q'), as sent (in the session's client_encoding)."""
+    return _split_cstr(body)[0]
+
+
+def read_parse_bytes(body: bytes) -> tuple[bytes, bytes, bytes]:
+    """A Parse ('P'): (statement name, the rest of the body after the name, the SQL as sent)."""
     name, pos = _split_cstr(body)
     sql, after = _split_cstr(body, pos)
     if len(body) < after + 2:
@@ -194,7 +207,7 @@ def read_parse(body: bytes) -> tuple[bytes, bytes, str]:
     (count,) = struct.unpack_from("!h", body, after)
     if count < 0 or len(body) != after + 2 + 4 * count:
         raise ProtocolError(f"Parse message declares {count} parameter types but carries {len(body) - after - 2} bytes")
-    return name, body[pos:], _text(sql)
+    return name, body[pos:], sql
 
 
 def read_bind(body: bytes) -> tuple[bytes, bytes, int]:

@@ -215,6 +215,12 @@ class Backend(asyncio.Protocol):
             else:
                 if kind == "S":
                     self._note_parameter(msg)
+                    if head == "hQ" and client is not None and client.told_differs(msg[1]):
+                        # the SET of the client's startup settings, and the server spells the
+                        # value otherwise than the proxy did at login ('iso' -> 'ISO, MDY'):
+                        # pass on the server's word, as a server may send it at any time
+                        out.append(msg[1])
+                        continue
                 if head != "hQ":
                     out.append(msg[1])
                 continue
@@ -237,11 +243,14 @@ class Backend(asyncio.Protocol):
         except ProtocolError:
             return
         self.params[name] = value
+        if name == "client_encoding" and self.client is not None:
+            self.client.set_client_encoding(value)  # the session's SQL is now in this encoding
 
     # -- reset after a client ----------------------------------------------------------------
     def reset(self, *, discard: bool) -> None:
         """The client left: roll back and, after a pinned session, ``DISCARD ALL``; then return."""
         self.client = None
+        self.resume_reading()  # reading may be paused for a client who is gone (see transaction_done)
         if self.expect or self.closed or not self.synced:
             # Answers still owed to a client who is gone, or requests sent that no Sync has
             # closed yet: what the server does next is unknown, so the backend is not reusable.

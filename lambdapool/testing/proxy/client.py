@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from lambdapool.proto import NEED_DATA, CancelRequest, GSSENCRequest, Parser, ProtocolError, SSLRequest, StartupMessage
 from lambdapool.proto import messages as m
+from lambdapool.proto.encodings import canonical_name, decode_sql, python_codec
 from lambdapool.testing.proxy import rds_errors as rds
 from lambdapool.testing.proxy.auth import AuthFailed, verify_iam_token
 from lambdapool.testing.proxy.config import ADMIN_DATABASES
@@ -91,6 +92,13 @@ class Client(asyncio.Protocol):
         self._admin_sql = ""
         self._admin_result = (b"", b"")
         self._delayed: deque[tuple[float, Backend, bytes]] = deque()
+        # The session's client_encoding, followed from the startup packet and the server's
+        # ParameterStatus (set_client_encoding): SQL is relayed as bytes and decoded with
+        # ``codec`` only to look for pinning statements. ``encoding_key`` is the encoding's
+        # name when it is not the server's default (it keys prepared statements).
+        self.codec = "utf-8"
+        self.encoding_key = b""
+        self._told: dict[str, str] = {}  # the ParameterStatus values this client was sent at login
 
     # -- connection ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -271,8 +279,30 @@ class Client(asyncio.Protocol):
             key, sep, value = option.replace("\0", " ").partition("=")
             if sep:
                 wanted[key.replace("-", "_").lower()] = value
+        if "client_encoding" in wanted:
+            # the server's own spelling ('utf-8' -> 'UTF8'): what it would report, and no SET
+            # on each backend when it is the default anyway
+            wanted["client_encoding"] = canonical_name(wanted["client_encoding"]) or wanted["client_encoding"]
         baseline = self.server.baseline_lower
         return {k: v for k, v in wanted.items() if baseline.get(k) != v}
+
+    def told_differs(self, frame: bytes) -> bool:
+        """``frame`` (a ParameterStatus) says otherwise than the client was told; now it knows."""
+        try:
+            name, value = m.read_parameter_status(frame[5:])
+        except ProtocolError:
+            return False
+        key = name.lower()
+        if key not in self._told or self._told[key] == value:
+            return False
+        self._told[key] = value
+        return True
+
+    def set_client_encoding(self, name: str) -> None:
+        """The session's client_encoding is now ``name`` (at login, or the server said so)."""
+        self.codec = python_codec(name)
+        default = self.server.baseline_lower.get("client_encoding", "")
+        self.encoding_key = b"" if canonical_name(name) == canonical_name(default) else name.encode("latin-1", "replace")
 
     def _auth_message(self, body: bytes) -> None:
         verifier = self.server.scram
@@ -320,6 +350,8 @@ class Client(asyncio.Protocol):
             if key in names:
                 reported[names[key]] = value
         out += [m.parameter_status(k, v) for k, v in reported.items()]
+        self.set_client_encoding(reported.get("client_encoding", "UTF8"))
+        self._told = {k.lower(): v for k, v in reported.items()}
         out += [m.backend_key_data(self.pid, self.secret), READY_IDLE]
         self.write(b"".join(out))
         self.state = "admin" if self.database in ADMIN_DATABASES else "ready"
@@ -330,10 +362,10 @@ class Client(asyncio.Protocol):
         if kind == "X":
             self.abort()
         elif kind == "Q":
-            head, rest = self.server.admin_answer(m.read_query(body))
+            head, rest = self.server.admin_answer(decode_sql(m.read_query_bytes(body), self.codec))
             self.write(head + rest + READY_IDLE)
         elif kind == "P":
-            self._admin_sql = m.read_parse(body)[2]
+            self._admin_sql = decode_sql(m.read_parse_bytes(body)[2], self.codec)
             self.write(m.parse_complete())
         elif kind == "B":
             self._admin_result = self.server.admin_answer(self._admin_sql)
@@ -419,7 +451,10 @@ class Client(asyncio.Protocol):
         sql += [f"SET {quote_ident(k)} = {quote_literal(v)}" for k, v in self.settings.items() if backend.applied.get(k) != v]
         backend.applied = dict(self.settings)
         backend.expect.append(("hQ", None))
-        self._send(backend, m.query("; ".join(sql)))
+        # The server reads this text in the backend's client_encoding as it is now (the
+        # previous client's); values are nearly always ASCII, where every encoding agrees.
+        codec = python_codec(backend.params.get("client_encoding", "UTF8"))
+        self._send(backend, m.frame("Q", "; ".join(sql).encode(codec, "replace") + b"\0"))
 
     def _forward(self, msgs: list) -> None:
         backend = self.backend
@@ -444,11 +479,11 @@ class Client(asyncio.Protocol):
             elif kind == "S":
                 expect.append(("S", None))
             elif kind == "P":
-                name, rest, sql = m.read_parse(data[5:])
+                name, rest, raw = m.read_parse_bytes(data[5:])
                 if self.pinned is None:
-                    self._check_pin(sql, backend)
+                    self._check_pin(decode_sql(raw, self.codec), len(raw), backend)
                 if name:
-                    proxy_name = self.server.statement_name(rest)
+                    proxy_name = self.server.statement_name(rest, self.encoding_key)
                     statements[name] = (proxy_name, rest)
                     if proxy_name in backend.prepared:
                         self._fake("f1", expect)
@@ -473,7 +508,8 @@ class Client(asyncio.Protocol):
                 else:
                     expect.append(("DP", None))
             elif kind == "Q":
-                sql = m.read_query(data[5:])
+                raw = m.read_query_bytes(data[5:])
+                sql = decode_sql(raw, self.codec)
                 if _DEALLOCATE_ALL.fullmatch(sql):
                     # psycopg sends this after a rollback once it has prepared statements. It
                     # empties this backend (its statements are re-prepared on demand), and, as
@@ -481,7 +517,7 @@ class Client(asyncio.Protocol):
                     statements.clear()
                     backend.prepared.clear()
                 if self.pinned is None:
-                    self._check_pin(sql, backend)
+                    self._check_pin(sql, len(raw), backend)
                 self._unnamed_ok = False
                 expect.append(("Q", None))
             elif kind == "C":
@@ -518,8 +554,8 @@ class Client(asyncio.Protocol):
             backend.expect.append(("hP", None))
             self._unnamed_ok = True
 
-    def _check_pin(self, sql: str, backend: Backend) -> None:
-        reasons = self.server.pin_reasons_cached(sql, backend.status != "I")
+    def _check_pin(self, sql: str, size: int, backend: Backend) -> None:
+        reasons = self.server.pin_reasons_cached(sql, backend.status != "I", size)
         if not reasons:
             return
         counts = self.server.pin_counts
@@ -558,6 +594,10 @@ class Client(asyncio.Protocol):
         """The backend said idle with nothing owed: give it back."""
         self.backend = None
         backend.client = None
+        # A big answer may have filled our socket (pause_writing paused the backend's reading);
+        # our resume_writing can come after this detach, when it no longer reaches the backend,
+        # which the next client would then wait on forever. Detached, it must read again.
+        backend.resume_reading()
         self.server.counters["transactions"] += 1
         self.server.pool.release(backend)
 

@@ -47,14 +47,15 @@ _TRANSACTION_LOCAL = re.compile(r",\s*(?:true|'t(?:rue)?'|'on'|1)\s*$", re.I)
 _QUICK = re.compile(r"set|reset|prepare|execute|deallocate|discard|listen|load|temp|cursor|advisory|into", re.I)
 
 
-def pin_reasons(sql: str, *, in_transaction: bool) -> list[str]:
+def pin_reasons(sql: str, *, in_transaction: bool, size: int | None = None) -> list[str]:
     """The reasons ``sql`` must pin its session (empty if none).
 
     ``in_transaction``: the client is inside a transaction block, where a plain ``DECLARE``
-    cursor lives only until commit.
+    cursor lives only until commit. ``size``: the statement's length in bytes as sent (in the
+    session's client_encoding); by default that of ``sql`` in UTF-8.
     """
     reasons = []
-    if len(sql.encode()) > MAX_UNPINNED_STATEMENT:
+    if (len(sql.encode()) if size is None else size) > MAX_UNPINNED_STATEMENT:
         reasons.append("statement_over_16kb")
     if not _QUICK.search(sql):
         return reasons

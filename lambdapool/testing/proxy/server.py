@@ -193,19 +193,26 @@ class ProxyServer:
         pos = data.index(b"D")
         return m.read_data_row(data[pos + 5 : pos + 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")])[0] or ""
 
-    def statement_name(self, rest: bytes) -> bytes:
-        """The proxy's own name for a prepared query (the same on every backend, for every client)."""
-        name = self._statement_names.get(rest)
+    def statement_name(self, rest: bytes, encoding: bytes = b"") -> bytes:
+        """The proxy's own name for a prepared query (the same on every backend, for every client).
+
+        ``encoding``: the client_encoding the query was sent in, when it is not the server's
+        default: the same bytes are another text in another encoding, so another statement.
+        """
+        key = encoding + b"\0" + rest if encoding else rest
+        name = self._statement_names.get(key)
         if name is None:
-            name = b"lp_" + hashlib.sha1(rest).hexdigest()[:20].encode()
-            self._statement_names[rest] = name
+            name = b"lp_" + hashlib.sha1(key).hexdigest()[:20].encode()
+            self._statement_names[key] = name
         return name
 
-    def pin_reasons_cached(self, sql: str, in_transaction: bool) -> list[str]:
-        key = (sql, in_transaction)
+    def pin_reasons_cached(self, sql: str, in_transaction: bool, size: int) -> list[str]:
+        # size (bytes on the wire) is in the key: one text can be 16 KB in one client_encoding
+        # and not in another
+        key = (sql, in_transaction, size)
         reasons = self._pin_cache.get(key)
         if reasons is None:
-            reasons = pin_reasons(sql, in_transaction=in_transaction)
+            reasons = pin_reasons(sql, in_transaction=in_transaction, size=size)
             if len(self._pin_cache) > 10000:
                 self._pin_cache.clear()
             self._pin_cache[key] = reasons
