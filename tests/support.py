@@ -76,8 +76,5 @@ def make_db():
 
 
 def backends(pg, app: str = "lambdapool:%") -> int:
-    """Client backends the server holds for our application_name pattern."""
-    return int(pg.psql(
-        f"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
-        f"AND application_name LIKE '{app}'"
-    ))  # fmt: skip
+    """Client backends the server holds for an application_name pattern (lambdapool's own by default)."""
+    return pg.backends(app)

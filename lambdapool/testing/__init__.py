@@ -10,13 +10,16 @@ from lambdapool.testing.postgres import (
     postgres_from_env,
 )
 from lambdapool.testing.proxy import LocalProxy
+from lambdapool.testing.waiting import WaitTimeout, wait_for
 
 __all__ = [
     "ExternalPostgres",
     "LocalProxy",
     "PostgresNotFound",
     "PostgresServer",
+    "WaitTimeout",
     "find_bin_dir",
     "free_port",
     "postgres_from_env",
+    "wait_for",
 ]

@@ -35,7 +35,6 @@ import math
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,9 @@ from typing import Any
 from urllib.parse import quote
 
 from lambdapool.errors import ConfigError
+from lambdapool.testing.backends import client_backends
 from lambdapool.testing.emulator import BackendSampler, InvocationResult, LambdaFleet, LightFleet, Report, Scenario
+from lambdapool.testing.waiting import WaitTimeout, wait_for
 
 POOLERS = ("direct", "local", "pgbouncer", "rds-proxy")
 PROXY_NAME = "lambdapool-emulated-proxy"
@@ -142,20 +143,15 @@ class Target:
 
     def backends(self) -> int:
         """Client backends now, the query's own excluded."""
-        import psycopg
-
-        with psycopg.connect(self.monitor_dsn, autocommit=True, connect_timeout=5) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
-            ).fetchone()
-        return int(row[0])
+        return client_backends(self.monitor_dsn)
 
     def wait_quiet(self, baseline: int, timeout: float = 15.0) -> None:
         """Wait (bounded) until the backends of killed instances are gone, so the next
-        scenario's timeline starts from the same floor."""
-        deadline = time.monotonic() + timeout
-        while self.backends() > baseline and time.monotonic() < deadline:
-            time.sleep(0.05)
+        scenario's timeline starts from the same floor (if they linger, it starts anyway)."""
+        try:
+            wait_for(lambda: self.backends() <= baseline, "backends back to the baseline", timeout, interval=0.05)
+        except WaitTimeout:
+            pass
 
 
 def _conninfo(dsn: str) -> dict[str, str]:

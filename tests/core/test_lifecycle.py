@@ -8,12 +8,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 import lambdapool
 from lambdapool import lifecycle
+from lambdapool.testing import wait_for
 from tests.support import LambdaContext, backends, query_handler
 
 SIGTERM_SCRIPT = textwrap.dedent(
@@ -47,9 +47,7 @@ def test_sigterm_closes_the_connection_and_chains_the_previous_handler(pg_server
         assert "previous handler ran" in out and proc.returncode == 7
     else:
         assert proc.returncode == -signal.SIGTERM  # default action, as without us
-    deadline = time.monotonic() + 5
-    while backends(pg_server, "lp-sigterm") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: not backends(pg_server, "lp-sigterm"), "the SIGTERMed instance's backend gone", timeout=5)
     assert backends(pg_server, "lp-sigterm") == 0
 
 

@@ -10,6 +10,7 @@ import textwrap
 import time
 
 import lambdapool
+from lambdapool.testing import wait_for
 from tests.support import LambdaContext, backends
 
 
@@ -82,9 +83,7 @@ def test_sigterm_closes_the_connection_of_every_worker_process(pg_server, tmp_pa
         assert len(pids) == 4
         assert backends(pg_server, "lp-lmi") == 4  # one connection per worker process
         os.killpg(proc.pid, signal.SIGTERM)  # scale-in: the environment's processes get SIGTERM
-        deadline = time.monotonic() + 10
-        while backends(pg_server, "lp-lmi") and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: not backends(pg_server, "lp-lmi"), "the workers' connections closed")
         assert backends(pg_server, "lp-lmi") == 0
         for pid in pids:  # closed by lambdapool in each worker, which is still alive
             os.kill(int(pid), 0)

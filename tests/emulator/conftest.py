@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from lambdapool.testing import wait_for
 from lambdapool.testing.emulator import CloudFunctionFleet, LambdaFleet
 from lambdapool.testing.pytest_plugin import missing
 
@@ -63,29 +64,13 @@ def cf_fleet(pg_server, app_name) -> Iterator[Callable[..., CloudFunctionFleet]]
             fleet.close()
 
 
-def _eventually(check: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not reached within {timeout}s")
-        time.sleep(0.01)
-
-
 @pytest.fixture
-def eventually() -> Callable[..., None]:
+def eventually() -> Callable[..., object]:
     """Wait (bounded) for something asynchronous: a process exit, a backend closing."""
-    return _eventually
+    return functools.partial(wait_for, timeout=5.0)
 
 
 @pytest.fixture
 def backends(pg_server, app_name) -> Callable[[], int]:
     """How many server backends this test's instances hold right now."""
-    import psycopg
-
-    def count() -> int:
-        with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
-            return conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app_name,)
-            ).fetchone()[0]
-
-    return count
+    return lambda: pg_server.backends(app_name)

@@ -30,6 +30,8 @@ from typing import Any
 
 import pytest
 
+from lambdapool.testing import wait_for
+from lambdapool.testing.process import stop_process
 from lambdapool.testing.emulator import BackendSampler, InvocationResult, LambdaFleet, LightFleet, module_factory
 
 HANDLERS = Path(__file__).parent / "handlers"
@@ -94,7 +96,10 @@ class Fault:
 
 
 @dataclass
-class Burst:
+class BurstResult:
+    """What one :func:`burst` gave: each fleet's results and counters, the sampler, the fault's
+    window (the burst's shape, for the CLI and benchmarks, is ``lambdapool.testing.fanout.Burst``)."""
+
     processes: list[InvocationResult] = field(default_factory=list)
     light: list[InvocationResult] = field(default_factory=list)
     process_counters: dict[str, int] = field(default_factory=dict)
@@ -173,12 +178,7 @@ def proxy_process(backend: str, max_backends: int) -> Iterator[tuple[str, Callab
                 raise RuntimeError(f"lambdapool proxy did not start: {banner}{errors.read()}")
             yield dsn, stats
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
             proc.stdout.close()  # type: ignore[union-attr]
 
 
@@ -228,12 +228,12 @@ def burst(
     sampler_dsn: str,
     fault: Callable[[], float | None] | None = None,
     fault_after: int = 0,
-) -> Burst:
+) -> BurstResult:
     """Run both fleets' events at once (processes ``len(set)`` wide: concurrency = fleet size),
     sampling the server's backends; with ``fault``, call it once ``fault_after`` invocations
     have ended and record its window: from the call to its return, or to the time it returns
     (when the fault took effect, before a downtime it then waits out)."""
-    out = Burst()
+    out = BurstResult()
     errors: list[BaseException] = []
 
     def run(name: str, fleet: Any, evs: list[dict]) -> None:
@@ -250,10 +250,8 @@ def burst(
         for t in threads:
             t.start()
         if fault is not None:
-            deadline = time.monotonic() + 60
-            while _ended(pf, lf) < fault_after and any(t.is_alive() for t in threads):
-                assert time.monotonic() < deadline, "the burst made no progress before the fault"
-                time.sleep(0.005)
+            wait_for(lambda: _ended(pf, lf) >= fault_after or not any(t.is_alive() for t in threads),
+                     "the burst's progress before the fault", timeout=60, interval=0.005)  # fmt: skip
             out.fault = Fault(start=time.time())
             cut = fault()
             out.fault.end = time.time() if cut is None else cut
@@ -273,7 +271,7 @@ def _ended(pf: LambdaFleet, lf: LightFleet | None) -> int:
     return pf.counters["invocations"] + (lf.counters["invocations"] if lf is not None else 0)
 
 
-def failures_outside(result: Burst, grace: float = 0.0) -> list[InvocationResult]:
+def failures_outside(result: BurstResult, grace: float = 0.0) -> list[InvocationResult]:
     """Failures that could have been served: every failure except those of invocations in flight
     during the fault's window (started before it ended, ended after it began) whose connection
     was lost under them. ``grace`` widens the window's end (seconds) where a fault's effect

@@ -17,7 +17,7 @@ from tests.fanout.conftest import (
     MIN_SAMPLE_HZ,
     ORDINARY_SLOTS,
     POOL_CAP,
-    Burst,
+    BurstResult,
     LightFleetProcess,
     app_dsn,
     burst,
@@ -41,7 +41,7 @@ PAUSE, HOLD = 5.0, 0.02
 DIRECT_LIGHT = 300
 
 
-def fan_out(pg, env: dict, *, processes: int = PROCESSES, light: int = LIGHT, preload=None, **kw) -> Burst:
+def fan_out(pg, env: dict, *, processes: int = PROCESSES, light: int = LIGHT, preload=None, **kw) -> BurstResult:
     """The two waves through both fleets at once. Lambda timeout 60 s, acquire timeout 50 s,
     connect timeout 20 s (unless ``env`` says otherwise): on two cores a wave of a thousand cold
     instances queues for the CPU (and the light ones for this process's GIL), not only for the
@@ -54,7 +54,7 @@ def fan_out(pg, env: dict, *, processes: int = PROCESSES, light: int = LIGHT, pr
                      events(light, pause=PAUSE, hold=HOLD) + events(light, hold=HOLD), sampler_dsn=pg.dsn, **kw)  # fmt: skip
 
 
-def assert_wide(result: Burst, processes: int = PROCESSES, light: int = LIGHT) -> None:
+def assert_wide(result: BurstResult, processes: int = PROCESSES, light: int = LIGHT) -> None:
     """The burst really was as wide as asked: every process environment started, and nearly
     every light instance (a light instance is reused if one of the wave finished before the
     last thread of the wave started, which a loaded machine may allow)."""
@@ -63,12 +63,12 @@ def assert_wide(result: Burst, processes: int = PROCESSES, light: int = LIGHT) -
         assert result.light_counters["peak_instances"] >= 0.9 * light, result.light_counters
 
 
-def assert_sampled(result: Burst) -> None:
+def assert_sampled(result: BurstResult) -> None:
     assert result.sampler is not None and result.sampler.errors == 0
     assert result.sampler.rate_hz >= MIN_SAMPLE_HZ, f"sampled at {result.sampler.rate_hz:.1f} Hz"
 
 
-def assert_all_served(pg, result: Burst) -> None:
+def assert_all_served(pg, result: BurstResult) -> None:
     assert not result.failed(), result.describe_failures()
     assert check_runs(pg, result.results)["rows"] == len(result.results)
 

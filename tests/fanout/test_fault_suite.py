@@ -18,11 +18,11 @@ import time
 import psycopg
 import pytest
 
-from lambdapool.testing import LocalProxy, free_port
+from lambdapool.testing import LocalProxy, free_port, wait_for
 from tests.fanout.conftest import (
     MAX_CONNECTIONS,
     SCHEMA,
-    Burst,
+    BurstResult,
     app_dsn,
     burst,
     check_runs,
@@ -41,32 +41,25 @@ def app_backends(pg) -> list[int]:
     return [int(p) for p in pg.psql("SELECT pid FROM pg_stat_activity WHERE usename = 'app'").split()]
 
 
-def wait_for(check, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what} not seen within {timeout}s"
-        time.sleep(0.02)
-
-
-def reconnects_by_instance(result: Burst) -> dict[str, int]:
+def reconnects_by_instance(result: BurstResult) -> dict[str, int]:
     return {i: int(s["reconnects"]) for i, s in result.last_stats().items()}
 
 
-def replaced(result: Burst) -> int:
+def replaced(result: BurstResult) -> int:
     """Connections opened beyond each instance's first: found dead at acquire (a reconnect), or
     dropped after a statement failed under them and opened afresh."""
     stats = result.last_stats()
     return int(sum(s["connects"] for s in stats.values())) - len(stats)
 
 
-def steady_burst(pf, lf, pg, *, fault=None, fault_after: int = 0, per_instance: int = 30) -> Burst:
+def steady_burst(pf, lf, pg, *, fault=None, fault_after: int = 0, per_instance: int = 30) -> BurstResult:
     """Each instance runs ~``per_instance`` invocations of HOLD seconds, all fleets at once."""
     light = lf.reserved_concurrency * per_instance if lf is not None else 0
     return burst(pf, lf, events(pf.reserved_concurrency * per_instance, hold=HOLD), events(light, hold=HOLD),
                  sampler_dsn=pg.dsn, fault=fault, fault_after=fault_after)  # fmt: skip
 
 
-def assert_no_avoidable_failure(result: Burst) -> None:
+def assert_no_avoidable_failure(result: BurstResult) -> None:
     avoidable = failures_outside(result)
     fault = result.fault
     assert fault is not None
@@ -120,10 +113,8 @@ def kill_app_backends(pg) -> None:
         pids = [r[0] for r in conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend'")]  # fmt: skip
         conn.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
-        deadline = time.monotonic() + 10
-        while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)).fetchone()[0]:
-            assert time.monotonic() < deadline, "terminated backends still there after 10 s"
-            time.sleep(0.005)
+        wait_for(lambda: not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                                          (pids,)).fetchone()[0], "the terminated backends gone", interval=0.005)  # fmt: skip
     assert pids, "the burst had no backend to kill"
 
 

@@ -25,7 +25,7 @@ from tests.fanout.conftest import (
     ORDINARY_SLOTS,
     POOL_CAP,
     PRELOAD,
-    Burst,
+    BurstResult,
     app_dsn,
     burst,
     check_runs,
@@ -49,7 +49,7 @@ def mi_fleet(env: Mapping[str, str]) -> Iterator[LambdaFleet]:
         yield fleet
 
 
-def fan_out(pg: Any, env: Mapping[str, str]) -> Burst:
+def fan_out(pg: Any, env: Mapping[str, str]) -> BurstResult:
     env = {"LAMBDAPOOL_ACQUIRE_TIMEOUT": "40", "LAMBDAPOOL_CONNECT_TIMEOUT": "20", **env}
     with mi_fleet(env) as fleet:
         result = burst(fleet, None, events(WIDTH, pause=PAUSE, hold=HOLD) + events(WIDTH, hold=HOLD),
@@ -58,7 +58,7 @@ def fan_out(pg: Any, env: Mapping[str, str]) -> Burst:
     return result
 
 
-def per_process(result: Burst) -> dict[int, dict[str, Any]]:
+def per_process(result: BurstResult) -> dict[int, dict[str, Any]]:
     """Each worker process's ``db.stats()`` as of its last successful invocation, by pid."""
     last: dict[int, tuple[float, dict[str, Any]]] = {}
     for r in result.results:
@@ -69,7 +69,7 @@ def per_process(result: Burst) -> dict[int, dict[str, Any]]:
     return {pid: stats for pid, (_, stats) in last.items()}
 
 
-def assert_shape(result: Burst) -> None:
+def assert_shape(result: BurstResult) -> None:
     """4 environments, 64 distinct processes (16 each), each seen in the report's terms too."""
     served = [r for r in result.results if not r.throttled]
     assert result.process_counters["instances_started"] == ENVIRONMENTS, result.process_counters
@@ -79,7 +79,7 @@ def assert_shape(result: Burst) -> None:
     assert result.sampler.rate_hz >= MIN_SAMPLE_HZ, f"sampled at {result.sampler.rate_hz:.1f} Hz"
 
 
-def assert_all_served(pg: Any, result: Burst) -> None:
+def assert_all_served(pg: Any, result: BurstResult) -> None:
     assert not result.failed(), result.describe_failures()
     assert check_runs(pg, result.results)["rows"] == len(result.results)
     stats = per_process(result)

@@ -9,14 +9,13 @@ connection must survive with no failed invocation.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from lambdapool.testing import LocalProxy, PostgresNotFound, PostgresServer
+from lambdapool.testing import LocalProxy, PostgresNotFound, PostgresServer, WaitTimeout, wait_for
 from lambdapool.testing.pgbouncer import PgBouncer, PgBouncerNotFound
 from lambdapool.testing.pytest_plugin import missing
 
@@ -37,22 +36,16 @@ def fw_pg() -> Iterator[PostgresServer]:
         server.stop()
 
 
-def client_backends(pg: PostgresServer) -> int:
-    """Client backends on the server, other than the psql asking."""
-    return int(pg.psql(
-        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
-    ))  # fmt: skip
-
-
 def kill_backends(pg: PostgresServer) -> int:
     """Terminate every client backend (but the psql asking) and wait until they are gone."""
     killed = int(pg.psql(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
         "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
     ))  # fmt: skip
-    deadline = time.monotonic() + 10
-    while client_backends(pg) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    try:
+        wait_for(lambda: not pg.backends(), "the killed backends gone")
+    except WaitTimeout:  # the callers' own asserts say what is left
+        pass
     return killed
 
 

@@ -17,12 +17,9 @@ import threading
 import time
 from typing import Any, TypeVar
 
-S = TypeVar("S", bound="Sampler")
+from lambdapool.testing.backends import count_on
 
-_QUERY = (
-    "SELECT count(*) FROM pg_stat_activity "
-    "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
-)
+S = TypeVar("S", bound="Sampler")
 
 
 class Sampler:
@@ -131,11 +128,7 @@ class BackendSampler(Sampler):
                                      connect_timeout=5)  # fmt: skip
 
     def _count(self) -> int:
-        if self.application_name_like is None:
-            row = self._conn.execute(_QUERY).fetchone()
-        else:
-            row = self._conn.execute(_QUERY + " AND application_name LIKE %s", (self.application_name_like,)).fetchone()
-        return int(row[0])
+        return count_on(self._conn, self.application_name_like)
 
 
 class PgBouncerSampler(Sampler):

@@ -1,0 +1,31 @@
+"""``wait_for``: poll a condition until it holds, with a bound (tests wait for states, not times)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class WaitTimeout(AssertionError):
+    """The condition did not hold in time (an AssertionError, so pytest reports it as a failure)."""
+
+    __module__ = "lambdapool.testing"
+
+
+def wait_for(condition: Callable[[], T], what: str = "condition", timeout: float = 10.0, interval: float = 0.01) -> T:
+    """Call ``condition`` until it returns something true and return that; raise
+    :class:`WaitTimeout` naming ``what`` if it has not after ``timeout`` seconds.
+
+    ``timeout`` bounds a stuck wait; it is not a timing assumption. The condition is asked once
+    more at the deadline, so a slow last poll still counts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"{what}: not reached within {timeout}s")
+        time.sleep(interval)
