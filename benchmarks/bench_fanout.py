@@ -21,8 +21,8 @@ import argparse
 import sys
 
 from lambdapool.cli.emulate import ProgressLine, summary_table
-from lambdapool.testing import fanout
-from lambdapool.testing.emulator import Report
+from lambdapool.emulator import fanout
+from lambdapool.emulator import Report
 
 SCENARIOS = ("direct", "local", "pgbouncer")
 

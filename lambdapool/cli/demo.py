@@ -41,8 +41,8 @@ def verdict(scenario: Any) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from lambdapool.cli.emulate import ProgressLine, summary_table, write_outputs
-    from lambdapool.testing import fanout
-    from lambdapool.testing.emulator import Report
+    from lambdapool.emulator import fanout
+    from lambdapool.emulator import Report
 
     fanout.require("matplotlib")
     cap = args.cap if args.cap is not None else max(1, args.max_connections // 2)
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         report = Report(f"{burst.invocations} invocations over {burst.concurrency} Lambda environments, "
                         f"Postgres max_connections={args.max_connections}")  # fmt: skip
         print(f"lambdapool demo: {report.title}; a throwaway Postgres, the bundled handler "
-              f"(lambdapool/testing/demo_handler.py)", file=sys.stderr)  # fmt: skip
+              f"(lambdapool/emulator/demo_handler.py)", file=sys.stderr)  # fmt: skip
         fanout.run_scenario(report, handler, "direct", target, burst, budget_guard=False, env=fail_fast,
                             progress=progress)  # fmt: skip
         fanout.run_scenario(report, handler, "local", target, burst, cap=cap, progress=progress)

@@ -8,7 +8,7 @@ scenarios side by side; ``--chart`` and ``--json`` keep the picture and the figu
 each, by awslambdaric's own multi-process mode); ``--setup FILE.sql`` runs a script once as the
 database's owner before the bursts. The throwaway database's role (``app``) owns a schema of
 its own, first on its search path, so handlers may create their tables.
-The scenario machinery is :mod:`lambdapool.testing.fanout`.
+The scenario machinery is :mod:`lambdapool.emulator.fanout`.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def poolers(values: Sequence[str] | None) -> list[str]:
-    from lambdapool.testing.fanout import POOLERS
+    from lambdapool.emulator.fanout import POOLERS
 
     names = [name.strip() for value in (values or ["local"]) for name in value.split(",") if name.strip()]
     for name in names:
@@ -161,8 +161,8 @@ def summary_table(report: Any) -> str:
 
 @contextlib.contextmanager
 def database(dsn: str | None, max_connections: int) -> Iterator[Any]:
-    """``--dsn`` or a throwaway Postgres, as a :class:`lambdapool.testing.fanout.Target`."""
-    from lambdapool.testing import fanout
+    """``--dsn`` or a throwaway Postgres, as a :class:`lambdapool.emulator.fanout.Target`."""
+    from lambdapool.emulator import fanout
 
     if dsn:
         yield fanout.existing_database(dsn)
@@ -173,7 +173,7 @@ def database(dsn: str | None, max_connections: int) -> Iterator[Any]:
 
 def write_outputs(report: Any, chart: Path | None, json_path: Path | None, out: IO[str]) -> None:
     if chart is not None:
-        from lambdapool.testing.fanout_chart import draw_comparison
+        from lambdapool.emulator.fanout_chart import draw_comparison
 
         print(f"chart written to {draw_comparison(report, chart).resolve()}", file=out)
     if json_path is not None:
@@ -181,8 +181,8 @@ def write_outputs(report: Any, chart: Path | None, json_path: Path | None, out: 
 
 
 def run(args: argparse.Namespace) -> int:
-    from lambdapool.testing import fanout
-    from lambdapool.testing.emulator import Report
+    from lambdapool.emulator import fanout
+    from lambdapool.emulator import Report
 
     kinds = poolers(args.pooler)
     fanout.require(*(["matplotlib"] if args.chart else []), *(["moto"] if "rds-proxy" in kinds else []))

@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from lambdapool.testing.proxy.local import LocalProxy, new_event_loop
-    from lambdapool.testing.proxy.server import ProxyServer
+    from lambdapool.proxy.local import LocalProxy, new_event_loop
+    from lambdapool.proxy.server import ProxyServer
 
     if not args.backend:
         raise ConfigError("--backend: give the server's URI (postgresql://user:pw@host:port/db) or set LAMBDAPOOL_PROXY_BACKEND")

@@ -1,6 +1,6 @@
 """The Postgres wire protocol without I/O: framing (:mod:`.framing`) and messages (:mod:`.messages`).
 
-Used by the local proxy (:mod:`lambdapool.testing.proxy`); usable by anything that needs to
+Used by the local proxy (:mod:`lambdapool.proxy`); usable by anything that needs to
 read or write Postgres messages on its own sockets.
 """
 

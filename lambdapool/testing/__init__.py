@@ -1,5 +1,7 @@
-"""Test tools for lambdapool and for users' own handlers: throwaway Postgres, the local proxy,
-the emulator and a pytest plugin. Nothing here is imported by ``import lambdapool``."""
+"""Test tools for lambdapool and for users' own handlers: throwaway Postgres and PgBouncer, moto,
+TLS helpers and a pytest plugin. The local proxy (:mod:`lambdapool.proxy`) and the emulator
+(:mod:`lambdapool.emulator`) are product code; ``LocalProxy`` is re-exported here for tests.
+Nothing here is imported by ``import lambdapool``."""
 
 from lambdapool.testing.postgres import (
     ExternalPostgres,
@@ -9,8 +11,8 @@ from lambdapool.testing.postgres import (
     free_port,
     postgres_from_env,
 )
-from lambdapool.testing.proxy import LocalProxy
-from lambdapool.testing.waiting import WaitTimeout, wait_for
+from lambdapool.proxy import LocalProxy
+from lambdapool.waiting import WaitTimeout, wait_for
 
 __all__ = [
     "ExternalPostgres",

@@ -5,11 +5,11 @@ Each is a factory: call it as often as the test needs; what it started is stoppe
 * ``local_proxy(pg, max_backends=5, **settings)``: a started :class:`~lambdapool.testing.LocalProxy`
   in front of ``pg`` (a ``PostgresServer``, anything with a ``.dsn``, or a DSN string).
 * ``lambda_fleet("src/app.py:handler", env={...}, **settings)``: a started
-  :class:`~lambdapool.testing.emulator.LambdaFleet` (real execution environments) for that handler.
+  :class:`~lambdapool.emulator.LambdaFleet` (real execution environments) for that handler.
 * ``light_fleet("src/app.py:handler", env={...}, **settings)``: a started
-  :class:`~lambdapool.testing.emulator.LightFleet` (in-process instances, for width).
+  :class:`~lambdapool.emulator.LightFleet` (in-process instances, for width).
 * ``backend_sampler(pg, interval=0.02)``: a started
-  :class:`~lambdapool.testing.emulator.BackendSampler` counting the database's backends.
+  :class:`~lambdapool.emulator.BackendSampler` counting the database's backends.
 
 A test of your own fan-out then reads::
 
@@ -80,7 +80,7 @@ def _started(stop: Callable[[Any], None]) -> Callable[[Callable[..., T]], Callab
 @_started(lambda proxy: proxy.stop())
 def _local_proxy(database: Any, max_backends: int | None = 5, **settings: Any) -> Any:
     """``local_proxy(pg, max_backends=5, **settings)``: a started LocalProxy in front of ``pg``."""
-    from lambdapool.testing.proxy import LocalProxy
+    from lambdapool.proxy import LocalProxy
 
     return LocalProxy(backend=_dsn(database), max_backends=max_backends, **settings).start()
 
@@ -89,8 +89,8 @@ def _local_proxy(database: Any, max_backends: int | None = 5, **settings: Any) -
 def _lambda_fleet(handler: str, *, env: dict[str, str] | None = None, **settings: Any) -> Any:
     """``lambda_fleet("src/app.py:handler", env={...}, **settings)``: a started LambdaFleet."""
     _need("awslambdaric", "dev")
-    from lambdapool.testing.emulator import LambdaFleet
-    from lambdapool.testing.fanout import HandlerRef
+    from lambdapool.emulator import LambdaFleet
+    from lambdapool.emulator.fanout import HandlerRef
 
     ref = HandlerRef.parse(str(handler))
     return LambdaFleet(ref.handler, ref.task_root, env=env, **settings).start()
@@ -99,8 +99,8 @@ def _lambda_fleet(handler: str, *, env: dict[str, str] | None = None, **settings
 @_started(lambda fleet: fleet.close())
 def _light_fleet(handler: str, *, env: dict[str, str] | None = None, **settings: Any) -> Any:
     """``light_fleet("src/app.py:handler", env={...}, **settings)``: a started LightFleet."""
-    from lambdapool.testing.emulator import LightFleet, module_factory
-    from lambdapool.testing.fanout import HandlerRef
+    from lambdapool.emulator import LightFleet, module_factory
+    from lambdapool.emulator.fanout import HandlerRef
 
     ref = HandlerRef.parse(str(handler))
     return LightFleet(module_factory(ref.task_root, ref.handler), env=env, **settings).start()
@@ -109,7 +109,7 @@ def _light_fleet(handler: str, *, env: dict[str, str] | None = None, **settings:
 @_started(lambda sampler: sampler.stop())
 def _backend_sampler(database: Any, interval: float = 0.02, application_name_like: str | None = None) -> Any:
     """``backend_sampler(pg, interval=0.02)``: a started BackendSampler (stop it to end the timeline)."""
-    from lambdapool.testing.emulator import BackendSampler
+    from lambdapool.emulator import BackendSampler
 
     return BackendSampler(_dsn(database), interval, application_name_like).start()
 

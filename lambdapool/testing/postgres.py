@@ -28,11 +28,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 from lambdapool.errors import LambdapoolError
-from lambdapool.testing.backends import client_backends
+from lambdapool.emulator.backends import client_backends
 from lambdapool.testing.process import ServerProcess, preexec, run_as
-from lambdapool.testing.process import child_setup as _child_setup  # noqa: F401  (the emulator imports these here)
-from lambdapool.testing.process import free_port  # noqa: F401
-from lambdapool.testing.process import pid_alive as _pid_alive  # noqa: F401
+from lambdapool.spawning import free_port  # noqa: F401  (public here: lambdapool.testing.free_port)
 
 DIR_PREFIX = "lambdapool-pg-"
 SUPERUSER = "postgres"

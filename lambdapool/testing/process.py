@@ -15,13 +15,11 @@ Theory of operation
 
 from __future__ import annotations
 
-import ctypes
 import glob
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -30,14 +28,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from lambdapool.errors import LambdapoolError
-from lambdapool.testing.waiting import WaitTimeout, wait_for
+from lambdapool.spawning import child_setup, free_port, pid_alive
+from lambdapool.waiting import WaitTimeout, wait_for
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def run_as(not_found: type[LambdapoolError]) -> pwd.struct_passwd | None:
@@ -54,29 +47,6 @@ def run_as(not_found: type[LambdapoolError]) -> pwd.struct_passwd | None:
             "Create it (useradd --system postgres) or set LAMBDAPOOL_PG_USER to another user."
         ) from None
 
-
-def child_setup(user: pwd.struct_passwd | None, die_with_parent: bool = True) -> None:
-    """In the child before exec: drop to ``user``, then ask to die with our process.
-
-    The uid switch happens first because the kernel clears the parent-death signal on a
-    credential change (so Popen's own ``user=``, applied after preexec_fn, would undo it).
-    """
-    if user is not None:
-        os.setgroups([])
-        os.setgid(user.pw_gid)
-        os.setuid(user.pw_uid)
-    for sig in (signal.SIGINT, signal.SIGQUIT):  # a shell's `cmd &` leaves these ignored
-        try:
-            signal.signal(sig, signal.SIG_DFL)
-        except ValueError:  # forked from a non-main thread
-            pass
-    PR_SET_PDEATHSIG = 1
-    try:
-        if die_with_parent:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGQUIT)
-    except (OSError, AttributeError):  # not Linux: sweep_orphans still cleans up
-        pass
-    os.setpgrp()  # a Ctrl-C in the terminal is for pytest, not for the server
 
 
 def preexec(user: pwd.struct_passwd | None) -> Callable[[], None]:
@@ -100,15 +70,6 @@ def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout
             proc.kill()
             proc.wait()
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def sweep_orphans(prefix: str, pidfile: str, program: str, sig: int, tmp_root: str | None = None) -> list[str]:

@@ -194,7 +194,7 @@ def test_iam_token_async_is_generated_once_and_renewed_before_expiry(aws_env: No
 def test_iam_tokens_pass_an_independent_sigv4_check(aws_env: None) -> None:
     # The local proxy verifies tokens as RDS does (its own SigV4 code): what boto3 and
     # aiobotocore sign for us must pass it, and fail it under another secret key.
-    from lambdapool.testing.proxy.auth import AuthFailed, verify_iam_token
+    from lambdapool.proxy.auth import AuthFailed, verify_iam_token
 
     provider = IamAuthToken("proxy.example", 5432, "app")
     sync_token = provider.get().password

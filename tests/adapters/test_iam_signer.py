@@ -24,7 +24,7 @@ from lambdapool import aws
 from lambdapool.credentials import AwsKeys, AwsKeySource, IamAuthToken, db_auth_token
 from lambdapool.errors import AuthError, ConfigError
 from lambdapool.testing import LocalProxy
-from lambdapool.testing.proxy.auth import AuthFailed, verify_iam_token
+from lambdapool.proxy.auth import AuthFailed, verify_iam_token
 
 AKID, SECRET = "AKIASIGNERTEST000001", "signer-test/secret+key-Vq7"
 SESSION_TOKEN = "IQoJb3JpZ2luX2VjE//session+token/with=odd&chars"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lambdapool.testing import wait_for
-from lambdapool.testing.emulator import CloudFunctionFleet, LambdaFleet
+from lambdapool.emulator import CloudFunctionFleet, LambdaFleet
 from lambdapool.testing.pytest_plugin import missing
 
 HANDLERS = Path(__file__).parent / "handlers"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from lambdapool.errors import ConfigError
-from lambdapool.testing.emulator import CloudFunctionFleet
-from lambdapool.testing.emulator.processes import proc_state
+from lambdapool.emulator import CloudFunctionFleet
+from lambdapool.emulator.processes import proc_state
 
 SOURCE = Path(__file__).parent / "handlers" / "cf_handler.py"
 

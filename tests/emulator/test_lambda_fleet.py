@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from lambdapool.errors import ConfigError
-from lambdapool.testing.emulator import LambdaFleet
-from lambdapool.testing.emulator.processes import proc_state
+from lambdapool.emulator import LambdaFleet
+from lambdapool.emulator.processes import proc_state
 
 HANDLERS = Path(__file__).parent / "handlers"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from lambdapool.errors import ConfigError
-from lambdapool.testing.emulator import LambdaFleet
-from lambdapool.testing.emulator.processes import group_members, proc_state
+from lambdapool.emulator import LambdaFleet
+from lambdapool.emulator.processes import group_members, proc_state
 
 
 

@@ -32,7 +32,7 @@ import pytest
 
 from lambdapool.testing import wait_for
 from lambdapool.testing.process import stop_process
-from lambdapool.testing.emulator import BackendSampler, InvocationResult, LambdaFleet, LightFleet, module_factory
+from lambdapool.emulator import BackendSampler, InvocationResult, LambdaFleet, LightFleet, module_factory
 
 HANDLERS = Path(__file__).parent / "handlers"
 HANDLER = "fanout_handler.handler"
@@ -98,7 +98,7 @@ class Fault:
 @dataclass
 class BurstResult:
     """What one :func:`burst` gave: each fleet's results and counters, the sampler, the fault's
-    window (the burst's shape, for the CLI and benchmarks, is ``lambdapool.testing.fanout.Burst``)."""
+    window (the burst's shape, for the CLI and benchmarks, is ``lambdapool.emulator.fanout.Burst``)."""
 
     processes: list[InvocationResult] = field(default_factory=list)
     light: list[InvocationResult] = field(default_factory=list)

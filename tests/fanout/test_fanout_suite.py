@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from lambdapool.testing import LocalProxy
-from lambdapool.testing.emulator import PgBouncerSampler
+from lambdapool.emulator import PgBouncerSampler
 from tests.fanout.conftest import (
     MIN_SAMPLE_HZ,
     ORDINARY_SLOTS,

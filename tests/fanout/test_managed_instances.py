@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from lambdapool.testing.emulator import LambdaFleet, PgBouncerSampler
+from lambdapool.emulator import LambdaFleet, PgBouncerSampler
 from tests.fanout.conftest import (
     HANDLER,
     HANDLERS,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lambdapool.testing.emulator.processes import proc_state
+from lambdapool.emulator.processes import proc_state
 
 pytest_plugins = ["pytester"]
 

@@ -18,7 +18,7 @@ import pytest
 
 import lambdapool
 from lambdapool.testing.moto import signing_keys
-from lambdapool.testing.proxy import LocalProxy
+from lambdapool.proxy import LocalProxy
 from tests.infra.infra_support import (
     create_secret,
     deploy_stack,

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from lambdapool.testing.proxy.auth import AuthFailed, verify_iam_token
+from lambdapool.proxy.auth import AuthFailed, verify_iam_token
 
 AKID, SECRET = "AKIAPROXYTEST0000001", "proxy-test-secret-key"
 

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING
 
 from lambdapool.proto import NEED_DATA, Parser, ProtocolError, SSLAnswer
 from lambdapool.proto import messages as m
-from lambdapool.testing.proxy.auth import md5_password
+from lambdapool.proxy.auth import md5_password
 
 if TYPE_CHECKING:
-    from lambdapool.testing.proxy.client import Client
-    from lambdapool.testing.proxy.config import BackendTarget
-    from lambdapool.testing.proxy.server import ProxyServer
+    from lambdapool.proxy.client import Client
+    from lambdapool.proxy.config import BackendTarget
+    from lambdapool.proxy.server import ProxyServer
 
 # Request kind -> message types that complete its answer.
 TERMINAL = {

@@ -7,6 +7,6 @@ two sides of a relay), ``admin`` (SHOW POOLS / SHOW STATS), ``server`` (the asyn
 :mod:`lambdapool.proto`, which does no I/O.
 """
 
-from lambdapool.testing.proxy.local import LocalProxy
+from lambdapool.proxy.local import LocalProxy
 
 __all__ = ["LocalProxy"]

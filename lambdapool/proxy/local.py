@@ -15,8 +15,8 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 from lambdapool.errors import ConfigError
-from lambdapool.testing.proxy.config import BackendTarget, ProxySettings, parse_listen
-from lambdapool.testing.proxy.server import ProxyServer
+from lambdapool.proxy.config import BackendTarget, ProxySettings, parse_listen
+from lambdapool.proxy.server import ProxyServer
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

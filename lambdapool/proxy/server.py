@@ -16,15 +16,15 @@ import time
 from typing import Callable
 
 from lambdapool.proto import messages as m
-from lambdapool.testing.proxy import admin
-from lambdapool.testing.proxy.auth import ScramVerifier
+from lambdapool.proxy import admin
+from lambdapool.proxy.auth import ScramVerifier
 from lambdapool.errors import ConnectionUnavailable
-from lambdapool.testing.proxy.backend import Backend, BackendLoginError
-from lambdapool.testing.proxy.client import Client
-from lambdapool.testing.proxy.config import ProxySettings
-from lambdapool.testing.proxy.pinning import pin_reasons
-from lambdapool.testing.proxy.pool import Pool
-from lambdapool.testing.proxy.rds_errors import ConnectionRate
+from lambdapool.proxy.backend import Backend, BackendLoginError
+from lambdapool.proxy.client import Client
+from lambdapool.proxy.config import ProxySettings
+from lambdapool.proxy.pinning import pin_reasons
+from lambdapool.proxy.pool import Pool
+from lambdapool.proxy.rds_errors import ConnectionRate
 
 LISTEN_BACKLOG = 1024
 
@@ -139,7 +139,7 @@ class ProxyServer:
         if not cert:
             from pathlib import Path
 
-            from lambdapool.testing.tls import write_self_signed
+            from lambdapool.proxy.tls import write_self_signed
 
             self._tmp = tempfile.TemporaryDirectory(prefix="lambdapool-proxy-tls-")
             cert, key = str(Path(self._tmp.name, "proxy.crt")), str(Path(self._tmp.name, "proxy.key"))

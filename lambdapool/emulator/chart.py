@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lambdapool.testing.emulator.report import Report
+    from lambdapool.emulator.report import Report
 
 
 def draw_backends(report: Report, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from lambdapool.testing.emulator.report import _relative
+    from lambdapool.emulator.report import _relative
 
     fig = Figure(figsize=(9, 4.5), dpi=100)
     FigureCanvasAgg(fig)

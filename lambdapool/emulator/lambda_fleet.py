@@ -48,12 +48,12 @@ from pathlib import Path
 from typing import Any
 
 from lambdapool.errors import ConfigError, LambdapoolError
-from lambdapool.testing.emulator import processes
-from lambdapool.testing.emulator.base import Fleet
-from lambdapool.testing.emulator.results import InvocationResult, throttled
-from lambdapool.testing.emulator.runtime_api import NextInvocation, error_fields, serve
-from lambdapool.testing.emulator.zygote import ForkServer
-from lambdapool.testing.postgres import _child_setup
+from lambdapool.emulator import processes
+from lambdapool.emulator.base import Fleet
+from lambdapool.emulator.results import InvocationResult, throttled
+from lambdapool.emulator.runtime_api import NextInvocation, error_fields, serve
+from lambdapool.emulator.zygote import ForkServer
+from lambdapool.spawning import child_setup
 
 INIT_TIMEOUT = 10.0  # Lambda's limit on the init phase of an on-demand environment
 ACCOUNT = "123456789012"
@@ -63,7 +63,7 @@ MANAGED_INSTANCES = "lambda-managed-instances"  # AWS_LAMBDA_INITIALIZATION_TYPE
 class EnvironmentStartError(LambdapoolError):
     """An execution environment could not be started or failed its init."""
 
-    __module__ = "lambdapool.testing.emulator"
+    __module__ = "lambdapool.emulator"
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ class Environment:
             proc = subprocess.Popen(
                 [fleet.python, "-m", "awslambdaric", fleet.handler],
                 cwd=fleet.task_root, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=lambda: _child_setup(None),
+                preexec_fn=lambda: child_setup(None),
             )  # fmt: skip
         self.pid = proc.pid
         self._watch_exit(proc)

@@ -8,12 +8,12 @@
   a table, JSON and a chart.
 """
 
-from lambdapool.testing.emulator.cloud_functions import CloudFunctionFleet, InstanceInfo
-from lambdapool.testing.emulator.lambda_fleet import EnvironmentInfo, EnvironmentStartError, LambdaFleet
-from lambdapool.testing.emulator.light import LightContext, LightFleet, module_factory
-from lambdapool.testing.emulator.report import Report, Scenario
-from lambdapool.testing.emulator.results import THROTTLED, InvocationResult, percentile
-from lambdapool.testing.emulator.sampler import BackendSampler, PgBouncerSampler
+from lambdapool.emulator.cloud_functions import CloudFunctionFleet, InstanceInfo
+from lambdapool.emulator.lambda_fleet import EnvironmentInfo, EnvironmentStartError, LambdaFleet
+from lambdapool.emulator.light import LightContext, LightFleet, module_factory
+from lambdapool.emulator.report import Report, Scenario
+from lambdapool.emulator.results import THROTTLED, InvocationResult, percentile
+from lambdapool.emulator.sampler import BackendSampler, PgBouncerSampler
 
 __all__ = [
     "THROTTLED",

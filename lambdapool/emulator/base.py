@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from lambdapool.testing.emulator.results import InvocationResult, Ledger
+from lambdapool.emulator.results import InvocationResult, Ledger
 
 F = TypeVar("F", bound="Fleet")
 

@@ -30,7 +30,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lambdapool.testing.postgres import _child_setup
+from lambdapool.spawning import child_setup
 
 # -- the zygote process -------------------------------------------------------------------------
 
@@ -117,7 +117,7 @@ def main(preload: Sequence[str]) -> None:
 # -- the fleet's side ---------------------------------------------------------------------------
 
 
-_ENTRY = "import sys; from lambdapool.testing.emulator.zygote import main; main(sys.argv[1:])"
+_ENTRY = "import sys; from lambdapool.emulator.zygote import main; main(sys.argv[1:])"
 
 
 class ForkServer:
@@ -142,7 +142,7 @@ class ForkServer:
             self.proc = subprocess.Popen(
                 [self.python, "-c", _ENTRY, *self.preload],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                preexec_fn=lambda: _child_setup(None),
+                preexec_fn=lambda: child_setup(None),
             )  # fmt: skip
         assert self.proc.stdout is not None
         loop.add_reader(self.proc.stdout.fileno(), self._readable)

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lambdapool.testing.emulator.results import InvocationResult, percentile
-from lambdapool.testing.emulator.sampler import Sampler
+from lambdapool.emulator.results import InvocationResult, percentile
+from lambdapool.emulator.sampler import Sampler
 
 
 @dataclass
@@ -136,7 +136,7 @@ class Report:
 
     def chart(self, path: str | Path) -> Path:
         """Draw backends over time, one series per scenario, against the limit; write a PNG."""
-        from lambdapool.testing.emulator.chart import draw_backends
+        from lambdapool.emulator.chart import draw_backends
 
         return draw_backends(self, Path(path))
 

@@ -43,10 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from lambdapool.errors import ConfigError
-from lambdapool.testing.emulator import processes
-from lambdapool.testing.emulator.base import Fleet
-from lambdapool.testing.emulator.results import InvocationResult, throttled
-from lambdapool.testing.postgres import _child_setup, free_port
+from lambdapool.emulator import processes
+from lambdapool.emulator.base import Fleet
+from lambdapool.emulator.results import InvocationResult, throttled
+from lambdapool.spawning import child_setup, free_port
 
 SIGNATURES = ("http", "cloudevent")
 START_TIMEOUT = 30.0
@@ -300,7 +300,7 @@ class CloudFunctionFleet(Fleet):
                 [self.python, "-m", "functions_framework", "--target", self.target, "--source", self.source,
                  "--signature-type", self.signature, "--host", self.host, "--port", str(inst.port)],
                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=lambda: _child_setup(None),
+                preexec_fn=lambda: child_setup(None),
             )  # fmt: skip
 
     def _wait_ready(self, inst: _Instance) -> None:

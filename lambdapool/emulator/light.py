@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from lambdapool.errors import ConfigError
-from lambdapool.testing.emulator.lambda_fleet import ACCOUNT
-from lambdapool.testing.emulator.base import Fleet
-from lambdapool.testing.emulator.results import InvocationResult, throttled
+from lambdapool.emulator.lambda_fleet import ACCOUNT
+from lambdapool.emulator.base import Fleet
+from lambdapool.emulator.results import InvocationResult, throttled
 
 Handler = Callable[[Any, Any], Any]
 

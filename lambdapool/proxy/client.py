@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING
 from lambdapool.proto import NEED_DATA, CancelRequest, GSSENCRequest, Parser, ProtocolError, SSLRequest, StartupMessage
 from lambdapool.proto import messages as m
 from lambdapool.proto.encodings import canonical_name, decode_sql, python_codec
-from lambdapool.testing.proxy import rds_errors as rds
-from lambdapool.testing.proxy.auth import AuthFailed, verify_iam_token
-from lambdapool.testing.proxy.config import ADMIN_DATABASES
+from lambdapool.proxy import rds_errors as rds
+from lambdapool.proxy.auth import AuthFailed, verify_iam_token
+from lambdapool.proxy.config import ADMIN_DATABASES
 
 if TYPE_CHECKING:
-    from lambdapool.testing.proxy.backend import Backend
-    from lambdapool.testing.proxy.server import ProxyServer
+    from lambdapool.proxy.backend import Backend
+    from lambdapool.proxy.server import ProxyServer
 
 PROXY = "lambdapool local proxy"
 log = logging.getLogger("lambdapool.proxy")

@@ -70,7 +70,7 @@ def _positive(name: str, value: float | None, *, allow_zero: bool = False) -> No
 
 @dataclass
 class ProxySettings:
-    """Everything :class:`~lambdapool.testing.LocalProxy` accepts, checked by :meth:`validate`."""
+    """Everything :class:`~lambdapool.proxy.LocalProxy` accepts, checked by :meth:`validate`."""
 
     backend: BackendTarget
     host: str

@@ -30,9 +30,9 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lambdapool.testing.proxy.backend import Backend
-    from lambdapool.testing.proxy.client import Client
-    from lambdapool.testing.proxy.server import ProxyServer
+    from lambdapool.proxy.backend import Backend
+    from lambdapool.proxy.client import Client
+    from lambdapool.proxy.server import ProxyServer
 
 
 class Pool:

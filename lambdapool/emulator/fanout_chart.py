@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lambdapool.testing.emulator import Report, Scenario
+    from lambdapool.emulator import Report, Scenario
 
 
 def in_flight(scenario: Scenario, t0: float) -> list[tuple[float, int]]:

@@ -12,7 +12,7 @@ T = TypeVar("T")
 class WaitTimeout(AssertionError):
     """The condition did not hold in time (an AssertionError, so pytest reports it as a failure)."""
 
-    __module__ = "lambdapool.testing"
+    __module__ = "lambdapool.waiting"
 
 
 def wait_for(condition: Callable[[], T], what: str = "condition", timeout: float = 10.0, interval: float = 0.01) -> T:

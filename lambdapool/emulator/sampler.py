@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any, TypeVar
 
-from lambdapool.testing.backends import count_on
+from lambdapool.emulator.backends import count_on
 
 S = TypeVar("S", bound="Sampler")
 
