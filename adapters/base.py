@@ -14,7 +14,6 @@ from lambdapool.config import Setting, Settings, coerce, env_name
 from lambdapool.drivers.base import ConnectParams
 from lambdapool.errors import ConfigError
 
-
 # Credentials, usable with every pooler: a password (DSN or ``password``), an IAM token, or a
 # Secrets Manager secret.
 CREDENTIAL_OPTIONS: tuple[Setting, ...] = (
@@ -25,7 +24,7 @@ CREDENTIAL_OPTIONS: tuple[Setting, ...] = (
     Setting("aws_endpoint_url", str, None, "AWS API endpoint (a VPC endpoint; moto in tests)"),
     Setting("user", str, None, "database user when the DSN has none"),
     Setting("dbname", str, None, "database name when the DSN has none"),
-)  # fmt: skip
+)
 
 
 class Adapter:
@@ -76,8 +75,9 @@ class Adapter:
         if opts["secret_arn"]:
             from lambdapool.credentials import SecretsManagerSecret
 
-            return SecretsManagerSecret(opts["secret_arn"], opts["region"], ttl=opts["secret_ttl"],
-                                        endpoint_url=opts["aws_endpoint_url"])  # fmt: skip
+            return SecretsManagerSecret(
+                opts["secret_arn"], opts["region"], ttl=opts["secret_ttl"], endpoint_url=opts["aws_endpoint_url"]
+            )
         if opts["iam_auth"]:
             return None
         password = self.settings.password
@@ -131,8 +131,9 @@ class Adapter:
 
             user = self.base_params().user
             if not user or not host:
-                raise ConfigError("iam_auth needs a host and a database user: put them in the dsn "
-                                  "(or set user / LAMBDAPOOL_USER)")  # fmt: skip
+                raise ConfigError(
+                    "iam_auth needs a host and a database user: put them in the dsn (or set user / LAMBDAPOOL_USER)"
+                )
             self.credentials = IamAuthToken(host, port or 5432, user, self.options["region"])
         return self.credentials
 

@@ -22,8 +22,9 @@ import logging
 import time
 from typing import Any
 
-from lambdapool.adapters.base import Adapter
 from lambdapool.config import Setting
+
+from .base import Adapter
 
 logger = logging.getLogger("lambdapool")
 
@@ -41,16 +42,22 @@ ZOMBIE_SQL = (
 
 class DirectAdapter(Adapter):
     name = "direct"
-    OPTIONS = Adapter.OPTIONS + (
-        Setting("budget_guard", bool, True,
-                "close our connection after an invocation when the server is nearly full"),
-        Setting("guard_threshold", float, 0.8,
-                "utilisation of the ordinary slots at which connections stop being kept warm"),
-        Setting("guard_sample_interval", float, 2.0,
-                "seconds between utilisation samples per instance (one query each)"),
-        Setting("zombie_timeout", float, 0.0,
-                "when full, terminate our own application's connections idle this long (0: never)"),
-    )  # fmt: skip
+    OPTIONS = (
+        *Adapter.OPTIONS,
+        Setting("budget_guard", bool, True, "close our connection after an invocation when the server is nearly full"),
+        Setting(
+            "guard_threshold", float, 0.8, "utilisation of the ordinary slots at which connections stop being kept warm"
+        ),
+        Setting(
+            "guard_sample_interval", float, 2.0, "seconds between utilisation samples per instance (one query each)"
+        ),
+        Setting(
+            "zombie_timeout",
+            float,
+            0.0,
+            "when full, terminate our own application's connections idle this long (0: never)",
+        ),
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from lambdapool.adapters.rds_proxy import RdsProxyAdapter
 from lambdapool.config import Setting
+
+from .rds_proxy import RdsProxyAdapter
 
 
 class LocalProxyAdapter(RdsProxyAdapter):
     name = "local"
     OPTIONS = tuple(
-        Setting(o.name, o.kind, "prefer", "prefer (TLS if offered), require or stricter")
-        if o.name == "sslmode" else o
+        Setting(o.name, o.kind, "prefer", "prefer (TLS if offered), require or stricter") if o.name == "sslmode" else o
         for o in RdsProxyAdapter.OPTIONS
-    )  # fmt: skip
+    )
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()

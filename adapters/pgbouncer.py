@@ -13,18 +13,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from lambdapool.adapters.base import Adapter
 from lambdapool.config import Setting, redact_dsn
+
+from .base import Adapter
 
 
 class PgBouncerAdapter(Adapter):
     name = "pgbouncer"
-    OPTIONS = Adapter.OPTIONS + (
-        Setting("pgbouncer_prepared_statements", bool, False,
-                "true only for PgBouncer 1.21+ with max_prepared_statements > 0"),
-        Setting("pgbouncer_admin_dsn", str, None,
-                "DSN of the admin console (dbname=pgbouncer) for describe()"),
-    )  # fmt: skip
+    OPTIONS = (
+        *Adapter.OPTIONS,
+        Setting(
+            "pgbouncer_prepared_statements",
+            bool,
+            False,
+            "true only for PgBouncer 1.21+ with max_prepared_statements > 0",
+        ),
+        Setting("pgbouncer_admin_dsn", str, None, "DSN of the admin console (dbname=pgbouncer) for describe()"),
+    )
 
     def driver_options(self) -> dict[str, Any]:
         if self.options["pgbouncer_prepared_statements"]:

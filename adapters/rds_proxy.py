@@ -27,11 +27,12 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from lambdapool.adapters.base import Adapter
 from lambdapool.config import Setting
 from lambdapool.drivers.base import ConnectParams
 from lambdapool.errors import ConfigError
 from lambdapool.retry import CONNECT_DEADLINE
+
+from .base import Adapter
 
 logger = logging.getLogger("lambdapool")
 
@@ -51,11 +52,12 @@ _warned_reset = False
 
 class RdsProxyAdapter(Adapter):
     name = "rds-proxy"
-    OPTIONS = Adapter.OPTIONS + (
+    OPTIONS = (
+        *Adapter.OPTIONS,
         Setting("proxy_name", str, None, "look the endpoint up by name (describe_db_proxies)"),
         Setting("ssl_ca_file", str, None, "CA bundle: verify-full against the proxy's certificate"),
         Setting("sslmode", str, "require", "require (TLS) or stricter; RDS Proxy can enforce TLS"),
-    )  # fmt: skip
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._endpoint: tuple[str, int] | None = None
@@ -63,9 +65,7 @@ class RdsProxyAdapter(Adapter):
         super().__init__(*args, **kwargs)
         opts = self.options
         if not opts["proxy_name"] and not self.settings.parts.host:
-            raise ConfigError(
-                f"pooler {self.name!r} needs proxy_name (LAMBDAPOOL_PROXY_NAME) or a host in the dsn"
-            )
+            raise ConfigError(f"pooler {self.name!r} needs proxy_name (LAMBDAPOOL_PROXY_NAME) or a host in the dsn")
         ca = opts["ssl_ca_file"]
         if ca and not os.path.isfile(ca):
             raise ConfigError(f"ssl_ca_file {ca!r} not found. {AMAZON_ROOTS}")
@@ -95,9 +95,11 @@ class RdsProxyAdapter(Adapter):
             with self._lookup_lock:
                 if self._endpoint is None:
                     host, port = resolve_proxy_endpoint(
-                        self.options["proxy_name"], self.options["region"],
-                        endpoint_url=self.options["aws_endpoint_url"], deadline=self._lookup_deadline(),
-                    )  # fmt: skip
+                        self.options["proxy_name"],
+                        self.options["region"],
+                        endpoint_url=self.options["aws_endpoint_url"],
+                        deadline=self._lookup_deadline(),
+                    )
                     self._endpoint = (host, self.settings.parts.port or port)
         return self._endpoint
 
@@ -108,9 +110,11 @@ class RdsProxyAdapter(Adapter):
             from lambdapool.credentials import aresolve_proxy_endpoint
 
             host, port = await aresolve_proxy_endpoint(
-                self.options["proxy_name"], self.options["region"],
-                endpoint_url=self.options["aws_endpoint_url"], deadline=self._lookup_deadline(),
-            )  # fmt: skip
+                self.options["proxy_name"],
+                self.options["region"],
+                endpoint_url=self.options["aws_endpoint_url"],
+                deadline=self._lookup_deadline(),
+            )
             self._endpoint = (host, self.settings.parts.port or port)
         return self._endpoint
 

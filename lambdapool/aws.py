@@ -29,8 +29,7 @@ from typing import Any
 from lambdapool.errors import AuthError, ConfigError, ConnectionUnavailable
 
 REGION_HINT = (
-    "pass region=..., or set LAMBDAPOOL_REGION, AWS_REGION or AWS_DEFAULT_REGION "
-    "(Lambda sets AWS_REGION itself)"
+    "pass region=..., or set LAMBDAPOOL_REGION, AWS_REGION or AWS_DEFAULT_REGION (Lambda sets AWS_REGION itself)"
 )
 CREDENTIALS_HINT = (
     "no AWS credentials were found: on Lambda the function's execution role provides them; "
@@ -48,9 +47,14 @@ NO_RETRIES = {"total_max_attempts": 1}  # for callers whose own retries know the
 _NOT_FOUND = {"ResourceNotFoundException", "DBProxyNotFoundFault", "DBProxyNotFound"}
 _DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"}
 _BAD_CREDENTIALS = {
-    "UnrecognizedClientException", "InvalidClientTokenId", "InvalidSignatureException",
-    "SignatureDoesNotMatch", "ExpiredToken", "ExpiredTokenException", "RequestExpired",
-}  # fmt: skip
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "RequestExpired",
+}
 _KMS = {"DecryptionFailure", "KMSAccessDeniedException", "KMSDisabledException"}
 
 
@@ -182,9 +186,7 @@ def _translated(
         ) from exc
 
 
-def _client_error(
-    exc: Any, action: str, region: str, permission: str | None, not_found: str | None
-) -> Exception:
+def _client_error(exc: Any, action: str, region: str, permission: str | None, not_found: str | None) -> Exception:
     error = exc.response.get("Error", {})
     code = error.get("Code", "Unknown")
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")

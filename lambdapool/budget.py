@@ -58,12 +58,23 @@ _MIB = 1 << 20
 
 # Memory (GiB) of the common classes. Sizes scale the family's "large" by the factor below.
 _SIZE_FACTOR = {
-    "large": 1, "xlarge": 2, "2xlarge": 4, "4xlarge": 8, "8xlarge": 16,
-    "12xlarge": 24, "16xlarge": 32, "24xlarge": 48, "32xlarge": 64,
+    "large": 1,
+    "xlarge": 2,
+    "2xlarge": 4,
+    "4xlarge": 8,
+    "8xlarge": 16,
+    "12xlarge": 24,
+    "16xlarge": 32,
+    "24xlarge": 48,
+    "32xlarge": 64,
 }
 _FAMILIES = {  # family: (GiB of .large, largest size offered for PostgreSQL)
-    "m5": (8, "24xlarge"), "m6g": (8, "16xlarge"), "m6i": (8, "32xlarge"),
-    "r5": (16, "24xlarge"), "r6g": (16, "16xlarge"), "r6i": (16, "32xlarge"),
+    "m5": (8, "24xlarge"),
+    "m6g": (8, "16xlarge"),
+    "m6i": (8, "32xlarge"),
+    "r5": (16, "24xlarge"),
+    "r6g": (16, "16xlarge"),
+    "r6i": (16, "32xlarge"),
 }
 _BURSTABLE = {"micro": 1, "small": 2, "medium": 4, "large": 8, "xlarge": 16, "2xlarge": 32}
 
@@ -289,12 +300,16 @@ class Tally:
             largest = room // fn.per_environment
             route = f"route {fn.name} through a pooler (--pooler rds-proxy or pgbouncer)"
             if fn.managed:
-                lower = (f"lower {fn.name}'s execution environments from {fn.concurrency} to {largest} "
-                         "(MaxExecutionEnvironments in its scaling config, or its capacity provider's MaxVCpuCount)")
+                lower = (
+                    f"lower {fn.name}'s execution environments from {fn.concurrency} to {largest} "
+                    "(MaxExecutionEnvironments in its scaling config, or its capacity provider's MaxVCpuCount)"
+                )
                 processes = room // (fn.concurrency * fn.connections)
                 if 1 <= processes < fn.processes:
-                    route = (f"lower {fn.name}'s PerExecutionEnvironmentMaxConcurrency from {fn.processes} to "
-                             f"{processes}; or {route}")
+                    route = (
+                        f"lower {fn.name}'s PerExecutionEnvironmentMaxConcurrency from {fn.processes} to "
+                        f"{processes}; or {route}"
+                    )
             else:
                 lower = f"lower {fn.name}'s reserved concurrency from {fn.concurrency} to {largest}"
             fix = [lower, route, *fix] if largest >= 1 else [route, *fix]
@@ -422,8 +437,11 @@ class Plan:
                     "processes": f.processes,
                     "managed_instances": f.managed,
                     "fan_out": f.fan_out,
-                    **({"largest_concurrency": self.largest_concurrency[f.name]}
-                       if f.name in self.largest_concurrency else {}),
+                    **(
+                        {"largest_concurrency": self.largest_concurrency[f.name]}
+                        if f.name in self.largest_concurrency
+                        else {}
+                    ),
                 }
                 for f in self.functions
             ],

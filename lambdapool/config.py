@@ -12,8 +12,9 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Union
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from lambdapool.errors import ConfigError
@@ -21,7 +22,7 @@ from lambdapool.errors import ConfigError
 DRIVERS = ("psycopg", "psycopg-async", "asyncpg")
 ENV_PREFIX = "LAMBDAPOOL_"
 
-PasswordSource = Union[str, Callable[[], Any], None]
+PasswordSource = str | Callable[[], Any] | None
 
 
 @dataclass(frozen=True)
@@ -37,49 +38,90 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dsn", str, None, "libpq URI or key=value string; falls back to DATABASE_URL"),
     Setting("driver", str, "psycopg", "psycopg (sync), psycopg-async or asyncpg"),
     Setting("pooler", str, "direct", "direct, rds-proxy, pgbouncer, local, or a plugin's name"),
-    Setting("connect_timeout", float, 5.0,
-            "seconds for one connect attempt; a healthy pooler answers in milliseconds"),
-    Setting("acquire_timeout", float, 10.0,
-            "seconds to get a connection, retries included; never past the invocation's deadline"),
-    Setting("ping_after_idle", float, 60.0,
-            "idle seconds after which a round-trip ping replaces the free socket check: "
-            "only a round trip finds a peer that vanished without a FIN (NAT, proxy timeouts)"),
-    Setting("invocation_timeout", float, 60.0,
-            "seconds an invocation may run where the platform gives no deadline (Cloud Functions, local)"),
-    Setting("max_per_instance", int, 4,
-            "connections one instance may hold for concurrent requests (Cloud Functions); "
-            "1 on Lambda, which sends a process one invocation at a time (a web server's tail of "
-            "one request then waits instead of opening a second). Fleet cost = instances x this"),
-    Setting("reset_session", bool, False,
-            "reset session state (SET, temp tables, LISTEN, advisory locks) after each "
-            "invocation; costs a round trip, and pins sessions behind RDS Proxy"),
-    Setting("prewarm", bool, False,
-            "connect during init (useful with provisioned concurrency / SnapStart is not: "
-            "connections are closed before the snapshot)"),
-    Setting("emit_metrics", bool, False,
-            "print one CloudWatch Embedded Metric Format line per invocation (no API call)"),
-    Setting("application_name", str, None,
-            "shown in pg_stat_activity; default lambdapool:<function name>"),
-    Setting("handle_sigterm", bool, True,
-            "close connections on SIGTERM, chaining any handler already installed"),
-    Setting("password", str, None,
-            "password (or a callable returning one) when it is not in the DSN"),
-    Setting("max_lifetime", float, 3600.0,
-            "seconds after which a connection is replaced at the next acquire (never mid-invocation), "
-            "as psycopg_pool does: a backend's memory grows with its life, and new connections "
-            "spread over a proxy's or replica's new capacity; 0 keeps them forever"),
-    Setting("configure", object, None,
-            "callable run on every new connection (register adapters, set row_factory), as "
-            "psycopg_pool's configure; async drivers may give a coroutine function"),
-    Setting("connect_kwargs", dict, None,
-            "extra keyword arguments for the driver's connect (JSON object in the environment); "
-            "they win over the pooler's defaults"),
-    Setting("metrics_namespace", str, None,
-            "CloudWatch namespace of the metrics; default POWERTOOLS_METRICS_NAMESPACE, else lambdapool"),
-    Setting("metrics_dimensions", dict, None,
-            "metric dimensions (JSON object in the environment); default service=POWERTOOLS_SERVICE_NAME "
-            "when set, else FunctionName=<function>"),
-)  # fmt: skip
+    Setting("connect_timeout", float, 5.0, "seconds for one connect attempt; a healthy pooler answers in milliseconds"),
+    Setting(
+        "acquire_timeout",
+        float,
+        10.0,
+        "seconds to get a connection, retries included; never past the invocation's deadline",
+    ),
+    Setting(
+        "ping_after_idle",
+        float,
+        60.0,
+        "idle seconds after which a round-trip ping replaces the free socket check: "
+        "only a round trip finds a peer that vanished without a FIN (NAT, proxy timeouts)",
+    ),
+    Setting(
+        "invocation_timeout",
+        float,
+        60.0,
+        "seconds an invocation may run where the platform gives no deadline (Cloud Functions, local)",
+    ),
+    Setting(
+        "max_per_instance",
+        int,
+        4,
+        "connections one instance may hold for concurrent requests (Cloud Functions); "
+        "1 on Lambda, which sends a process one invocation at a time (a web server's tail of "
+        "one request then waits instead of opening a second). Fleet cost = instances x this",
+    ),
+    Setting(
+        "reset_session",
+        bool,
+        False,
+        "reset session state (SET, temp tables, LISTEN, advisory locks) after each "
+        "invocation; costs a round trip, and pins sessions behind RDS Proxy",
+    ),
+    Setting(
+        "prewarm",
+        bool,
+        False,
+        "connect during init (useful with provisioned concurrency / SnapStart is not: "
+        "connections are closed before the snapshot)",
+    ),
+    Setting(
+        "emit_metrics", bool, False, "print one CloudWatch Embedded Metric Format line per invocation (no API call)"
+    ),
+    Setting("application_name", str, None, "shown in pg_stat_activity; default lambdapool:<function name>"),
+    Setting("handle_sigterm", bool, True, "close connections on SIGTERM, chaining any handler already installed"),
+    Setting("password", str, None, "password (or a callable returning one) when it is not in the DSN"),
+    Setting(
+        "max_lifetime",
+        float,
+        3600.0,
+        "seconds after which a connection is replaced at the next acquire (never mid-invocation), "
+        "as psycopg_pool does: a backend's memory grows with its life, and new connections "
+        "spread over a proxy's or replica's new capacity; 0 keeps them forever",
+    ),
+    Setting(
+        "configure",
+        object,
+        None,
+        "callable run on every new connection (register adapters, set row_factory), as "
+        "psycopg_pool's configure; async drivers may give a coroutine function",
+    ),
+    Setting(
+        "connect_kwargs",
+        dict,
+        None,
+        "extra keyword arguments for the driver's connect (JSON object in the environment); "
+        "they win over the pooler's defaults",
+    ),
+    Setting(
+        "metrics_namespace",
+        str,
+        None,
+        "CloudWatch namespace of the metrics; default POWERTOOLS_METRICS_NAMESPACE, else lambdapool",
+    ),
+    Setting(
+        "metrics_dimensions",
+        dict,
+        None,
+        "metric dimensions (JSON object in the environment); default service=POWERTOOLS_SERVICE_NAME "
+        "when set, else FunctionName=<function>",
+    ),
+)
 
 # The driver's connect arguments that are settings of their own (in the DSN or a setting).
 RESERVED_CONNECT_KWARGS = frozenset({"host", "port", "user", "password", "dbname", "database", "dsn", "conninfo"})
@@ -204,7 +246,7 @@ def _parse_uri(dsn: str) -> DsnParts:
         port = parts.port
     except ValueError:
         raise ConfigError("dsn has an invalid port: expected postgresql://user@host:5432/dbname") from None
-    values = {k: v for k, v in parse_qsl(parts.query, keep_blank_values=True)}
+    values = dict(parse_qsl(parts.query, keep_blank_values=True))
     if parts.hostname:
         values.setdefault("host", unquote(parts.hostname))
     if port is not None:
@@ -271,9 +313,7 @@ class Settings:
     pooler_options: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
-        shown = ", ".join(
-            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr and f.name != "dsn"
-        )
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr and f.name != "dsn")
         return f"Settings(dsn={redact_dsn(self.dsn)}, {shown})"
 
     @classmethod
@@ -334,7 +374,7 @@ def warn_unknown_variables(known: list[str], environ: dict[str, str] | None = No
     names = {env_name(n): n for n in known}
     unknown = []
     for var in sorted(env):
-        if not var.startswith(ENV_PREFIX) or var in names or var[len(ENV_PREFIX):] in TOOL_VARIABLES:
+        if not var.startswith(ENV_PREFIX) or var in names or var[len(ENV_PREFIX) :] in TOOL_VARIABLES:
             continue
         unknown.append(var)
         close = difflib.get_close_matches(var, list(names), n=1, cutoff=0.6)

@@ -7,7 +7,8 @@ import contextvars
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Generic, Literal, TypeVar, overload
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from lambdapool import adapters, drivers, lifecycle, metrics  # type: ignore[attr-defined]  # (adapters: package-dir)
 from lambdapool.config import SETTINGS, Settings, from_environment, redact_dsn, warn_unknown_variables
@@ -79,11 +80,16 @@ class Database(Generic[BlockT]):
     ) -> None: ...
     @overload
     def __init__(
-        self: Database[Any], dsn: str | None = None, *, driver: str | None = None, pooler: str | None = None,
+        self: Database[Any],
+        dsn: str | None = None,
+        *,
+        driver: str | None = None,
+        pooler: str | None = None,
         **settings: Any,
-    ) -> None: ...  # fmt: skip
-    def __init__(self, dsn: str | None = None, *, driver: str | None = None, pooler: str | None = None,
-                 **settings: Any) -> None:  # fmt: skip
+    ) -> None: ...
+    def __init__(
+        self, dsn: str | None = None, *, driver: str | None = None, pooler: str | None = None, **settings: Any
+    ) -> None:
         values = dict(settings)
         for key, value in (("dsn", dsn), ("driver", driver), ("pooler", pooler)):
             if value is not None:
@@ -256,7 +262,7 @@ class Database(Generic[BlockT]):
         back. Outside an invocation each outermost block is its own, and may end in another
         thread than it began (FastAPI's sync dependencies).
         """
-        return self._lender.block()  # type: ignore[no-any-return]
+        return self._lender.block()
 
     # -- invocation bookkeeping (lambdapool.scope) -------------------------------------------
     def _acquire_deadline(self, state: InvocationState) -> float:
@@ -286,9 +292,8 @@ class Database(Generic[BlockT]):
             if self.is_async:
 
                 async def warm() -> None:
-                    async with self.invocation_scope():
-                        async with self._lender:
-                            pass
+                    async with self.invocation_scope(), self._lender:
+                        pass
 
                 self.loop.run(warm())
             else:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from lambdapool.errors import ConfigError
 
@@ -21,7 +22,8 @@ def describe(fn: Any) -> str:
 
 
 def is_async(fn: Any) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    call = getattr(fn, "__call__", None)  # noqa: B004  (the method itself: an instance's async __call__)
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
 
 
 def _check_arity(fn: Callable[..., Any], count: int, decorator: str, shape: str) -> None:

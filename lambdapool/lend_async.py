@@ -139,9 +139,12 @@ class AsyncLender(AsyncBlockOnly):
             return True
         try:
             if holder.conn is not None and (
-                holder.refused or holder.reset_session or not holder.is_open() or holder.in_transaction()
+                holder.refused
+                or holder.reset_session
+                or not holder.is_open()
+                or holder.in_transaction()
                 or holder.may_close()
-            ):  # fmt: skip
+            ):
                 return False
         except Exception:  # let finish() deal with it
             return False

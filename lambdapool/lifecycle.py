@@ -15,7 +15,8 @@ import os
 import signal
 import threading
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 logger = logging.getLogger("lambdapool")
 

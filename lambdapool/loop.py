@@ -14,7 +14,8 @@ import asyncio
 import inspect
 import threading
 import time
-from typing import Any, Coroutine, TypeVar
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 

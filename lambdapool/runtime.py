@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 PLATFORMS = ("aws-lambda", "gcp-functions", "local")
@@ -32,7 +33,7 @@ def detect_init_type(environ: dict[str, str] | None = None) -> str:
     return value if value in INIT_TYPES else "on-demand"
 
 
-def max_concurrency(environ: dict[str, str] | None = None) -> int | None:
+def max_concurrency(environ: Mapping[str, str] | None = None) -> int | None:
     """Processes per execution environment on Lambda Managed Instances, else None."""
     env = os.environ if environ is None else environ
     value = env.get("AWS_LAMBDA_MAX_CONCURRENCY", "").strip()
@@ -41,9 +42,7 @@ def max_concurrency(environ: dict[str, str] | None = None) -> int | None:
 
 def function_name(environ: dict[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
-    return (
-        env.get("AWS_LAMBDA_FUNCTION_NAME") or env.get("K_SERVICE") or env.get("FUNCTION_TARGET") or "local"
-    )
+    return env.get("AWS_LAMBDA_FUNCTION_NAME") or env.get("K_SERVICE") or env.get("FUNCTION_TARGET") or "local"
 
 
 class Invocation:
@@ -128,8 +127,22 @@ class InvocationState:
     something asks.
     """
 
-    __slots__ = ("instance", "context", "number", "cold_start", "started", "idle_gap", "_deadline", "_view",
-                 "holder", "conn", "depth", "acquire_ms", "outcome", "token")  # fmt: skip
+    __slots__ = (
+        "instance",
+        "context",
+        "number",
+        "cold_start",
+        "started",
+        "idle_gap",
+        "_deadline",
+        "_view",
+        "holder",
+        "conn",
+        "depth",
+        "acquire_ms",
+        "outcome",
+        "token",
+    )
 
     def __init__(self, instance: Instance, context: Any, counted: bool = True) -> None:
         """Begin an invocation of ``instance`` (or, not ``counted``, an ad-hoc block).
@@ -198,7 +211,7 @@ class Instance:
     @property
     def invocations(self) -> int:
         """Invocations begun so far."""
-        return int(repr(self._numbers)[len("count("):-1]) - 1  # (a count shows the next number it gives)
+        return int(repr(self._numbers)[len("count(") : -1]) - 1  # (a count shows the next number it gives)
 
     def restored(self) -> None:
         """After a SnapStart restore the next invocation is this environment's first."""

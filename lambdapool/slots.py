@@ -10,10 +10,11 @@ No background timers: they do not run in a frozen instance.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 import threading
 import time
-from typing import Any, Callable
+from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 from lambdapool.errors import ConnectionUnavailable
 

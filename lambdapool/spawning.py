@@ -18,6 +18,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
+
 def child_setup(user: pwd.struct_passwd | None, die_with_parent: bool = True) -> None:
     """In the child before exec: drop to ``user``, then ask to die with our process.
 
@@ -40,6 +41,7 @@ def child_setup(user: pwd.struct_passwd | None, die_with_parent: bool = True) ->
     except (OSError, AttributeError):  # not Linux: sweep_orphans still cleans up
         pass
     os.setpgrp()  # a Ctrl-C in the terminal is for pytest, not for the server
+
 
 def pid_alive(pid: int) -> bool:
     try:

@@ -30,12 +30,16 @@ from lambdapool.runtime import InvocationState
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-DIALECTS = {"psycopg": "postgresql+psycopg", "psycopg-async": "postgresql+psycopg_async", "asyncpg": "postgresql+asyncpg"}
+DIALECTS = {
+    "psycopg": "postgresql+psycopg",
+    "psycopg-async": "postgresql+psycopg_async",
+    "asyncpg": "postgresql+asyncpg",
+}
 
 # Engine arguments that would build or tune a pool of SQLAlchemy's own: lambdapool is the pool.
 POOL_ARGS = {
     "poolclass": "the pool is lambdapool's (one warm connection per invocation); use sqlalchemy.create_engine "
-                 "for a pool of SQLAlchemy's own",
+    "for a pool of SQLAlchemy's own",
     "pool": "the pool is lambdapool's",
     "creator": "connections are lambdapool's: set connect_kwargs / configure on the Database",
     "async_creator": "connections are lambdapool's: set connect_kwargs / configure on the Database",
@@ -45,8 +49,8 @@ POOL_ARGS = {
     "pool_use_lifo": "idle connections are already lent most recently used first",
     "pool_recycle": "use the Database's max_lifetime (seconds), which replaces a connection between invocations",
     "pool_pre_ping": "lambdapool checks liveness at every acquire (and pings after ping_after_idle seconds "
-                     "idle) before any statement runs",
-}  # fmt: skip
+    "idle) before any statement runs",
+}
 # connect_args that the dialect's own DBAPI adapter takes (asyncpg's), not the driver's connect.
 ADAPTER_ARGS = ("prepared_statement_cache_size", "prepared_statement_name_func")
 
@@ -99,15 +103,24 @@ def _pool(db: Any, kw: dict[str, Any]) -> LambdapoolPool:
             f"connect_args {', '.join(unknown)} would never reach the driver: lambdapool makes the connections, "
             "so pass them as the Database's connect_kwargs (LAMBDAPOOL_CONNECT_KWARGS)"
         )
-    if db.settings.driver == "asyncpg" and db.settings.pooler == "pgbouncer" and not db.adapter.options.get(
-        "pgbouncer_prepared_statements"
+    if (
+        db.settings.driver == "asyncpg"
+        and db.settings.pooler == "pgbouncer"
+        and not db.adapter.options.get("pgbouncer_prepared_statements")
     ):
         # Transaction mode: SQLAlchemy's asyncpg dialect prepares every statement itself; cached
         # or clashing names break when the next transaction lands on another server connection.
         connect_args.setdefault("prepared_statement_cache_size", 0)
         connect_args.setdefault("prepared_statement_name_func", _unique_statement_name)
-    options = {k: kw.pop(v) for k, v in (("echo", "echo_pool"), ("logging_name", "pool_logging_name"),
-                                          ("reset_on_return", "pool_reset_on_return")) if v in kw}  # fmt: skip
+    options = {
+        k: kw.pop(v)
+        for k, v in (
+            ("echo", "echo_pool"),
+            ("logging_name", "pool_logging_name"),
+            ("reset_on_return", "pool_reset_on_return"),
+        )
+        if v in kw
+    }
     return LambdapoolPool(db, connect_args, **options)
 
 
@@ -260,9 +273,14 @@ class LambdapoolPool(Pool):
     def recreate(self) -> LambdapoolPool:
         self.logger.info("Pool recreating")
         pool = self.__class__(
-            self._db, self._adapter_args, echo=self.echo, logging_name=self._orig_logging_name,
-            reset_on_return=self._reset_on_return, _dispatch=self.dispatch, dialect=self._dialect,
-        )  # fmt: skip
+            self._db,
+            self._adapter_args,
+            echo=self.echo,
+            logging_name=self._orig_logging_name,
+            reset_on_return=self._reset_on_return,
+            _dispatch=self.dispatch,
+            dialect=self._dialect,
+        )
         pool._context = self._context
         return pool
 

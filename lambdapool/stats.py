@@ -12,10 +12,24 @@ from typing import TypedDict
 
 # Documented in the README's stats table; every key is present from the start.
 KEYS = (
-    "invocations", "cold_starts", "connects", "reuses", "liveness_checks", "pings", "reconnects",
-    "connect_retries", "connect_failures", "auth_refreshes", "rollbacks", "resets", "discarded",
-    "guard_closes", "expired", "connect_ms_total", "acquire_ms_total",
-)  # fmt: skip
+    "invocations",
+    "cold_starts",
+    "connects",
+    "reuses",
+    "liveness_checks",
+    "pings",
+    "reconnects",
+    "connect_retries",
+    "connect_failures",
+    "auth_refreshes",
+    "rollbacks",
+    "resets",
+    "discarded",
+    "guard_closes",
+    "expired",
+    "connect_ms_total",
+    "acquire_ms_total",
+)
 _MS_KEYS = ("connect_ms_total", "acquire_ms_total")
 
 

@@ -36,6 +36,7 @@ from lambdapool.stats import Stats
 
 logger = logging.getLogger("lambdapool")
 
+
 class Connector:
     """Opens connections for one Database: adapter parameters, driver, retries."""
 
@@ -120,7 +121,7 @@ class Connector:
         configure = self.settings.configure
         try:
             if configure is not None:
-                result = configure(conn)
+                configure(conn)
                 if self.driver.in_transaction(conn):
                     raise ConfigError(
                         "configure left the new connection inside a transaction: commit or roll back "
@@ -140,9 +141,26 @@ class WarmConnection:
     """One slot of an instance: at most one connection, lent to one invocation at a time."""
 
     # (slotted: its fields sit in the object itself, fewer memory lines on the warm path)
-    __slots__ = ("connector", "driver", "ping_after_idle", "max_lifetime", "reset_session", "may_close", "stats",
-                 "counts", "conn", "is_open", "in_transaction", "watch", "last_used", "expires", "outcome",
-                 "refused", "carried", "loop")  # fmt: skip
+    __slots__ = (
+        "connector",
+        "driver",
+        "ping_after_idle",
+        "max_lifetime",
+        "reset_session",
+        "may_close",
+        "stats",
+        "counts",
+        "conn",
+        "is_open",
+        "in_transaction",
+        "watch",
+        "last_used",
+        "expires",
+        "outcome",
+        "refused",
+        "carried",
+        "loop",
+    )
 
     def __init__(self, connector: Connector) -> None:
         self.connector = connector
@@ -176,7 +194,12 @@ class WarmConnection:
         counts = self.counts
         counts["liveness_checks"] += 1
         now = time.monotonic()
-        if not self.is_open() or self.watch.poll(0) or now - self.last_used >= self.ping_after_idle or now >= self.expires:
+        if (
+            not self.is_open()
+            or self.watch.poll(0)
+            or now - self.last_used >= self.ping_after_idle
+            or now >= self.expires
+        ):
             return None
         counts["reuses"] += 1
         self.outcome = state.outcome = "reuse"

@@ -39,6 +39,7 @@ from lambdapool.stats import Stats
 
 logger = logging.getLogger("lambdapool")
 
+
 class AsyncConnector:
     """Opens connections for one Database: adapter parameters, driver, retries."""
 
@@ -145,9 +146,26 @@ class AsyncWarmConnection:
     """One slot of an instance: at most one connection, lent to one invocation at a time."""
 
     # (slotted: its fields sit in the object itself, fewer memory lines on the warm path)
-    __slots__ = ("connector", "driver", "ping_after_idle", "max_lifetime", "reset_session", "may_close", "stats",
-                 "counts", "conn", "is_open", "in_transaction", "watch", "last_used", "expires", "outcome",
-                 "refused", "carried", "loop")  # fmt: skip
+    __slots__ = (
+        "connector",
+        "driver",
+        "ping_after_idle",
+        "max_lifetime",
+        "reset_session",
+        "may_close",
+        "stats",
+        "counts",
+        "conn",
+        "is_open",
+        "in_transaction",
+        "watch",
+        "last_used",
+        "expires",
+        "outcome",
+        "refused",
+        "carried",
+        "loop",
+    )
 
     def __init__(self, connector: AsyncConnector) -> None:
         self.connector = connector
@@ -181,7 +199,12 @@ class AsyncWarmConnection:
         counts = self.counts
         counts["liveness_checks"] += 1
         now = time.monotonic()
-        if not self.is_open() or self.watch.poll(0) or now - self.last_used >= self.ping_after_idle or now >= self.expires:
+        if (
+            not self.is_open()
+            or self.watch.poll(0)
+            or now - self.last_used >= self.ping_after_idle
+            or now >= self.expires
+        ):
             return None
         if self.loop is not asyncio._get_running_loop():  # async only
             return None  # async only

@@ -107,8 +107,9 @@ class AsgiApp:
 
     def __init__(self, db: Any, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
         if not callable(app):
-            raise ConfigError(f"db.asgi() needs an ASGI app (async callable (scope, receive, send)), got "
-                              f"{type(app).__name__}")  # fmt: skip
+            raise ConfigError(
+                f"db.asgi() needs an ASGI app (async callable (scope, receive, send)), got {type(app).__name__}"
+            )
         self.db = db
         self.app = app
 
@@ -144,8 +145,9 @@ class WsgiApp:
                 "serve an ASGI app with db.asgi()"
             )
         if not callable(app):
-            raise ConfigError(f"db.wsgi() needs a WSGI app (callable (environ, start_response)), got "
-                              f"{type(app).__name__}")  # fmt: skip
+            raise ConfigError(
+                f"db.wsgi() needs a WSGI app (callable (environ, start_response)), got {type(app).__name__}"
+            )
         self.db = db
         self.app = app
 

@@ -22,6 +22,7 @@ RULES = [
     (r"(?s)^[ \t]*# async only: begin\n.*?^[ \t]*# async only: end\n", ""),
     (r"^.*# async only\n", ""),
     (r"^import asyncio\n", ""),
+    (r"\bresult = (configure\(conn\))$", r"\1"),  # only the async original awaits what configure returns
     (r"\basync def ", "def "),
     (r"\bawait ", ""),
     (r"\basyncio\.sleep\b", "time.sleep"),

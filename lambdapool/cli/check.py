@@ -2,10 +2,11 @@
 
 Reads the numbers from AWS, not from templates: each function's reserved concurrency and
 ``LAMBDAPOOL_*`` environment (Lambda; a function uses the proxy when its DSN's host is the
-proxy's endpoint, as the infra/ templates set it, or its ``LAMBDAPOOL_PROXY_NAME`` names it), the proxy target group's ``MaxConnectionsPercent``
-(RDS), and the database's ``max_connections`` from its parameter group (a number, RDS's
-formula, or the class default when the group does not set it). Prints the arithmetic; exits 1
-naming the function (or the proxy) that breaks the budget, 0 when it fits.
+proxy's endpoint, as the infra/ templates set it, or its ``LAMBDAPOOL_PROXY_NAME`` names it),
+the proxy target group's ``MaxConnectionsPercent`` (RDS), and the database's ``max_connections``
+from its parameter group (a number, RDS's formula, or the class default when the group does not
+set it). Prints the arithmetic; exits 1 naming the function (or the proxy) that breaks the
+budget, 0 when it fits.
 
 A Lambda Managed Instances function (``CapacityProviderConfig`` in its configuration) counts
 environments x processes x connections (lambdapool/cli/managed.py says where each comes from).
@@ -42,10 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--proxy-name", help="the RDS Proxy in front of the database")
     parser.add_argument("--db-instance", help="the RDS instance (default: the proxy's target)")
     parser.add_argument(
-        "--function", action="append", default=[], metavar="NAME",
-        help="a function to count (repeatable); default: every function whose DSN (LAMBDAPOOL_DSN / "
-             "DATABASE_URL) points at the proxy's endpoint or the instance, or whose LAMBDAPOOL_PROXY_NAME "
-             "is the proxy",
+        "--function",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=(
+            "a function to count (repeatable); default: every function whose DSN (LAMBDAPOOL_DSN / "
+            "DATABASE_URL) points at the proxy's endpoint or the instance, or whose LAMBDAPOOL_PROXY_NAME "
+            "is the proxy"
+        ),
     )
     add_limit_arguments(parser)
 
@@ -81,14 +87,25 @@ class _Aws:
         self.region = aws.resolve_region(region)
         self.endpoint_url = endpoint_url
 
-    def call(self, service: str, method: str, action: str, permission: str, not_found: str | None = None,
-             **params: Any) -> Any:
-        return self._aws.call(self._aws.AwsCall(
-            service, method, self.region, action, permission, params, self.endpoint_url, not_found,
-        ))
+    def call(
+        self, service: str, method: str, action: str, permission: str, not_found: str | None = None, **params: Any
+    ) -> Any:
+        return self._aws.call(
+            self._aws.AwsCall(
+                service,
+                method,
+                self.region,
+                action,
+                permission,
+                params,
+                self.endpoint_url,
+                not_found,
+            )
+        )
 
-    def pages(self, service: str, method: str, key: str, action: str, permission: str,
-              next_key: str = "Marker", **params: Any) -> Iterator[Any]:
+    def pages(
+        self, service: str, method: str, key: str, action: str, permission: str, next_key: str = "Marker", **params: Any
+    ) -> Iterator[Any]:
         """Every item under ``key`` across pages (RDS answers ``Marker``, Lambda ``NextMarker``)."""
         while True:
             page = self.call(service, method, action, permission, **params)
@@ -119,19 +136,37 @@ def normal_host(host: str | None) -> str | None:
 
 def _deployed(api: _Aws, name: str, config: dict[str, Any] | None = None) -> Deployed:
     if config is None:
-        config = api.call("lambda", "get_function_configuration", f"read Lambda function {name!r}",
-                          "lambda:GetFunctionConfiguration", f"Lambda function {name!r} not found",
-                          FunctionName=name)
+        config = api.call(
+            "lambda",
+            "get_function_configuration",
+            f"read Lambda function {name!r}",
+            "lambda:GetFunctionConfiguration",
+            f"Lambda function {name!r} not found",
+            FunctionName=name,
+        )
     env = {k: str(v) for k, v in (config.get("Environment") or {}).get("Variables", {}).items()}
-    reserved = api.call("lambda", "get_function_concurrency", f"read the concurrency of {name!r}",
-                        "lambda:GetFunctionConcurrency", FunctionName=name).get("ReservedConcurrentExecutions")
+    reserved = api.call(
+        "lambda",
+        "get_function_concurrency",
+        f"read the concurrency of {name!r}",
+        "lambda:GetFunctionConcurrency",
+        FunctionName=name,
+    ).get("ReservedConcurrentExecutions")
     try:
         connections = int(env.get("LAMBDAPOOL_MAX_PER_INSTANCE", "1"))
     except ValueError:
         raise ConfigError(f"{name}: LAMBDAPOOL_MAX_PER_INSTANCE is not an integer") from None
     managed = managed_instances(api, name, config)
-    return Deployed(name, reserved, env.get("LAMBDAPOOL_POOLER", "direct"), env.get("LAMBDAPOOL_PROXY_NAME"),
-                    connections, processes_per_environment(config), _dsn_host(env), managed)
+    return Deployed(
+        name,
+        reserved,
+        env.get("LAMBDAPOOL_POOLER", "direct"),
+        env.get("LAMBDAPOOL_PROXY_NAME"),
+        connections,
+        processes_per_environment(config),
+        _dsn_host(env),
+        managed,
+    )
 
 
 # Lambda Managed Instances -------------------------------------------------------------------
@@ -175,8 +210,10 @@ class ManagedInstances:
         envs = "unbounded" if self.environments is None else str(self.environments)
         out = [f"managed instances: {name} runs {self.processes} processes per environment ({self.processes_from})"]
         out += [f"managed instances: {name} environments <= {b}" for b in self.bounds]
-        out.append(f"managed instances: {name} environments = {envs}"
-                   + (" (the smallest bound)" if len(self.bounds) > 1 else ""))
+        out.append(
+            f"managed instances: {name} environments = {envs}"
+            + (" (the smallest bound)" if len(self.bounds) > 1 else "")
+        )
         return out
 
 
@@ -193,16 +230,34 @@ def managed_instances(api: _Aws, name: str, config: dict[str, Any]) -> ManagedIn
         processes_from = "PerExecutionEnvironmentMaxConcurrency"
     else:
         ratio = managed.get("ExecutionEnvironmentMemoryGiBPerVCpu") or GIB_PER_VCPU
-        processes_from = (f"default {PROCESSES_PER_VCPU} per vCPU x {math.ceil(vcpus)} vCPU: MemorySize "
-                          f"{config.get('MemorySize') or 2048} MiB / {ratio:g} GiB per vCPU")
+        processes_from = (
+            f"default {PROCESSES_PER_VCPU} per vCPU x {math.ceil(vcpus)} vCPU: MemorySize "
+            f"{config.get('MemorySize') or 2048} MiB / {ratio:g} GiB per vCPU"
+        )
     bounds: list[tuple[int, str]] = []
-    versions = [v["Version"] for v in api.pages(
-        "lambda", "list_versions_by_function", "Versions", f"list the versions of {name!r}",
-        "lambda:ListVersionsByFunction", next_key="NextMarker", FunctionName=name) if v.get("Version") != "$LATEST"]
+    versions = [
+        v["Version"]
+        for v in api.pages(
+            "lambda",
+            "list_versions_by_function",
+            "Versions",
+            f"list the versions of {name!r}",
+            "lambda:ListVersionsByFunction",
+            next_key="NextMarker",
+            FunctionName=name,
+        )
+        if v.get("Version") != "$LATEST"
+    ]
     maxima: list[int | None] = []
     for version in versions:
-        scaling = api.call("lambda", "get_function_scaling_config", f"read the scaling config of {name}:{version}",
-                           "lambda:GetFunctionScalingConfig", FunctionName=name, Qualifier=version)
+        scaling = api.call(
+            "lambda",
+            "get_function_scaling_config",
+            f"read the scaling config of {name}:{version}",
+            "lambda:GetFunctionScalingConfig",
+            FunctionName=name,
+            Qualifier=version,
+        )
         applied = scaling.get("AppliedFunctionScalingConfig") or scaling.get("RequestedFunctionScalingConfig") or {}
         maxima.append(applied.get("MaxExecutionEnvironments"))
     known = [int(m) for m in maxima if m is not None]
@@ -211,14 +266,21 @@ def managed_instances(api: _Aws, name: str, config: dict[str, Any]) -> ManagedIn
         bounds.append((sum(known), f"{sum(known)}: MaxExecutionEnvironments of its published versions ({terms})"))
     arn = managed.get("CapacityProviderArn")
     if arn:
-        provider = api.call("lambda", "get_capacity_provider", f"read capacity provider {arn.rsplit(':', 1)[-1]!r}",
-                            "lambda:GetCapacityProvider", f"capacity provider {arn!r} not found",
-                            CapacityProviderName=arn)["CapacityProvider"]
+        provider = api.call(
+            "lambda",
+            "get_capacity_provider",
+            f"read capacity provider {arn.rsplit(':', 1)[-1]!r}",
+            "lambda:GetCapacityProvider",
+            f"capacity provider {arn!r} not found",
+            CapacityProviderName=arn,
+        )["CapacityProvider"]
         max_vcpus = (provider.get("CapacityProviderScalingConfig") or {}).get("MaxVCpuCount")
         if max_vcpus:
             fit = math.floor(max_vcpus / vcpus)  # some vCPUs go to the instances' own agents: an upper bound
-            text = (f"{fit}: capacity provider {arn.rsplit(':', 1)[-1]} MaxVCpuCount {max_vcpus} / "
-                    f"{vcpus:g} vCPU per environment")
+            text = (
+                f"{fit}: capacity provider {arn.rsplit(':', 1)[-1]} MaxVCpuCount {max_vcpus} / "
+                f"{vcpus:g} vCPU per environment"
+            )
             bounds.append((fit, text))
     environments = min(b for b, _ in bounds) if bounds else None
     return ManagedInstances(processes, processes_from, environments, tuple(text for _, text in bounds))
@@ -228,8 +290,9 @@ def _discover(api: _Aws, proxy_name: str | None, hosts: set[str]) -> list[Deploy
     """The functions whose LAMBDAPOOL_PROXY_NAME is the proxy, or whose DSN's host is one of
     ``hosts`` (the proxy's endpoint, the instance's address)."""
     found = []
-    for config in api.pages("lambda", "list_functions", "Functions", "list Lambda functions",
-                            "lambda:ListFunctions", next_key="NextMarker"):
+    for config in api.pages(
+        "lambda", "list_functions", "Functions", "list Lambda functions", "lambda:ListFunctions", next_key="NextMarker"
+    ):
         env = (config.get("Environment") or {}).get("Variables", {})
         if (proxy_name and env.get("LAMBDAPOOL_PROXY_NAME") == proxy_name) or (
             _dsn_host({k: str(v) for k, v in env.items()}) in hosts
@@ -240,28 +303,55 @@ def _discover(api: _Aws, proxy_name: str | None, hosts: set[str]) -> list[Deploy
 
 def _proxy(api: _Aws, name: str) -> tuple[dict[str, Any], str | None, str | None]:
     """The default target group's pool settings, the instance the proxy points at, and its endpoint."""
-    proxies = api.call("rds", "describe_db_proxies", f"read RDS Proxy {name!r}", "rds:DescribeDBProxies",
-                       f"RDS Proxy {name!r} not found in {api.region}", DBProxyName=name).get("DBProxies", [])
+    proxies = api.call(
+        "rds",
+        "describe_db_proxies",
+        f"read RDS Proxy {name!r}",
+        "rds:DescribeDBProxies",
+        f"RDS Proxy {name!r} not found in {api.region}",
+        DBProxyName=name,
+    ).get("DBProxies", [])
     endpoint = normal_host(proxies[0].get("Endpoint")) if proxies else None
-    groups = api.call("rds", "describe_db_proxy_target_groups", f"read RDS Proxy {name!r}'s target groups",
-                      "rds:DescribeDBProxyTargetGroups", DBProxyName=name)["TargetGroups"]
+    groups = api.call(
+        "rds",
+        "describe_db_proxy_target_groups",
+        f"read RDS Proxy {name!r}'s target groups",
+        "rds:DescribeDBProxyTargetGroups",
+        DBProxyName=name,
+    )["TargetGroups"]
     group = next((g for g in groups if g.get("IsDefault")), groups[0] if groups else {})
-    targets = api.call("rds", "describe_db_proxy_targets", f"read RDS Proxy {name!r}'s targets",
-                       "rds:DescribeDBProxyTargets", DBProxyName=name).get("Targets", [])
+    targets = api.call(
+        "rds",
+        "describe_db_proxy_targets",
+        f"read RDS Proxy {name!r}'s targets",
+        "rds:DescribeDBProxyTargets",
+        DBProxyName=name,
+    ).get("Targets", [])
     instance = next((t.get("RdsResourceId") for t in targets if t.get("Type") == "RDS_INSTANCE"), None)
     return group.get("ConnectionPoolConfig", {}), instance, endpoint
 
 
 def _instance(api: _Aws, identifier: str) -> tuple[int, str, str | None]:
     """(max_connections, instance class, endpoint address) of an RDS instance."""
-    db = api.call("rds", "describe_db_instances", f"read RDS instance {identifier!r}", "rds:DescribeDBInstances",
-                  f"RDS instance {identifier!r} not found", DBInstanceIdentifier=identifier)["DBInstances"][0]
+    db = api.call(
+        "rds",
+        "describe_db_instances",
+        f"read RDS instance {identifier!r}",
+        "rds:DescribeDBInstances",
+        f"RDS instance {identifier!r} not found",
+        DBInstanceIdentifier=identifier,
+    )["DBInstances"][0]
     cls = db["DBInstanceClass"]
     value = None
     for group in db.get("DBParameterGroups", [])[:1]:
-        for param in api.pages("rds", "describe_db_parameters", "Parameters",
-                               f"read parameter group {group['DBParameterGroupName']!r}",
-                               "rds:DescribeDBParameters", DBParameterGroupName=group["DBParameterGroupName"]):
+        for param in api.pages(
+            "rds",
+            "describe_db_parameters",
+            "Parameters",
+            f"read parameter group {group['DBParameterGroupName']!r}",
+            "rds:DescribeDBParameters",
+            DBParameterGroupName=group["DBParameterGroupName"],
+        ):
             if param.get("ParameterName") == "max_connections":
                 value = param.get("ParameterValue")
     return max_connections_from_parameter(value, cls), cls, (db.get("Endpoint") or {}).get("Address")
@@ -312,8 +402,9 @@ def _count(functions: list[Deployed], proxy_name: str | None, proxy_host: str | 
         elif fn.managed is not None and fn.managed.environments == 0:
             counted.notes.append(f"  not counted: {fn.name} may run no environment (MaxExecutionEnvironments 0)")
         elif fn.managed is not None and fn.managed.environments is not None:
-            function = Function(fn.name, fn.managed.environments, fn.connections, fn.managed.processes,
-                                pooler="direct", managed=True)
+            function = Function(
+                fn.name, fn.managed.environments, fn.connections, fn.managed.processes, pooler="direct", managed=True
+            )
             counted.direct.append(direct_consumer(function))
         elif fn.concurrency is None:
             counted.unbounded.append(fn.name)
@@ -358,8 +449,9 @@ def _limits(api: _Aws, args: argparse.Namespace) -> tuple[Limits, dict[str, Any]
         if args.max_connections is None:
             args.max_connections = max_connections
     elif args.max_connections is None:
-        raise ConfigError(f"RDS Proxy {args.proxy_name!r} has no RDS instance target; pass --db-instance "
-                          "or --max-connections")
+        raise ConfigError(
+            f"RDS Proxy {args.proxy_name!r} has no RDS instance target; pass --db-instance or --max-connections"
+        )
     return limits_from(args), pool, normal_host(host), endpoint
 
 
@@ -368,23 +460,30 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --proxy-name NAME (its target is the database) or --db-instance ID")
     api = _Aws(args.region, args.endpoint_url)
     limits, pool, host, endpoint = _limits(api, args)
-    functions = ([_deployed(api, n) for n in args.function] if args.function
-                 else _discover(api, args.proxy_name, {h for h in (host, endpoint) if h}))
+    functions = (
+        [_deployed(api, n) for n in args.function]
+        if args.function
+        else _discover(api, args.proxy_name, {h for h in (host, endpoint) if h})
+    )
     counted = _count(functions, args.proxy_name, endpoint)
     proxy = [_proxy_consumer(limits, args.proxy_name, pool)] if args.proxy_name else []
     result = tally(limits, proxy + counted.direct)
     print("\n".join(result.lines() + counted.notes))
     failed = False
     if counted.unbounded:
-        print(f"FAIL: {', '.join(counted.unbounded)} connect(s) directly with no reserved concurrency: the "
-              "fan-out is bounded only by the account's concurrency; set reserved concurrency (lambdapool "
-              "plan --pooler direct says the largest that fits) or go through the proxy")
+        print(
+            f"FAIL: {', '.join(counted.unbounded)} connect(s) directly with no reserved concurrency: the "
+            "fan-out is bounded only by the account's concurrency; set reserved concurrency (lambdapool "
+            "plan --pooler direct says the largest that fits) or go through the proxy"
+        )
         failed = True
     if counted.unbounded_managed:
-        print(f"FAIL: {', '.join(counted.unbounded_managed)} connect(s) directly from Lambda Managed Instances "
-              "with no bound on execution environments: set MaxExecutionEnvironments in each published "
-              "version's scaling config or MaxVCpuCount on the capacity provider (lambdapool plan --pooler "
-              "direct --function NAME=ENVSx1xPROCS says the largest that fits), or go through the proxy")
+        print(
+            f"FAIL: {', '.join(counted.unbounded_managed)} connect(s) directly from Lambda Managed Instances "
+            "with no bound on execution environments: set MaxExecutionEnvironments in each published "
+            "version's scaling config or MaxVCpuCount on the capacity provider (lambdapool plan --pooler "
+            "direct --function NAME=ENVSx1xPROCS says the largest that fits), or go through the proxy"
+        )
         failed = True
     if failed:
         return 1

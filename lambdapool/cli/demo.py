@@ -20,8 +20,13 @@ CHART = "lambdapool-demo.png"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
-                        help=f"where to write {CHART} (default: the current directory)")  # fmt: skip
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("."),
+        metavar="DIR",
+        help=f"where to write {CHART} (default: the current directory)",
+    )
     parser.add_argument("--max-connections", type=int, default=20, help="the database's max_connections (default 20)")
     parser.add_argument("--concurrency", type=int, default=40, help="Lambda environments in the burst (default 40)")
     parser.add_argument("--invocations", type=int, default=200, help="invocations in the burst (default 200)")
@@ -33,16 +38,17 @@ def verdict(scenario: Any) -> str:
     peak = f"peak {s['peak_backends']} backends of the {s['limit']} the database allows"
     if s["failures"]:
         late = f", {s['timed_out']} timed out connecting" if s.get("timed_out") else ""
-        return (f"{scenario.name}: {s['failures']} of {s['invocations']} invocations failed "
-                f"({s.get('refused', 0)} refused: too many clients{late}), {peak}")  # fmt: skip
+        return (
+            f"{scenario.name}: {s['failures']} of {s['invocations']} invocations failed "
+            f"({s.get('refused', 0)} refused: too many clients{late}), {peak}"
+        )
     cap = f" (cap {s['cap']})" if s.get("cap") else ""
     return f"{scenario.name}: all {s['invocations']} invocations succeeded, {peak}{cap}"
 
 
 def run(args: argparse.Namespace) -> int:
     from lambdapool.cli.emulate import ProgressLine, summary_table, write_outputs
-    from lambdapool.emulator import fanout
-    from lambdapool.emulator import Report
+    from lambdapool.emulator import Report, fanout
 
     fanout.require("matplotlib")
     cap = args.cap if args.cap is not None else max(1, args.max_connections // 2)
@@ -54,12 +60,18 @@ def run(args: argparse.Namespace) -> int:
     fail_fast = {"LAMBDAPOOL_ACQUIRE_TIMEOUT": "2"}
     progress = ProgressLine()
     with fanout.embedded_database(args.max_connections) as target, fanout.demo_handler() as handler:
-        report = Report(f"{burst.invocations} invocations over {burst.concurrency} Lambda environments, "
-                        f"Postgres max_connections={args.max_connections}")  # fmt: skip
-        print(f"lambdapool demo: {report.title}; a throwaway Postgres, the bundled handler "
-              f"(lambdapool/emulator/demo_handler.py)", file=sys.stderr)  # fmt: skip
-        fanout.run_scenario(report, handler, "direct", target, burst, budget_guard=False, env=fail_fast,
-                            progress=progress)  # fmt: skip
+        report = Report(
+            f"{burst.invocations} invocations over {burst.concurrency} Lambda environments, "
+            f"Postgres max_connections={args.max_connections}"
+        )
+        print(
+            f"lambdapool demo: {report.title}; a throwaway Postgres, the bundled handler "
+            f"(lambdapool/emulator/demo_handler.py)",
+            file=sys.stderr,
+        )
+        fanout.run_scenario(
+            report, handler, "direct", target, burst, budget_guard=False, env=fail_fast, progress=progress
+        )
         fanout.run_scenario(report, handler, "local", target, burst, cap=cap, progress=progress)
     print(summary_table(report))
     print()

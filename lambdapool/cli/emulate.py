@@ -29,31 +29,63 @@ HELP = "run a handler under the Lambda emulator with a pooler and report what th
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("handler", help="path/to/module.py:function (a Lambda handler)")
-    parser.add_argument("--pooler", action="append", metavar="NAME",
-                        help="direct, local, pgbouncer or rds-proxy; repeat (or comma-separate) to compare "
-                             "side by side (default: local)")  # fmt: skip
-    parser.add_argument("--concurrency", type=int, default=20,
-                        help="invocations in flight, and Lambda environments at most (default 20)")  # fmt: skip
-    parser.add_argument("--max-concurrency", type=int, metavar="N",
-                        help="run Lambda Managed Instances environments of N worker processes each "
-                             "(AWS_LAMBDA_MAX_CONCURRENCY), packed full before another starts; "
-                             "--concurrency / N environments at most")  # fmt: skip
+    parser.add_argument(
+        "--pooler",
+        action="append",
+        metavar="NAME",
+        help=(
+            "direct, local, pgbouncer or rds-proxy; repeat (or comma-separate) to compare side by side (default: local)"
+        ),
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=20,
+        help="invocations in flight, and Lambda environments at most (default 20)",
+    )
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        metavar="N",
+        help=(
+            "run Lambda Managed Instances environments of N worker processes each "
+            "(AWS_LAMBDA_MAX_CONCURRENCY), packed full before another starts; "
+            "--concurrency / N environments at most"
+        ),
+    )
     parser.add_argument("--invocations", type=int, default=200, help="invocations in the burst (default 200)")
-    parser.add_argument("--light", type=int, default=0, metavar="N",
-                        help="add N light in-process instances, invoked as many rounds as the environments")  # fmt: skip
+    parser.add_argument(
+        "--light",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add N light in-process instances, invoked as many rounds as the environments",
+    )
     db = parser.add_mutually_exclusive_group()
     db.add_argument("--dsn", help="a running database (default: a throwaway Postgres)")
-    db.add_argument("--max-connections", type=int, default=30,
-                    help="max_connections of the throwaway Postgres (default 30)")  # fmt: skip
-    parser.add_argument("--setup", type=Path, metavar="FILE.sql",
-                        help="SQL run once as the database's owner before the bursts (tables, grants, seed rows); "
-                             "the throwaway database's handlers connect as role app, which owns schema app")  # fmt: skip
+    db.add_argument(
+        "--max-connections", type=int, default=30, help="max_connections of the throwaway Postgres (default 30)"
+    )
+    parser.add_argument(
+        "--setup",
+        type=Path,
+        metavar="FILE.sql",
+        help=(
+            "SQL run once as the database's owner before the bursts (tables, grants, seed rows); "
+            "the throwaway database's handlers connect as role app, which owns schema app"
+        ),
+    )
     parser.add_argument("--cap", type=int, help="the pooler's cap on backends (default: two thirds of the limit)")
     parser.add_argument("--no-guard", action="store_true", help="direct: turn the SDK's budget guard off")
     parser.add_argument("--timeout", type=float, default=10.0, help="the function's timeout in seconds (default 10)")
-    parser.add_argument("--event", default="{}", help="the event, as JSON (each invocation adds \"n\")")
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="an environment variable for the handler (repeatable)")  # fmt: skip
+    parser.add_argument("--event", default="{}", help='the event, as JSON (each invocation adds "n")')
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the handler (repeatable)",
+    )
     parser.add_argument("--chart", type=Path, metavar="PNG", help="write the backends-over-time chart here")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures and timelines here")
 
@@ -153,7 +185,9 @@ def summary_table(report: Any) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     lines = [report.title]
     for i, row in enumerate(table):
-        lines.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))).rstrip())
+        lines.append(
+            "  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))).rstrip()
+        )
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -181,14 +215,19 @@ def write_outputs(report: Any, chart: Path | None, json_path: Path | None, out: 
 
 
 def run(args: argparse.Namespace) -> int:
-    from lambdapool.emulator import fanout
-    from lambdapool.emulator import Report
+    from lambdapool.emulator import Report, fanout
 
     kinds = poolers(args.pooler)
     fanout.require(*(["matplotlib"] if args.chart else []), *(["moto"] if "rds-proxy" in kinds else []))
     handler = fanout.HandlerRef.parse(args.handler)
-    burst = fanout.Burst(args.invocations, args.concurrency, args.light, args.timeout, _event(args.event),
-                         max_concurrency=args.max_concurrency).validate()  # fmt: skip
+    burst = fanout.Burst(
+        args.invocations,
+        args.concurrency,
+        args.light,
+        args.timeout,
+        _event(args.event),
+        max_concurrency=args.max_concurrency,
+    ).validate()
     if args.setup is not None and not args.setup.is_file():
         raise ConfigError(f"--setup {args.setup}: no such file (a SQL script to run before the bursts)")
     env = _env_pairs(args.env)
@@ -197,12 +236,23 @@ def run(args: argparse.Namespace) -> int:
         if args.setup is not None:
             fanout.run_setup(target, args.setup)
         width = burst.describe() + (f" + {burst.light} light instances" if burst.light else "")
-        report = Report(f"{handler.path.name}:{handler.function}, {burst.total} invocations over {width}, "
-                        f"against {target.description}")  # fmt: skip
+        report = Report(
+            f"{handler.path.name}:{handler.function}, {burst.total} invocations over {width}, "
+            f"against {target.description}"
+        )
         print(report.title, file=sys.stderr)
         for kind in kinds:
-            fanout.run_scenario(report, handler, kind, target, burst, cap=args.cap, budget_guard=not args.no_guard,
-                                env=env, progress=progress)  # fmt: skip
+            fanout.run_scenario(
+                report,
+                handler,
+                kind,
+                target,
+                burst,
+                cap=args.cap,
+                budget_guard=not args.no_guard,
+                env=env,
+                progress=progress,
+            )
     print(summary_table(report))
     write_outputs(report, args.chart, args.json, sys.stdout)
     return 0

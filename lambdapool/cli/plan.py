@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,7 @@ HELP = "compute the connection budget and the pooler settings that keep the fan-
 
 FORMATS = ("table", "json", "cfn", "cfn-json", "tfvars", "pgbouncer")
 
-_SPEC = re.compile(
-    r"(?P<name>[A-Za-z0-9_.:-]+)=(?P<c>\d+)(?:x(?P<k>\d+))?(?:x(?P<p>\d+))?(?:@(?P<pooler>[a-z-]+))?"
-)
+_SPEC = re.compile(r"(?P<name>[A-Za-z0-9_.:-]+)=(?P<c>\d+)(?:x(?P<k>\d+))?(?:x(?P<p>\d+))?(?:@(?P<pooler>[a-z-]+))?")
 
 
 def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,11 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="a JSON or TOML file with the same inputs (flags override it)")
     add_limit_arguments(parser)
     parser.add_argument(
-        "--function", action="append", default=[], metavar="NAME=CONCURRENCY[xCONNS[xPROCS]][@POOLER]",
-        help="a function sharing the database: reserved concurrency (or max instances), connections per "
-             "process (max_per_instance), processes per environment; repeat for each. xPROCS marks a Lambda "
-             "Managed Instances function: CONCURRENCY is then its execution environments and PROCS its "
-             "PerExecutionEnvironmentMaxConcurrency (default 16 per vCPU)",
+        "--function",
+        action="append",
+        default=[],
+        metavar="NAME=CONCURRENCY[xCONNS[xPROCS]][@POOLER]",
+        help=(
+            "a function sharing the database: reserved concurrency (or max instances), connections per "
+            "process (max_per_instance), processes per environment; repeat for each. xPROCS marks a Lambda "
+            "Managed Instances function: CONCURRENCY is then its execution environments and PROCS its "
+            "PerExecutionEnvironmentMaxConcurrency (default 16 per vCPU)"
+        ),
     )
     parser.add_argument("--pooler", choices=POOLERS, help="how functions reach the database (default rds-proxy)")
     parser.add_argument("--poolers", type=int, help="pooler instances sharing the database (default 1)")
@@ -68,11 +72,11 @@ def _load(path: Path) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: {exc.strerror}") from None
     try:
         if path.suffix == ".toml":
-            try:
+            if sys.version_info >= (3, 11):
                 import tomllib
-            except ImportError:  # Python 3.10
-                raise ConfigError(f"--config {path}: reading TOML needs Python 3.11+; write it as JSON") from None
-            return tomllib.loads(text)
+
+                return tomllib.loads(text)
+            raise ConfigError(f"--config {path}: reading TOML needs Python 3.11+; write it as JSON")
         return json.loads(text)
     except ValueError as exc:
         raise ConfigError(f"--config {path}: not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from None
@@ -109,16 +113,19 @@ def _functions(args: argparse.Namespace, data: dict[str, Any]) -> list[Function]
             item = {"managed": "processes" in item, **item}  # as with xPROCS; "managed": false overrides
             out.append(Function(**item))
         except TypeError as exc:
-            raise ConfigError(f"--config functions: {exc}; keys are name, concurrency, connections, "
-                              "processes, pooler, managed") from None
+            raise ConfigError(
+                f"--config functions: {exc}; keys are name, concurrency, connections, processes, pooler, managed"
+            ) from None
     return out
 
 
 def build(args: argparse.Namespace) -> Plan:
     data = _load(args.config) if args.config else {}
     return plan(
-        limits_from(args, data), _functions(args, data),
-        pooler=_pick(args, data, "pooler", "rds-proxy"), poolers=_pick(args, data, "poolers", 1),
+        limits_from(args, data),
+        _functions(args, data),
+        pooler=_pick(args, data, "pooler", "rds-proxy"),
+        poolers=_pick(args, data, "poolers", 1),
     )
 
 
@@ -151,12 +158,13 @@ def cfn_parameters(p: Plan, stack_function: str | None) -> dict[str, str]:
             raise ConfigError(f"--stack-function NAME: one stack per function, pick one of {sorted(pooled)}")
         stack_function = next(iter(pooled))
     if stack_function not in pooled:
-        raise ConfigError(
-            f"--stack-function {stack_function!r}: not a function through RDS Proxy {sorted(pooled)}"
-        )
+        raise ConfigError(f"--stack-function {stack_function!r}: not a function through RDS Proxy {sorted(pooled)}")
     fn = pooled[stack_function]
-    managed = {"ManagedInstancesMaxEnvironments": str(fn.concurrency),
-               "PerEnvironmentMaxConcurrency": str(fn.processes)} if fn.managed else {}
+    managed = (
+        {"ManagedInstancesMaxEnvironments": str(fn.concurrency), "PerEnvironmentMaxConcurrency": str(fn.processes)}
+        if fn.managed
+        else {}
+    )
     return {
         "FunctionName": fn.name,
         "ReservedConcurrency": str(fn.concurrency),
@@ -183,13 +191,20 @@ def tfvars(p: Plan) -> str:
     if p.limits.instance_class:
         values["db_instance_class"] = f'"{p.limits.instance_class}"'
     width = max(map(len, values))
-    lines = ["# lambdapool plan: " + ", ".join(
-        f"{f.name} {f.concurrency}x{f.connections}" + (f"x{f.processes}" if f.managed else "") for f in p.functions)]
+    lines = [
+        "# lambdapool plan: "
+        + ", ".join(
+            f"{f.name} {f.concurrency}x{f.connections}" + (f"x{f.processes}" if f.managed else "") for f in p.functions
+        )
+    ]
     lines += [f"{key.ljust(width)} = {value}" for key, value in values.items()]
     lines.append("functions = {")
     for f in p.pooled():
-        lines += [f'  "{f.name}" = {{', f"    reserved_concurrency = {f.concurrency}",
-                  f"    max_per_instance     = {f.connections}"]
+        lines += [
+            f'  "{f.name}" = {{',
+            f"    reserved_concurrency = {f.concurrency}",
+            f"    max_per_instance     = {f.connections}",
+        ]
         if f.managed:  # the environments cap comes from the capacity provider's max_vcpu_count
             lines.append(f"    managed_instances    = {{ per_execution_environment_max_concurrency = {f.processes} }}")
         lines.append("  }")
@@ -204,13 +219,15 @@ def pgbouncer_lines(p: Plan) -> str:
     if p.pgbouncer is None:
         raise ConfigError("--format pgbouncer: plan with --pooler pgbouncer")
     b = p.pgbouncer
-    return "\n".join([
-        f"; lambdapool plan: {p.limits.arithmetic()}",
-        f"default_pool_size = {b.default_pool_size}",
-        f"max_db_connections = {b.max_db_connections}",
-        f"max_client_conn = {b.max_client_conn}",
-        f"reserve_pool_size = {b.reserve_pool_size}",
-    ])
+    return "\n".join(
+        [
+            f"; lambdapool plan: {p.limits.arithmetic()}",
+            f"default_pool_size = {b.default_pool_size}",
+            f"max_db_connections = {b.max_db_connections}",
+            f"max_client_conn = {b.max_client_conn}",
+            f"reserve_pool_size = {b.reserve_pool_size}",
+        ]
+    )
 
 
 def render(p: Plan, fmt: str, stack_function: str | None = None) -> str:

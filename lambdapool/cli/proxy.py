@@ -27,40 +27,71 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", default=os.environ.get("LAMBDAPOOL_PROXY_BACKEND"),
-                        help="the server's libpq URI (default: $LAMBDAPOOL_PROXY_BACKEND)")
-    parser.add_argument("--listen", default="127.0.0.1:6433", help="HOST:PORT to accept clients on (default 127.0.0.1:6433)")
+    parser.add_argument(
+        "--backend",
+        default=os.environ.get("LAMBDAPOOL_PROXY_BACKEND"),
+        help="the server's libpq URI (default: $LAMBDAPOOL_PROXY_BACKEND)",
+    )
+    parser.add_argument(
+        "--listen", default="127.0.0.1:6433", help="HOST:PORT to accept clients on (default 127.0.0.1:6433)"
+    )
     cap = parser.add_mutually_exclusive_group()
     cap.add_argument("--max-backends", type=int, help="cap on server connections")
-    cap.add_argument("--max-connections-percent", type=float,
-                     help="cap as a share of the server's max_connections (default 100, like RDS Proxy)")
-    parser.add_argument("--borrow-timeout", type=float, default=120.0, help="seconds a client waits for a backend (default 120)")
-    parser.add_argument("--idle-client-timeout", type=float, default=1800.0, help="close clients idle this long (default 1800)")
+    cap.add_argument(
+        "--max-connections-percent",
+        type=float,
+        help="cap as a share of the server's max_connections (default 100, like RDS Proxy)",
+    )
+    parser.add_argument(
+        "--borrow-timeout", type=float, default=120.0, help="seconds a client waits for a backend (default 120)"
+    )
+    parser.add_argument(
+        "--idle-client-timeout", type=float, default=1800.0, help="close clients idle this long (default 1800)"
+    )
     parser.add_argument("--max-idle-backends", type=int, help="close idle backends beyond this many")
     parser.add_argument("--max-client-connections", type=int, help="refuse clients beyond this many")
-    parser.add_argument("--max-connection-rate", type=float,
-                        help="refuse new client connections beyond this many a second (RDS Proxy's rate limit)")
-    parser.add_argument("--borrow-on-connect", action="store_true",
-                        help="borrow a backend during each login, as RDS Proxy does (a full pool fails the connect)")
+    parser.add_argument(
+        "--max-connection-rate",
+        type=float,
+        help="refuse new client connections beyond this many a second (RDS Proxy's rate limit)",
+    )
+    parser.add_argument(
+        "--borrow-on-connect",
+        action="store_true",
+        help="borrow a backend during each login, as RDS Proxy does (a full pool fails the connect)",
+    )
     parser.add_argument("--backend-max-lifetime", type=float, help="close backends older than this many seconds")
-    parser.add_argument("--auth", choices=("trust", "scram", "iam"), default="trust", help="client authentication (default trust)")
-    parser.add_argument("--user", action="append", default=[], metavar="NAME=PASSWORD", help="a SCRAM user (repeatable)")
-    parser.add_argument("--iam-credential", action="append", default=[], metavar="ACCESS_KEY_ID=SECRET",
-                        help="test credentials IAM tokens must be signed with (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--auth", choices=("trust", "scram", "iam"), default="trust", help="client authentication (default trust)"
+    )
+    parser.add_argument(
+        "--user", action="append", default=[], metavar="NAME=PASSWORD", help="a SCRAM user (repeatable)"
+    )
+    parser.add_argument(
+        "--iam-credential",
+        action="append",
+        default=[],
+        metavar="ACCESS_KEY_ID=SECRET",
+        help="test credentials IAM tokens must be signed with (repeatable)",
+    )
     parser.add_argument("--region", help="the region IAM tokens must be signed for")
     parser.add_argument("--tls", action="store_true", help="offer TLS to clients (self-signed unless --cert-file)")
     parser.add_argument("--require-tls", action="store_true", help="refuse clients without TLS (implies --tls)")
     parser.add_argument("--cert-file", help="PEM certificate for client TLS")
     parser.add_argument("--key-file", help="PEM key of --cert-file")
-    parser.add_argument("--status-interval", type=float, default=1.0, help="seconds between status lines (default 1; 0: none)")
+    parser.add_argument(
+        "--status-interval", type=float, default=1.0, help="seconds between status lines (default 1; 0: none)"
+    )
 
 
 def status_line(stats: dict) -> str:
     pins = stats["pinned_sessions"]
-    return (f"clients {stats['clients']} (peak {stats['peak_clients']}), waiting {stats['waiting']}, "
-            f"backends {stats['backends_in_use']} busy/{stats['backends_idle']} idle of {stats['max_backends']} "
-            f"(peak {stats['peak_backends']}), transactions {stats['transactions']}, "
-            f"borrow timeouts {stats['borrow_timeouts']}, pinned {pins}, auth failures {stats['auth_failures']}")  # fmt: skip
+    return (
+        f"clients {stats['clients']} (peak {stats['peak_clients']}), waiting {stats['waiting']}, "
+        f"backends {stats['backends_in_use']} busy/{stats['backends_idle']} idle of {stats['max_backends']} "
+        f"(peak {stats['peak_backends']}), transactions {stats['transactions']}, "
+        f"borrow timeouts {stats['borrow_timeouts']}, pinned {pins}, auth failures {stats['auth_failures']}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,17 +102,30 @@ def run(args: argparse.Namespace) -> int:
     from lambdapool.proxy.server import ProxyServer
 
     if not args.backend:
-        raise ConfigError("--backend: give the server's URI (postgresql://user:pw@host:port/db) or set LAMBDAPOOL_PROXY_BACKEND")
+        raise ConfigError(
+            "--backend: give the server's URI (postgresql://user:pw@host:port/db) or set LAMBDAPOOL_PROXY_BACKEND"
+        )
     proxy = LocalProxy(
-        args.backend, listen=args.listen, max_backends=args.max_backends,
-        max_connections_percent=args.max_connections_percent, borrow_timeout=args.borrow_timeout,
-        idle_client_timeout=args.idle_client_timeout, max_idle_backends=args.max_idle_backends,
-        max_client_connections=args.max_client_connections, backend_max_lifetime=args.backend_max_lifetime,
-        max_connection_rate=args.max_connection_rate, borrow_on_connect=args.borrow_on_connect,
-        auth=args.auth, users=_pairs(args.user, "--user"), iam_credentials=_pairs(args.iam_credential, "--iam-credential"),
-        region=args.region, tls=args.tls or args.require_tls, require_tls=args.require_tls,
-        cert_file=args.cert_file, key_file=args.key_file,
-    )  # fmt: skip
+        args.backend,
+        listen=args.listen,
+        max_backends=args.max_backends,
+        max_connections_percent=args.max_connections_percent,
+        borrow_timeout=args.borrow_timeout,
+        idle_client_timeout=args.idle_client_timeout,
+        max_idle_backends=args.max_idle_backends,
+        max_client_connections=args.max_client_connections,
+        backend_max_lifetime=args.backend_max_lifetime,
+        max_connection_rate=args.max_connection_rate,
+        borrow_on_connect=args.borrow_on_connect,
+        auth=args.auth,
+        users=_pairs(args.user, "--user"),
+        iam_credentials=_pairs(args.iam_credential, "--iam-credential"),
+        region=args.region,
+        tls=args.tls or args.require_tls,
+        require_tls=args.require_tls,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+    )
     tty = sys.stdout.isatty()
 
     async def main() -> None:
@@ -92,9 +136,14 @@ def run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         target = proxy.settings.backend
-        print(f"lambdapool proxy: listening on {server.host}:{server.port} -> {target.host}:{target.port}/{target.database} "
-              f"(max_backends={server.pool.cap}, auth={proxy.settings.auth}, tls={'required' if args.require_tls else bool(server.ssl_context)})"
-              + (f", CA file {server.ca_file}" if server.ca_file else ""), flush=True)  # fmt: skip
+        tls = "required" if args.require_tls else bool(server.ssl_context)
+        ca_file = f", CA file {server.ca_file}" if server.ca_file else ""
+        print(
+            f"lambdapool proxy: listening on {server.host}:{server.port} -> "
+            f"{target.host}:{target.port}/{target.database} "
+            f"(max_backends={server.pool.cap}, auth={proxy.settings.auth}, tls={tls}){ca_file}",
+            flush=True,
+        )
         try:
             if args.status_interval <= 0:
                 await stop.wait()

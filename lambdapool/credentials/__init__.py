@@ -23,11 +23,18 @@ if TYPE_CHECKING:
 # Each name loads its module on first use (PEP 562): a password cold start imports static.py
 # and base.py, not the IAM, Secrets Manager and AWS modules (~4 ms of a ~190 ms cold start).
 _HOMES = {
-    "AwsKeys": "aws_keys", "AwsKeySource": "aws_keys", "CredentialProvider": "base", "Secret": "base",
-    "IamAuthToken": "iam", "aresolve_proxy_endpoint": "proxy_endpoint",
-    "resolve_proxy_endpoint": "proxy_endpoint", "SecretsManagerSecret": "secrets_manager",
-    "db_auth_token": "sigv4", "PasswordCallable": "static", "StaticPassword": "static",
-}  # fmt: skip
+    "AwsKeys": "aws_keys",
+    "AwsKeySource": "aws_keys",
+    "CredentialProvider": "base",
+    "Secret": "base",
+    "IamAuthToken": "iam",
+    "aresolve_proxy_endpoint": "proxy_endpoint",
+    "resolve_proxy_endpoint": "proxy_endpoint",
+    "SecretsManagerSecret": "secrets_manager",
+    "db_auth_token": "sigv4",
+    "PasswordCallable": "static",
+    "StaticPassword": "static",
+}
 
 
 def __getattr__(name: str) -> object:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import threading
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager

@@ -83,7 +83,7 @@ class SecretsManagerSecret(CachedProvider):
             )
         password = fields.get("password")
         if not isinstance(password, str) or not password:
-            raise ConfigError(f"{where} has no \"password\" field (a non-empty string); add it")
+            raise ConfigError(f'{where} has no "password" field (a non-empty string); add it')
         return Secret(
             password=password,
             username=_text(fields, "username", where),

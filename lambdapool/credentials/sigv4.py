@@ -76,9 +76,7 @@ def db_auth_token(
     encoded = [(_encode(name), _encode(value)) for name, value in params]
     query = "&".join(f"{name}={value}" for name, value in encoded)
     canonical_query = "&".join(f"{name}={value}" for name, value in sorted(encoded))
-    canonical_request = "\n".join(
-        ["GET", "/", canonical_query, f"host:{_host_header(url)}\n", "host", EMPTY_SHA256]
-    )
+    canonical_request = "\n".join(["GET", "/", canonical_query, f"host:{_host_header(url)}\n", "host", EMPTY_SHA256])
     import hashlib
 
     digest = hashlib.sha256(canonical_request.encode("utf-8")).hexdigest()

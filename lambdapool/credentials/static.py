@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+
 from lambdapool.credentials.base import CachedProvider, Secret
 from lambdapool.errors import ConfigError
 
@@ -45,14 +46,11 @@ class PasswordCallable(CachedProvider):
 
     def __init__(self, fn: PasswordFn) -> None:
         if not callable(fn):
-            raise ConfigError(
-                f"password: expected a string or a callable returning one, got {type(fn).__name__}"
-            )
+            raise ConfigError(f"password: expected a string or a callable returning one, got {type(fn).__name__}")
         super().__init__(time.monotonic)
         self._fn = fn
-        self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None)
-        )
+        call = getattr(fn, "__call__", None)  # noqa: B004  (the method itself: an instance's async __call__)
+        self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
 
     def _fetch(self) -> tuple[Secret, float]:
         if self._is_async:

@@ -193,7 +193,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
     def _close(self) -> None:
         lend, self._lend = self._lend, None
         if lend is None:
-            return super()._close()  # type: ignore[no-any-return]
+            return super()._close()
         block, state = lend
         if state.conn is not self.connection:  # already taken back by its invocation's end
             return None

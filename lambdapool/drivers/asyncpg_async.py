@@ -26,10 +26,14 @@ class AsyncpgDriver:
         import asyncpg
 
         kwargs: dict[str, Any] = {
-            "host": params.host, "port": params.port, "user": params.user,
-            "password": params.password, "database": params.dbname,
-            "ssl": ssl_argument(params), "timeout": timeout,
-        }  # fmt: skip
+            "host": params.host,
+            "port": params.port,
+            "user": params.user,
+            "password": params.password,
+            "database": params.dbname,
+            "ssl": ssl_argument(params),
+            "timeout": timeout,
+        }
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         if params.application_name:
             kwargs["server_settings"] = {"application_name": params.application_name}
@@ -59,7 +63,7 @@ class AsyncpgDriver:
         # every warm invocation. (The protocol object lives as long as the connection, and
         # terminate()/abort mark it closing, so is_connected() turns False.) If asyncpg's
         # internals move, the public methods.
-        proto = getattr(conn, "_protocol", None)
+        proto: Any = getattr(conn, "_protocol", None)
         if hasattr(proto, "is_connected") and hasattr(proto, "is_in_transaction"):
             return proto.is_connected, proto.is_in_transaction
         return (lambda: not conn.is_closed()), conn.is_in_transaction

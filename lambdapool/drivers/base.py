@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 import select
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 # Runs after a rollback, outside any transaction. Not DISCARD ALL: that also drops prepared
 # statements the drivers have cached (psycopg copes, asyncpg does not).
@@ -30,7 +31,9 @@ class ConnectParams:
     options: dict[str, Any] = field(default_factory=dict)  # driver-specific keyword arguments
 
     def where(self) -> str:
-        return f"{self.user or '(default user)'}@{self.host or '(default host)'}:{self.port or 5432}/{self.dbname or ''}"
+        return (
+            f"{self.user or '(default user)'}@{self.host or '(default host)'}:{self.port or 5432}/{self.dbname or ''}"
+        )
 
 
 # A connection's probes, bound once per connection: (is_open, in_transaction), each a call with
@@ -69,14 +72,33 @@ def socket_watch(fd: int | None) -> Any:
 RETRY_SQLSTATES = {"53300", "53400", "57P03", "08000", "08001", "08004", "08006"}
 AUTH_SQLSTATES = {"28P01", "28000"}
 _RETRY_TEXT = (
-    "too many clients", "remaining connection slots are reserved", "too many connections",
-    "starting up", "shutting down", "in recovery", "connection refused", "connection reset",
-    "server closed the connection", "timeout expired", "timed out", "timed-out",
-    "could not receive data", "no connection to the server", "terminating connection",
-    "borrow", "network is unreachable", "connection timed out", "eof detected",
-)  # fmt: skip
-_AUTH_TEXT = ("password authentication failed", "pam authentication failed",
-              "iam authentication failed", "no pg_hba.conf entry", "authentication failed")  # fmt: skip
+    "too many clients",
+    "remaining connection slots are reserved",
+    "too many connections",
+    "starting up",
+    "shutting down",
+    "in recovery",
+    "connection refused",
+    "connection reset",
+    "server closed the connection",
+    "timeout expired",
+    "timed out",
+    "timed-out",
+    "could not receive data",
+    "no connection to the server",
+    "terminating connection",
+    "borrow",
+    "network is unreachable",
+    "connection timed out",
+    "eof detected",
+)
+_AUTH_TEXT = (
+    "password authentication failed",
+    "pam authentication failed",
+    "iam authentication failed",
+    "no pg_hba.conf entry",
+    "authentication failed",
+)
 # libpq gives no SQLSTATE for a failed connect (psycopg's error has none): the server's text
 # for 28000, an unknown role.
 _UNKNOWN_ROLE = re.compile(r'role "[^"]*" does not exist')
@@ -87,21 +109,29 @@ _UNKNOWN_ROLE = re.compile(r'role "[^"]*" does not exist')
 # IAM one is worded as an authentication failure ("The IAM authentication failed because of
 # too many competing requests") and may carry a 28xxx SQLSTATE, yet the token is fine.
 _PROXY_BUSY_TEXT = (
-    "timed-out waiting to acquire database connection", "rate of connection to proxy exceeded",
-    "maximum number of client connections to the proxy exceeded", "too many competing requests",
-)  # fmt: skip
+    "timed-out waiting to acquire database connection",
+    "rate of connection to proxy exceeded",
+    "maximum number of client connections to the proxy exceeded",
+    "too many competing requests",
+)
 # Refusals that only a setting fixes: (text, the fix). Retrying or refreshing credentials
 # cannot help, so they fail at once as a ConfigError (matched before the 28000 auth rule).
 _CONFIG_TEXT = (
     # RDS Proxy: "IAM is allowed only with SSL connections." / "IAM authentication is allowed
     # only with SSL connections."
-    ("allowed only with ssl connections",
-     ("IAM authentication through RDS Proxy needs TLS: connect with sslmode=require (or verify-full with "
-      "ssl_ca_file), not sslmode=disable/allow")),
+    (
+        "allowed only with ssl connections",
+        (
+            "IAM authentication through RDS Proxy needs TLS: connect with sslmode=require (or verify-full with "
+            "ssl_ca_file), not sslmode=disable/allow"
+        ),
+    ),
     # RDS Proxy with RequireTLS: "This RDS Proxy requires TLS connections."
-    ("requires tls connections",
-     "the proxy requires TLS (RequireTLS): connect with sslmode=require (or verify-full with ssl_ca_file)"),
-)  # fmt: skip
+    (
+        "requires tls connections",
+        "the proxy requires TLS (RequireTLS): connect with sslmode=require (or verify-full with ssl_ca_file)",
+    ),
+)
 
 
 def connect_error_fix(exc: BaseException) -> str | None:

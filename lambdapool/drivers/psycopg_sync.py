@@ -10,11 +10,17 @@ from lambdapool.drivers.base import RESET_SQL, ConnectParams, Probes
 
 def connect_kwargs(p: ConnectParams, timeout: float) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
-        "host": p.host, "port": p.port, "user": p.user, "password": p.password, "dbname": p.dbname,
-        "sslmode": p.sslmode, "sslrootcert": p.sslrootcert, "application_name": p.application_name,
+        "host": p.host,
+        "port": p.port,
+        "user": p.user,
+        "password": p.password,
+        "dbname": p.dbname,
+        "sslmode": p.sslmode,
+        "sslrootcert": p.sslrootcert,
+        "application_name": p.application_name,
         # libpq counts whole seconds, at least 2; the exact deadline is kept by the caller.
         "connect_timeout": max(2, math.floor(timeout)),
-    }  # fmt: skip
+    }
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     kwargs.update(p.options)
     return kwargs
@@ -58,8 +64,16 @@ def usable(conn: Any) -> bool:
 # What a user may set on a connection and expects to keep: carried over to the connection
 # that replaces it after a reconnect (adapters registered on conn.adapters are not: use
 # the configure setting for those).
-USER_SETTINGS = ("autocommit", "isolation_level", "read_only", "deferrable", "row_factory", "cursor_factory",
-                 "prepare_threshold", "prepared_max")  # fmt: skip
+USER_SETTINGS = (
+    "autocommit",
+    "isolation_level",
+    "read_only",
+    "deferrable",
+    "row_factory",
+    "cursor_factory",
+    "prepare_threshold",
+    "prepared_max",
+)
 
 
 def user_settings(conn: Any) -> dict[str, Any]:

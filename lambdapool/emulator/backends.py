@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 CLIENT_BACKENDS = (
-    "SELECT count(*) FROM pg_stat_activity "
-    "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
 )
 
 

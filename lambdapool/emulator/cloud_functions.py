@@ -42,10 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lambdapool.errors import ConfigError
 from lambdapool.emulator import processes
 from lambdapool.emulator.base import Fleet
 from lambdapool.emulator.results import InvocationResult, throttled
+from lambdapool.errors import ConfigError
 from lambdapool.spawning import child_setup, free_port
 
 SIGNATURES = ("http", "cloudevent")
@@ -164,8 +164,9 @@ class CloudFunctionFleet(Fleet):
         """
         now = time.monotonic()
         with self._cond:
-            victims = [i for i in self._instances
-                       if i.in_flight == 0 and i.proc is not None and now - i.idle_since >= idle_for]  # fmt: skip
+            victims = [
+                i for i in self._instances if i.in_flight == 0 and i.proc is not None and now - i.idle_since >= idle_for
+            ]
             for inst in victims:
                 self._instances.remove(inst)
         for inst in victims:
@@ -199,7 +200,10 @@ class CloudFunctionFleet(Fleet):
         request_id, started_at, t0 = str(uuid.uuid4()), time.time(), time.monotonic()
         inst, cold = self._acquire()
         if inst is None:
-            why = f"no instance free within queue_timeout={self.queue_timeout}s (429: {self.max_instances} instances full)"
+            why = (
+                f"no instance free within queue_timeout={self.queue_timeout}s "
+                f"(429: {self.max_instances} instances full)"
+            )
             result = throttled(request_id, started_at, time.time(), (time.monotonic() - t0) * 1000, why)
         else:
             try:
@@ -207,11 +211,18 @@ class CloudFunctionFleet(Fleet):
             finally:
                 self._release(inst)
             result = InvocationResult(
-                request_id=request_id, instance_id=inst.id, cold=cold, init_ms=inst.init_ms if cold else None,
-                latency_ms=(time.monotonic() - t0) * 1000, ok=ok, payload=payload,
-                error_type=error[0] if error else None, error_message=error[1] if error else None,
-                started_at=started_at, ended_at=time.time(),
-            )  # fmt: skip
+                request_id=request_id,
+                instance_id=inst.id,
+                cold=cold,
+                init_ms=inst.init_ms if cold else None,
+                latency_ms=(time.monotonic() - t0) * 1000,
+                ok=ok,
+                payload=payload,
+                error_type=error[0] if error else None,
+                error_message=error[1] if error else None,
+                started_at=started_at,
+                ended_at=time.time(),
+            )
         return self.ledger.record(result)
 
     def _acquire(self) -> tuple[_Instance | None, bool]:
@@ -285,7 +296,9 @@ class CloudFunctionFleet(Fleet):
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "LANG": "C.UTF-8",
-            "PYTHONPATH": os.pathsep.join(p for p in (str(Path(self.source).parent), os.environ.get("PYTHONPATH", "")) if p),
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(Path(self.source).parent), os.environ.get("PYTHONPATH", "")) if p
+            ),
             "THREADS": str(self.concurrency),
             "WORKERS": "1",
             "K_SERVICE": self.service,
@@ -297,11 +310,27 @@ class CloudFunctionFleet(Fleet):
         inst.log_path = self.log_dir / f"{inst.id}.log"
         with open(inst.log_path, "ab") as log:
             inst.proc = subprocess.Popen(
-                [self.python, "-m", "functions_framework", "--target", self.target, "--source", self.source,
-                 "--signature-type", self.signature, "--host", self.host, "--port", str(inst.port)],
-                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    self.python,
+                    "-m",
+                    "functions_framework",
+                    "--target",
+                    self.target,
+                    "--source",
+                    self.source,
+                    "--signature-type",
+                    self.signature,
+                    "--host",
+                    self.host,
+                    "--port",
+                    str(inst.port),
+                ],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 preexec_fn=lambda: child_setup(None),
-            )  # fmt: skip
+            )
 
     def _wait_ready(self, inst: _Instance) -> None:
         assert inst.proc is not None
@@ -327,8 +356,14 @@ class CloudFunctionFleet(Fleet):
         body = event if isinstance(event, bytes) else json.dumps(event).encode()
         headers = {"Content-Type": "application/json", "Function-Execution-Id": request_id}
         if self.signature == "cloudevent":
-            headers.update({"ce-id": request_id, "ce-source": "//lambdapool/emulator", "ce-specversion": "1.0",
-                            "ce-type": "dev.lambdapool.emulator.event"})  # fmt: skip
+            headers.update(
+                {
+                    "ce-id": request_id,
+                    "ce-source": "//lambdapool/emulator",
+                    "ce-specversion": "1.0",
+                    "ce-type": "dev.lambdapool.emulator.event",
+                }
+            )
         conn = http.client.HTTPConnection(self.host, inst.port, timeout=self.timeout)
         try:
             conn.request("POST", "/", body, headers)

@@ -14,9 +14,7 @@ db = lambdapool.Database.from_env(driver="psycopg")
 @db.lambda_handler
 def handler(event, context):
     with db.connection() as conn:  # a psycopg.Connection; commits when the block exits cleanly
-        row = conn.execute(
-            "SELECT pg_backend_pid(), pg_sleep(%s)", (float(event.get("sleep", 0.05)),)
-        ).fetchone()
+        row = conn.execute("SELECT pg_backend_pid(), pg_sleep(%s)", (float(event.get("sleep", 0.05)),)).fetchall()[0]
     return {
         "backend_pid": row[0],
         "cold_start": db.invocation.cold_start,

@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from lambdapool.errors import ConfigError
-from lambdapool.emulator.backends import client_backends
 from lambdapool.emulator import BackendSampler, InvocationResult, LambdaFleet, LightFleet, Report, Scenario
+from lambdapool.emulator.backends import client_backends
+from lambdapool.errors import ConfigError
 from lambdapool.waiting import WaitTimeout, wait_for
 
 POOLERS = ("direct", "local", "pgbouncer", "rds-proxy")
@@ -175,8 +175,9 @@ def embedded_database(max_connections: int = 20, role: str = "app") -> Iterator[
         # own, named after it, so first on the default search_path ("$user", public).
         pg.psql(f'CREATE ROLE "{role}" LOGIN; CREATE SCHEMA AUTHORIZATION "{role}"')
         dsn = f"postgresql://{quote(role, safe='')}@{pg.host}:{pg.port}/{pg.database}"
-        yield Target(dsn, pg.dsn, max_connections, max_connections - 1,
-                     f"embedded Postgres (max_connections={max_connections})")  # fmt: skip
+        yield Target(
+            dsn, pg.dsn, max_connections, max_connections - 1, f"embedded Postgres (max_connections={max_connections})"
+        )
     finally:
         pg.stop()
 
@@ -192,11 +193,12 @@ def run_setup(target: Target, path: Path) -> None:
         raise ConfigError(f"--setup {path}: cannot read it ({exc.strerror or exc})") from None
     try:
         with psycopg.connect(target.monitor_dsn, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(script)  # type: ignore[arg-type]  # no parameters: the simple protocol, many statements
+            conn.execute(script)  # no parameters: the simple protocol, many statements
     except psycopg.Error as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
-        raise ConfigError(f"--setup {path}: the script failed ({type(exc).__name__}: {detail}); "
-                          f"fix it and run again") from None  # fmt: skip
+        raise ConfigError(
+            f"--setup {path}: the script failed ({type(exc).__name__}: {detail}); fix it and run again"
+        ) from None
 
 
 def existing_database(dsn: str) -> Target:
@@ -207,12 +209,14 @@ def existing_database(dsn: str) -> Target:
 
     try:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
-            max_connections = int(conn.execute("SHOW max_connections").fetchone()[0])
-            reserved = int(conn.execute("SHOW superuser_reserved_connections").fetchone()[0])
+            max_connections = int(conn.execute("SHOW max_connections").fetchall()[0][0])
+            reserved = int(conn.execute("SHOW superuser_reserved_connections").fetchall()[0][0])
             superuser = conn.info.parameter_status("is_superuser") == "on"
     except psycopg.Error as exc:
-        raise ConfigError(f"--dsn {redact_dsn(dsn)}: cannot connect ({type(exc).__name__}: "
-                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'})") from None  # fmt: skip
+        raise ConfigError(
+            f"--dsn {redact_dsn(dsn)}: cannot connect ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'})"
+        ) from None
     limit = max_connections - (0 if superuser else reserved) - 1
     return Target(dsn, dsn, max_connections, limit, f"{redact_dsn(dsn)} (max_connections={max_connections})")
 
@@ -266,7 +270,7 @@ class Burst:
         return math.ceil(self.concurrency / (self.max_concurrency or 1))
 
     def describe(self) -> str:
-        """"20 Lambda environments", or "4 Managed Instances environments x 16 processes"."""
+        """ "20 Lambda environments", or "4 Managed Instances environments x 16 processes"."""
         if self.max_concurrency is None:
             return f"{self.concurrency} Lambda environments"
         return f"{self.environments} Managed Instances environments x {self.max_concurrency} processes"
@@ -329,8 +333,12 @@ def _pgbouncer(target: Target, cap: int) -> Iterator[tuple[Any, Any]]:
     from lambdapool.testing.pgbouncer import PgBouncer
 
     user = target.user
-    with PgBouncer(_DsnOnly(target.dsn), default_pool_size=cap, max_client_conn=10_000, auth_user=user,
-                   admin_users=(user,)) as pgb, PgBouncerSampler(pgb.admin_dsn) as sampler:  # fmt: skip
+    with (
+        PgBouncer(
+            _DsnOnly(target.dsn), default_pool_size=cap, max_client_conn=10_000, auth_user=user, admin_users=(user,)
+        ) as pgb,
+        PgBouncerSampler(pgb.admin_dsn) as sampler,
+    ):
         yield pgb, sampler
 
 
@@ -339,26 +347,49 @@ def _rds_proxy(target: Target, cap: int) -> Iterator[_Pooler]:
     """RDS Proxy as the SDK meets it in AWS: looked up by name (moto's server), IAM tokens
     signed with test keys, TLS verified against the proxy's certificate."""
     try:
-        from lambdapool.testing.moto import (apply_environment, create_db_proxy, fake_aws_environment, moto_server,
-                                             restore_environment, signing_keys)  # fmt: skip
+        from lambdapool.testing.moto import (
+            apply_environment,
+            create_db_proxy,
+            fake_aws_environment,
+            moto_server,
+            restore_environment,
+            signing_keys,
+        )
     except ImportError as exc:  # pragma: no cover - the dev extra brings moto
-        raise ConfigError(f"--pooler rds-proxy needs moto[server] and boto3 ({exc}): pip install 'lambdapool[dev]'") from None
+        raise ConfigError(
+            f"--pooler rds-proxy needs moto[server] and boto3 ({exc}): pip install 'lambdapool[dev]'"
+        ) from None
     from lambdapool.proxy import LocalProxy
 
     aws = fake_aws_environment(REGION)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server: no line per request on stderr
     saved = apply_environment(aws)  # create_db_proxy's boto3 clients sign with these
     try:
-        with moto_server() as url, LocalProxy(backend=target.dsn, max_backends=cap, auth="iam",
-                                              iam_credentials=signing_keys(), region=REGION, tls=True,
-                                              require_tls=True) as proxy:  # fmt: skip
+        with (
+            moto_server() as url,
+            LocalProxy(
+                backend=target.dsn,
+                max_backends=cap,
+                auth="iam",
+                iam_credentials=signing_keys(),
+                region=REGION,
+                tls=True,
+                require_tls=True,
+            ) as proxy,
+        ):
             create_db_proxy(PROXY_NAME, proxy.host, region=REGION, endpoint_url=url)
             # No host: the SDK finds the proxy by name; the port overrides RDS Proxy's 5432.
             dbname = _conninfo(target.dsn).get("dbname", "postgres")
             dsn = f"postgresql://{quote(target.user, safe='')}@:{proxy.port}/{quote(dbname, safe='')}"
-            env = {**aws, **_sdk_env(dsn, "rds-proxy"), "LAMBDAPOOL_PROXY_NAME": PROXY_NAME,
-                   "LAMBDAPOOL_IAM_AUTH": "true", "LAMBDAPOOL_REGION": REGION,
-                   "LAMBDAPOOL_AWS_ENDPOINT_URL": url, "LAMBDAPOOL_SSL_CA_FILE": str(proxy.ca_file)}  # fmt: skip
+            env = {
+                **aws,
+                **_sdk_env(dsn, "rds-proxy"),
+                "LAMBDAPOOL_PROXY_NAME": PROXY_NAME,
+                "LAMBDAPOOL_IAM_AUTH": "true",
+                "LAMBDAPOOL_REGION": REGION,
+                "LAMBDAPOOL_AWS_ENDPOINT_URL": url,
+                "LAMBDAPOOL_SSL_CA_FILE": str(proxy.ca_file),
+            }
             yield _Pooler(env, cap, lambda: _proxy_stats(proxy), preload=("boto3",))
     finally:
         restore_environment(saved)
@@ -398,9 +429,11 @@ def run_scenario(
         fleets = _Fleets(handler, {**pooled.env, **(env or {})}, burst, pooled.preload)
         try:
             fleets.start()  # the fork server's imports before the clock starts: the chart shows the burst
-            with BackendSampler(target.monitor_dsn, interval=0.02) as sampler:
-                with _Ticker(name, burst.total, fleets, sampler, progress):
-                    results = fleets.run()
+            with (
+                BackendSampler(target.monitor_dsn, interval=0.02) as sampler,
+                _Ticker(name, burst.total, fleets, sampler, progress),
+            ):
+                results = fleets.run()
         finally:
             metrics = fleets.close()
         pooler_stats = pooled.stats()
@@ -423,16 +456,26 @@ class _Fleets:
         self.burst = burst
         # Environments are frozen between invocations, as on Lambda (never on Managed Instances,
         # whose environments run max_concurrency worker processes each, packed full first).
-        self.lambda_fleet = LambdaFleet(handler.handler, handler.task_root, env=env,
-                                        reserved_concurrency=burst.concurrency, timeout=burst.timeout,
-                                        max_concurrency=burst.max_concurrency,
-                                        fork_server=True, preload=("psycopg", "lambdapool", *preload))  # fmt: skip
+        self.lambda_fleet = LambdaFleet(
+            handler.handler,
+            handler.task_root,
+            env=env,
+            reserved_concurrency=burst.concurrency,
+            timeout=burst.timeout,
+            max_concurrency=burst.max_concurrency,
+            fork_server=True,
+            preload=("psycopg", "lambdapool", *preload),
+        )
         self.light_fleet: LightFleet | None = None
         if burst.light:
             from lambdapool.emulator import module_factory
 
-            self.light_fleet = LightFleet(module_factory(handler.task_root, handler.handler),
-                                          reserved_concurrency=burst.light, timeout=burst.timeout, env=env)  # fmt: skip
+            self.light_fleet = LightFleet(
+                module_factory(handler.task_root, handler.handler),
+                reserved_concurrency=burst.light,
+                timeout=burst.timeout,
+                env=env,
+            )
         self._light_stdout = io.StringIO()
         self._started = False
 
@@ -495,8 +538,9 @@ def _count_metrics(lines: list[str]) -> dict[str, int]:
 class _Ticker:
     """Calls ``progress`` every 0.2 s while the burst runs, and once at the end."""
 
-    def __init__(self, name: str, total: int, fleets: _Fleets, sampler: BackendSampler,
-                 progress: Progress | None) -> None:  # fmt: skip
+    def __init__(
+        self, name: str, total: int, fleets: _Fleets, sampler: BackendSampler, progress: Progress | None
+    ) -> None:
         self.name, self.total, self.fleets, self.sampler, self.progress = name, total, fleets, sampler, progress
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -540,4 +584,3 @@ __all__ = [
     "run_setup",
     "scenario_name",
 ]
-

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from matplotlib.artist import Artist
+
     from lambdapool.emulator import Report, Scenario
 
 
@@ -47,8 +49,14 @@ def draw_comparison(report: Report, path: str | Path) -> Path:
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, count, sharex=True, sharey=True, squeeze=False)[0]
     flights = [in_flight(s, _start(s)) for s in scenarios]
-    top = max([1, *(s.limit or 0 for s in scenarios), *(n for f in flights for _, n in f),
-               *(n for s in scenarios for _, n in s.timeline)])  # fmt: skip
+    top = max(
+        [
+            1,
+            *(s.limit or 0 for s in scenarios),
+            *(n for f in flights for _, n in f),
+            *(n for s in scenarios for _, n in s.timeline),
+        ]
+    )
     for ax, scenario, flight in zip(axes, scenarios, flights):
         t0 = _start(scenario)
         xs, ys = zip(*flight)
@@ -57,15 +65,27 @@ def draw_comparison(report: Report, path: str | Path) -> Path:
             bx, by = zip(*((t - t0, n) for t, n in scenario.timeline))
             ax.step(bx, by, where="post", color="tab:blue", linewidth=2.2, label="database backends")
         if scenario.limit is not None:
-            ax.axhline(scenario.limit, color="red", linestyle="--", linewidth=1.4,
-                       label="limit (connections the functions can have)")  # fmt: skip
+            ax.axhline(
+                scenario.limit,
+                color="red",
+                linestyle="--",
+                linewidth=1.4,
+                label="limit (connections the functions can have)",
+            )
         cap = scenario.extra.get("cap")
         if cap:
             ax.axhline(cap, color="green", linestyle=":", linewidth=1.8, label="pooler cap")
         failed = [r.ended_at - t0 for r in scenario.results if not r.ok]
         if failed:
-            ax.plot(failed, [top * 0.02] * len(failed), "|", color="red", markersize=14, markeredgewidth=1.5,
-                    label="a failed invocation")  # fmt: skip
+            ax.plot(
+                failed,
+                [top * 0.02] * len(failed),
+                "|",
+                color="red",
+                markersize=14,
+                markeredgewidth=1.5,
+                label="a failed invocation",
+            )
         summary = scenario.summary()
         verdict = f"{summary['failures']} of {summary['invocations']} failed"
         peak = f"peak {summary['peak_backends']} backends" + (f" (cap {cap})" if cap else "")
@@ -76,11 +96,10 @@ def draw_comparison(report: Report, path: str | Path) -> Path:
         ax.set_ylim(0, top * 1.12)
     # Shared x: one explicit range covering every run (a per-panel set_xlim would freeze the
     # shared range at the first panel's data).
-    end = max([0.0, *(t for f in flights for t, _ in f),
-               *(t - _start(s) for s in scenarios for t, _ in s.timeline)])  # fmt: skip
+    end = max([0.0, *(t for f in flights for t, _ in f), *(t - _start(s) for s in scenarios for t, _ in s.timeline)])
     axes[0].set_xlim(0, end * 1.02 or 1.0)
     axes[0].set_ylabel("connections")
-    handles: dict[str, object] = {}
+    handles: dict[str, Artist] = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
@@ -88,8 +107,9 @@ def draw_comparison(report: Report, path: str | Path) -> Path:
     width = fig.get_figwidth()
     title = textwrap.wrap(report.title + (f" \u2014 limit {limit}" if limit is not None else ""), int(width * 10))
     fig.suptitle("\n".join(title), fontsize=12)
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(5, len(handles)), fontsize=9,
-               frameon=False)  # fmt: skip
+    fig.legend(
+        list(handles.values()), list(handles), loc="lower center", ncol=min(5, len(handles)), fontsize=9, frameon=False
+    )
     fig.tight_layout(rect=(0, 0.08, 1, 1 - 0.04 * (len(title) - 1)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -47,12 +47,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lambdapool.errors import ConfigError, LambdapoolError
 from lambdapool.emulator import processes
 from lambdapool.emulator.base import Fleet
 from lambdapool.emulator.results import InvocationResult, throttled
 from lambdapool.emulator.runtime_api import NextInvocation, error_fields, serve
 from lambdapool.emulator.zygote import ForkServer
+from lambdapool.errors import ConfigError, LambdapoolError
 from lambdapool.spawning import child_setup
 
 INIT_TIMEOUT = 10.0  # Lambda's limit on the init phase of an on-demand environment
@@ -92,18 +92,25 @@ class _Invocation:
         self.worker: int | None = None  # the Runtime API connection (runtime process) it went to
         self.future: asyncio.Future[InvocationResult] = asyncio.get_running_loop().create_future()
 
-    def finish(self, env: Environment, ok: bool, payload: Any = None,
-               error: tuple[str, str] | None = None) -> None:  # fmt: skip
+    def finish(self, env: Environment, ok: bool, payload: Any = None, error: tuple[str, str] | None = None) -> None:
         if self.future.done():
             return
-        self.future.set_result(InvocationResult(
-            request_id=self.request_id, instance_id=env.id, cold=self.cold,
-            init_ms=env.init_ms if self.cold else None,
-            latency_ms=(time.monotonic() - self.t0) * 1000, ok=ok, payload=payload,
-            error_type=error[0] if error else None, error_message=error[1] if error else None,
-            started_at=self.started_at, ended_at=time.time(),
-            process_id=f"{env.id}/{self.worker}" if self.worker is not None and env.fleet.max_concurrency else None,
-        ))  # fmt: skip
+        self.future.set_result(
+            InvocationResult(
+                request_id=self.request_id,
+                instance_id=env.id,
+                cold=self.cold,
+                init_ms=env.init_ms if self.cold else None,
+                latency_ms=(time.monotonic() - self.t0) * 1000,
+                ok=ok,
+                payload=payload,
+                error_type=error[0] if error else None,
+                error_message=error[1] if error else None,
+                started_at=self.started_at,
+                ended_at=time.time(),
+                process_id=f"{env.id}/{self.worker}" if self.worker is not None and env.fleet.max_concurrency else None,
+            )
+        )
 
 
 class Environment:
@@ -144,8 +151,17 @@ class Environment:
 
     def info(self) -> EnvironmentInfo:
         workers = tuple(processes.children(self.pid)) if self.fleet.max_concurrency and self.pid > 0 else ()
-        return EnvironmentInfo(self.id, self.pid, self.state, self.frozen_confirmed, self.invocations,
-                               self.init_ms, self.returncode, self.load, workers)  # fmt: skip
+        return EnvironmentInfo(
+            self.id,
+            self.pid,
+            self.state,
+            self.frozen_confirmed,
+            self.invocations,
+            self.init_ms,
+            self.returncode,
+            self.load,
+            workers,
+        )
 
     # -- lifecycle (called by the fleet) -----------------------------------------------------
     async def launch(self, init_type: str) -> None:
@@ -164,9 +180,13 @@ class Environment:
         with open(self.log_path, "ab") as log:
             proc = subprocess.Popen(
                 [fleet.python, "-m", "awslambdaric", fleet.handler],
-                cwd=fleet.task_root, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=fleet.task_root,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 preexec_fn=lambda: child_setup(None),
-            )  # fmt: skip
+            )
         self.pid = proc.pid
         self._watch_exit(proc)
 
@@ -256,8 +276,13 @@ class Environment:
 
     def _next_for(self, inv: _Invocation) -> NextInvocation:
         deadline_ms = int((time.time() + inv.timeout) * 1000)
-        return NextInvocation(inv.request_id, inv.payload, deadline_ms, self.fleet.function_arn,
-                              trace_id=f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)};Sampled=0")  # fmt: skip
+        return NextInvocation(
+            inv.request_id,
+            inv.payload,
+            deadline_ms,
+            self.fleet.function_arn,
+            trace_id=f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)};Sampled=0",
+        )
 
     # -- the Runtime API side ------------------------------------------------------------------
     async def next_invocation(self, worker: int) -> NextInvocation:
@@ -374,14 +399,20 @@ class LambdaFleet(Fleet):
         if timeout <= 0:
             raise ConfigError(f"timeout={timeout!r}: must be a positive number of seconds")
         if max_concurrency is not None and (isinstance(max_concurrency, bool) or max_concurrency < 1):
-            raise ConfigError(f"max_concurrency={max_concurrency!r}: processes per Managed Instances environment, "
-                              f"at least 1 (or None for on-demand environments)")  # fmt: skip
+            raise ConfigError(
+                f"max_concurrency={max_concurrency!r}: processes per Managed Instances environment, "
+                f"at least 1 (or None for on-demand environments)"
+            )
         if max_concurrency is not None and freeze:
-            raise ConfigError("freeze=True with max_concurrency: Lambda Managed Instances never freeze an "
-                              "environment; leave freeze unset")  # fmt: skip
+            raise ConfigError(
+                "freeze=True with max_concurrency: Lambda Managed Instances never freeze an "
+                "environment; leave freeze unset"
+            )
         if max_environments is not None and max_environments < 1:
-            raise ConfigError(f"max_environments={max_environments!r}: must be at least 1 (or None: "
-                              f"reserved_concurrency / max_concurrency, rounded up)")  # fmt: skip
+            raise ConfigError(
+                f"max_environments={max_environments!r}: must be at least 1 (or None: "
+                f"reserved_concurrency / max_concurrency, rounded up)"
+            )
         self.handler = handler
         self.task_root = str(Path(task_root).resolve())
         self.env = dict(env or {})
@@ -413,8 +444,10 @@ class LambdaFleet(Fleet):
 
     def __repr__(self) -> str:
         mode = f" max_concurrency={self.max_concurrency}" if self.max_concurrency else ""
-        return (f"<LambdaFleet {self.handler} environments={len(self._envs)} "
-                f"reserved_concurrency={self.reserved_concurrency}{mode}>")  # fmt: skip
+        return (
+            f"<LambdaFleet {self.handler} environments={len(self._envs)} "
+            f"reserved_concurrency={self.reserved_concurrency}{mode}>"
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> LambdaFleet:
@@ -505,8 +538,9 @@ class LambdaFleet(Fleet):
         if env is None:
             why = self._throttle_reason()
             if why is not None:
-                return self.ledger.record(throttled(inv.request_id, inv.started_at, time.time(),
-                                                    (time.monotonic() - inv.t0) * 1000, why))  # fmt: skip
+                return self.ledger.record(
+                    throttled(inv.request_id, inv.started_at, time.time(), (time.monotonic() - inv.t0) * 1000, why)
+                )
             env = self._new_environment()
         inv.cold = env.init_ms is None  # it waits for an init: its own (on demand) or a shared one
         env.assign(inv)  # before the launch is awaited, so that nobody else takes its slot
@@ -529,14 +563,20 @@ class LambdaFleet(Fleet):
         if self.max_concurrency is None:
             if len(self._envs) < self.reserved_concurrency:
                 return None
-            return (f"Rate Exceeded. (ReservedFunctionConcurrentInvocationLimitExceeded: "
-                    f"{len(self._envs)} of {self.reserved_concurrency} environments busy)")  # fmt: skip
+            return (
+                f"Rate Exceeded. (ReservedFunctionConcurrentInvocationLimitExceeded: "
+                f"{len(self._envs)} of {self.reserved_concurrency} environments busy)"
+            )
         if self._in_flight() >= self.reserved_concurrency:
-            return (f"Rate Exceeded. (ReservedFunctionConcurrentInvocationLimitExceeded: {self._in_flight()} of "
-                    f"{self.reserved_concurrency} invocations in flight)")  # fmt: skip
+            return (
+                f"Rate Exceeded. (ReservedFunctionConcurrentInvocationLimitExceeded: {self._in_flight()} of "
+                f"{self.reserved_concurrency} invocations in flight)"
+            )
         if len(self._envs) >= self.max_environments:
-            return (f"Rate Exceeded. ({len(self._envs)} of {self.max_environments} Managed Instances environments, "
-                    f"each with {self.max_concurrency} invocations in flight)")  # fmt: skip
+            return (
+                f"Rate Exceeded. ({len(self._envs)} of {self.max_environments} Managed Instances environments, "
+                f"each with {self.max_concurrency} invocations in flight)"
+            )
         return None
 
     def _environment_with_room(self) -> Environment | None:
@@ -584,14 +624,20 @@ class LambdaFleet(Fleet):
         return self._call(self._provision(count, timeout))
 
     async def _provision(self, count: int, timeout: float) -> list[str]:
-        cap, setting = ((self.max_environments, f"max_environments={self.max_environments}") if self.max_concurrency
-                        else (self.reserved_concurrency, f"reserved_concurrency={self.reserved_concurrency}"))  # fmt: skip
+        cap, setting = (
+            (self.max_environments, f"max_environments={self.max_environments}")
+            if self.max_concurrency
+            else (self.reserved_concurrency, f"reserved_concurrency={self.reserved_concurrency}")
+        )
         room = cap - len(self._envs)
         if count > room:
             raise ConfigError(f"provision(count={count}): only {room} environments left under {setting}")
         init_type = None if self.max_concurrency else "provisioned-concurrency"
         envs = [await self._launch(init_type) for _ in range(count)]
-        waits = [asyncio.wait({e.ready, e.exited}, return_when=asyncio.FIRST_COMPLETED) for e in envs]
+        waits = []
+        for e in envs:
+            ready_or_exited: set[asyncio.Future[Any]] = {e.ready, e.exited}
+            waits.append(asyncio.wait(ready_or_exited, return_when=asyncio.FIRST_COMPLETED))
         await asyncio.wait_for(asyncio.gather(*waits), timeout)
         failed = [e for e in envs if not e.ready.done()]
         if failed:
@@ -667,7 +713,9 @@ class LambdaFleet(Fleet):
 
     async def _reap_idle(self, idle_for: float) -> list[str]:
         now = time.monotonic()
-        victims = [e for e in self._envs.values() if e.state == "idle" and e.load == 0 and now - e.idle_since >= idle_for]
+        victims = [
+            e for e in self._envs.values() if e.state == "idle" and e.load == 0 and now - e.idle_since >= idle_for
+        ]
         await self._reap(victims)
         return [e.id for e in victims]
 

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lambdapool.errors import ConfigError
-from lambdapool.emulator.lambda_fleet import ACCOUNT
 from lambdapool.emulator.base import Fleet
+from lambdapool.emulator.lambda_fleet import ACCOUNT
 from lambdapool.emulator.results import InvocationResult, throttled
+from lambdapool.errors import ConfigError
 
 Handler = Callable[[Any, Any], Any]
 
@@ -160,7 +160,9 @@ class LightFleet(Fleet):
         inst, cold = self._acquire()
         if inst is None:
             why = f"Rate Exceeded. (all {self.reserved_concurrency} instances busy)"
-            return self.ledger.record(throttled(request_id, started_at, time.time(), (time.monotonic() - t0) * 1000, why))
+            return self.ledger.record(
+                throttled(request_id, started_at, time.time(), (time.monotonic() - t0) * 1000, why)
+            )
         init_ms = None
         ok, payload, error = True, None, None
         try:
@@ -168,20 +170,33 @@ class LightFleet(Fleet):
                 inst.handler = self.factory()
                 init_ms = (time.monotonic() - t0) * 1000
             assert inst.handler is not None
-            context = LightContext(request_id, time.time() + self.timeout, self.function_name, self.memory_mb,
-                                   self.function_arn, log_group_name=f"/aws/lambda/{self.function_name}",
-                                   log_stream_name=inst.id)  # fmt: skip
+            context = LightContext(
+                request_id,
+                time.time() + self.timeout,
+                self.function_name,
+                self.memory_mb,
+                self.function_arn,
+                log_group_name=f"/aws/lambda/{self.function_name}",
+                log_stream_name=inst.id,
+            )
             payload = inst.handler(event, context)
         except Exception as exc:  # the handler's error is the invocation's result
             ok, error = False, (type(exc).__name__, str(exc))
             if cold and inst.handler is None:  # the factory failed: like an init error, no instance
                 error = ("Runtime.InitError", f"{type(exc).__name__}: {exc}")
         result = InvocationResult(
-            request_id=request_id, instance_id=inst.id, cold=cold, init_ms=init_ms,
-            latency_ms=(time.monotonic() - t0) * 1000, ok=ok, payload=payload,
-            error_type=error[0] if error else None, error_message=error[1] if error else None,
-            started_at=started_at, ended_at=time.time(),
-        )  # fmt: skip
+            request_id=request_id,
+            instance_id=inst.id,
+            cold=cold,
+            init_ms=init_ms,
+            latency_ms=(time.monotonic() - t0) * 1000,
+            ok=ok,
+            payload=payload,
+            error_type=error[0] if error else None,
+            error_message=error[1] if error else None,
+            started_at=started_at,
+            ended_at=time.time(),
+        )
         self._release(inst)
         return self.ledger.record(result)
 

@@ -91,9 +91,13 @@ class Report:
     ) -> Scenario:
         """Add a scenario; ``extra`` adds rows of its own (``reconnects=3``, ``pinned=0``)."""
         scenario = Scenario(
-            name, list(results), list(sampler.timeline) if sampler else [], limit,
-            sampler.rate_hz if sampler else None, dict(extra),
-        )  # fmt: skip
+            name,
+            list(results),
+            list(sampler.timeline) if sampler else [],
+            limit,
+            sampler.rate_hz if sampler else None,
+            dict(extra),
+        )
         self.scenarios.append(scenario)
         return scenario
 
@@ -113,7 +117,9 @@ class Report:
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = [self.title]
         for i, row in enumerate(rows):
-            lines.append("  ".join(cell.ljust(w) if j == 0 else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths))))
+            lines.append(
+                "  ".join(cell.ljust(w) if j == 0 else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths)))
+            )
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths))
         return "\n".join(lines)

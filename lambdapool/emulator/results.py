@@ -57,9 +57,17 @@ class InvocationResult:
 def throttled(request_id: str, started_at: float, ended_at: float, latency_ms: float, why: str) -> InvocationResult:
     """The result of an invocation refused for want of concurrency."""
     return InvocationResult(
-        request_id=request_id, instance_id=None, cold=False, init_ms=None, latency_ms=latency_ms,
-        ok=False, error_type=THROTTLED, error_message=why, started_at=started_at, ended_at=ended_at,
-    )  # fmt: skip
+        request_id=request_id,
+        instance_id=None,
+        cold=False,
+        init_ms=None,
+        latency_ms=latency_ms,
+        ok=False,
+        error_type=THROTTLED,
+        error_message=why,
+        started_at=started_at,
+        ended_at=ended_at,
+    )
 
 
 def percentile(values: Iterable[float], pct: float) -> float | None:
@@ -76,8 +84,15 @@ class Ledger:
 
     def __init__(self) -> None:
         self.results: list[InvocationResult] = []
-        self.counters = {"invocations": 0, "cold_starts": 0, "throttles": 0, "errors": 0,
-                         "instances_started": 0, "reaped": 0, "peak_instances": 0}  # fmt: skip
+        self.counters = {
+            "invocations": 0,
+            "cold_starts": 0,
+            "throttles": 0,
+            "errors": 0,
+            "instances_started": 0,
+            "reaped": 0,
+            "peak_instances": 0,
+        }
         self._lock = threading.Lock()
 
     def record(self, result: InvocationResult) -> InvocationResult:

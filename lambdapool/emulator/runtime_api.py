@@ -27,8 +27,16 @@ NEXT = f"{PREFIX}/invocation/next"
 INIT_ERROR = f"{PREFIX}/init/error"
 ERROR_TYPE_HEADER = "lambda-runtime-function-error-type"
 
-_REASONS = {100: "Continue", 200: "OK", 202: "Accepted", 400: "Bad Request", 403: "Forbidden",
-            404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}  # fmt: skip
+_REASONS = {
+    100: "Continue",
+    200: "OK",
+    202: "Accepted",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+}
 
 
 @dataclass
@@ -84,8 +92,9 @@ def error_fields(error_type: str, body: bytes) -> tuple[str, str]:
     return (error_type or str(doc.get("errorType") or "Unhandled"), str(doc.get("errorMessage", "")))
 
 
-async def _connection(handler: RuntimeHandler, worker: int, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:  # fmt: skip
+async def _connection(
+    handler: RuntimeHandler, worker: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
     try:
         while (request := await _read_request(reader, writer)) is not None:
             status, headers, body = await _route(handler, worker, reader, *request)
@@ -146,7 +155,7 @@ async def _read_request(
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    parts = []
+    parts: list[bytes] = []
     while True:
         size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
         if size == 0:
@@ -164,8 +173,13 @@ def _response(status: int, headers: dict[str, str], body: bytes) -> bytes:
 
 
 async def _route(
-    handler: RuntimeHandler, worker: int, reader: asyncio.StreamReader, method: str, target: str,
-    headers: dict[str, str], body: bytes,
+    handler: RuntimeHandler,
+    worker: int,
+    reader: asyncio.StreamReader,
+    method: str,
+    target: str,
+    headers: dict[str, str],
+    body: bytes,
 ) -> tuple[int, dict[str, str], bytes]:
     path = target.split("?", 1)[0]
     if path == NEXT:

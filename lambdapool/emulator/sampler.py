@@ -124,8 +124,9 @@ class BackendSampler(Sampler):
     def _connect(self) -> None:
         import psycopg
 
-        self._conn = psycopg.connect(self.dsn, autocommit=True, application_name="lambdapool-sampler",
-                                     connect_timeout=5)  # fmt: skip
+        self._conn = psycopg.connect(
+            self.dsn, autocommit=True, application_name="lambdapool-sampler", connect_timeout=5
+        )
 
     def _count(self) -> int:
         return count_on(self._conn, self.application_name_like)
@@ -145,8 +146,7 @@ class PgBouncerSampler(Sampler):
         import psycopg
 
         # The console speaks only the simple query protocol: a client-side-binding cursor.
-        self._conn = psycopg.connect(self.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor,
-                                     connect_timeout=5)  # fmt: skip
+        self._conn = psycopg.connect(self.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor, connect_timeout=5)
 
     def _count(self) -> int:
         cur = self._conn.execute("SHOW POOLS")

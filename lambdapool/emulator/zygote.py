@@ -141,9 +141,11 @@ class ForkServer:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [self.python, "-c", _ENTRY, *self.preload],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
                 preexec_fn=lambda: child_setup(None),
-            )  # fmt: skip
+            )
         assert self.proc.stdout is not None
         loop.add_reader(self.proc.stdout.fileno(), self._readable)
         # Requests go through a buffering transport: a blocking write from the loop could wait on
@@ -220,4 +222,3 @@ class ForkServer:
             self.proc.wait()
         self.proc.stdout.close()
         self.proc = None
-

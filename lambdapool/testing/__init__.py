@@ -3,6 +3,7 @@ TLS helpers and a pytest plugin. The local proxy (:mod:`lambdapool.proxy`) and t
 (:mod:`lambdapool.emulator`) are product code; ``LocalProxy`` is re-exported here for tests.
 Nothing here is imported by ``import lambdapool``."""
 
+from lambdapool.proxy import LocalProxy
 from lambdapool.testing.postgres import (
     ExternalPostgres,
     PostgresNotFound,
@@ -11,7 +12,6 @@ from lambdapool.testing.postgres import (
     free_port,
     postgres_from_env,
 )
-from lambdapool.proxy import LocalProxy
 from lambdapool.waiting import WaitTimeout, wait_for
 
 __all__ = [

@@ -62,8 +62,9 @@ def _client(service: str, region: str, endpoint_url: str | None) -> Any:
     return boto3.client(service, region_name=region, endpoint_url=endpoint_url)
 
 
-def create_db_proxy(name: str, endpoint_host: str, *, region: str = "us-east-1",
-                    endpoint_url: str | None = None, iam: bool = True) -> str:  # fmt: skip
+def create_db_proxy(
+    name: str, endpoint_host: str, *, region: str = "us-east-1", endpoint_url: str | None = None, iam: bool = True
+) -> str:
     """Create an RDS Proxy in moto (VPC and subnets first, moto checks them) and point its
     endpoint at ``endpoint_host`` (moto has no API for that: its backend is set directly,
     which works for the in-process mock and the threaded server alike)."""
@@ -71,10 +72,13 @@ def create_db_proxy(name: str, endpoint_host: str, *, region: str = "us-east-1",
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24")["Subnet"]["SubnetId"] for i in (1, 2)]
     _client("rds", region, endpoint_url).create_db_proxy(
-        DBProxyName=name, EngineFamily="POSTGRESQL", RequireTLS=True,
+        DBProxyName=name,
+        EngineFamily="POSTGRESQL",
+        RequireTLS=True,
         Auth=[{"AuthScheme": "SECRETS", "IAMAuth": "REQUIRED" if iam else "DISABLED"}],
-        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/{name}", VpcSubnetIds=subnets,
-    )  # fmt: skip
+        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/{name}",
+        VpcSubnetIds=subnets,
+    )
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.rds.models import rds_backends
 
@@ -82,15 +86,17 @@ def create_db_proxy(name: str, endpoint_host: str, *, region: str = "us-east-1",
     return endpoint_host
 
 
-def create_secret(name: str, fields: dict[str, Any], *, region: str = "us-east-1",
-                  endpoint_url: str | None = None) -> str:  # fmt: skip
+def create_secret(
+    name: str, fields: dict[str, Any], *, region: str = "us-east-1", endpoint_url: str | None = None
+) -> str:
     """A Secrets Manager secret in the RDS JSON shape; returns its ARN."""
     client = _client("secretsmanager", region, endpoint_url)
     return client.create_secret(Name=name, SecretString=json.dumps(fields))["ARN"]
 
 
-def rotate_secret(arn: str, fields: dict[str, Any], *, region: str = "us-east-1",
-                  endpoint_url: str | None = None) -> None:  # fmt: skip
+def rotate_secret(
+    arn: str, fields: dict[str, Any], *, region: str = "us-east-1", endpoint_url: str | None = None
+) -> None:
     """The rotation's "set secret" step: put the new value as AWSCURRENT (moto cannot run a
     rotation Lambda without Docker; the test changes the database password itself)."""
     client = _client("secretsmanager", region, endpoint_url)

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from lambdapool.errors import LambdapoolError
 from lambdapool.emulator.backends import client_backends
-from lambdapool.testing.process import ServerProcess, preexec, run_as
+from lambdapool.errors import LambdapoolError
 from lambdapool.spawning import free_port  # noqa: F401  (public here: lambdapool.testing.free_port)
+from lambdapool.testing.process import ServerProcess, preexec, run_as
 
 DIR_PREFIX = "lambdapool-pg-"
 SUPERUSER = "postgres"
@@ -148,11 +148,27 @@ def _self_signed_cert(directory: Path, host: str) -> tuple[Path, Path]:
                 "tls=True needs a certificate: pip install cryptography, or install openssl"
             ) from None
         subprocess.run(
-            [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-             "-subj", f"/CN={host}", "-addext", f"subjectAltName=IP:{host}",
-             "-keyout", str(key), "-out", str(crt)],
-            check=True, capture_output=True,
-        )  # fmt: skip
+            [
+                openssl,
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                f"/CN={host}",
+                "-addext",
+                f"subjectAltName=IP:{host}",
+                "-keyout",
+                str(key),
+                "-out",
+                str(crt),
+            ],
+            check=True,
+            capture_output=True,
+        )
     key.chmod(0o600)
     return crt, key
 
@@ -225,8 +241,18 @@ class PostgresServer(ServerProcess):
         base = self._make_dir(0o755)
         self._chown(base)
         data = base / "data"
-        cmd = [os.path.join(bin_dir, "initdb"), "-D", str(data), "-U", SUPERUSER, "-E", "UTF8",
-               "--locale=C", "--no-sync", "--auth-local=trust"]  # fmt: skip
+        cmd = [
+            os.path.join(bin_dir, "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            SUPERUSER,
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--auth-local=trust",
+        ]
         if self.password:
             pwfile = base / "pwfile"
             pwfile.write_text(self.password + "\n")
@@ -261,8 +287,11 @@ class PostgresServer(ServerProcess):
             "wal_level": "minimal",
         }
         if self.tls:
-            conf.update(ssl="on", ssl_cert_file=str(self.base_dir / "server.crt"),
-                        ssl_key_file=str(self.base_dir / "server.key"))  # fmt: skip
+            conf.update(
+                ssl="on",
+                ssl_cert_file=str(self.base_dir / "server.crt"),
+                ssl_key_file=str(self.base_dir / "server.key"),
+            )
         if self.idle_session_timeout is not None:
             conf["idle_session_timeout"] = self.idle_session_timeout
         conf.update(self.settings)
@@ -301,11 +330,30 @@ class PostgresServer(ServerProcess):
         """Run SQL as the superuser over the cluster's Unix socket; returns unaligned output."""
         assert self.base_dir is not None and self.bin_dir is not None
         out = subprocess.run(
-            [os.path.join(self.bin_dir, "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-             "-h", str(self.base_dir), "-p", str(self.port), "-U", SUPERUSER,
-             "-d", dbname or self.database, "-c", sql],
-            capture_output=True, text=True, timeout=60, preexec_fn=preexec(self._user),
-        )  # fmt: skip
+            [
+                os.path.join(self.bin_dir, "psql"),
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                str(self.base_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                SUPERUSER,
+                "-d",
+                dbname or self.database,
+                "-c",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            preexec_fn=preexec(self._user),
+        )
         if out.returncode != 0:
             raise PostgresStartError(f"psql failed: {out.stderr.strip()}")
         return out.stdout.strip()

@@ -25,12 +25,14 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from lambdapool.errors import LambdapoolError
 from lambdapool.spawning import child_setup, free_port, pid_alive
 from lambdapool.waiting import WaitTimeout, wait_for
 
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+
 
 
 def run_as(not_found: type[LambdapoolError]) -> pwd.struct_passwd | None:
@@ -46,7 +48,6 @@ def run_as(not_found: type[LambdapoolError]) -> pwd.struct_passwd | None:
             f"running as root, and Postgres and PgBouncer refuse root; user {name!r} does not exist. "
             "Create it (useradd --system postgres) or set LAMBDAPOOL_PG_USER to another user."
         ) from None
-
 
 
 def preexec(user: pwd.struct_passwd | None) -> Callable[[], None]:
@@ -69,7 +70,6 @@ def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
 
 
 def sweep_orphans(prefix: str, pidfile: str, program: str, sig: int, tmp_root: str | None = None) -> list[str]:
@@ -171,9 +171,13 @@ class ServerProcess:
             self.port = self.port or free_port(self.host)
             with open(self.log_file, "ab") as log:
                 self._proc = subprocess.Popen(
-                    command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    cwd=self.base_dir, preexec_fn=preexec(user),
-                )  # fmt: skip
+                    command(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.base_dir,
+                    preexec_fn=preexec(user),
+                )
             try:
                 self._wait_ready()
                 return

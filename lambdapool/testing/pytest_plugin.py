@@ -4,6 +4,8 @@
   when ``LAMBDAPOOL_TEST_DSN`` is set, else a private throwaway cluster.
 * ``pg_factory`` (function): ``pg_factory(max_connections=30, password="pw", tls=True, ...)``
   starts private clusters with the settings a test needs and stops them at teardown.
+* ``pg_session_factory`` (session): the same, for session-scoped fixtures of your own that
+  need a special server (``password=...``, ``settings={...}``); stopped at the session's end.
 * :func:`missing` skips a test on a laptop that lacks a component, but fails it in CI
   (``CI=true``), so a skipped test is never counted as passing there.
 """
@@ -57,8 +59,8 @@ def pg_server() -> Iterator[PostgresServer | ExternalPostgres]:
         server.stop()
 
 
-@pytest.fixture
-def pg_factory() -> Iterator[Callable[..., PostgresServer]]:
+def _pg_factory() -> Iterator[Callable[..., PostgresServer]]:
+    """The body of ``pg_factory`` and ``pg_session_factory``: they differ only in scope."""
     started: list[PostgresServer] = []
 
     def make(**settings: object) -> PostgresServer:
@@ -72,6 +74,16 @@ def pg_factory() -> Iterator[Callable[..., PostgresServer]]:
     finally:
         for server in started:
             server.stop()
+
+
+@pytest.fixture
+def pg_factory() -> Iterator[Callable[..., PostgresServer]]:
+    yield from _pg_factory()
+
+
+@pytest.fixture(scope="session")
+def pg_session_factory() -> Iterator[Callable[..., PostgresServer]]:
+    yield from _pg_factory()
 
 
 @pytest.fixture
@@ -108,4 +120,7 @@ def moto_url(moto_server_url: str, aws_env: str) -> str:
 
     reset_moto(moto_server_url)
     return moto_server_url
-from lambdapool.testing.fleet_fixtures import *  # noqa: F401,F403
+
+
+# Last: fleet_fixtures imports missing() from this module.
+from lambdapool.testing.fleet_fixtures import *  # noqa: E402, F403
