@@ -89,10 +89,9 @@ class InvocationScope:
         db = self._db
         lender = db._lender
         try:
-            if not lender.finish_warm(state):
-                if db.is_async:
-                    await lender.finish(state)
-                else:  # an async app on a sync driver (FastAPI with psycopg)
-                    lender.finish(state)
+            if db.is_async:
+                await lender.end(state)
+            else:  # an async app on a sync driver (FastAPI with psycopg)
+                lender.end(state)
         finally:
             db._after(state)
