@@ -7,8 +7,10 @@ read or write Postgres messages on its own sockets.
 from lambdapool.proto.framing import (
     NEED_DATA,
     CancelRequest,
+    Event,
     GSSENCRequest,
     Message,
+    NeedData,
     Parser,
     ProtocolError,
     SSLAnswer,
@@ -19,8 +21,10 @@ from lambdapool.proto.framing import (
 __all__ = [
     "NEED_DATA",
     "CancelRequest",
+    "Event",
     "GSSENCRequest",
     "Message",
+    "NeedData",
     "Parser",
     "ProtocolError",
     "SSLAnswer",

@@ -25,14 +25,25 @@ Bodies are parsed on demand by :mod:`lambdapool.proto.messages`.
 
 from __future__ import annotations
 
+import enum
 import struct
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 _I32 = struct.Struct("!i")
 _HDR = struct.Struct("!ci")
 
-NEED_DATA = type("NeedData", (), {"__repr__": lambda self: "NEED_DATA"})()
+
+class NeedData(enum.Enum):
+    """The type of :data:`NEED_DATA` (a one-member enum, so type checkers narrow ``is NEED_DATA``)."""
+
+    NEED_DATA = "NEED_DATA"
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = NeedData.NEED_DATA
 """Returned by :meth:`Parser.next_event` when the buffer holds no complete message."""
 
 SSL_REQUEST_CODE = 80877103
@@ -104,10 +115,13 @@ class SSLAnswer:
     accepted: bool
 
 
+Event = Message | SSLRequest | GSSENCRequest | CancelRequest | StartupMessage | SSLAnswer
+
+
 class Parser:
     """Frames one direction of a connection; ``frontend=True`` for what a client sends."""
 
-    def __init__(self, *, frontend: bool, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+    def __init__(self, *, frontend: bool, max_message: int = DEFAULT_MAX_MESSAGE, startup: bool | None = None) -> None:
         # The buffer is immutable bytes: a chunk holding whole messages is parsed in place and
         # each message is one slice (one copy). A large message arriving in pieces collects
         # in ``_more`` until it is complete, so assembling it stays linear.
@@ -116,7 +130,8 @@ class Parser:
         self._more: list[bytes] = []
         self._more_len = 0
         self._need = 0
-        self._startup = frontend
+        # a frontend begins with its startup packet; ``startup=False`` picks it up after one
+        self._startup = frontend if startup is None else startup
         self._frontend = frontend
         self._ssl_answer = False
         self._max = max_message
@@ -157,11 +172,12 @@ class Parser:
         rest, self._buf = self._buf, b""
         return rest
 
-    def _fail(self, message: str) -> ProtocolError:
+    def fail(self, message: str) -> ProtocolError:
+        """Record ``message`` as this stream's error (every later call raises it) and return it."""
         self._error = ProtocolError(message)
         return self._error
 
-    def next_event(self):
+    def next_event(self) -> Event | NeedData:
         """The next complete event, or :data:`NEED_DATA`; raises :class:`ProtocolError`."""
         if self._error is not None:
             raise self._error
@@ -174,7 +190,7 @@ class Parser:
             self._pos = pos + 1
             self._ssl_answer = False
             if answer not in b"SN":
-                raise self._fail(f"invalid answer to SSLRequest: {bytes([answer])!r}")
+                raise self.fail(f"invalid answer to SSLRequest: {bytes([answer])!r}")
             return SSLAnswer(answer == ord("S"))
         if self._startup:
             return self._next_startup(buf, pos, avail)
@@ -182,9 +198,9 @@ class Parser:
             return NEED_DATA
         kind, length = _HDR.unpack_from(buf, pos)
         if length < 4 or length > self._max:
-            raise self._fail(f"invalid message length {length} for message type {kind!r}")
+            raise self.fail(f"invalid message length {length} for message type {kind!r}")
         if self._frontend and kind.decode("latin-1") not in FRONTEND_TYPES:
-            raise self._fail(f"invalid frontend message type {kind!r}")
+            raise self.fail(f"invalid frontend message type {kind!r}")
         end = pos + 1 + length
         if end > len(buf):
             self._need = end - len(buf)
@@ -192,20 +208,20 @@ class Parser:
         self._pos = end
         return Message(kind.decode("latin-1"), buf[pos:end])
 
-    def _next_startup(self, buf: bytes, pos: int, avail: int):
+    def _next_startup(self, buf: bytes, pos: int, avail: int) -> Event | NeedData:
         if avail < 4:
             return NEED_DATA
         (length,) = _I32.unpack_from(buf, pos)
         if length < 8 or length > MAX_STARTUP_PACKET:
-            raise self._fail(f"invalid startup packet length {length}")
+            raise self.fail(f"invalid startup packet length {length}")
         if avail < 8:
             return NEED_DATA
         (code,) = _I32.unpack_from(buf, pos + 4)
         fixed = {SSL_REQUEST_CODE: 8, GSSENC_REQUEST_CODE: 8, CANCEL_REQUEST_CODE: 16}.get(code)
         if fixed is not None and length != fixed:
-            raise self._fail(f"invalid length {length} for startup code {code}")
+            raise self.fail(f"invalid length {length} for startup code {code}")
         if fixed is None and code >> 16 != 3:
-            raise self._fail(f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}")
+            raise self.fail(f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}")
         if avail < length:
             return NEED_DATA
         body = buf[pos + 8 : pos + length]
@@ -220,15 +236,26 @@ class Parser:
         self._startup = False
         return StartupMessage(code, _parse_startup_params(body, self))
 
-    def events(self) -> list:
+    def events(self) -> list[Event]:
         """All complete events now buffered; the same as calling :meth:`next_event` until
-        :data:`NEED_DATA`, with a tight loop for typed messages (a relay's hot path)."""
-        out = []
+        :data:`NEED_DATA`."""
+        out: list[Event] = []
         while self._startup or self._ssl_answer or self._error is not None:
             event = self.next_event()
             if event is NEED_DATA:
                 return out
             out.append(event)
+        out.extend(self.messages())
+        return out
+
+    def messages(self) -> list[Message]:
+        """All complete typed messages now buffered, once past the startup packet (or SSL answer):
+        :meth:`events` with a tight loop for a relay's hot path."""
+        if self._error is not None:
+            raise self._error
+        if self._startup or self._ssl_answer:
+            raise RuntimeError("Parser.messages() called before the startup packet or SSL answer was read")
+        out: list[Message] = []
         buf, pos, limit = self._buf, self._pos, self._max
         allowed = _FRONTEND_BYTES if self._frontend else _ALL_BYTES
         total = len(buf)
@@ -255,13 +282,13 @@ def _parse_startup_params(body: bytes, parser: Parser) -> dict[str, str]:
     parts = body.split(b"\0")
     # Well formed: k\0v\0...k\0v\0\0 -> split gives [k, v, ..., k, v, "", ""]
     if len(parts) < 2 or parts[-1] != b"" or parts[-2] != b"" or len(parts) % 2 != 0:
-        raise parser._fail("malformed startup packet: parameters must be NUL-terminated pairs")
+        raise parser.fail("malformed startup packet: parameters must be NUL-terminated pairs")
     params: dict[str, str] = {}
     for i in range(0, len(parts) - 2, 2):
         try:
             params[parts[i].decode()] = parts[i + 1].decode()
         except UnicodeDecodeError:
-            raise parser._fail("startup parameters are not valid UTF-8") from None
+            raise parser.fail("startup parameters are not valid UTF-8") from None
     if "user" not in params:
-        raise parser._fail('no PostgreSQL user name specified in startup packet (parameter "user")')
+        raise parser.fail('no PostgreSQL user name specified in startup packet (parameter "user")')
     return params

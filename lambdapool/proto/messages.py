@@ -68,6 +68,18 @@ def parse_raw(name: bytes, rest: bytes) -> bytes:
     return frame("P", name + b"\0" + rest)
 
 
+def bind(portal: str, statement: str, params: tuple[bytes | None, ...] = ()) -> bytes:
+    """A Bind of text parameters (None: NULL), results in text."""
+    values = b"".join(struct.pack("!i", -1) if v is None else struct.pack("!i", len(v)) + v for v in params)
+    return frame(
+        "B", _cstr(portal) + _cstr(statement) + struct.pack("!hh", 0, len(params)) + values + struct.pack("!h", 0)
+    )
+
+
+def execute(portal: str = "", max_rows: int = 0) -> bytes:
+    return frame("E", _cstr(portal) + struct.pack("!i", max_rows))
+
+
 def describe(kind: str, name: str) -> bytes:
     return frame("D", kind.encode() + _cstr(name))
 
@@ -125,8 +137,9 @@ def ready_for_query(status: str = IDLE) -> bytes:
     return frame("Z", status.encode())
 
 
-def error_response(code: str, message: str, *, severity: str = "ERROR", detail: str | None = None,
-                   hint: str | None = None) -> bytes:  # fmt: skip
+def error_response(
+    code: str, message: str, *, severity: str = "ERROR", detail: str | None = None, hint: str | None = None
+) -> bytes:
     fields = [("S", severity), ("V", severity), ("C", code), ("M", message)]
     if detail:
         fields.append(("D", detail))
@@ -137,7 +150,9 @@ def error_response(code: str, message: str, *, severity: str = "ERROR", detail: 
 
 def row_description(columns: list[str]) -> bytes:
     # Every column is text (OID 25), format 0.
-    body = struct.pack("!h", len(columns)) + b"".join(_cstr(c) + struct.pack("!ihihih", 0, 0, 25, -1, -1, 0) for c in columns)
+    body = struct.pack("!h", len(columns)) + b"".join(
+        _cstr(c) + struct.pack("!ihihih", 0, 0, 25, -1, -1, 0) for c in columns
+    )
     return frame("T", body)
 
 
@@ -162,6 +177,10 @@ def parse_complete() -> bytes:
 
 def close_complete() -> bytes:
     return frame("3")
+
+
+def bind_complete() -> bytes:
+    return frame("2")
 
 
 # -- readers -------------------------------------------------------------------------------
@@ -298,7 +317,7 @@ def read_data_row(body: bytes) -> list[str | None]:
     """A DataRow ('D' from a server) of text values."""
     try:
         (count,) = struct.unpack_from("!h", body)
-        pos, out = 2, []
+        pos, out = 2, list[str | None]()
         for _ in range(count):
             (length,) = struct.unpack_from("!i", body, pos)
             pos += 4

@@ -26,6 +26,11 @@ class AuthFailed(Exception):
     """The client's credentials were refused; the message is safe to log (no secrets)."""
 
 
+# An exchange between start() and finish(): client-first-bare, server-first, nonce, GS2 header,
+# StoredKey, ServerKey (secrets: never logged; the tuple's repr is never shown)
+ScramExchange = tuple[str, str, str, str, bytes, bytes]
+
+
 class ScramVerifier:
     """Server side of SCRAM-SHA-256 (RFC 5802/7677) for a fixed user list, salted once at start.
 
@@ -44,11 +49,11 @@ class ScramVerifier:
         # Unknown users run the same exchange against a random secret, so they fail the same way.
         self._decoy = mechanism.make_auth_info(secrets.token_hex(16), iteration_count=4096)
 
-    def start(self, user: str, client_first: bytes) -> tuple[object, bytes]:
+    def start(self, user: str, client_first: bytes) -> tuple[ScramExchange, bytes]:
         """Begin an exchange; returns (state for :meth:`finish`, server-first message)."""
         try:
             text = client_first.decode()
-            gs2_flag, authzid, bare = text.split(",", 2)
+            gs2_flag, _authzid, bare = text.split(",", 2)
             attrs = dict(item.split("=", 1) for item in bare.split(","))
             client_nonce = attrs["r"]
         except (UnicodeDecodeError, ValueError, KeyError):
@@ -61,9 +66,9 @@ class ScramVerifier:
         state = (bare, server_first, nonce, text[: len(text) - len(bare)], stored_key, server_key)
         return state, server_first.encode()
 
-    def finish(self, user: str, state: object, client_final: bytes) -> bytes:
+    def finish(self, user: str, state: ScramExchange, client_final: bytes) -> bytes:
         """Check the client's proof; returns the server-final message or raises AuthFailed."""
-        bare, server_first, nonce, gs2_header, stored_key, server_key = state  # type: ignore[misc]
+        bare, server_first, nonce, gs2_header, stored_key, server_key = state
         failed = AuthFailed(f'password authentication failed for user "{user}"')
         try:
             text = client_final.decode()
@@ -93,8 +98,16 @@ def _encode(text: str) -> str:
     return quote(text, safe="-_.~")
 
 
-def verify_iam_token(token: str, *, hosts: set[str], port: int, user: str, credentials: dict[str, str],
-                     region: str | None, now: datetime.datetime | None = None) -> None:  # fmt: skip
+def verify_iam_token(
+    token: str,
+    *,
+    hosts: set[str],
+    port: int,
+    user: str,
+    credentials: dict[str, str],
+    region: str | None,
+    now: datetime.datetime | None = None,
+) -> None:
     """Raise :class:`AuthFailed` unless ``token`` is a valid RDS IAM auth token for ``user``.
 
     ``hosts``: the names the token may be made for (the proxy's host, e.g. 127.0.0.1 and
@@ -109,8 +122,16 @@ def verify_iam_token(token: str, *, hosts: set[str], port: int, user: str, crede
         params = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=True))
     except ValueError:
         raise AuthFailed(f"{bad}: the token's query string is malformed") from None
-    needed = ("Action", "DBUser", "X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
-              "X-Amz-SignedHeaders", "X-Amz-Signature")  # fmt: skip
+    needed = (
+        "Action",
+        "DBUser",
+        "X-Amz-Algorithm",
+        "X-Amz-Credential",
+        "X-Amz-Date",
+        "X-Amz-Expires",
+        "X-Amz-SignedHeaders",
+        "X-Amz-Signature",
+    )
     missing = [k for k in needed if k not in params]
     if missing:
         raise AuthFailed(f"{bad}: the token lacks {', '.join(missing)}")
@@ -123,7 +144,9 @@ def verify_iam_token(token: str, *, hosts: set[str], port: int, user: str, crede
         raise AuthFailed(f"{bad}: unsupported signing algorithm or signed headers")
     try:
         access_key, date8, token_region, service, terminator = params["X-Amz-Credential"].split("/")
-        signed_at = datetime.datetime.strptime(params["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+        signed_at = datetime.datetime.strptime(params["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(
+            tzinfo=datetime.timezone.utc
+        )
         expires = int(params["X-Amz-Expires"])
     except ValueError:
         raise AuthFailed(f"{bad}: malformed X-Amz-Credential, X-Amz-Date or X-Amz-Expires") from None
@@ -135,7 +158,9 @@ def verify_iam_token(token: str, *, hosts: set[str], port: int, user: str, crede
     if not 0 < expires <= 900:
         raise AuthFailed(f"{bad}: X-Amz-Expires must be 1..900 seconds, got {expires}")
     if now > signed_at + datetime.timedelta(seconds=expires):
-        raise AuthFailed(f"{bad}: the token expired at {signed_at + datetime.timedelta(seconds=expires):%Y-%m-%dT%H:%M:%SZ}")
+        raise AuthFailed(
+            f"{bad}: the token expired at {signed_at + datetime.timedelta(seconds=expires):%Y-%m-%dT%H:%M:%SZ}"
+        )
     if signed_at > now + CLOCK_SKEW:
         raise AuthFailed(f"{bad}: the token is dated in the future ({params['X-Amz-Date']})")
     secret = credentials.get(access_key)

@@ -1,48 +1,31 @@
-"""One server connection of the proxy: its login, and relaying its answers to the client it serves.
+"""One server connection of the proxy, as an asyncio driver: its login, then relaying to its owner.
 
 Theory of operation
 -------------------
-While lent to a client, the backend reads the server's messages and matches them, in order,
-against ``expect``: one entry per request the client side forwarded that the server answers
-(a Parse is answered by ParseComplete, a Sync or Query by ReadyForQuery, ...). That queue is
-what lets the proxy rewrite the conversation without the client noticing:
-
-* ``hidden`` entries are requests the proxy added (re-preparing a statement on this backend,
-  ``SET`` for the client's startup parameters, a reset): their answers are swallowed;
-* ``fake`` entries are requests the proxy answered itself (a Parse of a statement this backend
-  already has, a Close of a proxy-owned statement): their answer is written to the client when
-  the entry reaches the head of the queue, so the client sees answers in request order.
-
-After an ErrorResponse in the extended protocol the server skips to the next Sync, so the
-entries in between are dropped; a ReadyForQuery closes everything up to its Sync or Query.
-When a ReadyForQuery says idle (``I``) and nothing else is expected, the transaction is over and
-the backend goes back to the pool, unless its client is pinned.
+After login the backend's state (what it owes, prepared statements, applied settings) is a
+:class:`~lambdapool.proxy.backend_state.BackendState`, which does no I/O. While lent, the
+messages the server sends go to the backend's *owner* (``interfaces.BackendOwner``: a client,
+whose session matches them against that state); with no owner (a reset after a client left)
+the backend matches them itself, and returns to the pool when the reset is answered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from typing import TYPE_CHECKING
 
 from lambdapool.proto import NEED_DATA, Parser, ProtocolError, SSLAnswer
 from lambdapool.proto import messages as m
 from lambdapool.proxy.auth import md5_password
+from lambdapool.proxy.backend_state import SYNCED, BackendState
 
 if TYPE_CHECKING:
-    from lambdapool.proxy.client import Client
-    from lambdapool.proxy.config import BackendTarget
-    from lambdapool.proxy.server import ProxyServer
+    from scramp import ScramClient
 
-# Request kind -> message types that complete its answer.
-TERMINAL = {
-    "P": "1", "hP": "1", "B": "2", "DS": "Tn", "DP": "Tn", "E": "CIs", "C": "3",
-    "S": "Z", "Q": "Z", "F": "Z", "hQ": "Z",
-}  # fmt: skip
-HIDDEN = frozenset(("hP", "hQ"))
-FAKE = {"f1": m.parse_complete(), "f3": m.close_complete()}
-SIMPLE = frozenset(("Q", "F", "hQ"))  # an error inside these does not end the request
+    from lambdapool.proxy.config import BackendTarget
+    from lambdapool.proxy.interfaces import BackendOwner
+    from lambdapool.proxy.server import ProxyServer
 
 
 class BackendLoginError(Exception):
@@ -56,19 +39,22 @@ class Backend(asyncio.Protocol):
         self.parser = Parser(frontend=False)
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[Backend] = server.loop.create_future()
-        self.client: Client | None = None
-        self.expect: deque[tuple[str, bytes | None]] = deque()
-        self.status = "I"
+        self.owner: BackendOwner | None = None
+        self.state = BackendState()
         self.closed = False
-        self.prepared: set[bytes] = set()
-        self.params: dict[str, str] = {}
-        self.applied: dict[str, str] = {}
         self.pid = self.secret = 0
         self.created = time.monotonic()
         self.idle_since = self.created
-        self._scram = None
-        self.synced = True  # every request sent has been answered up to a ReadyForQuery
+        self._scram: ScramClient | None = None
         self.resetting = False
+
+    def __repr__(self) -> str:
+        return f"<Backend pid={self.pid} {self.state!r}{' closed' if self.closed else ''}>"
+
+    @property
+    def params(self) -> dict[str, str]:
+        """The server's ParameterStatus values on this connection."""
+        return self.state.params
 
     def age(self) -> float:
         return time.monotonic() - self.created
@@ -116,14 +102,14 @@ class Backend(asyncio.Protocol):
             self._auth(*m.read_auth(body))
         elif kind == "S":
             name, value = m.read_parameter_status(body)
-            self.params[name] = value
+            self.state.params[name] = value
         elif kind == "K":
             self.pid, self.secret = m.read_backend_key(body)
         elif kind == "E":
             fields = m.read_error(body)
             self._login_failed(f"{fields.get('C', '?')} {fields.get('M', '')}")
         elif kind == "Z":
-            self.status = m.read_ready(body)
+            self.state.status = m.read_ready(body)
             if not self.ready.done():
                 self.ready.set_result(self)
 
@@ -163,118 +149,57 @@ class Backend(asyncio.Protocol):
             try:
                 while not self.ready.done() and (event := parser.next_event()) is not NEED_DATA:
                     self._login_event(event)
-            except Exception as exc:  # noqa: BLE001 - a broken login is a failed connect
+            except Exception as exc:
                 self._login_failed(f"login to the server failed: {exc}")
             if not self.ready.done() or self.closed:
                 return
         self._relay()
 
     def _relay(self) -> None:
-        parser, expect, client = self.parser, self.expect, self.client
-        if client is not None:
-            client._replay = None  # the server has answered: no replaying elsewhere now
-        out: list[bytes] = []
-        saw_ready = False
         try:
-            messages = parser.events()
+            msgs = self.parser.messages()
         except ProtocolError:
             self.close()
             return
-        for msg in messages:
-            kind = msg[0]
-            if kind == "E" and client is not None and _is_fatal(msg[1]):
-                client.server_fatal = True  # relayed below: the client needs no second error
-            if not expect:
-                if kind == "S":
-                    self._note_parameter(msg)
-                out.append(msg[1])  # asynchronous: notices, notifications, parameter changes
-                continue
-            head = expect[0][0]
-            if kind == "Z":
-                self.status = msg[1][5:6].decode()
-                answered = head
-                while expect:  # everything up to the Sync/Query this answers
-                    answered = expect.popleft()[0]
-                    if answered in ("S", "Q", "F", "hQ"):
-                        break
-                if answered != "hQ":
-                    out.append(msg[1])
-                saw_ready = True
-            elif kind == "E" and head not in SIMPLE and head != "S":
-                # Extended protocol: the server now skips everything up to the next Sync.
-                while expect and expect[0][0] != "S":
-                    entry = expect.popleft()
-                    if entry[1] is not None:
-                        self.prepared.discard(entry[1])
-                out.append(msg[1])
-                continue
-            elif kind in TERMINAL[head]:
-                expect.popleft()
-                if head not in HIDDEN:
-                    out.append(msg[1])
-            else:
-                if kind == "S":
-                    self._note_parameter(msg)
-                    if head == "hQ" and client is not None and client.told_differs(msg[1]):
-                        # the SET of the client's startup settings, and the server spells the
-                        # value otherwise than the proxy did at login ('iso' -> 'ISO, MDY'):
-                        # pass on the server's word, as a server may send it at any time
-                        out.append(msg[1])
-                        continue
-                if head != "hQ":
-                    out.append(msg[1])
-                continue
-            while expect and expect[0][0] in FAKE:
-                out.append(FAKE[expect.popleft()[0]])
-        if saw_ready and not expect:
-            self.synced = True
-        if client is not None:
-            if out:
-                client.write(b"".join(out))
-            if saw_ready and not expect and self.status == "I" and not client.pinned:
-                client.transaction_done(self)
-        elif self.resetting and saw_ready and not expect:
+        owner = self.owner
+        if owner is not None:
+            owner.backend_messages(msgs)
+            return
+        # Nobody to tell (a reset, or answers owed to a client who left): match and drop.
+        if self.state.relay(msgs, [], None) & SYNCED and self.resetting:
             self.resetting = False
             self._reset_done()
-
-    def _note_parameter(self, msg) -> None:
-        try:
-            name, value = m.read_parameter_status(msg[1][5:])
-        except ProtocolError:
-            return
-        self.params[name] = value
-        if name == "client_encoding" and self.client is not None:
-            self.client.set_client_encoding(value)  # the session's SQL is now in this encoding
 
     # -- reset after a client ----------------------------------------------------------------
     def reset(self, *, discard: bool) -> None:
         """The client left: roll back and, after a pinned session, ``DISCARD ALL``; then return."""
-        self.client = None
-        self.resume_reading()  # reading may be paused for a client who is gone (see transaction_done)
-        if self.expect or self.closed or not self.synced:
+        self.owner = None
+        self.resume_reading()  # reading may be paused for a client who is gone (see Client.release)
+        state = self.state
+        if state.expect or self.closed or not state.synced:
             # Answers still owed to a client who is gone, or requests sent that no Sync has
             # closed yet: what the server does next is unknown, so the backend is not reusable.
             self.close()
             self.server.pool.forget(self)
             return
         queries = []
-        if self.status != "I":
+        if state.status != "I":
             queries.append("ROLLBACK")
         if discard:
             queries.append("DISCARD ALL")
-            self.prepared.clear()
-            self.applied = {}
+            state.prepared.clear()
+            state.applied = {}
         if not queries:
             self.server.pool.release(self)
             return
         self.server.counters["resets"] += 1
         self.resetting = True
         for sql in queries:
-            self.expect.append(("hQ", None))
+            state.expect.append(("hQ", None))
             self.transport.write(m.query(sql))  # type: ignore[union-attr]
 
     def _reset_done(self) -> None:
-        if self.status != "I":
+        if self.state.status != "I":
             self.close()
             self.server.pool.forget(self)
             return
@@ -282,12 +207,12 @@ class Backend(asyncio.Protocol):
 
     # -- flow control and teardown ---------------------------------------------------------
     def pause_writing(self) -> None:
-        if self.client is not None:
-            self.client.pause_reading()
+        if self.owner is not None:
+            self.owner.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.client is not None:
-            self.client.resume_reading()
+        if self.owner is not None:
+            self.owner.resume_reading()
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
@@ -298,7 +223,7 @@ class Backend(asyncio.Protocol):
             self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
-        self.synced = False
+        self.state.sent()
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
@@ -312,18 +237,12 @@ class Backend(asyncio.Protocol):
         was_closed = self.closed
         self.closed = True
         if not self.ready.done():
-            self.ready.set_exception(BackendLoginError(f"the server closed the connection during login ({exc or 'EOF'})"))
+            self.ready.set_exception(
+                BackendLoginError(f"the server closed the connection during login ({exc or 'EOF'})")
+            )
             return
         self.server.counters["backends_closed"] += 1
         self.server.pool.forget(self)
-        client, self.client = self.client, None
-        if client is not None:
-            client.backend_lost(by_proxy=was_closed)
-
-
-def _is_fatal(frame: bytes) -> bool:
-    """An ErrorResponse frame whose severity is FATAL or PANIC (the server ends the session)."""
-    for field in frame[5:].split(b"\0"):
-        if field[:1] in (b"S", b"V"):
-            return field[1:] in (b"FATAL", b"PANIC")
-    return False
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner.backend_lost(by_proxy=was_closed)

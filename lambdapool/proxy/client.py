@@ -1,104 +1,103 @@
-"""One client connection of the proxy: its handshake, auth, and what it sends to a borrowed backend.
+"""One client connection of the proxy, as an asyncio driver: its handshake and auth, then its session.
 
 Theory of operation
 -------------------
-A client is *attached* to a backend only while it has a transaction going; between
-transactions it holds nothing. Messages that arrive while detached wait in ``pending`` until
-the pool lends a backend (see ``pool.py``); a Sync, Flush or Close of a statement with
-nothing pending is answered by the proxy itself, so an idle client never borrows.
+Until login the client is handled here: TLS, the startup packet and the refusals RDS Proxy
+makes (TLS required, client cap, connection rate), SCRAM or IAM auth, the admin console
+(``admin.Console``). Once logged in, everything the client and its backends say is fed to its
+:class:`~lambdapool.proxy.session.Session`, which does no I/O, and the actions it returns are
+carried out here (:meth:`Client._run`): writes to either socket, borrowing from the pool
+(which sees the client as ``interfaces.Borrower``), releasing or resetting a backend, closing.
 
-On the way to the backend every message is matched to the answer it will get (see
-``backend.py``) and rewritten where the session would otherwise leak:
-
-* Named prepared statements (Parse with a name) are the client's, not the backend's: the
-  proxy records ``name -> (proxy name, query)`` and prepares the query on each backend the
-  client uses under a name derived from the query text (``lp_<hash>``), shared by every
-  client, re-preparing it before a Bind or Describe on a backend that lacks it. No pin.
-* The unnamed statement is re-sent before a Bind that follows a Parse sent in an earlier
-  transaction (on another backend).
-* Startup parameters (``application_name``, ``TimeZone``, ``-c`` options...) are applied with
-  ``SET`` on each backend whose applied settings differ, before the client's messages.
-* SQL that needs a session (``pinning.py``) pins the client to its backend; the pin is
-  counted with its reasons, and the backend is reset with ``DISCARD ALL`` when the client leaves.
+Injected latency (``set_latency``) lives here too: bytes for a backend are held back for that
+long, and the session is told when they reach the socket (up to then its requests can be
+replayed on another backend).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import shlex
 import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from lambdapool.proto import NEED_DATA, CancelRequest, GSSENCRequest, Parser, ProtocolError, SSLRequest, StartupMessage
+from lambdapool.proto import (
+    NEED_DATA,
+    CancelRequest,
+    GSSENCRequest,
+    Message,
+    Parser,
+    ProtocolError,
+    SSLRequest,
+    StartupMessage,
+)
 from lambdapool.proto import messages as m
-from lambdapool.proto.encodings import canonical_name, decode_sql, python_codec
 from lambdapool.proxy import rds_errors as rds
+from lambdapool.proxy.admin import Console
 from lambdapool.proxy.auth import AuthFailed, verify_iam_token
 from lambdapool.proxy.config import ADMIN_DATABASES
+from lambdapool.proxy.rds_errors import PROXY
+from lambdapool.proxy.session import (
+    BORROW,
+    CANCEL_BORROW,
+    CLOSE,
+    PAUSE_READING,
+    READY_IDLE,
+    RELEASE,
+    RESET,
+    RESET_DISCARD,
+    RESUME_READING,
+    TO_BACKEND,
+    TO_CLIENT,
+    Action,
+    Session,
+)
+from lambdapool.proxy.startup_settings import quote_ident, quote_literal, wanted_settings
 
 if TYPE_CHECKING:
+    from lambdapool.proxy.auth import ScramExchange
     from lambdapool.proxy.backend import Backend
     from lambdapool.proxy.server import ProxyServer
 
-PROXY = "lambdapool local proxy"
+__all__ = [
+    "PROXY",
+    "READY_IDLE",
+    "Client",
+    "quote_ident",
+    "quote_literal",
+]  # the last two: moved, still importable here
 log = logging.getLogger("lambdapool.proxy")
-_NOT_SETTINGS = frozenset(("user", "database", "replication", "options"))
-_DEALLOCATE_ALL = re.compile(r"\s*DEALLOCATE\s+(?:PREPARE\s+)?ALL\s*;?\s*", re.I)
-_DROPS_ALL_STATEMENTS = re.compile(r"\b(?:DEALLOCATE\s+(?:PREPARE\s+)?ALL|DISCARD\s+ALL)\b", re.I)
-READY_IDLE = m.ready_for_query("I")
-MAX_PENDING_MESSAGES = 10000
-
-
-def quote_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def quote_ident(name: str) -> str:
-    return name if re.fullmatch(r"[a-z_][a-z0-9_.]*", name) else '"' + name.replace('"', '""') + '"'
 
 
 class Client(asyncio.Protocol):
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self.parser = Parser(frontend=True)
+        self.session = Session(server.shared, self.parser)  # takes over the parser at login
         self.transport: asyncio.Transport | None = None
-        self.state = "startup"
+        self.state = "startup"  # hung, startup, tls, sasl1, sasl2, password, login, admin, ready
         self.closed = False
         self.tls = False
         self.user = self.database = ""
-        self.settings: dict[str, str] = {}
-        self.statements: dict[bytes, tuple[bytes, bytes]] = {}
-        self.unnamed: bytes | None = None
+        self.settings: dict[str, str] = {}  # startup settings that differ from the server's
         self.backend: Backend | None = None
-        self.pending: list = []
-        self.waiting = False
         self.enqueued_at = 0.0
-        self.pinned: str | None = None
-        self.pin_reasons: set[str] = set()
-        self.skip_to_sync = False
         self.pid, self.secret = server.new_key()
         self.last_active = time.monotonic()
-        self._unnamed_ok = False
-        self._scram_state: object | None = None
+        self._login_waiting = False  # borrow_on_connect: the login waits in the pool's queue
+        self._scram_state: ScramExchange | None = None
         self._held: list[bytes] = []
-        # What this client asked of its backend since it was lent, while none of it has reached
-        # the backend's socket (held back by injected latency): if the backend dies in that
-        # window it is sent to another one. Anything written may have run, so is never resent.
-        self._replay: list | None = None
-        self.server_fatal = False  # the server sent this client a FATAL (its session is ending)
-        self._admin_sql = ""
-        self._admin_result = (b"", b"")
+        self._console: Console | None = None
         self._delayed: deque[tuple[float, Backend, bytes]] = deque()
-        # The session's client_encoding, followed from the startup packet and the server's
-        # ParameterStatus (set_client_encoding): SQL is relayed as bytes and decoded with
-        # ``codec`` only to look for pinning statements. ``encoding_key`` is the encoding's
-        # name when it is not the server's default (it keys prepared statements).
-        self.codec = "utf-8"
-        self.encoding_key = b""
-        self._told: dict[str, str] = {}  # the ParameterStatus values this client was sent at login
+
+    def __repr__(self) -> str:
+        return f"<Client pid={self.pid} user={self.user!r} state={self.state} {self.session!r}>"
+
+    @property
+    def idle(self) -> bool:
+        """Holds no backend for a transaction and waits for none (idle_client_timeout may close it)."""
+        return not self._login_waiting and self.session.idle
 
     # -- connection ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -109,18 +108,17 @@ class Client(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
-        if self.state == "hung":
-            self._held.append(data)
-            return
-        self.parser.receive_data(data)
         try:
             if self.state == "ready":
-                self._ready_messages()
+                self._run(self.session.receive_client(data))
+            elif self.state == "hung":
+                self._held.append(data)
             else:
+                self.parser.receive_data(data)
                 self._handshake()
         except ProtocolError as exc:
             self.fatal("08P01", f"{PROXY}: invalid message from the client: {exc}")
-        except Exception:  # noqa: BLE001 - a bug here must end this client only, not the proxy
+        except Exception:
             log.exception("lambdapool local proxy: internal error while handling a client; closing it")
             self.fatal("XX000", f"{PROXY}: internal error (see the proxy's log)")
 
@@ -138,8 +136,11 @@ class Client(asyncio.Protocol):
 
     def fatal(self, code: str, message: str) -> None:
         """Send a FATAL error and close this client only."""
+        self._close(m.error_response(code, message, severity="FATAL"))
+
+    def _close(self, last_words: bytes) -> None:
         if not self.closed:
-            self.transport.write(m.error_response(code, message, severity="FATAL"))  # type: ignore[union-attr]
+            self.transport.write(last_words)  # type: ignore[union-attr]
             self.transport.close()  # type: ignore[union-attr]
         self._cleanup()
 
@@ -155,12 +156,10 @@ class Client(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        if self.waiting:
-            self.waiting = False
+        if self._login_waiting:
+            self._login_waiting = False
             self.server.pool.cancel(self)
-        backend, self.backend = self.backend, None
-        if backend is not None:
-            backend.reset(discard=self.pinned is not None)
+        self._run(self.session.client_gone())
         self.server.client_gone(self)
 
     # -- flow control ----------------------------------------------------------------------
@@ -200,7 +199,9 @@ class Client(asyncio.Protocol):
                 self.abort()
             elif isinstance(event, StartupMessage):
                 self._startup(event.params)
-            elif self.state == "admin":
+            elif not isinstance(event, Message):  # an SSL answer: only a server sends one
+                raise ProtocolError(f"unexpected {type(event).__name__} from a client")
+            elif self._console is not None:
                 self._admin_message(event)
             elif self.state == "login" and event.type == "X":  # gave up while its login waited
                 self.abort()
@@ -209,14 +210,14 @@ class Client(asyncio.Protocol):
             else:
                 raise ProtocolError(f"unexpected message {event.type!r} during authentication")
         if self.state == "ready":
-            self._ready_messages()
+            self._run(self.session.receive_client())
 
     async def _start_tls(self) -> None:
         try:
-            self.transport = await self.server.loop.start_tls(
-                self.transport, self, self.server.ssl_context, server_side=True  # type: ignore[arg-type]
-            )
-        except Exception:  # noqa: BLE001 - any failed handshake (OSError, SSLError) ends this client
+            transport, context = self.transport, self.server.ssl_context
+            assert transport is not None and context is not None  # TLS is offered only with a context
+            self.transport = await self.server.loop.start_tls(transport, self, context, server_side=True)
+        except Exception:
             self.abort()
             return
         self.tls = True
@@ -244,21 +245,29 @@ class Client(asyncio.Protocol):
         if limit is not None and len(self.server.clients) > limit:
             self.server.counters["client_cap_refusals"] += 1
             code, text = rds.CLIENT_CAP
-            self.fatal(code, f"{text.format(limit=limit)} ({PROXY}: too many client connections "
-                             f"(max_client_connections={limit}))")  # fmt: skip
+            self.fatal(
+                code,
+                f"{text.format(limit=limit)} ({PROXY}: too many client connections (max_client_connections={limit}))",
+            )
             return
         rate = self.server.rate
         if rate is not None and not rate.take(self.server.loop.time()):
             self.server.counters["rate_refusals"] += 1
             code, text = rds.CONNECTION_RATE
-            self.fatal(code, f"{text.format(rate=f'{rate.rate:g}')} ({PROXY}: more than "
-                             f"max_connection_rate={rate.rate:g} new connections a second)")  # fmt: skip
+            self.fatal(
+                code,
+                f"{text.format(rate=f'{rate.rate:g}')} ({PROXY}: more than "
+                f"max_connection_rate={rate.rate:g} new connections a second)",
+            )
             return
         if self.database not in ADMIN_DATABASES and self.database != settings.backend.database:
-            self.fatal("3D000", f'{PROXY}: database "{self.database}" is not served here; '
-                                f'use "{settings.backend.database}" (or "lambdapool" for the admin console)')  # fmt: skip
+            self.fatal(
+                "3D000",
+                f'{PROXY}: database "{self.database}" is not served here; '
+                f'use "{settings.backend.database}" (or "lambdapool" for the admin console)',
+            )
             return
-        self.settings = self._wanted_settings(params)
+        self.settings = wanted_settings(params, self.server.shared.baseline_lower)
         if settings.auth == "scram":
             self.state = "sasl1"
             self.write(m.auth_sasl(["SCRAM-SHA-256"]))
@@ -267,42 +276,6 @@ class Client(asyncio.Protocol):
             self.write(m.auth_request(m.AUTH_CLEARTEXT))
         else:
             self._auth_ok()
-
-    def _wanted_settings(self, params: dict[str, str]) -> dict[str, str]:
-        wanted = {k.lower(): v for k, v in params.items() if k not in _NOT_SETTINGS}
-        words = shlex.split(params.get("options", "").replace("\\ ", "\0"))
-        for i, word in enumerate(words):
-            word = word.replace("\0", " ")
-            option = word[2:] if word.startswith("-c") and len(word) > 2 else (words[i + 1] if word == "-c" and i + 1 < len(words) else "")
-            if option.startswith("--"):
-                option = option[2:]
-            key, sep, value = option.replace("\0", " ").partition("=")
-            if sep:
-                wanted[key.replace("-", "_").lower()] = value
-        if "client_encoding" in wanted:
-            # the server's own spelling ('utf-8' -> 'UTF8'): what it would report, and no SET
-            # on each backend when it is the default anyway
-            wanted["client_encoding"] = canonical_name(wanted["client_encoding"]) or wanted["client_encoding"]
-        baseline = self.server.baseline_lower
-        return {k: v for k, v in wanted.items() if baseline.get(k) != v}
-
-    def told_differs(self, frame: bytes) -> bool:
-        """``frame`` (a ParameterStatus) says otherwise than the client was told; now it knows."""
-        try:
-            name, value = m.read_parameter_status(frame[5:])
-        except ProtocolError:
-            return False
-        key = name.lower()
-        if key not in self._told or self._told[key] == value:
-            return False
-        self._told[key] = value
-        return True
-
-    def set_client_encoding(self, name: str) -> None:
-        """The session's client_encoding is now ``name`` (at login, or the server said so)."""
-        self.codec = python_codec(name)
-        default = self.server.baseline_lower.get("client_encoding", "")
-        self.encoding_key = b"" if canonical_name(name) == canonical_name(default) else name.encode("latin-1", "replace")
 
     def _auth_message(self, body: bytes) -> None:
         verifier = self.server.scram
@@ -316,6 +289,7 @@ class Client(asyncio.Protocol):
                 self.write(m.auth_request(m.AUTH_SASL_CONTINUE, server_first))
                 return
             if self.state == "sasl2":
+                assert self._scram_state is not None
                 final = verifier.finish(self.user, self._scram_state, body)  # type: ignore[union-attr]
                 self.write(m.auth_request(m.AUTH_SASL_FINAL, final))
             else:
@@ -324,8 +298,14 @@ class Client(asyncio.Protocol):
                     code, text = rds.IAM_COMPETING
                     self.fatal(code, f"{text} ({PROXY}: throttle_iam fault injection)")
                     return
-                verify_iam_token(m.read_password(body), hosts=self.server.iam_hosts, port=self.server.port,
-                                 user=self.user, credentials=settings.iam_credentials, region=settings.region)  # fmt: skip
+                verify_iam_token(
+                    m.read_password(body),
+                    hosts=self.server.iam_hosts,
+                    port=self.server.port,
+                    user=self.user,
+                    credentials=settings.iam_credentials,
+                    region=settings.region,
+                )
         except AuthFailed as exc:
             self.server.counters["auth_failures"] += 1
             self.fatal("28P01", f"{PROXY}: {exc}")
@@ -337,94 +317,70 @@ class Client(asyncio.Protocol):
             # RDS Proxy borrows a database connection to finish a login: with the pool full,
             # the login waits (up to borrow_timeout) and may fail with its borrow timeout.
             self.state = "login"
-            self.waiting = True
+            self._login_waiting = True
             self.server.pool.acquire(self)
             return
         self._logged_in()
 
     def _logged_in(self) -> None:
         out = [m.auth_ok()]
-        reported = dict(self.server.baseline)
+        reported = dict(self.server.shared.baseline)
         names = {k.lower(): k for k in reported}
         for key, value in self.settings.items():
             if key in names:
                 reported[names[key]] = value
         out += [m.parameter_status(k, v) for k, v in reported.items()]
-        self.set_client_encoding(reported.get("client_encoding", "UTF8"))
-        self._told = {k.lower(): v for k, v in reported.items()}
+        self.session.logged_in(self.settings, reported)
         out += [m.backend_key_data(self.pid, self.secret), READY_IDLE]
         self.write(b"".join(out))
-        self.state = "admin" if self.database in ADMIN_DATABASES else "ready"
+        if self.database in ADMIN_DATABASES:
+            self.state = "admin"
+            self._console = Console(self.server.admin_answer)
+        else:
+            self.state = "ready"
 
-    def _admin_message(self, msg) -> None:
-        """The admin console: simple queries, and just enough extended protocol for drivers."""
-        kind, body = msg.type, msg.body
-        if kind == "X":
+    def _admin_message(self, msg: Message) -> None:
+        assert self._console is not None
+        reply = self._console.reply(msg.type, msg.body, self.session.codec)
+        if reply is None:
             self.abort()
-        elif kind == "Q":
-            head, rest = self.server.admin_answer(decode_sql(m.read_query_bytes(body), self.codec))
-            self.write(head + rest + READY_IDLE)
-        elif kind == "P":
-            self._admin_sql = decode_sql(m.read_parse_bytes(body)[2], self.codec)
-            self.write(m.parse_complete())
-        elif kind == "B":
-            self._admin_result = self.server.admin_answer(self._admin_sql)
-            self.write(m.frame("2"))
-        elif kind == "D":
-            head = self.server.admin_answer(self._admin_sql)[0] if m.read_target(body)[0] == "P" else b""
-            self.write(head or m.frame("n"))
-        elif kind == "E":
-            self.write(self._admin_result[1])
-        elif kind == "S":
-            self.write(READY_IDLE)
+        elif reply:
+            self.write(reply)
 
-    # -- transactions ----------------------------------------------------------------------
-    def _ready_messages(self) -> None:
-        batch = []
-        for msg in self.parser.events():
-            kind = msg[0]
-            if kind == "X":
-                if batch:
-                    self._forward(batch)
-                self.abort()
-                return
-            if self.backend is not None:
-                batch.append(msg)
-            elif self.pending:
-                self.pending.append(msg)
-            elif self.skip_to_sync:
-                if kind == "S":
-                    self.skip_to_sync = False
-                    self.write(READY_IDLE)
-            elif kind == "S":
-                self.write(READY_IDLE)
-            elif kind in "Hdcf":
-                pass  # Flush with nothing owed; copy data outside a COPY (the server ignores it too)
-            elif kind == "p":
-                raise ProtocolError("unexpected password message outside authentication")
-            elif kind == "C" and self._close_statement(msg[1][5:]):
-                self.write(m.close_complete())
+    # -- the session's actions -------------------------------------------------------------
+    def _run(self, actions: list[Action]) -> None:
+        """Carry out what the session asked for, in order (BORROW may attach, and run more, inside)."""
+        for kind, payload in actions:
+            if kind == TO_BACKEND:
+                self._send(payload)
+            elif kind == TO_CLIENT:
+                self.write(payload)
+            elif kind == RELEASE:
+                self._release()
+            elif kind == BORROW:
+                self.server.pool.acquire(self)
+            elif kind == CLOSE:
+                if payload:
+                    self._close(payload)
+                else:
+                    self.abort()
+            elif kind in (RESET, RESET_DISCARD):
+                backend, self.backend = self.backend, None
+                if backend is not None:
+                    backend.reset(discard=kind == RESET_DISCARD)
+            elif kind == CANCEL_BORROW:
+                self.server.pool.cancel(self)
+            elif kind == PAUSE_READING:
+                self.pause_reading()
+            elif kind == RESUME_READING:
+                self.resume_reading()
             else:
-                self.pending.append(msg)
-        if batch:
-            self._forward(batch)
-        if self.pending and not self.waiting and self.backend is None and not self.closed:
-            self.waiting = True
-            self.server.pool.acquire(self)
-        if self.waiting and len(self.pending) > MAX_PENDING_MESSAGES:
-            self.pause_reading()  # a client streaming while it waits is held back, not buffered
-
-    def _close_statement(self, body: bytes) -> bool:
-        kind, name = m.read_target(body)
-        if kind == "S" and name:
-            self.statements.pop(name, None)
-            return True
-        return False
+                raise AssertionError(f"unknown session action {kind!r}")
 
     def attach(self, backend: Backend) -> None:
-        """The pool lends ``backend``: apply our settings, then send what waited."""
-        self.waiting = False
+        """The pool lends ``backend``."""
         if self.state == "login":  # borrow_on_connect: the login needed a backend, and has one
+            self._login_waiting = False
             self.server.counters["borrows"] += 1
             # returned on the next turn of the loop: the pool may be handing backends out in a
             # loop of its own (which this would re-enter, once per waiting login)
@@ -432,148 +388,30 @@ class Client(asyncio.Protocol):
             self._logged_in()
             return
         self.backend = backend
-        backend.client = self
-        self._unnamed_ok = False
-        self._replay = []
-        self.server.counters["borrows"] += 1
-        if self.settings != backend.applied:
-            self._apply_settings(backend)
-        pending, self.pending = self.pending, []
-        if len(pending) > MAX_PENDING_MESSAGES:
-            self.resume_reading()
-        try:
-            self._forward(pending)
-        except ProtocolError as exc:  # the backend is left mid-conversation: reset() closes it
-            self.fatal("08P01", f"{PROXY}: invalid message from the client: {exc}")
+        backend.owner = self
+        self._run(self.session.attached(backend.state))
 
-    def _apply_settings(self, backend: Backend) -> None:
-        sql = [f"RESET {quote_ident(k)}" for k in backend.applied if k not in self.settings]
-        sql += [f"SET {quote_ident(k)} = {quote_literal(v)}" for k, v in self.settings.items() if backend.applied.get(k) != v]
-        backend.applied = dict(self.settings)
-        backend.expect.append(("hQ", None))
-        # The server reads this text in the backend's client_encoding as it is now (the
-        # previous client's); values are nearly always ASCII, where every encoding agrees.
-        codec = python_codec(backend.params.get("client_encoding", "UTF8"))
-        self._send(backend, m.frame("Q", "; ".join(sql).encode(codec, "replace") + b"\0"))
+    def backend_messages(self, msgs: list[Message]) -> None:
+        self._run(self.session.receive_backend(msgs))
 
-    def _forward(self, msgs: list) -> None:
+    def _release(self) -> None:
+        """The session's transaction is over: give the backend back."""
+        backend, self.backend = self.backend, None
+        assert backend is not None
+        backend.owner = None
+        # A big answer may have filled our socket (pause_writing paused the backend's reading);
+        # our resume_writing can come after this detach, when it no longer reaches the backend,
+        # which the next client would then wait on forever. Detached, it must read again.
+        backend.resume_reading()
+        self.server.pool.release(backend)
+
+    def _send(self, data: bytes) -> None:
         backend = self.backend
         assert backend is not None
-        if self._replay is not None:
-            self._replay.extend(msgs)
-        expect = backend.expect
-        statements = self.statements
-        out: list[bytes] = []
-        for kind, data in msgs:
-            if kind == "B":
-                portal, stmt, rest = m.read_bind(data[5:])
-                if stmt:
-                    entry = statements.get(stmt)
-                    if entry is not None:
-                        data = m.frame("B", portal + b"\0" + self._ensure(entry, backend, out) + b"\0" + data[5 + rest :])
-                else:
-                    self._ensure_unnamed(backend, out)
-                expect.append(("B", None))
-            elif kind == "E":
-                expect.append(("E", None))
-            elif kind == "S":
-                expect.append(("S", None))
-            elif kind == "P":
-                name, rest, raw = m.read_parse_bytes(data[5:])
-                if self.pinned is None:
-                    self._check_pin(decode_sql(raw, self.codec), len(raw), backend)
-                if name:
-                    proxy_name = self.server.statement_name(rest, self.encoding_key)
-                    statements[name] = (proxy_name, rest)
-                    if proxy_name in backend.prepared:
-                        self._fake("f1", expect)
-                        continue
-                    backend.prepared.add(proxy_name)
-                    data = m.parse_raw(proxy_name, rest)
-                    expect.append(("P", proxy_name))
-                else:
-                    self.unnamed = rest
-                    self._unnamed_ok = True
-                    expect.append(("P", None))
-            elif kind == "D":
-                target, name = m.read_target(data[5:])
-                if target == "S":
-                    if name:
-                        entry = statements.get(name)
-                        if entry is not None:
-                            data = m.frame("D", b"S" + self._ensure(entry, backend, out) + b"\0")
-                    else:
-                        self._ensure_unnamed(backend, out)
-                    expect.append(("DS", None))
-                else:
-                    expect.append(("DP", None))
-            elif kind == "Q":
-                raw = m.read_query_bytes(data[5:])
-                sql = decode_sql(raw, self.codec)
-                if _DEALLOCATE_ALL.fullmatch(sql):
-                    # psycopg sends this after a rollback once it has prepared statements. It
-                    # empties this backend (its statements are re-prepared on demand), and, as
-                    # RDS Proxy does (psycopg/psycopg#1105), it pins the session.
-                    statements.clear()
-                    backend.prepared.clear()
-                if self.pinned is None:
-                    self._check_pin(sql, len(raw), backend)
-                self._unnamed_ok = False
-                expect.append(("Q", None))
-            elif kind == "C":
-                if self._close_statement(data[5:]):
-                    self._fake("f3", expect)
-                    continue
-                expect.append(("C", None))
-            elif kind == "F":
-                expect.append(("F", None))
-            out.append(data)
-        if out:
-            self._send(backend, b"".join(out))
-
-    def _fake(self, kind: str, expect: deque) -> None:
-        """Answer a request ourselves, in order: now if nothing is owed, else when its turn comes."""
-        if expect:
-            expect.append((kind, None))
-        else:
-            self._replay = None  # the client has an answer: this attachment cannot be replayed
-            self.write(m.parse_complete() if kind == "f1" else m.close_complete())
-
-    def _ensure(self, entry: tuple[bytes, bytes], backend: Backend, out: list[bytes]) -> bytes:
-        proxy_name, rest = entry
-        if proxy_name not in backend.prepared:
-            backend.prepared.add(proxy_name)
-            out.append(m.parse_raw(proxy_name, rest))
-            backend.expect.append(("hP", proxy_name))
-            self.server.counters["reprepared"] += 1
-        return proxy_name
-
-    def _ensure_unnamed(self, backend: Backend, out: list[bytes]) -> None:
-        if not self._unnamed_ok and self.unnamed is not None:
-            out.append(m.parse_raw(b"", self.unnamed))
-            backend.expect.append(("hP", None))
-            self._unnamed_ok = True
-
-    def _check_pin(self, sql: str, size: int, backend: Backend) -> None:
-        reasons = self.server.pin_reasons_cached(sql, backend.status != "I", size)
-        if not reasons:
-            return
-        counts = self.server.pin_counts
-        for reason in reasons:
-            if reason not in self.pin_reasons:
-                self.pin_reasons.add(reason)
-                counts[reason] = counts.get(reason, 0) + 1
-        if self.pinned is None:
-            self.pinned = reasons[0]
-            self.server.counters["pinned_sessions"] += 1
-        if _DROPS_ALL_STATEMENTS.search(sql):
-            backend.prepared.clear()
-
-    def _send(self, backend: Backend, data: bytes) -> None:
         latency = self.server.latency
         if not latency and not self._delayed:
-            self._replay = None  # on the wire: it may run, so it must never be sent twice
             backend.write(data)
+            self.session.backend_wrote()
             return
         loop = self.server.loop
         self._delayed.append((loop.time() + latency, backend, data))
@@ -584,79 +422,28 @@ class Client(asyncio.Protocol):
         loop = self.server.loop
         while self._delayed and self._delayed[0][0] <= loop.time():
             _, backend, data = self._delayed.popleft()
-            if backend is self.backend:
-                self._replay = None  # on the wire: it may run, so it must never be sent twice
             backend.write(data)
+            if backend is self.backend:
+                self.session.backend_wrote()
         if self._delayed:
             loop.call_at(self._delayed[0][0], self._send_delayed)
 
-    def transaction_done(self, backend: Backend) -> None:
-        """The backend said idle with nothing owed: give it back."""
-        self.backend = None
-        backend.client = None
-        # A big answer may have filled our socket (pause_writing paused the backend's reading);
-        # our resume_writing can come after this detach, when it no longer reaches the backend,
-        # which the next client would then wait on forever. Detached, it must read again.
-        backend.resume_reading()
-        self.server.counters["transactions"] += 1
-        self.server.pool.release(backend)
-
     # -- failures --------------------------------------------------------------------------
-    def borrow_timed_out(self, *, busy: int, cap: int) -> None:
+    def borrow_timed_out(self, *, busy: int, cap: int, waiting: int) -> None:
         timeout = self.server.settings.borrow_timeout
-        code, text = rds.BORROW_TIMEOUT
-        message = (f"{text} ({PROXY}: timed out after {float(timeout)}s waiting to borrow a database connection "
-                   f"(all {cap} backends busy; raise max_backends or borrow_timeout))")  # fmt: skip
         if self.state == "login":
-            self.waiting = False
-            self.fatal(code, message)
+            self._login_waiting = False
+            self.fatal(rds.BORROW_TIMEOUT[0], rds.borrow_timeout_message(timeout, cap))
             return
-        self._fail_pending(m.error_response(
-            code, message,
-            hint=f"{busy} of {cap} backends were in use and {len(self.server.pool.waiters)} other clients waiting",
-        ))  # fmt: skip
+        self._run(self.session.borrow_timed_out(busy=busy, cap=cap, waiting=waiting, timeout=timeout))
 
     def backend_unavailable(self, reason: str) -> None:
-        message = f"{PROXY}: could not open a database connection: {reason}"
         if self.state == "login":
-            self.waiting = False
-            self.fatal("08001", message)
+            self._login_waiting = False
+            self.fatal("08001", f"{PROXY}: could not open a database connection: {reason}")
             return
-        self._fail_pending(m.error_response("08001", message))
-
-    def _fail_pending(self, error: bytes) -> None:
-        """Answer every request that waited for a backend with ``error``, as the server would."""
-        self.waiting = False
-        pending, self.pending = self.pending, []
-        if len(pending) > MAX_PENDING_MESSAGES:
-            self.resume_reading()
-        out, unsynced = [], False
-        for msg in pending:
-            if msg[0] in ("Q", "S", "F"):
-                if msg[0] == "Q" or unsynced:
-                    out.append(error)
-                out.append(READY_IDLE)
-                unsynced = False
-            else:
-                unsynced = True
-        if unsynced:
-            out.append(error)
-            self.skip_to_sync = True
-        self.write(b"".join(out))
+        self._run(self.session.borrow_failed(reason))
 
     def backend_lost(self, *, by_proxy: bool) -> None:
-        """The backend died. Requests that never reached it go to another backend; once a
-        request was written it may have run, so, like a server crash, the session ends."""
         self.backend = None
-        replay, self._replay = self._replay, None
-        if replay and not self.closed:
-            self.server.counters["replayed"] += 1
-            self.pending = replay + self.pending
-            self.waiting = True
-            self.server.pool.acquire(self)
-            return
-        if self.server_fatal:  # the server's own FATAL already reached the client: just close
-            self.abort()
-            return
-        why = "the proxy closed it (fault injection or lifetime)" if by_proxy else "the server closed it"
-        self.fatal("08006", f"{PROXY}: lost the database connection in the middle of a transaction ({why})")
+        self._run(self.session.backend_lost(by_proxy=by_proxy))

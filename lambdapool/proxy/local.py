@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 from lambdapool.errors import ConfigError
@@ -50,27 +51,56 @@ class LocalProxy:
             backend's user).
     """
 
-    def __init__(self, backend: str, *, listen: str = "127.0.0.1:0", max_backends: int | None = None,
-                 max_connections_percent: float | None = None, borrow_timeout: float = 120.0,
-                 idle_client_timeout: float | None = 1800.0, max_idle_backends: int | None = None,
-                 max_client_connections: int | None = None, backend_max_lifetime: float | None = None,
-                 max_connection_rate: float | None = None, borrow_on_connect: bool = False,
-                 auth: str = "trust", users: dict[str, str] | None = None,
-                 iam_credentials: dict[str, str] | None = None, region: str | None = None,
-                 tls: bool = False, require_tls: bool = False, cert_file: str | None = None,
-                 key_file: str | None = None, connect_timeout: float = 10.0, user: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        backend: str,
+        *,
+        listen: str = "127.0.0.1:0",
+        max_backends: int | None = None,
+        max_connections_percent: float | None = None,
+        borrow_timeout: float = 120.0,
+        idle_client_timeout: float | None = 1800.0,
+        max_idle_backends: int | None = None,
+        max_client_connections: int | None = None,
+        backend_max_lifetime: float | None = None,
+        max_connection_rate: float | None = None,
+        borrow_on_connect: bool = False,
+        auth: str = "trust",
+        users: dict[str, str] | None = None,
+        iam_credentials: dict[str, str] | None = None,
+        region: str | None = None,
+        tls: bool = False,
+        require_tls: bool = False,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        connect_timeout: float = 10.0,
+        user: str | None = None,
+    ) -> None:
         host, port = parse_listen(listen)
         target = BackendTarget.from_dsn(backend)
         self.settings = ProxySettings(
-            backend=target, host=host, port=port, max_backends=max_backends,
-            max_connections_percent=max_connections_percent, borrow_timeout=borrow_timeout,
-            idle_client_timeout=idle_client_timeout, max_idle_backends=max_idle_backends,
-            max_client_connections=max_client_connections, backend_max_lifetime=backend_max_lifetime,
-            max_connection_rate=max_connection_rate, borrow_on_connect=borrow_on_connect,
-            connect_timeout=connect_timeout, auth=auth, users=dict(users or {}),
-            iam_credentials=dict(iam_credentials or {}), region=region, tls=tls, require_tls=require_tls,
-            cert_file=cert_file, key_file=key_file,
-        )  # fmt: skip
+            backend=target,
+            host=host,
+            port=port,
+            max_backends=max_backends,
+            max_connections_percent=max_connections_percent,
+            borrow_timeout=borrow_timeout,
+            idle_client_timeout=idle_client_timeout,
+            max_idle_backends=max_idle_backends,
+            max_client_connections=max_client_connections,
+            backend_max_lifetime=backend_max_lifetime,
+            max_connection_rate=max_connection_rate,
+            borrow_on_connect=borrow_on_connect,
+            connect_timeout=connect_timeout,
+            auth=auth,
+            users=dict(users or {}),
+            iam_credentials=dict(iam_credentials or {}),
+            region=region,
+            tls=tls,
+            require_tls=require_tls,
+            cert_file=cert_file,
+            key_file=key_file,
+        )
         self.settings.validate()
         self.user = user or next(iter(self.settings.users), target.user)
         self._server: ProxyServer | None = None
@@ -79,7 +109,8 @@ class LocalProxy:
 
     def __repr__(self) -> str:
         state = f"{self.host}:{self.port}" if self._server else "stopped"
-        return f"<LocalProxy {state} -> {self.settings.backend.host}:{self.settings.backend.port} auth={self.settings.auth}>"
+        backend = self.settings.backend
+        return f"<LocalProxy {state} -> {backend.host}:{backend.port} auth={self.settings.auth}>"
 
     # -- addresses -------------------------------------------------------------------------
     @property
@@ -96,7 +127,8 @@ class LocalProxy:
     def dsn(self) -> str:
         """A libpq URI for clients, without a password."""
         query = "?sslmode=require" if self.settings.require_tls else ""
-        return f"postgresql://{quote(self.user, safe='')}@{self.host}:{self.port}/{quote(self.settings.backend.database, safe='')}{query}"
+        database = quote(self.settings.backend.database, safe="")
+        return f"postgresql://{quote(self.user, safe='')}@{self.host}:{self.port}/{database}{query}"
 
     @property
     def ca_file(self) -> str | None:
@@ -115,7 +147,7 @@ class LocalProxy:
             asyncio.set_event_loop(loop)
             try:
                 loop.run_until_complete(server.start())
-            except BaseException as exc:  # noqa: BLE001 - handed to the starting thread
+            except BaseException as exc:
                 started.set_exception(exc)
                 loop.close()
                 return
@@ -176,10 +208,14 @@ class LocalProxy:
                 result = fn(server)
                 if asyncio.iscoroutine(result):
                     task = asyncio.ensure_future(result)
-                    task.add_done_callback(lambda t: future.set_exception(t.exception()) if t.exception() else future.set_result(t.result()))
+                    task.add_done_callback(
+                        lambda t: (
+                            future.set_exception(t.exception()) if t.exception() else future.set_result(t.result())
+                        )
+                    )
                     return
                 future.set_result(result)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            except BaseException as exc:
                 future.set_exception(exc)
 
         self._loop.call_soon_threadsafe(call)  # type: ignore[union-attr]

@@ -10,7 +10,7 @@ are fine) and statements larger than 16 KB. ``SET LOCAL`` and ``set_config(..., 
 only for the transaction, so they do not pin.
 
 Protocol-level prepared statements (Parse/Bind) are not in this list: the proxy re-prepares
-them on whichever backend serves the client (see ``client.py``).
+them on whichever backend serves the client (see ``session.py``).
 """
 
 from __future__ import annotations

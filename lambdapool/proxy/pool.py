@@ -4,9 +4,9 @@ Theory of operation
 -------------------
 State is three collections: ``idle`` (backends nobody holds; LIFO so the warm ones are
 reused and the cold ones age out), ``backends`` (every open backend) and ``waiters`` (clients
-in arrival order). A backend is only ever handed to the *head* waiter, whether it was
-returned by a client or freshly connected, so nobody overtakes; a client arriving while
-others wait queues behind them even if a backend is idle at that instant.
+in arrival order, seen only as ``interfaces.Borrower``). A backend is only ever handed to the
+*head* waiter, whether it was returned by a client or freshly connected, so nobody overtakes;
+a client arriving while others wait queues behind them even if a backend is idle at that instant.
 
 Backends open lazily: one connection attempt per waiter beyond those already connecting,
 while ``open + connecting < cap``. When the database is briefly away (refused, starting up,
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lambdapool.proxy.backend import Backend
-    from lambdapool.proxy.client import Client
+    from lambdapool.proxy.interfaces import Borrower
     from lambdapool.proxy.server import ProxyServer
 
 
@@ -41,7 +41,7 @@ class Pool:
         self.cap = cap
         self.idle: deque[Backend] = deque()
         self.backends: set[Backend] = set()
-        self.waiters: deque[Client] = deque()
+        self.waiters: deque[Borrower] = deque()
         self.connecting = 0
         self.refusing = False
         self.peak = 0
@@ -56,7 +56,7 @@ class Pool:
         return len(self.backends) - len(self.idle)
 
     # -- borrowing -------------------------------------------------------------------------
-    def acquire(self, client: Client) -> None:
+    def acquire(self, client: Borrower) -> None:
         """Lend a backend to ``client`` now or queue it; ends in ``client.attach`` or an error."""
         if not self.waiters and self.idle:
             client.attach(self.idle.pop())
@@ -68,7 +68,7 @@ class Pool:
             self._schedule_expiry()
         self._grow()
 
-    def cancel(self, client: Client) -> None:
+    def cancel(self, client: Borrower) -> None:
         """The client left while waiting."""
         try:
             self.waiters.remove(client)
@@ -89,7 +89,7 @@ class Pool:
             if client.closed:
                 continue
             self.server.counters["borrow_timeouts"] += 1
-            client.borrow_timed_out(busy=self.in_use, cap=self.cap)
+            client.borrow_timed_out(busy=self.in_use, cap=self.cap, waiting=len(self.waiters))
         if self.waiters:
             self._schedule_expiry()
 
@@ -156,7 +156,7 @@ class Pool:
     async def _open(self) -> None:
         try:
             backend = await self.server.connect_backend(refuse=self.refusing)
-        except Exception as exc:  # noqa: BLE001 - any failure is reported to the waiter
+        except Exception as exc:
             self.connecting -= 1
             if not self.refusing and _database_away(exc):
                 self._retry_later()  # waiters stay queued until a backend or their borrow timeout
@@ -211,8 +211,16 @@ class Pool:
             backend.close()
 
 
-_AWAY = ("starting up", "shutting down", "in recovery", "too many clients", "remaining connection slots",
-         "not yet accepting connections", "connection reset", "closed the connection during login")  # fmt: skip
+_AWAY = (
+    "starting up",
+    "shutting down",
+    "in recovery",
+    "too many clients",
+    "remaining connection slots",
+    "not yet accepting connections",
+    "connection reset",
+    "closed the connection during login",
+)
 
 
 def _database_away(exc: BaseException) -> bool:
@@ -221,4 +229,3 @@ def _database_away(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return any(reason in text for reason in _AWAY)
-

@@ -20,12 +20,20 @@ that waited; the connection stays usable).
 
 from __future__ import annotations
 
+PROXY = "lambdapool local proxy"  # who adds the detail in parentheses
+
 BORROW_TIMEOUT = "53300", "Timed-out waiting to acquire database connection."
 CLIENT_CAP = "53300", "The maximum number of client connections to the proxy exceeded {limit}."
 CONNECTION_RATE = "53400", "Rate of connection to proxy exceeded {rate}."
 IAM_COMPETING = "28000", "The IAM authentication failed because of too many competing requests."
 IAM_NEEDS_TLS = "28000", "IAM is allowed only with SSL connections."
 REQUIRES_TLS = "28000", "This RDS Proxy requires TLS connections."
+
+
+def borrow_timeout_message(timeout: float, cap: int) -> str:
+    """RDS Proxy's borrow timeout text, with the proxy's detail (ERROR after login, FATAL during one)."""
+    detail = f"timed out after {float(timeout)}s waiting to borrow a database connection"
+    return f"{BORROW_TIMEOUT[1]} ({PROXY}: {detail} (all {cap} backends busy; raise max_backends or borrow_timeout))"
 
 
 class ConnectionRate:

@@ -8,51 +8,53 @@ is mostly callbacks, and they are markedly faster than streams for that.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import secrets
 import socket
 import ssl
+import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
+from lambdapool.errors import ConnectionUnavailable
+from lambdapool.proto import Message
 from lambdapool.proto import messages as m
 from lambdapool.proxy import admin
 from lambdapool.proxy.auth import ScramVerifier
-from lambdapool.errors import ConnectionUnavailable
 from lambdapool.proxy.backend import Backend, BackendLoginError
+from lambdapool.proxy.backend_state import SYNCED, BackendState
 from lambdapool.proxy.client import Client
 from lambdapool.proxy.config import ProxySettings
-from lambdapool.proxy.pinning import pin_reasons
 from lambdapool.proxy.pool import Pool
 from lambdapool.proxy.rds_errors import ConnectionRate
+from lambdapool.proxy.shared import COUNTERS, SharedState
+
+__all__ = ["COUNTERS", "LISTEN_BACKLOG", "ProxyServer"]
 
 LISTEN_BACKLOG = 1024
 
-COUNTERS = ("clients_total", "transactions", "borrows", "waited", "borrow_timeouts", "pinned_sessions",
-            "auth_failures", "backends_opened", "backends_closed", "resets", "reprepared", "replayed",
-            "client_cap_refusals", "rate_refusals", "iam_throttled")  # fmt: skip
-
 
 class _QueryCollector:
-    """Stands in for a client to run one query of the proxy's own on a backend."""
+    """Owns a backend while it runs one query of the proxy's own; collects what the client would see."""
 
-    pinned = None
+    def __init__(self, loop: asyncio.AbstractEventLoop, state: BackendState) -> None:
+        self.state = state
+        self.data: list[bytes] = []
+        self.done: asyncio.Future[bytes] = loop.create_future()
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.data = bytearray()
-        self.done = loop.create_future()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def transaction_done(self, backend: Backend) -> None:
-        backend.client = None
-        if not self.done.done():
-            self.done.set_result(bytes(self.data))
+    def backend_messages(self, msgs: list[Message]) -> None:
+        if self.state.relay(msgs, self.data, None) & SYNCED and not self.done.done():
+            self.done.set_result(b"".join(self.data))
 
     def backend_lost(self, *, by_proxy: bool) -> None:
         if not self.done.done():
             self.done.set_exception(ConnectionError("the server closed the connection"))
+
+    def pause_reading(self) -> None:
+        pass  # nothing to hold back: the proxy sent its one query
+
+    def resume_reading(self) -> None:
+        pass
 
 
 class ProxyServer:
@@ -64,10 +66,8 @@ class ProxyServer:
         self.clients: set[Client] = set()
         self._by_pid: dict[int, Client] = {}
         self.pool: Pool = None  # type: ignore[assignment]
-        self.counters = dict.fromkeys(COUNTERS, 0)
-        self.pin_counts: dict[str, int] = {}
-        self.baseline: dict[str, str] = {}
-        self.baseline_lower: dict[str, str] = {}
+        self.shared = SharedState()  # what every client's session shares
+        self.counters = self.shared.counters
         self.latency = 0.0
         self.hanging = False
         self.iam_throttle: bool | int = False  # fault: refuse IAM logins as "too many competing requests"
@@ -80,10 +80,8 @@ class ProxyServer:
         self.max_wait = 0.0
         self.total_wait = 0.0
         self._listener: asyncio.AbstractServer | None = None
-        self._sweeper: asyncio.Task | None = None
-        self._statement_names: dict[bytes, bytes] = {}
-        self._pin_cache: dict[tuple[str, bool], list[str]] = {}
-        self._tmp = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -103,8 +101,7 @@ class ProxyServer:
                 f"lambdapool local proxy: cannot open a connection to the backend {target.host}:{target.port}/"
                 f"{target.database} as {target.user}: {exc or type(exc).__name__}; check the backend DSN"
             ) from None
-        self.baseline = dict(first.params)
-        self.baseline_lower = {k.lower(): v for k, v in first.params.items()}
+        self.shared.set_baseline(first.params)
         cap = settings.max_backends
         if cap is None:
             max_connections = int(await self.run_query(first, "SHOW max_connections"))
@@ -114,7 +111,9 @@ class ProxyServer:
         await self.start_listening()
         loopback = {"localhost", "127.0.0.1"}
         wildcard = loopback | {"::1", socket.gethostname()}
-        self.iam_hosts = {self.host} | (loopback if self.host in loopback else wildcard if self.host in ("0.0.0.0", "::") else set())
+        self.iam_hosts = {self.host} | (
+            loopback if self.host in loopback else wildcard if self.host in ("0.0.0.0", "::") else set()
+        )
         self._sweeper = self.loop.create_task(self._sweep())
 
     async def stop(self) -> None:
@@ -132,8 +131,6 @@ class ProxyServer:
             self._tmp.cleanup()
 
     def _setup_tls(self) -> None:
-        import tempfile
-
         settings = self.settings
         cert, key = settings.cert_file, settings.key_file
         if not cert:
@@ -172,7 +169,7 @@ class ProxyServer:
         if refuse:
             raise ConnectionRefusedError("new backends are refused (fault injection: refuse_backends)")
         target, timeout = self.settings.backend, self.settings.connect_timeout
-        transport, backend = await asyncio.wait_for(
+        _transport, backend = await asyncio.wait_for(
             self.loop.create_connection(lambda: Backend(self, target), target.host, target.port), timeout
         )
         try:
@@ -185,38 +182,16 @@ class ProxyServer:
 
     async def run_query(self, backend: Backend, sql: str) -> str:
         """The first column of the first row of ``sql`` run on an idle ``backend``."""
-        collector = _QueryCollector(self.loop)
-        backend.client = collector  # type: ignore[assignment]
-        backend.expect.append(("Q", None))
+        collector = _QueryCollector(self.loop, backend.state)
+        backend.owner = collector
+        backend.state.expect.append(("Q", None))
         backend.write(m.query(sql))
-        data = await asyncio.wait_for(collector.done, self.settings.connect_timeout)
+        try:
+            data = await asyncio.wait_for(collector.done, self.settings.connect_timeout)
+        finally:
+            backend.owner = None
         pos = data.index(b"D")
         return m.read_data_row(data[pos + 5 : pos + 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")])[0] or ""
-
-    def statement_name(self, rest: bytes, encoding: bytes = b"") -> bytes:
-        """The proxy's own name for a prepared query (the same on every backend, for every client).
-
-        ``encoding``: the client_encoding the query was sent in, when it is not the server's
-        default: the same bytes are another text in another encoding, so another statement.
-        """
-        key = encoding + b"\0" + rest if encoding else rest
-        name = self._statement_names.get(key)
-        if name is None:
-            name = b"lp_" + hashlib.sha1(key).hexdigest()[:20].encode()
-            self._statement_names[key] = name
-        return name
-
-    def pin_reasons_cached(self, sql: str, in_transaction: bool, size: int) -> list[str]:
-        # size (bytes on the wire) is in the key: one text can be 16 KB in one client_encoding
-        # and not in another
-        key = (sql, in_transaction, size)
-        reasons = self._pin_cache.get(key)
-        if reasons is None:
-            reasons = pin_reasons(sql, in_transaction=in_transaction, size=size)
-            if len(self._pin_cache) > 10000:
-                self._pin_cache.clear()
-            self._pin_cache[key] = reasons
-        return reasons
 
     # -- clients ---------------------------------------------------------------------------
     def new_key(self) -> tuple[int, int]:
@@ -257,7 +232,7 @@ class ProxyServer:
         except (OSError, asyncio.TimeoutError):
             pass
 
-    def admin_answer(self, sql: str) -> bytes:
+    def admin_answer(self, sql: str) -> tuple[bytes, bytes]:
         return admin.answer(sql, self.stats(), self.settings.backend.database, self.settings.backend.user)
 
     async def _sweep(self) -> None:
@@ -270,13 +245,15 @@ class ProxyServer:
             timeout = settings.idle_client_timeout
             if timeout:
                 cutoff = time.monotonic() - timeout
-                for client in [c for c in self.clients if c.last_active < cutoff and not c.waiting and (c.backend is None or c.pinned)]:
-                    client.fatal("57P05", f"lambdapool local proxy: closing the connection after {timeout:g}s idle "
-                                          "(idle_client_timeout)")  # fmt: skip
+                for client in [c for c in self.clients if c.last_active < cutoff and c.idle]:
+                    client.fatal(
+                        "57P05",
+                        f"lambdapool local proxy: closing the connection after {timeout:g}s idle (idle_client_timeout)",
+                    )
             self.pool.sweep()
 
     # -- observability ---------------------------------------------------------------------
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         pool = self.pool
         return {
             "clients": len(self.clients),
@@ -288,10 +265,10 @@ class ProxyServer:
             "peak_backends": pool.peak,
             "max_backends": pool.cap,
             **self.counters,
-            "pin_reasons": dict(self.pin_counts),
+            "pin_reasons": dict(self.shared.pin_counts),
             "max_wait_seconds": round(self.max_wait, 6),
             "total_wait_seconds": round(self.total_wait, 6),
-            "prepared_statements": len(self._statement_names),
+            "prepared_statements": len(self.shared.statement_names),
             "latency_seconds": self.latency,
             "listening": self._listener is not None,
         }
