@@ -1,5 +1,6 @@
 """Helpers shared by the tests: a Lambda context stand-in, one query handler per driver,
-and the ``make_db`` fixture (re-exported by tests/conftest.py)."""
+the ``make_db`` fixture (re-exported by tests/conftest.py), :func:`terminate` and
+:func:`need_cli_parts`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import uuid
 import pytest
 
 import lambdapool
+from lambdapool.waiting import wait_for
 
 DRIVERS = ["psycopg", "psycopg-async", "asyncpg"]
 
@@ -78,3 +80,52 @@ def make_db():
 def backends(pg, app: str = "lambdapool:%") -> int:
     """Client backends the server holds for an application_name pattern (lambdapool's own by default)."""
     return pg.backends(app)
+
+
+def terminate(pg, *pids: int) -> bool:
+    """``pg_terminate_backend`` each backend on ``pg``, then wait until they have all exited, so
+    their FATAL has reached the clients' sockets; True if every one was signalled.
+
+    A PostgresServer is reached over its Unix socket (trust: a password changed by the test
+    does not matter), anything else through its ``.dsn``."""
+    import psycopg
+
+    from lambdapool.testing.postgres import SUPERUSER
+
+    ids = [int(pid) for pid in pids]
+    if getattr(pg, "base_dir", None) is not None:
+        conn = psycopg.connect(host=str(pg.base_dir), port=pg.port, user=SUPERUSER, dbname=pg.database, autocommit=True)
+    else:
+        conn = psycopg.connect(pg.dsn, autocommit=True)
+    with conn:
+        (signalled,) = conn.execute(
+            "SELECT coalesce(bool_and(pg_terminate_backend(pid)), true) FROM unnest(%s::int[]) AS pid", (ids,)
+        ).fetchone()
+        wait_for(lambda: not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                                          (ids,)).fetchone()[0], f"backends {ids} to exit", interval=0.005)  # fmt: skip
+    return bool(signalled)
+
+
+def need_cli_parts(*, pgbouncer: bool = False, moto: bool = False) -> None:
+    """Check what ``lambdapool demo`` / ``emulate`` will need on this machine (Postgres binaries,
+    awslambdaric; PgBouncer, moto if asked): skip on a laptop, fail in CI."""
+    import importlib.util
+
+    from lambdapool.testing.postgres import PostgresNotFound, find_bin_dir
+    from lambdapool.testing.pytest_plugin import missing
+
+    try:
+        find_bin_dir()
+    except PostgresNotFound as exc:
+        missing("Postgres server binaries", str(exc))
+    if importlib.util.find_spec("awslambdaric") is None:
+        missing("awslambdaric", "pip install 'lambdapool[dev]'")
+    if pgbouncer:
+        from lambdapool.testing.pgbouncer import PgBouncerNotFound, find_pgbouncer
+
+        try:
+            find_pgbouncer()
+        except PgBouncerNotFound as exc:
+            missing("PgBouncer", str(exc))
+    if moto and importlib.util.find_spec("moto") is None:
+        missing("moto[server]", "pip install 'lambdapool[dev]'")

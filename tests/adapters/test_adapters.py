@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import pytest
 from moto import mock_aws
@@ -17,7 +16,7 @@ from moto import mock_aws
 import lambdapool
 from lambdapool.testing import LocalProxy
 from lambdapool.testing.moto import create_db_proxy, create_secret, rotate_secret, signing_keys
-from tests.support import DRIVERS, LambdaContext, query_handler
+from tests.support import DRIVERS, LambdaContext, query_handler, terminate
 
 PROXY_NAME = "orders-proxy"
 
@@ -87,8 +86,7 @@ def test_secret_rotation_costs_no_failed_invocation(pg_factory, aws_env, moto_ur
         rotate_secret(arn, {"username": "postgres", "password": "new-Pw-2"}, endpoint_url=moto_url)
         pg.psql("ALTER ROLE postgres PASSWORD 'new-Pw-2'")
         # ...and the warm session ends (as after an idle timeout), so the next connect logs in anew.
-        pg.psql(f"SELECT pg_terminate_backend({first})")
-        time.sleep(0.05)  # the instance is frozen a while; the FATAL reaches its socket
+        terminate(pg, first)  # the instance is frozen a while; the FATAL reaches its socket
         second = handler({}, LambdaContext())
     finally:
         del os.environ["AWS_ENDPOINT_URL_SECRETS_MANAGER"]

@@ -6,10 +6,10 @@ from __future__ import annotations
 import threading
 import time
 
-import psycopg
 import pytest
 
 import lambdapool
+from lambdapool.emulator import BackendSampler
 from tests.support import LambdaContext, backends
 
 INSTANCES = 100
@@ -31,19 +31,6 @@ def burst(pg, *, guard: bool, deadline_ms: int) -> tuple[list[object], int, list
                                handle_sigterm=False) for _ in range(INSTANCES)]  # fmt: skip
     results: list[object] = []
     lock = threading.Lock()
-    peak = 0
-    stop = threading.Event()
-
-    # One superuser connection, opened before the burst (it sits in a reserved slot).
-    watcher = psycopg.connect(pg.dsn, autocommit=True)
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            row = watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'lp-guard'")
-            peak = max(peak, row.fetchone()[0])
-            time.sleep(0.02)
-
     def instance(db: lambdapool.Database) -> None:
         @db.lambda_handler
         def handler(event, context):
@@ -58,8 +45,8 @@ def burst(pg, *, guard: bool, deadline_ms: int) -> tuple[list[object], int, list
             with lock:
                 results.append(value)
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
+    # Its one superuser connection is opened before the burst (it sits in a reserved slot).
+    sampler = BackendSampler(pg.dsn, interval=0.02, application_name_like="lp-guard").start()
     threads = [threading.Thread(target=instance, args=(db,)) for db in dbs]
     try:
         for t in threads:
@@ -67,10 +54,8 @@ def burst(pg, *, guard: bool, deadline_ms: int) -> tuple[list[object], int, list
         for t in threads:
             t.join(120)
     finally:
-        stop.set()
-        sampler.join()
-        watcher.close()
-    return results, peak, dbs
+        sampler.stop()
+    return results, sampler.peak, dbs
 
 
 @pytest.mark.slow

@@ -7,8 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import threading
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -69,26 +67,16 @@ def test_sequential_requests_reuse_one_backend(functions_framework):
 
 
 @pytest.mark.slow
-def test_concurrent_requests_never_share_and_never_exceed_max_per_instance(functions_framework, pg_server):
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, backends(pg_server, "lp-gcf"))
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
+def test_concurrent_requests_never_share_and_never_exceed_max_per_instance(functions_framework, pg_server,
+                                                                           backend_sampler):  # fmt: skip
+    sampler = backend_sampler(pg_server, interval=0.02, application_name_like="lp-gcf")
     try:
         with ThreadPoolExecutor(max_workers=8) as pool:  # functions-framework serves on 8 threads
             results = list(pool.map(get, [functions_framework + "?sleep=0.3"] * 24))
     finally:
-        stop.set()
-        sampler.join()
+        sampler.stop()
     assert len(results) == 24  # none failed
     pids = {r["backend_pid"] for r in results}
     assert 1 < len(pids) <= 3, "concurrent requests must each get their own connection, at most 3"
-    assert peak <= 3
+    assert sampler.peak <= 3
     assert backends(pg_server, "lp-gcf") <= 3

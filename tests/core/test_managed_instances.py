@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -88,5 +89,7 @@ def test_sigterm_closes_the_connection_of_every_worker_process(pg_server, tmp_pa
         for pid in pids:  # closed by lambdapool in each worker, which is still alive
             os.kill(int(pid), 0)
     finally:
-        if proc.poll() is None:
+        # The whole group: the parent dies of the SIGTERM, its workers (which ignore it) do not.
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.support import DRIVERS, LambdaContext, backends, query_handler
+from tests.support import DRIVERS, LambdaContext, backends, query_handler, terminate
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -73,8 +73,7 @@ def test_backend_killed_between_invocations_costs_no_failed_invocation(pg_factor
     first = handler({}, LambdaContext())
     for round_ in range(3):
         # Between invocations (the instance is frozen on Lambda), the server ends the session.
-        assert pg.psql(f"SELECT pg_terminate_backend({first})") == "t"
-        time.sleep(0.05)  # let the FATAL reach the socket
+        assert terminate(pg, first)  # (returns once the FATAL has reached the socket)
         second = handler({}, LambdaContext())
         assert second != first
         first = second

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lambdapool.testing import wait_for
 from lambdapool.emulator import CloudFunctionFleet, LambdaFleet
+from lambdapool.testing import wait_for
 from lambdapool.testing.pytest_plugin import missing
 
 HANDLERS = Path(__file__).parent / "handlers"
@@ -29,21 +29,16 @@ def app_name() -> str:
 
 
 @pytest.fixture
-def lambda_fleet(pg_server, app_name) -> Iterator[Callable[..., LambdaFleet]]:
-    need("awslambdaric")
-    fleets: list[LambdaFleet] = []
+def lambda_fleet(lambda_fleet, pg_server, app_name) -> Callable[..., LambdaFleet]:
+    """The plugin's ``lambda_fleet`` (closed at teardown) on a handler of handlers/, named as
+    Lambda names it (``module.function``), with this test's database and application_name."""
 
     def make(handler: str = "pg_handler.handler", env: dict | None = None, **settings) -> LambdaFleet:
-        fleet = LambdaFleet(handler, HANDLERS, env={"DATABASE_URL": pg_server.dsn, "APP_NAME": app_name,
-                                                    **(env or {})}, **settings)  # fmt: skip
-        fleets.append(fleet)
-        return fleet.start()
+        module, function = handler.rsplit(".", 1)
+        return lambda_fleet(f"{HANDLERS / module}.py:{function}", env={"DATABASE_URL": pg_server.dsn,
+                            "APP_NAME": app_name, **(env or {})}, **settings)  # fmt: skip
 
-    try:
-        yield make
-    finally:
-        for fleet in fleets:
-            fleet.close()
+    return make
 
 
 @pytest.fixture

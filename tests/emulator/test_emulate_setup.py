@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lambdapool.testing import PostgresNotFound, find_bin_dir
-from lambdapool.testing.pytest_plugin import missing
+from tests.support import need_cli_parts
 
 HANDLER = '''
 import lambdapool
@@ -43,14 +42,7 @@ GRANT SELECT ON public.colors TO app;
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    try:
-        find_bin_dir()
-    except PostgresNotFound as exc:
-        missing("Postgres server binaries", str(exc))
-    import importlib.util
-
-    if importlib.util.find_spec("awslambdaric") is None:
-        missing("awslambdaric", "pip install 'lambdapool[dev]'")
+    need_cli_parts()
     (tmp_path / "app.py").write_text(HANDLER)
     (tmp_path / "setup.sql").write_text(SETUP)
     return tmp_path

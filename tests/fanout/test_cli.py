@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from lambdapool.cli import main
-from lambdapool.testing import PostgresNotFound, find_bin_dir, free_port
-from lambdapool.testing.pgbouncer import PgBouncerNotFound, find_pgbouncer
-from lambdapool.testing.pytest_plugin import missing
+from lambdapool.testing import free_port
+from tests.support import need_cli_parts
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lambda_psycopg" / "handler.py"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -25,23 +24,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture
 def parts() -> Callable[..., None]:
     """Check what a command will need on this machine: skip on a laptop, fail in CI."""
-
-    def need(*, pgbouncer: bool = False, moto: bool = False) -> None:
-        try:
-            find_bin_dir()
-        except PostgresNotFound as exc:
-            missing("Postgres server binaries", str(exc))
-        if importlib.util.find_spec("awslambdaric") is None:
-            missing("awslambdaric", "pip install 'lambdapool[dev]'")
-        if pgbouncer:
-            try:
-                find_pgbouncer()
-            except PgBouncerNotFound as exc:
-                missing("PgBouncer", str(exc))
-        if moto and importlib.util.find_spec("moto") is None:
-            missing("moto[server]", "pip install 'lambdapool[dev]'")
-
-    return need
+    return need_cli_parts
 
 
 @pytest.mark.slow

@@ -31,6 +31,7 @@ from tests.fanout.conftest import (
     fleets,
     need_awslambdaric,
 )
+from tests.support import terminate
 
 pytestmark = pytest.mark.slow
 
@@ -112,9 +113,7 @@ def kill_app_backends(pg) -> None:
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
         pids = [r[0] for r in conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend'")]  # fmt: skip
-        conn.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
-        wait_for(lambda: not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)",
-                                          (pids,)).fetchone()[0], "the terminated backends gone", interval=0.005)  # fmt: skip
+    terminate(pg, *pids)
     assert pids, "the burst had no backend to kill"
 
 

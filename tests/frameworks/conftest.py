@@ -9,13 +9,13 @@ connection must survive with no failed invocation.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from lambdapool.testing import LocalProxy, PostgresNotFound, PostgresServer, WaitTimeout, wait_for
+from lambdapool.testing import LocalProxy, PostgresServer, WaitTimeout, wait_for
 from lambdapool.testing.pgbouncer import PgBouncer, PgBouncerNotFound
 from lambdapool.testing.pytest_plugin import missing
 
@@ -24,16 +24,9 @@ ROUTES = ["direct", "local", "pgbouncer"]
 
 
 @pytest.fixture(scope="session")
-def fw_pg() -> Iterator[PostgresServer]:
+def fw_pg(pg_session_factory: Callable[..., PostgresServer]) -> PostgresServer:
     """A private server with SCRAM over TCP (so the proxy and PgBouncer log in as clients do)."""
-    try:
-        server = PostgresServer(max_connections=60, password=PASSWORD).start()
-    except PostgresNotFound as exc:
-        missing("Postgres server binaries", str(exc))
-    try:
-        yield server
-    finally:
-        server.stop()
+    return pg_session_factory(max_connections=60, password=PASSWORD)
 
 
 def kill_backends(pg: PostgresServer) -> int:
@@ -47,6 +40,12 @@ def kill_backends(pg: PostgresServer) -> int:
     except WaitTimeout:  # the callers' own asserts say what is left
         pass
     return killed
+
+
+def open_transactions(pg: PostgresServer) -> int:
+    """Sessions the server holds inside a transaction between statements (idle in transaction,
+    aborted or not): what a request must never leave behind."""
+    return int(pg.psql("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"))
 
 
 @dataclass
@@ -66,23 +65,24 @@ class Route:
     def kill_backends(self) -> int:
         return kill_backends(self.pg)
 
+    def open_transactions(self) -> int:
+        return open_transactions(self.pg)
+
     def settings(self) -> dict[str, Any]:
         """Database(**route.settings()): the DSN and pooler."""
         return {"dsn": self.dsn, "pooler": self.pooler}
 
 
 @pytest.fixture(params=ROUTES)
-def route(request: pytest.FixtureRequest, fw_pg: PostgresServer) -> Iterator[Route]:
+def route(request: pytest.FixtureRequest, fw_pg: PostgresServer,
+          local_proxy: Callable[..., LocalProxy]) -> Iterator[Route]:  # fmt: skip
     name = request.param
     if name == "direct":
         yield Route(name, fw_pg, fw_pg.dsn, "direct")
         return
     if name == "local":
-        proxy = LocalProxy(fw_pg.dsn, max_backends=5).start()
-        try:
-            yield Route(name, fw_pg, proxy.dsn, "local", proxy=proxy)
-        finally:
-            proxy.stop()
+        proxy = local_proxy(fw_pg, max_backends=5)  # (stopped by the plugin's fixture)
+        yield Route(name, fw_pg, proxy.dsn, "local", proxy=proxy)
         return
     try:
         bouncer = PgBouncer(fw_pg, default_pool_size=5).start()

@@ -35,10 +35,6 @@ ROOT = Path(__file__).resolve().parents[2]
 REQUESTS = 50
 
 
-def idle_in_transaction(route: Any) -> int:
-    return int(route.pg.psql("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"))
-
-
 def call(handler: Any, path: str, version: str = "v2", context: Any = None) -> tuple[int, Any]:
     response = handler(EVENTS[version](path), context or LambdaContext())
     body = response["body"]
@@ -73,7 +69,7 @@ def test_mangum_each_request_one_invocation_warm_across_requests(make_db, route,
     status, _ = call(handler, "/fail")
     assert status == 500
     assert call(handler, "/async")[1]["clean"]
-    assert idle_in_transaction(route) == 0
+    assert route.open_transactions() == 0
 
     # A backend killed between requests: replaced, before any statement, no failed request.
     for kill in range(3):
@@ -87,7 +83,7 @@ def test_mangum_each_request_one_invocation_warm_across_requests(make_db, route,
         assert stats["reconnects"] == 3, stats
     assert stats["connect_failures"] == 0
     assert route.pins() == 0
-    assert idle_in_transaction(route) == 0
+    assert route.open_transactions() == 0
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -183,7 +179,7 @@ def test_sync_yield_dependency_across_threads_leaks_nothing(make_db, route, wrap
     stats = db.stats()
     assert stats["connects"] <= 2 and stats["reconnects"] <= 1, stats  # (connects counts the reconnect)
     assert db._slots.idle and len(db._slots.idle) == 1, "the slot was not given back"
-    assert idle_in_transaction(route) == 0
+    assert route.open_transactions() == 0
     if wrapped:
         assert stats["invocations"] == REQUESTS + 1
 

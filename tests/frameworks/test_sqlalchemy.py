@@ -62,10 +62,6 @@ def wrapped_loads(s: str | bytes) -> dict:
     return {"decoded_by": "custom", "value": json.loads(s)}
 
 
-def open_transactions(route: Any) -> int:
-    return int(route.pg.psql("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"))
-
-
 def holder_in_transaction(db: Any) -> bool:
     return any(h.conn is not None and db.driver.in_transaction(h.conn) for h in db._slots.all)
 
@@ -155,7 +151,7 @@ def test_fifty_invocations_one_connection_and_a_killed_backend(route, make_db, d
         assert result["count"] == n
         pids.append(result["pid"])
         assert not holder_in_transaction(db)  # nothing left open, on our side ...
-        assert open_transactions(route) == 0  # ... nor on the server's
+        assert route.open_transactions() == 0  # ... nor on the server's
         if n == KILL_AT - 1:
             stats = db.stats()
             assert stats["connects"] == 1  # create_all and 24 invocations: one connection

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from lambdapool.testing import free_port, wait_for
 from lambdapool.testing.pytest_plugin import missing
 
 try:
@@ -35,33 +35,19 @@ REQUESTS = 50
 START_TIMEOUT = 120.0  # a bound for a stuck start, not a timing assumption
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def process_state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]  # (the name in parentheses may hold spaces)
 
 
-def wait_for(condition: Any, what: str, timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.02)
-
-
 def freeze(pid: int) -> None:
     os.kill(pid, signal.SIGSTOP)
-    wait_for(lambda: process_state(pid) == "T", f"process {pid} to stop")
+    wait_for(lambda: process_state(pid) == "T", f"process {pid} to stop", START_TIMEOUT)
 
 
 def thaw(pid: int) -> None:
     os.kill(pid, signal.SIGCONT)
-    wait_for(lambda: process_state(pid) != "T", f"process {pid} to continue")
+    wait_for(lambda: process_state(pid) != "T", f"process {pid} to continue", START_TIMEOUT)
 
 
 class Served:
@@ -149,16 +135,12 @@ def serve(tmp_path: Path, route: Any) -> Iterator[Any]:
                "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)}  # fmt: skip
         served = Served(command(server, port), env, port, tmp_path / f"{server}.log")
         started.append(served)
-        wait_for(served.up, f"{server} to answer")
+        wait_for(served.up, f"{server} to answer", START_TIMEOUT)
         return served
 
     yield start
     for served in started:
         served.stop()
-
-
-def idle_in_transaction(route: Any) -> int:
-    return int(route.pg.psql("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"))
 
 
 SETUPS = [
@@ -210,12 +192,12 @@ def test_frozen_between_requests_backend_killed_next_request_reconnects(serve, r
         assert stats["connects"] == 3, stats
     assert stats["open_connections"] == 1
     assert route.pins() == 0
-    assert idle_in_transaction(route) == 0
+    assert route.open_transactions() == 0
     if "/async" in paths:  # a request failing inside a transaction leaves nothing open
         assert served.get("/fail").status_code == 500
         response = served.get("/async")
         assert response.status_code == 200 and response.json()["clean"]
-        assert idle_in_transaction(route) == 0
+        assert route.open_transactions() == 0
 
 
 def check_body(response: httpx.Response) -> None:

@@ -18,6 +18,7 @@ from werkzeug.test import Client
 import lambdapool
 from lambdapool.testing.pytest_plugin import missing
 from tests.frameworks.apps.wsgi_apps import flask_app
+from tests.frameworks.conftest import open_transactions
 
 try:
     import flask  # noqa: F401
@@ -26,10 +27,6 @@ except ImportError as exc:  # pragma: no cover
 
 REQUESTS = 50
 APPS = Path(__file__).parent / "apps"
-
-
-def idle_in_transaction(route: Any) -> int:
-    return int(route.pg.psql("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"))
 
 
 def environ(path: str) -> dict[str, Any]:
@@ -69,7 +66,7 @@ def test_flask_each_request_one_invocation(make_db, route):
         assert len(pids) == 1
 
     assert client.get("/fail", buffered=True).status_code == 500  # Flask turns it into a 500
-    assert idle_in_transaction(route) == 0
+    assert route.open_transactions() == 0
     for _ in range(3):
         route.kill_backends()
         response = client.get("/sync", buffered=True)
@@ -137,11 +134,7 @@ def test_exceptions_end_the_invocation(make_db, fw_pg):
         result.close()
         assert len(db._slots.idle) == 1
     assert db.stats()["connects"] == 1
-    assert idle_in_transaction_pg(fw_pg) == 0
-
-
-def idle_in_transaction_pg(pg: Any) -> int:
-    return int(pg.psql("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"))
+    assert open_transactions(fw_pg) == 0
 
 
 def test_a_response_never_closed_does_not_keep_the_slot(make_db, fw_pg):
@@ -191,7 +184,7 @@ def test_flask_under_functions_framework_with_cloud_function(monkeypatch, route)
         if route.name == "direct":
             assert len(pids) == 1 and stats["reconnects"] == 2
         assert route.pins() == 0
-        assert idle_in_transaction(route) == 0
+        assert route.open_transactions() == 0
     finally:
         for module in list(sys.modules.values()):  # the target's module, loaded by functions-framework
             if getattr(module, "__file__", None) == str(APPS / "cloud_fn.py"):

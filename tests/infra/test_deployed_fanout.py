@@ -10,15 +10,14 @@ configured from what `describe_db_proxy_target_groups` returns for the deployed 
 from __future__ import annotations
 
 import threading
-import time
 
 import boto3
-import psycopg
 import pytest
 
 import lambdapool
-from lambdapool.testing.moto import signing_keys
+from lambdapool.emulator import BackendSampler
 from lambdapool.proxy import LocalProxy
+from lambdapool.testing.moto import signing_keys
 from tests.infra.infra_support import (
     create_secret,
     deploy_stack,
@@ -28,15 +27,6 @@ from tests.infra.infra_support import (
 from tests.support import LambdaContext
 
 RESERVED = 24
-
-
-def peak_backends(dsn: str, done: threading.Event, peak: list[int]) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        while not done.is_set():
-            (n,) = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
-                                "AND pid <> pg_backend_pid()").fetchone()
-            peak[0] = max(peak[0], n)
-            time.sleep(0.005)
 
 
 @pytest.mark.slow
@@ -89,16 +79,12 @@ def test_burst_of_the_deployed_function_stays_under_max_connections(network, pg_
                 except Exception as exc:  # noqa: BLE001 - asserted below
                     results.append(exc)
 
-            done, peak = threading.Event(), [0]
-            watcher = threading.Thread(target=peak_backends, args=(pg.dsn, done, peak))
-            watcher.start()
-            threads = [threading.Thread(target=invoke, args=(h,)) for h in handlers]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(30)
-            done.set()
-            watcher.join(5)
+            with BackendSampler(pg.dsn, interval=0.005) as sampler:
+                threads = [threading.Thread(target=invoke, args=(h,)) for h in handlers]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(30)
             stats = proxy.stats()
         finally:
             for db in instances:
@@ -106,7 +92,7 @@ def test_burst_of_the_deployed_function_stays_under_max_connections(network, pg_
     # THEN every invocation is served, and the server never holds more than the proxy's cap
     assert results == ["postgres"] * RESERVED
     cap = 20 * config["MaxConnectionsPercent"] // 100
-    print(f"peak backends {peak[0]}, cap {cap}")
-    assert 1 <= peak[0] <= cap < 20 - 3, (peak[0], cap)
+    print(f"peak backends {sampler.peak}, cap {cap}")
+    assert 1 <= sampler.peak <= cap < 20 - 3, (sampler.peak, cap)
     assert stats["auth_failures"] == 0 and stats["pinned_sessions"] == 0
 

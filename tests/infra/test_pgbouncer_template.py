@@ -5,12 +5,12 @@ and PgBouncer turns away clients past the planned fan-out."""
 from __future__ import annotations
 
 import threading
-import time
 
 import psycopg
 import pytest
 
 from lambdapool.cli import main
+from lambdapool.emulator import BackendSampler
 from lambdapool.testing.pgbouncer import PgBouncer, PgBouncerNotFound
 from lambdapool.testing.pytest_plugin import missing
 from tests.infra.infra_support import ROOT
@@ -66,17 +66,7 @@ def test_planned_pgbouncer_caps_backends_and_clients(pg_factory, capsys):
         config = {row["key"]: row["value"] for row in bouncer.show("CONFIG")}
         assert config["query_wait_timeout"] == settings["query_wait_timeout"]
         # WHEN all 24 instances run a transaction at once
-        peak, errors, done = [0], [], threading.Event()
-
-        def watch() -> None:
-            with psycopg.connect(pg.dsn, autocommit=True) as conn:
-                while not done.is_set():
-                    (n,) = conn.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
-                        "AND pid <> pg_backend_pid()").fetchone()
-                    peak[0] = max(peak[0], n)
-                    time.sleep(0.005)
-
+        errors: list[Exception] = []
         barrier = threading.Barrier(24, timeout=10)
 
         def instance() -> None:
@@ -87,18 +77,15 @@ def test_planned_pgbouncer_caps_backends_and_clients(pg_factory, capsys):
             except Exception as exc:  # noqa: BLE001 - collected and asserted below
                 errors.append(exc)
 
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        threads = [threading.Thread(target=instance) for _ in range(24)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(20)
-        done.set()
-        watcher.join(5)
+        with BackendSampler(pg.dsn, interval=0.005) as sampler:
+            threads = [threading.Thread(target=instance) for _ in range(24)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(20)
         # THEN every instance is served, and the database never holds more than 15 of them
         assert errors == []
-        assert 1 <= peak[0] <= 15, peak[0]
+        assert 1 <= sampler.peak <= 15, sampler.peak
         # AND a 25th client at once is more than the plan allowed: PgBouncer refuses it
         held = [psycopg.connect(bouncer.dsn, prepare_threshold=None) for _ in range(24)]
         try:

@@ -1,53 +1,37 @@
-"""Fixtures for the local proxy's tests: one SCRAM-protected Postgres for the module, and a
-factory of proxies in front of it (stopped at teardown)."""
+"""Fixtures for the local proxy's tests: one SCRAM-protected Postgres for the session, and a
+factory of proxies in front of it (the plugin's ``local_proxy``, stopped at teardown)."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
-from lambdapool.testing import LocalProxy, PostgresNotFound, PostgresServer
+from lambdapool.testing import LocalProxy, PostgresServer
 from lambdapool.testing.pytest_plugin import missing
 
 SERVER_PASSWORD = "server-pw"
+MAX_PREPARED_TRANSACTIONS = 5
 
 
 @pytest.fixture(scope="session")
-def proxy_pg() -> Iterator[PostgresServer]:
-    """A private server (SCRAM for TCP, so the proxy logs in with SCRAM) with pgbench tables."""
-    try:
-        server = PostgresServer(max_connections=40, password=SERVER_PASSWORD).start()
-    except PostgresNotFound as exc:
-        missing("Postgres server binaries", str(exc))
-    try:
-        server.psql("CREATE TABLE IF NOT EXISTS t (id int primary key, v text); CREATE SEQUENCE IF NOT EXISTS order_seq")
-        yield server
-    finally:
-        server.stop()
+def proxy_pg(pg_session_factory: Callable[..., PostgresServer]) -> PostgresServer:
+    """A private server (SCRAM for TCP, so the proxy logs in with SCRAM) with the tables the
+    tests use, and two-phase commit on (test_fidelity compares PREPARE TRANSACTION both ways)."""
+    server = pg_session_factory(max_connections=40, password=SERVER_PASSWORD,
+                                settings={"max_prepared_transactions": MAX_PREPARED_TRANSACTIONS})  # fmt: skip
+    server.psql("CREATE TABLE IF NOT EXISTS t (id int primary key, v text); CREATE SEQUENCE IF NOT EXISTS order_seq")
+    return server
 
 
 @pytest.fixture
-def make_proxy(proxy_pg: PostgresServer) -> Iterator[Callable[..., LocalProxy]]:
-    started: list[LocalProxy] = []
-
-    def make(**kwargs: object) -> LocalProxy:
-        proxy = LocalProxy(proxy_pg.dsn, **kwargs)  # type: ignore[arg-type]
-        started.append(proxy)
-        return proxy.start()
-
-    try:
-        yield make
-    finally:
-        for proxy in started:
-            proxy.stop()
-
-
-def server_backends(pg: PostgresServer) -> int:
-    """Client backends on the server other than the psql asking."""
-    return int(pg.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"))
+def make_proxy(proxy_pg: PostgresServer, local_proxy: Callable[..., LocalProxy]) -> Callable[..., LocalProxy]:
+    """The plugin's ``local_proxy`` in front of ``proxy_pg``, with LocalProxy's own default
+    (no cap) unless the test names ``max_backends``; stopped at teardown."""
+    return functools.partial(local_proxy, proxy_pg, max_backends=None)
 
 
 def need_binary(name: str) -> str:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
 
+from lambdapool.testing import WaitTimeout, wait_for
 from tests.proxy.conftest import need_binary, run
+from tests.support import terminate
 
 
 def test_show_pools_and_stats_from_psql_and_psycopg(make_proxy):
@@ -142,9 +145,8 @@ def test_server_restart_is_invisible_to_clients_between_transactions(pg_factory)
             before = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
             pg.restart()
             # The idle backend died with the server; the next transaction gets a new one.
-            deadline = time.monotonic() + 10
-            while proxy.stats()["backends_idle"] and time.monotonic() < deadline:
-                time.sleep(0.02)
+            with contextlib.suppress(WaitTimeout):  # (a bounded wait: what follows asserts)
+                wait_for(lambda: not proxy.stats()["backends_idle"], "the proxy to drop its dead idle backend")
             after = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
             assert after != before
         assert proxy.stats()["backends_closed"] >= 1
@@ -180,8 +182,8 @@ def test_clients_wait_through_a_database_restart_instead_of_failing(make_proxy, 
         result: list[object] = []
         query = threading.Thread(target=lambda: result.append(conn.execute("SELECT 2").fetchone()))
         query.start()
-        time.sleep(0.5)
-        proxy_pg.start()  # ...and comes back half a second later (from the main thread)
+        wait_for(lambda: proxy.stats()["waiting"] == 1, "the query to wait for a backend while the database is down")
+        proxy_pg.start()  # ...and comes back (from the main thread) once the query is waiting for it
         query.join(30)
         assert result == [(2,)]  # it waited for the database, then was served
     assert proxy.stats()["borrow_timeouts"] == 0
@@ -193,8 +195,7 @@ def test_a_backend_killed_under_a_transaction_gives_the_client_one_error(make_pr
     proxy = make_proxy(max_backends=2)
     conn = psycopg.connect(proxy.dsn)  # a transaction holds its backend until COMMIT
     pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-    proxy_pg.psql(f"SELECT pg_terminate_backend({pid})")
-    time.sleep(0.1)
+    terminate(proxy_pg, pid)  # (returns once the backend is gone: its FATAL is on the proxy's socket)
     with pytest.raises(psycopg.OperationalError) as info:  # not "received 2 results from COMMIT"
         conn.commit()
     assert not isinstance(info.value, psycopg.InternalError)

@@ -9,36 +9,15 @@ import time
 
 import pytest
 
-from tests.proxy.conftest import server_backends
+from lambdapool.testing import wait_for
 
 
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-def test_500_clients_against_a_cap_of_10_never_exceed_10_backends(make_proxy, proxy_pg):
+def test_500_clients_against_a_cap_of_10_never_exceed_10_backends(make_proxy, proxy_pg, backend_sampler):
     import asyncpg
-    import psycopg
 
     proxy = make_proxy(max_backends=10, max_client_connections=1000)
-    samples: list[int] = []
-    stop = threading.Event()
-
-    def sample() -> None:
-        # Sampled from the server's side, over a direct connection that is not the proxy's.
-        with psycopg.connect(proxy_pg.dsn, autocommit=True) as conn:
-            while not stop.is_set():
-                samples.append(conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
-                    "AND pid <> pg_backend_pid()").fetchone()[0])  # fmt: skip
-                time.sleep(0.005)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
+    # Sampled from the server's side, over a direct connection that is not the proxy's.
+    sampler = backend_sampler(proxy_pg, interval=0.005)
 
     async def main() -> list:
         async def one(n: int) -> int:
@@ -56,15 +35,14 @@ def test_500_clients_against_a_cap_of_10_never_exceed_10_backends(make_proxy, pr
     try:
         results = asyncio.run(main())
     finally:
-        stop.set()
-        sampler.join()
+        sampler.stop()
     failures = [r for r in results if isinstance(r, BaseException)]
     assert not failures, failures[:3]
     assert results == [3 * n + 3 for n in range(500)]
     stats = proxy.stats()
     assert stats["peak_clients"] >= 100  # really concurrent
     assert stats["peak_backends"] <= 10
-    assert len(samples) > 10 and max(samples) <= 10, max(samples)
+    assert len(sampler.timeline) > 10 and sampler.peak <= 10, sampler.peak
     assert stats["waited"] > 0 and stats["borrow_timeouts"] == 0
 
 
@@ -184,7 +162,7 @@ def test_backend_max_lifetime_and_max_idle_backends(make_proxy, proxy_pg):
     assert len(pids) == 2  # past its lifetime, the backend was replaced
     for conn in conns:
         conn.close()
-    wait_for(lambda: server_backends(proxy_pg) <= 1, what="idle backends to close")
+    wait_for(lambda: proxy_pg.backends() <= 1, what="idle backends to close")
 
 
 def test_unreachable_or_refusing_backend_fails_start_with_a_clear_error(proxy_pg):

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable
 
 import pytest
 
 import lambdapool
 from lambdapool.drivers.base import classify_connect_error, connect_error_fix
+from lambdapool.testing import wait_for
 from lambdapool.testing.moto import signing_keys
 from tests.support import LambdaContext, query_handler
 
@@ -25,22 +25,13 @@ IAM_TLS = "IAM is allowed only with SSL connections"
 SHORT_MS = 2000  # an invocation whose condition never clears: it ends within this
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    """Poll ``condition`` (a safety net, not a measurement: it normally holds within ms)."""
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
 def when(condition: Callable[[], bool], action: Callable[[], object], what: str) -> threading.Thread:
     """Run ``action`` on a thread once ``condition`` holds (e.g. the SDK was refused once)."""
     failures: list[BaseException] = []
 
     def run() -> None:
         try:
-            wait_until(condition, what)
+            wait_for(condition, what, timeout=60)  # (a safety net: it normally holds within ms)
             action()
         except BaseException as exc:  # noqa: BLE001 - reported by the test through join()
             failures.append(exc)

@@ -14,8 +14,9 @@ import pytest
 
 from lambdapool.errors import ConfigError
 from lambdapool.testing.pgbouncer import PgBouncer, PgBouncerNotFound, find_pgbouncer, sweep_orphans
-from lambdapool.testing.postgres import ExternalPostgres, PostgresNotFound, PostgresServer
+from lambdapool.testing.postgres import ExternalPostgres, PostgresServer
 from lambdapool.testing.pytest_plugin import missing
+from lambdapool.waiting import wait_for
 
 PASSWORD = 'pa"ss word'
 
@@ -30,16 +31,8 @@ def pgbouncer_bin() -> str:
 
 
 @pytest.fixture(scope="module")
-def backend():
-    server = PostgresServer(max_connections=20, password=PASSWORD)
-    try:
-        server.start()
-    except PostgresNotFound as exc:
-        missing("Postgres server binaries", str(exc))
-    try:
-        yield server
-    finally:
-        server.stop()
+def backend(pg_session_factory) -> PostgresServer:
+    return pg_session_factory(max_connections=20, password=PASSWORD)
 
 
 def test_transaction_pool_caps_server_backends(pgbouncer_bin, backend):
@@ -115,12 +108,13 @@ def test_pgbouncer_dies_with_its_owner_and_the_sweep_removes_its_dir(pgbouncer_b
     out = subprocess.run([sys.executable, "-c", code, backend.dsn], capture_output=True, text=True, timeout=30)
     pid, base_dir = json.loads(out.stdout)
     # THEN PgBouncer follows it (parent-death signal) and the sweep removes what it left
-    for _ in range(500):
-        if not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
-            break
-        threading.Event().wait(0.01)
-    else:
-        pytest.fail("PgBouncer outlived its owner")
+    def gone() -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+        except FileNotFoundError:
+            return True
+
+    wait_for(gone, "PgBouncer to die with its owner", timeout=5)
     assert base_dir in sweep_orphans()
     assert not os.path.exists(base_dir)
 

@@ -6,12 +6,13 @@ processes are seen holding an invocation at once (a condition, not a sleep). The
 carries the process id, ``db.stats()`` and what the SDK saw of the mode.
 """
 
+import contextlib
 import os
 import signal
-import time
 from pathlib import Path
 
 import lambdapool
+from lambdapool.waiting import WaitTimeout, wait_for
 
 if os.environ.get("SHUTDOWN_MARKER"):
     # Installed before the Database, which chains it after closing its own connections.
@@ -26,10 +27,10 @@ db = lambdapool.Database.from_env(driver="psycopg")
 
 
 def _wait_for_parties(directory: str, parties: int) -> None:
+    """A barrier across processes (bounded: past 20 s the invocation goes on, the test's asserts judge)."""
     Path(directory, str(os.getpid())).touch()
-    deadline = time.monotonic() + 20
-    while len(os.listdir(directory)) < parties and time.monotonic() < deadline:
-        time.sleep(0.005)
+    with contextlib.suppress(WaitTimeout):
+        wait_for(lambda: len(os.listdir(directory)) >= parties, "the barrier's parties", timeout=20, interval=0.005)
 
 
 @db.lambda_handler
