@@ -210,18 +210,8 @@ class CloudFunctionFleet(Fleet):
                 ok, payload, error = self._send(inst, request_id, event)
             finally:
                 self._release(inst)
-            result = InvocationResult(
-                request_id=request_id,
-                instance_id=inst.id,
-                cold=cold,
-                init_ms=inst.init_ms if cold else None,
-                latency_ms=(time.monotonic() - t0) * 1000,
-                ok=ok,
-                payload=payload,
-                error_type=error[0] if error else None,
-                error_message=error[1] if error else None,
-                started_at=started_at,
-                ended_at=time.time(),
+            result = InvocationResult.finished_now(
+                request_id, inst.id, cold, inst.init_ms if cold else None, t0, started_at, ok, payload, error
             )
         return self.ledger.record(result)
 

@@ -96,18 +96,16 @@ class _Invocation:
         if self.future.done():
             return
         self.future.set_result(
-            InvocationResult(
-                request_id=self.request_id,
-                instance_id=env.id,
-                cold=self.cold,
-                init_ms=env.init_ms if self.cold else None,
-                latency_ms=(time.monotonic() - self.t0) * 1000,
-                ok=ok,
-                payload=payload,
-                error_type=error[0] if error else None,
-                error_message=error[1] if error else None,
-                started_at=self.started_at,
-                ended_at=time.time(),
+            InvocationResult.finished_now(
+                self.request_id,
+                env.id,
+                self.cold,
+                env.init_ms if self.cold else None,
+                self.t0,
+                self.started_at,
+                ok,
+                payload,
+                error,
                 process_id=f"{env.id}/{self.worker}" if self.worker is not None and env.fleet.max_concurrency else None,
             )
         )

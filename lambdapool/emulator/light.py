@@ -184,19 +184,7 @@ class LightFleet(Fleet):
             ok, error = False, (type(exc).__name__, str(exc))
             if cold and inst.handler is None:  # the factory failed: like an init error, no instance
                 error = ("Runtime.InitError", f"{type(exc).__name__}: {exc}")
-        result = InvocationResult(
-            request_id=request_id,
-            instance_id=inst.id,
-            cold=cold,
-            init_ms=init_ms,
-            latency_ms=(time.monotonic() - t0) * 1000,
-            ok=ok,
-            payload=payload,
-            error_type=error[0] if error else None,
-            error_message=error[1] if error else None,
-            started_at=started_at,
-            ended_at=time.time(),
-        )
+        result = InvocationResult.finished_now(request_id, inst.id, cold, init_ms, t0, started_at, ok, payload, error)
         self._release(inst)
         return self.ledger.record(result)
 

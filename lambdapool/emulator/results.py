@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -47,6 +48,37 @@ class InvocationResult:
     def init_failed(self) -> bool:
         """The instance failed while starting (import error, crash before ready)."""
         return self.cold and not self.ok and self.init_ms is None and not self.throttled
+
+    @classmethod
+    def finished_now(
+        cls,
+        request_id: str,
+        instance_id: str,
+        cold: bool,
+        init_ms: float | None,
+        t0: float,
+        started_at: float,
+        ok: bool,
+        payload: Any = None,
+        error: tuple[str, str] | None = None,
+        process_id: str | None = None,
+    ) -> InvocationResult:
+        """An invocation that answered just now: ``t0`` is its ``time.monotonic()`` start,
+        ``error`` its (type, message) when it failed."""
+        return cls(
+            request_id=request_id,
+            instance_id=instance_id,
+            cold=cold,
+            init_ms=init_ms,
+            latency_ms=(time.monotonic() - t0) * 1000,
+            ok=ok,
+            payload=payload,
+            error_type=error[0] if error else None,
+            error_message=error[1] if error else None,
+            started_at=started_at,
+            ended_at=time.time(),
+            process_id=process_id,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
