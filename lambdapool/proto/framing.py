@@ -82,6 +82,11 @@ class Message(NamedTuple):
         return self.data[5:]
 
 
+Frame = tuple[str, bytes]
+"""A typed message as a plain ``(type, whole frame)`` tuple: what :meth:`Parser.frames` returns
+(a :class:`Message` is one too, with names for its two fields)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SSLRequest:
     """The client asks for TLS; answer one byte, ``S`` (then handshake) or ``N``."""
@@ -249,19 +254,23 @@ class Parser:
         return out
 
     def messages(self) -> list[Message]:
-        """All complete typed messages now buffered, once past the startup packet (or SSL answer):
-        :meth:`events` with a tight loop for a relay's hot path."""
+        """All complete typed messages now buffered, once past the startup packet (or SSL answer)."""
+        new = tuple.__new__
+        return [new(Message, frame) for frame in self.frames()]
+
+    def frames(self) -> list[Frame]:
+        """:meth:`messages` as plain tuples, for a relay's hot path (a tuple subclass costs a
+        call per message)."""
         if self._error is not None:
             raise self._error
         if self._startup or self._ssl_answer:
-            raise RuntimeError("Parser.messages() called before the startup packet or SSL answer was read")
-        out: list[Message] = []
+            raise RuntimeError("Parser.frames() called before the startup packet or SSL answer was read")
+        out: list[Frame] = []
         buf, pos, limit = self._buf, self._pos, self._max
         allowed = _FRONTEND_BYTES if self._frontend else _ALL_BYTES
         total = len(buf)
         unpack = _I32.unpack_from
         append = out.append
-        new = tuple.__new__
         while total - pos >= 5:
             kind = buf[pos]
             (length,) = unpack(buf, pos + 1)
@@ -272,7 +281,7 @@ class Parser:
             if end > total:
                 self._need = end - total
                 break
-            append(new(Message, (_CHARS[kind], buf[pos:end])))
+            append((_CHARS[kind], buf[pos:end]))
             pos = end
         self._pos = pos
         return out

@@ -212,14 +212,18 @@ def read_parse(body: bytes) -> tuple[bytes, bytes, str]:
 
 # The relay reads SQL as bytes: a session's client_encoding may be anything (LATIN1, EUC_JP,
 # SJIS...), and the text is only looked at, never changed (lambdapool.proto.encodings decodes it).
-def read_query_bytes(body: bytes) -> bytes:
-    """The SQL of a Query ('Q'), as sent (in the session's client_encoding)."""
-    return _split_cstr(body)[0]
+def read_query_bytes(body: bytes, start: int = 0) -> bytes:
+    """The SQL of a Query ('Q') body that begins at ``start``, as sent (in the session's client_encoding).
+
+    ``start``: where the body begins in ``body`` (5 for a whole frame): the relay reads frames
+    in place instead of copying each body out.
+    """
+    return _split_cstr(body, start)[0]
 
 
-def read_parse_bytes(body: bytes) -> tuple[bytes, bytes, bytes]:
-    """A Parse ('P'): (statement name, the rest of the body after the name, the SQL as sent)."""
-    name, pos = _split_cstr(body)
+def read_parse_bytes(body: bytes, start: int = 0) -> tuple[bytes, bytes, bytes]:
+    """A Parse ('P') from ``start``: (statement name, the rest of the body after the name, the SQL as sent)."""
+    name, pos = _split_cstr(body, start)
     sql, after = _split_cstr(body, pos)
     if len(body) < after + 2:
         raise ProtocolError("Parse message is missing its parameter count")
@@ -229,9 +233,9 @@ def read_parse_bytes(body: bytes) -> tuple[bytes, bytes, bytes]:
     return name, body[pos:], sql
 
 
-def read_bind(body: bytes) -> tuple[bytes, bytes, int]:
-    """A Bind ('B'): (portal, statement name, offset of the rest of the body)."""
-    portal, pos = _split_cstr(body)
+def read_bind(body: bytes, start: int = 0) -> tuple[bytes, bytes, int]:
+    """A Bind ('B') from ``start``: (portal, statement name, offset in ``body`` of what follows them)."""
+    portal, pos = _split_cstr(body, start)
     stmt, rest = _split_cstr(body, pos)
     return portal, stmt, rest
 
@@ -242,14 +246,15 @@ def bind_with_statement(body: bytes, statement: bytes) -> bytes:
     return frame("B", portal + b"\0" + statement + b"\0" + body[rest:])
 
 
-def read_target(body: bytes) -> tuple[str, bytes]:
-    """A Describe or Close ('D'/'C' from a client): ('S' or 'P', name)."""
-    if not body or body[:1] not in (b"S", b"P"):
+def read_target(body: bytes, start: int = 0) -> tuple[str, bytes]:
+    """A Describe or Close ('D'/'C' from a client) from ``start``: ('S' or 'P', name)."""
+    target = body[start : start + 1]
+    if target not in (b"S", b"P"):
         raise ProtocolError("Describe/Close must name a statement ('S') or a portal ('P')")
-    name, end = _split_cstr(body, 1)
+    name, end = _split_cstr(body, start + 1)
     if end != len(body):
         raise ProtocolError("trailing bytes after Describe/Close name")
-    return body[:1].decode(), name
+    return "S" if target == b"S" else "P", name
 
 
 def read_ready(body: bytes) -> str:

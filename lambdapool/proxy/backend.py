@@ -157,7 +157,7 @@ class Backend(asyncio.Protocol):
 
     def _relay(self) -> None:
         try:
-            msgs = self.parser.messages()
+            msgs = self.parser.frames()
         except ProtocolError:
             self.close()
             return

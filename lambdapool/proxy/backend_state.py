@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Final
 
-from lambdapool.proto import Message, ProtocolError
+from lambdapool.proto import Frame, ProtocolError
 from lambdapool.proto import messages as m
 
 # Request kind -> message types that complete its answer.
@@ -62,7 +62,7 @@ class BackendState:
         """Requests went to the server: until a ReadyForQuery closes them, it is mid-conversation."""
         self.synced = False
 
-    def relay(self, msgs: list[Message], out: list[bytes], told: dict[str, str] | None) -> int:
+    def relay(self, msgs: list[Frame], out: list[bytes], told: dict[str, str] | None) -> int:
         """Match the server's ``msgs`` against ``expect``; append what the client must see to ``out``.
 
         ``told``: the ParameterStatus values the client was given at login (lower-case names),

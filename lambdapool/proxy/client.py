@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from lambdapool.proto import (
     NEED_DATA,
     CancelRequest,
+    Frame,
     GSSENCRequest,
     Message,
     Parser,
@@ -391,7 +392,7 @@ class Client(asyncio.Protocol):
         backend.owner = self
         self._run(self.session.attached(backend.state))
 
-    def backend_messages(self, msgs: list[Message]) -> None:
+    def backend_messages(self, msgs: list[Frame]) -> None:
         self._run(self.session.receive_backend(msgs))
 
     def _release(self) -> None:

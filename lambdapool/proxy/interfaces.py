@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from lambdapool.proto import Message
+    from lambdapool.proto import Frame
     from lambdapool.proxy.backend import Backend
 
 
@@ -35,7 +35,7 @@ class Borrower(Protocol):
 class BackendOwner(Protocol):
     """Whom a backend relays the server's messages to while it is lent."""
 
-    def backend_messages(self, msgs: list[Message]) -> None: ...
+    def backend_messages(self, msgs: list[Frame]) -> None: ...
 
     def backend_lost(self, *, by_proxy: bool) -> None:
         """The backend's connection ended (``by_proxy``: the proxy closed it)."""

@@ -45,6 +45,8 @@ _ANYWHERE = re.compile(
 )
 _TRANSACTION_LOCAL = re.compile(r",\s*(?:true|'t(?:rue)?'|'on'|1)\s*$", re.I)
 _QUICK = re.compile(r"set|reset|prepare|execute|deallocate|discard|listen|load|temp|cursor|advisory|into", re.I)
+_DEALLOCATE_ALL = re.compile(r"\s*DEALLOCATE\s+(?:PREPARE\s+)?ALL\s*;?\s*", re.I)
+_DROPS_ALL_STATEMENTS = re.compile(r"(?:^|;)\s*(?:DEALLOCATE\s+(?:PREPARE\s+)?ALL|DISCARD\s+ALL)\b", re.I)
 
 
 def pin_reasons(sql: str, *, in_transaction: bool, size: int | None = None) -> list[str]:
@@ -78,3 +80,14 @@ def pin_reasons(sql: str, *, in_transaction: bool, size: int | None = None) -> l
         else:
             reasons.append("temporary_table")
     return list(dict.fromkeys(reasons))
+
+
+def is_deallocate_all(sql: str) -> bool:
+    """``sql`` is exactly ``DEALLOCATE ALL`` (what psycopg sends after a rollback)."""
+    return _DEALLOCATE_ALL.fullmatch(sql) is not None
+
+
+def drops_all_statements(sql: str) -> bool:
+    """One of the statements in ``sql`` is ``DEALLOCATE ALL`` or ``DISCARD ALL`` (not text in
+    a literal or comment): the server forgets every prepared statement of the session."""
+    return bool(_QUICK.search(sql)) and _DROPS_ALL_STATEMENTS.search(_NOISE.sub(" ", sql)) is not None

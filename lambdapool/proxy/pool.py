@@ -114,7 +114,7 @@ class Pool:
             backend.close()
             self.forget(backend)
             return
-        if self._hand_to_head(backend):
+        if self.waiters and self._hand_to_head(backend):
             return
         backend.idle_since = time.monotonic()
         self.idle.append(backend)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lambdapool.errors import ConnectionUnavailable
-from lambdapool.proto import Message
+from lambdapool.proto import Frame
 from lambdapool.proto import messages as m
 from lambdapool.proxy import admin
 from lambdapool.proxy.auth import ScramVerifier
@@ -42,7 +42,7 @@ class _QueryCollector:
         self.data: list[bytes] = []
         self.done: asyncio.Future[bytes] = loop.create_future()
 
-    def backend_messages(self, msgs: list[Message]) -> None:
+    def backend_messages(self, msgs: list[Frame]) -> None:
         if self.state.relay(msgs, self.data, None) & SYNCED and not self.done.done():
             self.done.set_result(b"".join(self.data))
 

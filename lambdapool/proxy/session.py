@@ -42,12 +42,11 @@ window it goes to another one. Anything written may have run, so is never sent t
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Final
 
-from lambdapool.proto import Message, Parser, ProtocolError
+from lambdapool.proto import Frame, Parser, ProtocolError
 from lambdapool.proto import messages as m
-from lambdapool.proto.encodings import canonical_name, decode_sql, python_codec
+from lambdapool.proto.encodings import canonical_name, python_codec
 from lambdapool.proxy import rds_errors as rds
 from lambdapool.proxy.backend_state import ENCODING, FAKE, FATAL, SYNCED
 from lambdapool.proxy.rds_errors import PROXY
@@ -57,7 +56,7 @@ if TYPE_CHECKING:
     from collections import deque
 
     from lambdapool.proxy.backend_state import BackendState, Expectation
-    from lambdapool.proxy.shared import SharedState
+    from lambdapool.proxy.shared import SharedState, SqlFacts
 
 # Action kinds; the payload is bytes (empty where there is nothing to carry).
 TO_CLIENT: Final = "to_client"
@@ -77,8 +76,6 @@ NOTHING: Final = b""
 READY_IDLE: Final = m.ready_for_query("I")
 CLOSE_COMPLETE: Final = m.close_complete()
 MAX_PENDING_MESSAGES = 10000
-_DEALLOCATE_ALL = re.compile(r"\s*DEALLOCATE\s+(?:PREPARE\s+)?ALL\s*;?\s*", re.I)
-_DROPS_ALL_STATEMENTS = re.compile(r"\b(?:DEALLOCATE\s+(?:PREPARE\s+)?ALL|DISCARD\s+ALL)\b", re.I)
 
 
 class Session:
@@ -93,12 +90,12 @@ class Session:
         self.unnamed: bytes | None = None  # the last unnamed Parse's body after the name
         self.unnamed_ok = False  # the attached backend has it
         self.backend: BackendState | None = None
-        self.pending: list[Message] = []
+        self.pending: list[Frame] = []
         self.waiting = False
         self.pinned: str | None = None  # the first reason
         self.pin_reasons: set[str] = set()
         self.skip_to_sync = False  # a borrow failed mid-batch: drop messages up to the client's Sync
-        self.replay: list[Message] | None = None
+        self.replay: list[Frame] | None = None
         self.server_fatal = False  # the server sent this client a FATAL (its session is ending)
         self.closed = False
         # The session's client_encoding, followed from the startup packet and the server's
@@ -141,42 +138,39 @@ class Session:
             return actions
         if data:
             self.parser.receive_data(data)
+        batch: list[Frame] = []
+        pending = self.pending
         try:
-            self._client_messages(self.parser.messages(), actions)
+            for msg in self.parser.frames():
+                kind = msg[0]
+                if kind == "X":
+                    if batch:
+                        self._forward(batch, actions)
+                    actions.append((CLOSE, NOTHING))
+                    return actions
+                if self.backend is not None:
+                    batch.append(msg)
+                elif pending:
+                    pending.append(msg)
+                elif self.skip_to_sync:
+                    if kind == "S":
+                        self.skip_to_sync = False
+                        actions.append((TO_CLIENT, READY_IDLE))
+                elif kind == "S":
+                    actions.append((TO_CLIENT, READY_IDLE))
+                elif kind in "Hdcf":
+                    pass  # Flush with nothing owed; copy data outside a COPY (the server ignores it too)
+                elif kind == "p":
+                    raise ProtocolError("unexpected password message outside authentication")
+                elif kind == "C" and self._close_statement(msg[1]):
+                    actions.append((TO_CLIENT, CLOSE_COMPLETE))
+                else:
+                    pending.append(msg)
+            if batch:
+                self._forward(batch, actions)
         except ProtocolError as exc:
             actions.append(_fatal("08P01", f"{PROXY}: invalid message from the client: {exc}"))
-        return actions
-
-    def _client_messages(self, msgs: list[Message], actions: list[Action]) -> None:
-        batch: list[Message] = []
-        pending = self.pending
-        for msg in msgs:
-            kind = msg[0]
-            if kind == "X":
-                if batch:
-                    self._forward(batch, actions)
-                actions.append((CLOSE, NOTHING))
-                return
-            if self.backend is not None:
-                batch.append(msg)
-            elif pending:
-                pending.append(msg)
-            elif self.skip_to_sync:
-                if kind == "S":
-                    self.skip_to_sync = False
-                    actions.append((TO_CLIENT, READY_IDLE))
-            elif kind == "S":
-                actions.append((TO_CLIENT, READY_IDLE))
-            elif kind in "Hdcf":
-                pass  # Flush with nothing owed; copy data outside a COPY (the server ignores it too)
-            elif kind == "p":
-                raise ProtocolError("unexpected password message outside authentication")
-            elif kind == "C" and self._close_statement(msg[1][5:]):
-                actions.append((TO_CLIENT, CLOSE_COMPLETE))
-            else:
-                pending.append(msg)
-        if batch:
-            self._forward(batch, actions)
+            return actions
         borrow = bool(pending) and not self.waiting and self.backend is None
         if borrow:
             self.waiting = True
@@ -186,9 +180,10 @@ class Session:
             actions.append((PAUSE_READING, NOTHING))
         if borrow:
             actions.append((BORROW, NOTHING))  # last: the driver may get attached() inside it
+        return actions
 
-    def _close_statement(self, body: bytes) -> bool:
-        kind, name = m.read_target(body)
+    def _close_statement(self, frame: bytes) -> bool:
+        kind, name = m.read_target(frame, 5)
         if kind == "S" and name:
             self.statements.pop(name, None)
             return True
@@ -201,11 +196,11 @@ class Session:
         self.waiting = False
         self.backend = backend
         self.unnamed_ok = False
-        self.replay = []
         self.shared.counters["borrows"] += 1
         if self.settings != backend.applied:
             self._apply_settings(backend, actions)
         pending, self.pending = self.pending, []
+        self.replay = pending  # what this backend was asked, kept until it reaches the socket
         if len(pending) > MAX_PENDING_MESSAGES:
             actions.append((RESUME_READING, NOTHING))
         try:
@@ -262,7 +257,7 @@ class Session:
         return actions
 
     # -- the backend's side ----------------------------------------------------------------
-    def receive_backend(self, msgs: list[Message]) -> list[Action]:
+    def receive_backend(self, msgs: list[Frame]) -> list[Action]:
         """Messages from the attached backend."""
         backend = self.backend
         assert backend is not None, "a backend spoke to a session it is not attached to"
@@ -309,23 +304,23 @@ class Session:
         codec = python_codec(backend.params.get("client_encoding", "UTF8"))
         actions.append((TO_BACKEND, m.frame("Q", sql.encode(codec, "replace") + b"\0")))
 
-    def _forward(self, msgs: list[Message], actions: list[Action]) -> None:
+    def _forward(self, msgs: list[Frame], actions: list[Action]) -> None:
         backend = self.backend
         assert backend is not None
-        if self.replay is not None:
-            self.replay.extend(msgs)
+        replay = self.replay
+        if replay is not None and replay is not msgs:
+            replay.extend(msgs)
         expect = backend.expect
         statements = self.statements
         out: list[bytes] = []
         for kind, data in msgs:
             if kind == "B":
-                portal, stmt, params_at = m.read_bind(data[5:])
+                portal, stmt, params_at = m.read_bind(data, 5)
                 if stmt:
                     entry = statements.get(stmt)
                     if entry is not None:
-                        data = m.frame(
-                            "B", portal + b"\0" + self._ensure(entry, backend, out) + b"\0" + data[5 + params_at :]
-                        )
+                        statement = self._ensure(entry, backend, out)
+                        data = m.frame("B", portal + b"\0" + statement + b"\0" + data[params_at:])
                 else:
                     self._ensure_unnamed(backend, out)
                 expect.append(("B", None))
@@ -334,9 +329,8 @@ class Session:
             elif kind == "S":
                 expect.append(("S", None))
             elif kind == "P":
-                name, rest, raw = m.read_parse_bytes(data[5:])
-                if self.pinned is None:
-                    self._check_pin(decode_sql(raw, self.codec), len(raw), backend)
+                name, rest, raw = m.read_parse_bytes(data, 5)
+                self._inspect(raw, backend)
                 if name:
                     proxy_name = self.shared.statement_name(rest, self.encoding_key)
                     statements[name] = (proxy_name, rest)
@@ -351,7 +345,7 @@ class Session:
                     self.unnamed_ok = True
                     expect.append(("P", None))
             elif kind == "D":
-                target, name = m.read_target(data[5:])
+                target, name = m.read_target(data, 5)
                 if target == "S":
                     if name:
                         entry = statements.get(name)
@@ -363,20 +357,15 @@ class Session:
                 else:
                     expect.append(("DP", None))
             elif kind == "Q":
-                raw = m.read_query_bytes(data[5:])
-                sql = decode_sql(raw, self.codec)
-                if _DEALLOCATE_ALL.fullmatch(sql):
-                    # psycopg sends this after a rollback once it has prepared statements. It
-                    # empties this backend (its statements are re-prepared on demand), and, as
-                    # RDS Proxy does (psycopg/psycopg#1105), it pins the session.
+                if self._inspect(m.read_query_bytes(data, 5), backend).deallocate_all:
+                    # psycopg sends this after a rollback once it has prepared statements: it
+                    # forgets them, so the session does too (and, as RDS Proxy does, pins:
+                    # psycopg/psycopg#1105)
                     statements.clear()
-                    backend.prepared.clear()
-                if self.pinned is None:
-                    self._check_pin(sql, len(raw), backend)
                 self.unnamed_ok = False
                 expect.append(("Q", None))
             elif kind == "C":
-                if self._close_statement(data[5:]):
+                if self._close_statement(data):
                     self._fake("f3", expect, actions)
                     continue
                 expect.append(("C", None))
@@ -409,20 +398,20 @@ class Session:
             backend.expect.append(("hP", None))
             self.unnamed_ok = True
 
-    def _check_pin(self, sql: str, size: int, backend: BackendState) -> None:
-        reasons = self.shared.pin_reasons(sql, backend.status != "I", size)
-        if not reasons:
-            return
-        counts = self.shared.pin_counts
-        for reason in reasons:
-            if reason not in self.pin_reasons:
-                self.pin_reasons.add(reason)
-                counts[reason] = counts.get(reason, 0) + 1
-        if self.pinned is None:
-            self.pinned = reasons[0]
+    def _inspect(self, raw: bytes, backend: BackendState) -> SqlFacts:
+        """Pin the session if SQL ``raw`` needs one; forget the backend's statements if it drops them."""
+        facts = self.shared.sql_facts(raw, self.codec, backend.status != "I")
+        if facts.drops_statements:
+            backend.prepared.clear()  # the server forgets them: re-prepared on demand
+        if self.pinned is None and facts.pin_reasons:
+            counts = self.shared.pin_counts
+            for reason in facts.pin_reasons:
+                if reason not in self.pin_reasons:
+                    self.pin_reasons.add(reason)
+                    counts[reason] = counts.get(reason, 0) + 1
+            self.pinned = facts.pin_reasons[0]
             self.shared.counters["pinned_sessions"] += 1
-        if _DROPS_ALL_STATEMENTS.search(sql):
-            backend.prepared.clear()
+        return facts
 
 
 def _fatal(code: str, message: str) -> Action:

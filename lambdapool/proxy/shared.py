@@ -8,9 +8,10 @@ be tested with a bare ``SharedState()``.
 from __future__ import annotations
 
 import hashlib
-from typing import Final
+from typing import Final, NamedTuple
 
-from lambdapool.proxy.pinning import pin_reasons
+from lambdapool.proto.encodings import decode_sql
+from lambdapool.proxy.pinning import MAX_UNPINNED_STATEMENT, drops_all_statements, is_deallocate_all, pin_reasons
 
 COUNTERS: Final = (
     "clients_total",
@@ -29,7 +30,15 @@ COUNTERS: Final = (
     "rate_refusals",
     "iam_throttled",
 )
-MAX_PIN_CACHE = 10000
+MAX_SQL_CACHE = 10000
+
+
+class SqlFacts(NamedTuple):
+    """What the relay needs to know about one statement's text (see :meth:`SharedState.sql_facts`)."""
+
+    pin_reasons: list[str]  # why it pins its session (empty: it does not)
+    drops_statements: bool  # DEALLOCATE ALL or DISCARD ALL: the server forgets its prepared statements
+    deallocate_all: bool  # exactly DEALLOCATE ALL
 
 
 class SharedState:
@@ -39,7 +48,7 @@ class SharedState:
         self.baseline: dict[str, str] = {}  # the server's ParameterStatus values, as it spells them
         self.baseline_lower: dict[str, str] = {}
         self.statement_names: dict[bytes, bytes] = {}  # (encoding, Parse body) -> proxy statement name
-        self.pin_cache: dict[tuple[str, bool, int], list[str]] = {}
+        self.sql_cache: dict[tuple[bytes, str, bool], SqlFacts] = {}
         if baseline is not None:
             self.set_baseline(baseline)
 
@@ -61,15 +70,19 @@ class SharedState:
             self.statement_names[key] = name
         return name
 
-    def pin_reasons(self, sql: str, in_transaction: bool, size: int) -> list[str]:
-        """:func:`pinning.pin_reasons`, cached: clients send the same statements over and over."""
-        # size (bytes on the wire) is in the key: one text can be 16 KB in one client_encoding
-        # and not in another
-        key = (sql, in_transaction, size)
-        reasons = self.pin_cache.get(key)
-        if reasons is None:
-            reasons = pin_reasons(sql, in_transaction=in_transaction, size=size)
-            if len(self.pin_cache) > MAX_PIN_CACHE:
-                self.pin_cache.clear()
-            self.pin_cache[key] = reasons
-        return reasons
+    def sql_facts(self, raw: bytes, codec: str, in_transaction: bool) -> SqlFacts:
+        """The facts about SQL ``raw`` sent in ``codec``, cached by its bytes: clients send the
+        same statements over and over, and the hot path then decodes nothing."""
+        key = (raw, codec, in_transaction)
+        facts = self.sql_cache.get(key)
+        if facts is None:
+            sql = decode_sql(raw, codec)
+            # size is the bytes as sent: one text can be 16 KB in one client_encoding and not in another
+            reasons = pin_reasons(sql, in_transaction=in_transaction, size=len(raw))
+            facts = SqlFacts(reasons, drops_all_statements(sql), is_deallocate_all(sql))
+            if len(raw) > MAX_UNPINNED_STATEMENT:
+                return facts  # big statements are rare and would fill the cache's memory
+            if len(self.sql_cache) > MAX_SQL_CACHE:
+                self.sql_cache.clear()
+            self.sql_cache[key] = facts
+        return facts

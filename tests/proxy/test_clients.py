@@ -140,6 +140,27 @@ def test_psycopg_rollback_after_prepared_statements_pins_as_on_rds_proxy(make_pr
     assert stats["pinned_sessions"] == 1 and stats["pin_reasons"] == {"deallocate": 1}
 
 
+@pytest.mark.parametrize("via", ["proxy", "direct"])
+def test_libpq_prepares_again_after_discard_all_in_a_pinned_session(make_proxy, proxy_pg, via):
+    # libpq as JDBC-style clients use it: after DISCARD ALL the client knows its statements
+    # are gone and prepares the same text again (psycopg also sends DEALLOCATE ALL, which
+    # hides the case). The proxy must not answer that Parse itself from a stale record.
+    import psycopg
+    from psycopg import pq
+
+    dsn = make_proxy(max_backends=2).dsn if via == "proxy" else proxy_pg.dsn
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        pgconn = conn.pgconn
+        for sql in (b"SET application_name = 'pinned'", b"SELECT 1"):  # SET pins the session
+            assert pgconn.exec_(sql).status in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
+        assert pgconn.prepare(b"s1", b"SELECT $1::int").status == pq.ExecStatus.COMMAND_OK
+        assert pgconn.exec_(b"DISCARD ALL").status == pq.ExecStatus.COMMAND_OK
+        assert pgconn.prepare(b"s1", b"SELECT $1::int").status == pq.ExecStatus.COMMAND_OK
+        result = pgconn.exec_prepared(b"s1", [b"7"])
+        assert result.status == pq.ExecStatus.TUPLES_OK, result.error_message
+        assert result.get_value(0, 0) == b"7"
+
+
 def test_copy_pipeline_errors_and_cursors(make_proxy, proxy_pg):
     import psycopg
 

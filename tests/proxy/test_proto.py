@@ -235,3 +235,44 @@ def test_large_message_in_small_pieces_is_assembled_once_complete():
             assert parser.buffered == min(i + 1000, len(frame))
     assert [e.type for e in events] == ["d", "c"] and events[0].body == payload
     assert parser.buffered == 0 and parser.take_rest() == b""
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(msgs=st.lists(frontend_messages, max_size=12), cuts=st.lists(st.integers(0, 400), max_size=8))
+def test_frames_are_the_messages_as_plain_tuples_at_any_split(msgs, cuts):
+    data = b"".join(msgs)
+    by_frames, by_messages = Parser(frontend=True, startup=False), Parser(frontend=True, startup=False)
+    frames, messages = [], []
+    start = 0
+    for cut in sorted(set(c for c in cuts if c < len(data))) + [len(data)]:
+        by_frames.receive_data(data[start:cut])
+        by_messages.receive_data(data[start:cut])
+        frames += by_frames.frames()
+        messages += by_messages.messages()
+        start = cut
+    assert all(type(f) is tuple for f in frames) and all(isinstance(x, Message) for x in messages)
+    assert frames == [tuple(x) for x in messages] and [f[1] for f in frames] == msgs
+
+
+def _nul_free(text: str) -> str:
+    return text.replace("\0", "")
+
+
+@settings(max_examples=150)
+@given(
+    msg=st.one_of(
+        frontend_messages,
+        st.tuples(st.text(max_size=8), st.text(max_size=8)).map(lambda t: m.bind(_nul_free(t[0]), _nul_free(t[1]), (b"1",))),
+    )
+)
+def test_readers_at_an_offset_read_the_frame_in_place_as_they_read_its_body(msg):
+    body, kind = msg[5:], msg[:1]
+    if kind == b"P":
+        assert m.read_parse_bytes(msg, 5) == m.read_parse_bytes(body)
+    elif kind == b"D":
+        assert m.read_target(msg, 5) == m.read_target(body)
+    elif kind == b"B":
+        portal, stmt, rest = m.read_bind(msg, 5)
+        assert (portal, stmt, rest - 5) == m.read_bind(body)
+    elif kind == b"Q":
+        assert m.read_query_bytes(msg, 5) == m.read_query_bytes(body)

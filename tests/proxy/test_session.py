@@ -431,3 +431,38 @@ def test_terminate_in_a_transaction_resets_the_backend() -> None:
     ]
     assert session.client_gone() == [(RESET, b"")]
     assert session.client_gone() == []  # once
+
+
+def test_discard_all_in_a_pinned_session_forgets_what_the_backend_had() -> None:
+    # The server drops every prepared statement on DISCARD ALL; the backend's record must
+    # follow even when the session was already pinned, or the client's next Parse of the
+    # same query is answered by the proxy and its Bind fails on the server.
+    shared = SharedState(BASELINE)
+    session = new_session(shared)
+    session.receive_client(m.query("SET search_path = public"))
+    backend, _ = attach(session)
+    session.receive_backend(server(m.command_complete("SET"), READY_I))
+    assert session.pinned == "set"
+    parse = m.parse("s1", "SELECT 1")
+    session.receive_client(parse + m.sync())
+    session.receive_backend(server(m.parse_complete(), READY_I))
+    proxy_name = shared.statement_name(parse[5 + len(b"s1\0") :])
+    assert backend.prepared == {proxy_name}
+    session.receive_client(m.query("DISCARD ALL"))
+    session.receive_backend(server(m.command_complete("DISCARD ALL"), READY_I))
+    assert backend.prepared == set()
+    assert session.receive_client(parse + m.sync()) == [(TO_BACKEND, m.parse_raw(proxy_name, parse[8:]) + m.sync())]
+
+
+def test_discard_all_inside_a_literal_keeps_the_backends_statements() -> None:
+    shared = SharedState(BASELINE)
+    session = new_session(shared)
+    parse = m.parse("s1", "SELECT 1")
+    session.receive_client(parse + m.sync())
+    backend, _ = attach(session)
+    session.receive_backend(server(m.parse_complete(), READY_I))
+    # pins (SET), but the DISCARD ALL is only text: the server keeps the statement
+    session.receive_client(m.query("SET application_name = 'DISCARD ALL'"))
+    attach(session, backend)
+    assert session.pinned == "set"
+    assert backend.prepared == {shared.statement_name(parse[5 + len(b"s1\0") :])}
