@@ -12,7 +12,10 @@ throwaway Postgres (scale 1), through:
 "Added latency per query" is server-side: each statement also runs ``pg_sleep(latency)``, so
 a backend stays busy for that long and the poolers' caps and queues matter, as they do
 against a real network database. The ratio column is local / PgBouncer (target >= 0.5 at 50
-clients). Prepared mode is left out because PgBouncer 1.18 cannot pool named statements.
+clients). The CPU columns are each pooler's own CPU time (user + system) per transaction in
+that cell: the local proxy runs in this process (getrusage), PgBouncer is read from
+/proc/PID/stat; the least over the rounds. Prepared mode is left out because PgBouncer 1.18
+cannot pool named statements.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -31,14 +35,35 @@ from lambdapool.testing.pgbouncer import PgBouncer
 PASSWORD = "bench-Pw-1"
 
 
-def tps(pgbench: str, dsn: str, clients: int, seconds: int, script: str | None) -> float:
+def run_pgbench(pgbench: str, dsn: str, clients: int, seconds: int, script: str | None) -> tuple[float, int]:
+    """(tps, transactions processed)."""
     cmd = [pgbench, "-n", "-M", "extended", "-T", str(seconds), "-c", str(clients), "-j", "2"]
     cmd += ["-f", script] if script else ["-S"]
     out = subprocess.run([*cmd, dsn], capture_output=True, text=True, timeout=seconds * 10 + 60)
     match = re.search(r"tps = ([\d.]+)", out.stdout)
-    if out.returncode != 0 or not match:
+    done = re.search(r"number of transactions actually processed: (\d+)", out.stdout)
+    if out.returncode != 0 or not match or not done:
         raise RuntimeError(f"pgbench failed ({out.returncode}): {out.stderr[-500:]}")
-    return float(match.group(1))
+    return float(match.group(1)), int(done.group(1))
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of process ``pid`` (None: this process, where the local proxy runs)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def measure(
+    pgbench: str, dsn: str, clients: int, seconds: int, script: str | None, pid: int | None
+) -> tuple[float, float]:
+    """(tps, the pooler's CPU microseconds per transaction) for one pgbench run."""
+    before = cpu_seconds(pid)
+    rate, transactions = run_pgbench(pgbench, dsn, clients, seconds, script)
+    return rate, (cpu_seconds(pid) - before) / max(transactions, 1) * 1e6
 
 
 def latency_script(directory: str, latency_ms: float) -> str | None:
@@ -72,21 +97,26 @@ def main() -> int:
             raise RuntimeError(init.stderr)
         with PgBouncer(pg, default_pool_size=args.cap, max_client_conn=max(clients) + 10) as bouncer, \
                 LocalProxy(pg.dsn, max_backends=args.cap, borrow_timeout=60) as proxy:  # fmt: skip
-            targets = {"direct": pg.dsn, "pgbouncer": bouncer.dsn, "local": proxy.dsn}
+            # name -> (dsn, the pid whose CPU is the pooler's; None: this process)
+            targets = {"direct": (pg.dsn, None), "pgbouncer": (bouncer.dsn, bouncer.pid), "local": (proxy.dsn, None)}
             for latency in latencies:
                 script = latency_script(tmp, latency)
                 for n in clients:
-                    cell = {}
-                    for name, dsn in targets.items():
-                        cell[name] = max(tps(pgbench, dsn, n, args.seconds, script) for _ in range(args.rounds))
-                    rows.append((latency, n, cell))
+                    cell, cpu = {}, {}
+                    for name, (dsn, pid) in targets.items():
+                        runs = [measure(pgbench, dsn, n, args.seconds, script, pid) for _ in range(args.rounds)]
+                        cell[name] = max(rate for rate, _ in runs)
+                        cpu[name] = min(us for _, us in runs)
+                    rows.append((latency, n, cell, cpu))
                     print(f"  measured latency={latency:g}ms clients={n}: {cell}", file=sys.stderr, flush=True)
             stats = proxy.stats()
     print(f"\npgbench -S -M extended, {args.seconds:g}s per cell, cap {args.cap} backends, best of {args.rounds}")
-    print(f"{'latency/query':>13} {'clients':>7} {'direct tps':>11} {'pgbouncer tps':>14} {'local tps':>10} {'local/pgbouncer':>16}")
-    for latency, n, cell in rows:
+    print(f"{'latency/query':>13} {'clients':>7} {'direct tps':>11} {'pgbouncer tps':>14} {'local tps':>10} "
+          f"{'local/pgbouncer':>16} {'CPU us/tx: pgbouncer':>21} {'local':>6}")  # fmt: skip
+    for latency, n, cell, cpu in rows:
         ratio = cell["local"] / cell["pgbouncer"] if cell["pgbouncer"] else float("nan")
-        print(f"{latency:>11g}ms {n:>7} {cell['direct']:>11.0f} {cell['pgbouncer']:>14.0f} {cell['local']:>10.0f} {ratio:>16.2f}")
+        print(f"{latency:>11g}ms {n:>7} {cell['direct']:>11.0f} {cell['pgbouncer']:>14.0f} {cell['local']:>10.0f} "
+              f"{ratio:>16.2f} {cpu['pgbouncer']:>21.1f} {cpu['local']:>6.1f}")  # fmt: skip
     print(f"\nlocal proxy: peak backends {stats['peak_backends']} (cap {stats['max_backends']}), "
           f"transactions {stats['transactions']}, pinned sessions {stats['pinned_sessions']}, "
           f"borrow timeouts {stats['borrow_timeouts']}")  # fmt: skip
