@@ -201,7 +201,7 @@ class LightFleetProcess:
         return [InvocationResult(**{k: v for k, v in r.items() if k != "throttled"}) for r in answer["results"]]
 
 
-def events(count: int, **knobs: float) -> list[dict[str, float]]:
+def events(count: int, **knobs: Any) -> list[dict[str, Any]]:
     return [dict(knobs) for _ in range(count)]
 
 

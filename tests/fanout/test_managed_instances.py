@@ -4,13 +4,15 @@ against a Postgres with max_connections=30, directly and through the poolers.
 
 64 processes each hold their own lambdapool Database, so the connection arithmetic is
 environments x processes x connections per process = 4 x 16 x 1 = 64 against 27 ordinary
-slots. Two waves, as in test_fanout_suite.py: a cold wave 64 wide (each invocation pauses
-before touching the database, so all 64 are in flight at once and every process serves one),
-then a warm wave as wide again. Each invocation holds its transaction 20 ms.
+slots. Two waves, as in test_fanout_suite.py: a cold wave 64 wide (each invocation waits at a
+barrier until all 64 have arrived before touching the database, so all 64 are in flight at
+once and every process serves one), then a warm wave as wide again. Each invocation holds its
+transaction 20 ms.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -37,7 +39,7 @@ pytestmark = pytest.mark.slow
 
 ENVIRONMENTS, PROCESSES = 4, 16
 WIDTH = ENVIRONMENTS * PROCESSES
-PAUSE, HOLD = 3.0, 0.02
+HOLD = 0.02
 
 
 @contextmanager
@@ -51,9 +53,9 @@ def mi_fleet(env: Mapping[str, str]) -> Iterator[LambdaFleet]:
 
 def fan_out(pg: Any, env: Mapping[str, str]) -> BurstResult:
     env = {"LAMBDAPOOL_ACQUIRE_TIMEOUT": "40", "LAMBDAPOOL_CONNECT_TIMEOUT": "20", **env}
-    with mi_fleet(env) as fleet:
-        result = burst(fleet, None, events(WIDTH, pause=PAUSE, hold=HOLD) + events(WIDTH, hold=HOLD),
-                       [], sampler_dsn=pg.dsn)  # fmt: skip
+    with mi_fleet(env) as fleet, tempfile.TemporaryDirectory(prefix="lambdapool-barrier-") as barrier:
+        cold = events(WIDTH, barrier=barrier, parties=WIDTH, hold=HOLD)
+        result = burst(fleet, None, cold + events(WIDTH, hold=HOLD), [], sampler_dsn=pg.dsn)
         assert not any(e.frozen for e in fleet.environments), "Managed Instances are never frozen"
     return result
 

@@ -9,20 +9,35 @@ counting log lines per id shows whether any statement ran twice, committed or no
 
 Event knobs: ``pause`` (seconds to wait before touching the database: keeps a wave of
 instances overlapping, as a function doing other work does), ``hold`` (seconds to keep the
-transaction open, holding a pooled backend). The answer carries the instance's ``db.stats()``.
+transaction open, holding a pooled backend), ``barrier`` (a directory) and ``parties``: each
+invocation leaves a file named after its request there and waits until ``parties`` have, so a
+wave is known to be in flight all at once (a condition, where a pause only makes it likely).
+The answer carries the instance's ``db.stats()``.
 """
 
+import contextlib
 import os
 import time
+from pathlib import Path
 
 import lambdapool
+from lambdapool.waiting import WaitTimeout, wait_for
 
 db = lambdapool.Database.from_env(driver="psycopg")
+
+
+def _wait_for_parties(directory: str, parties: int, request_id: str) -> None:
+    """A barrier across instances (bounded: past 30 s the invocation goes on, the test's asserts judge)."""
+    Path(directory, request_id).touch()
+    with contextlib.suppress(WaitTimeout):
+        wait_for(lambda: len(os.listdir(directory)) >= parties, "the barrier's parties", timeout=30, interval=0.02)
 
 
 @db.lambda_handler
 def handler(event, context):
     event = event or {}
+    if event.get("barrier"):
+        _wait_for_parties(event["barrier"], int(event["parties"]), context.aws_request_id)
     if event.get("pause"):
         time.sleep(float(event["pause"]))
     with db.connection() as conn:
