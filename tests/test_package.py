@@ -37,6 +37,11 @@ def test_the_proxy_and_the_emulator_are_product_code_outside_testing():
     assert _modules_loaded_by("import lambdapool.emulator, lambdapool.emulator.fanout", "lambdapool.testing") == []
 
 
+def test_the_test_postgres_launcher_does_not_load_the_emulator():
+    """A test that only needs a throwaway Postgres does not pay for the fleets' imports."""
+    assert _modules_loaded_by("import lambdapool.testing.postgres", "lambdapool.emulator") == []
+
+
 def test_names_from_before_the_move_still_work():
     import lambdapool.emulator as emulator
     import lambdapool.emulator.fanout as fanout

@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from lambdapool.backend_count import client_backends
 from lambdapool.emulator import BackendSampler, InvocationResult, LambdaFleet, LightFleet, Report, Scenario
-from lambdapool.emulator.backends import client_backends
 from lambdapool.errors import ConfigError
 from lambdapool.waiting import WaitTimeout, wait_for
 

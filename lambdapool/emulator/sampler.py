@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any, TypeVar
 
-from lambdapool.emulator.backends import count_on
+from lambdapool.backend_count import count_on
 
 S = TypeVar("S", bound="Sampler")
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from lambdapool.emulator.backends import client_backends
+from lambdapool.backend_count import client_backends
 from lambdapool.errors import LambdapoolError
 from lambdapool.spawning import free_port  # noqa: F401  (public here: lambdapool.testing.free_port)
 from lambdapool.testing.process import ServerProcess, preexec, run_as
