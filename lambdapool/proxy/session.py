@@ -49,14 +49,16 @@ from lambdapool.proto import messages as m
 from lambdapool.proto.encodings import canonical_name, python_codec
 from lambdapool.proxy import rds_errors as rds
 from lambdapool.proxy.backend_state import ENCODING, FAKE, FATAL, SYNCED
+from lambdapool.proxy.pinning import MAX_UNPINNED_STATEMENT
 from lambdapool.proxy.rds_errors import PROXY
+from lambdapool.proxy.shared import NO_FACTS, SqlFacts
 from lambdapool.proxy.startup_settings import apply_sql
 
 if TYPE_CHECKING:
     from collections import deque
 
     from lambdapool.proxy.backend_state import BackendState, Expectation
-    from lambdapool.proxy.shared import SharedState, SqlFacts
+    from lambdapool.proxy.shared import SharedState
 
 # Action kinds; the payload is bytes (empty where there is nothing to carry).
 TO_CLIENT: Final = "to_client"
@@ -400,6 +402,8 @@ class Session:
 
     def _inspect(self, raw: bytes, backend: BackendState) -> SqlFacts:
         """Pin the session if SQL ``raw`` needs one; forget the backend's statements if it drops them."""
+        if self.pinned is not None and len(raw) > MAX_UNPINNED_STATEMENT:
+            return NO_FACTS  # a pinned bulk load's statements are not read (nor cached) one by one
         facts = self.shared.sql_facts(raw, self.codec, backend.status != "I")
         if facts.drops_statements:
             backend.prepared.clear()  # the server forgets them: re-prepared on demand

@@ -41,6 +41,9 @@ class SqlFacts(NamedTuple):
     deallocate_all: bool  # exactly DEALLOCATE ALL
 
 
+NO_FACTS: Final = SqlFacts([], False, False)
+
+
 class SharedState:
     def __init__(self, baseline: dict[str, str] | None = None) -> None:
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)

@@ -466,3 +466,16 @@ def test_discard_all_inside_a_literal_keeps_the_backends_statements() -> None:
     attach(session, backend)
     assert session.pinned == "set"
     assert backend.prepared == {shared.statement_name(parse[5 + len(b"s1\0") :])}
+
+
+def test_big_statements_pin_and_are_not_kept_in_the_sql_cache() -> None:
+    shared = SharedState(BASELINE)
+    session = new_session(shared)
+    big = m.query("SELECT '" + "x" * (17 * 1024) + "'")
+    session.receive_client(big)
+    backend, _ = attach(session)
+    assert session.pinned == "statement_over_16kb" and shared.sql_cache == {}
+    session.receive_backend(server(select_answer()))
+    # pinned now: its next big statements go through without being read
+    assert session.receive_client(big) == [(TO_BACKEND, big)]
+    assert shared.sql_cache == {} and shared.pin_counts == {"statement_over_16kb": 1}
