@@ -6,13 +6,11 @@ processes are seen holding an invocation at once (a condition, not a sleep). The
 carries the process id, ``db.stats()`` and what the SDK saw of the mode.
 """
 
-import contextlib
 import os
 import signal
-from pathlib import Path
 
 import lambdapool
-from lambdapool.waiting import WaitTimeout, wait_for
+from lambdapool.waiting import arrive_and_wait
 
 if os.environ.get("SHUTDOWN_MARKER"):
     # Installed before the Database, which chains it after closing its own connections.
@@ -26,20 +24,13 @@ if os.environ.get("SHUTDOWN_MARKER"):
 db = lambdapool.Database.from_env(driver="psycopg")
 
 
-def _wait_for_parties(directory: str, parties: int) -> None:
-    """A barrier across processes (bounded: past 20 s the invocation goes on, the test's asserts judge)."""
-    Path(directory, str(os.getpid())).touch()
-    with contextlib.suppress(WaitTimeout):
-        wait_for(lambda: len(os.listdir(directory)) >= parties, "the barrier's parties", timeout=20, interval=0.005)
-
-
 @db.lambda_handler
 def handler(event, context):
     event = event or {}
     with db.connection() as conn:
         (backend_pid,) = conn.execute("SELECT pg_backend_pid()").fetchone()
     if event.get("barrier"):
-        _wait_for_parties(event["barrier"], int(event["parties"]))
+        arrive_and_wait(event["barrier"], str(os.getpid()), int(event["parties"]), timeout=20, interval=0.005)
     return {
         "pid": os.getpid(),
         "ppid": os.getppid(),

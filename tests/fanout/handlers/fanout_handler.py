@@ -15,29 +15,20 @@ wave is known to be in flight all at once (a condition, where a pause only makes
 The answer carries the instance's ``db.stats()``.
 """
 
-import contextlib
 import os
 import time
-from pathlib import Path
 
 import lambdapool
-from lambdapool.waiting import WaitTimeout, wait_for
+from lambdapool.waiting import arrive_and_wait
 
 db = lambdapool.Database.from_env(driver="psycopg")
-
-
-def _wait_for_parties(directory: str, parties: int, request_id: str) -> None:
-    """A barrier across instances (bounded: past 30 s the invocation goes on, the test's asserts judge)."""
-    Path(directory, request_id).touch()
-    with contextlib.suppress(WaitTimeout):
-        wait_for(lambda: len(os.listdir(directory)) >= parties, "the barrier's parties", timeout=30, interval=0.02)
 
 
 @db.lambda_handler
 def handler(event, context):
     event = event or {}
     if event.get("barrier"):
-        _wait_for_parties(event["barrier"], int(event["parties"]), context.aws_request_id)
+        arrive_and_wait(event["barrier"], context.aws_request_id, int(event["parties"]), timeout=30, interval=0.02)
     if event.get("pause"):
         time.sleep(float(event["pause"]))
     with db.connection() as conn:
