@@ -76,16 +76,21 @@ class SharedState:
     def sql_facts(self, raw: bytes, codec: str, in_transaction: bool) -> SqlFacts:
         """The facts about SQL ``raw`` sent in ``codec``, cached by its bytes: clients send the
         same statements over and over, and the hot path then decodes nothing."""
+        if len(raw) > MAX_UNPINNED_STATEMENT:
+            return read_sql_facts(raw, codec, in_transaction)  # rare, and would fill the cache's memory
         key = (raw, codec, in_transaction)
         facts = self.sql_cache.get(key)
         if facts is None:
-            sql = decode_sql(raw, codec)
-            # size is the bytes as sent: one text can be 16 KB in one client_encoding and not in another
-            reasons = pin_reasons(sql, in_transaction=in_transaction, size=len(raw))
-            facts = SqlFacts(reasons, drops_all_statements(sql), is_deallocate_all(sql))
-            if len(raw) > MAX_UNPINNED_STATEMENT:
-                return facts  # big statements are rare and would fill the cache's memory
+            facts = read_sql_facts(raw, codec, in_transaction)
             if len(self.sql_cache) > MAX_SQL_CACHE:
                 self.sql_cache.clear()
             self.sql_cache[key] = facts
         return facts
+
+
+def read_sql_facts(raw: bytes, codec: str, in_transaction: bool) -> SqlFacts:
+    """:class:`SqlFacts` of SQL ``raw`` sent in ``codec`` (uncached)."""
+    sql = decode_sql(raw, codec)
+    # size is the bytes as sent: one text can be 16 KB in one client_encoding and not in another
+    reasons = pin_reasons(sql, in_transaction=in_transaction, size=len(raw))
+    return SqlFacts(reasons, drops_all_statements(sql), is_deallocate_all(sql))
