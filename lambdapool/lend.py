@@ -160,11 +160,11 @@ class Lender(SyncBlockOnly):
             return
         try:
             holder.release()
-        except Exception:
+        except Exception:  # (release read the user's settings before it began)
             logger.warning("lambdapool: releasing the connection failed; dropping it", exc_info=True)
-            holder.terminate()
+            holder.terminate(read_settings=False)
         except BaseException:  # cancelled or interrupted mid-cleanup: its state is unknown
-            holder.terminate()
+            holder.terminate(read_settings=False)
             raise
         finally:
             self.slots.give(holder)

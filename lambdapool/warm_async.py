@@ -21,7 +21,8 @@ connection left broken or one the adapter does not want kept warm.
 connect: retries transient errors (server or pooler full, refused, not ready) with backoff
 (lambdapool.retry: a network blip briefly, a refusal for capacity on a longer, decorrelated
 scale), and an auth failure once after refreshing the credentials; never past the deadline.
-Failures raise ConnectionUnavailable / AuthError chained to the driver's error.
+Failures raise ConnectionUnavailable / AuthError chained to the driver's error, scrubbed of
+its secrets (lambdapool.scrub).
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ import logging
 import time
 from typing import Any
 
-from lambdapool.drivers.base import classify_connect_error, connect_error_fix, socket_watch
-from lambdapool.errors import AuthError, ConfigError, ConnectionUnavailable
+from lambdapool.drivers.base import CONFIGURED_SQL, classify_connect_error, connect_error_fix, socket_watch
+from lambdapool.errors import AuthError, ConfigError, ConnectionUnavailable, LambdapoolError
 from lambdapool.retry import CONNECT_DEADLINE, REFUSED_MEMORY, Backoff, describe_error, is_refusal
+from lambdapool.scrub import detach, driver_error
 from lambdapool.stats import Stats
 
 logger = logging.getLogger("lambdapool")
@@ -50,20 +52,26 @@ class AsyncConnector:
         self.refused_delay = 0.0  # the last refusal's backoff delay, and when it was chosen
         self.refused_at = float("-inf")
 
-    async def connect(self, deadline: float, stats: Stats, carried: Any = None) -> tuple[Any, int]:
-        """A new connection and the number of attempts it took (counted in ``stats``), set up
-        as the user's own: ``configure`` run, then ``carried`` (the settings the user gave the
-        connection it replaces, such as autocommit or row_factory) applied."""
+    async def connect(self, deadline: float, stats: Stats, carried: Any = None) -> tuple[Any, bool, str]:
+        """A new connection, set up as the user's own: ``configure`` run, then ``carried`` (the
+        settings the user gave the connection it replaces, such as autocommit or row_factory)
+        applied. Also: was an attempt refused for capacity (the server or pooler was full; the
+        attempts are counted in ``stats``), and the statement that sets again what ``configure``
+        SET (see _set_up)."""
         token = CONNECT_DEADLINE.set(deadline)
         try:
             return await self._attempts(deadline, stats, carried)
+        except LambdapoolError as error:
+            detach(error)  # its context is the driver's error, which holds the password
+            raise
         finally:
             CONNECT_DEADLINE.reset(token)
 
-    async def _attempts(self, deadline: float, stats: Stats, carried: Any) -> tuple[Any, int]:
+    async def _attempts(self, deadline: float, stats: Stats, carried: Any) -> tuple[Any, bool, str]:
         started = time.monotonic()
         attempts = 0
         refreshed = False
+        refused = False  # (an outage's "connection refused" is not the server being full)
         recently = started - self.refused_at < REFUSED_MEMORY
         backoff = Backoff(deadline - started, self.refused_delay) if recently else Backoff(deadline - started)
         earlier = ""  # the error before the last: the last attempt may be cut short by the deadline
@@ -85,7 +93,7 @@ class AsyncConnector:
                     raise ConfigError(
                         f"{where} via pooler {self.adapter.name!r} refused the connection ({detail}): "
                         f"{connect_error_fix(exc)}"
-                    ) from exc
+                    ) from driver_error(exc, (params.password,))
                 if kind == "auth":
                     if not refreshed and self.adapter.invalidate_credentials():
                         refreshed = True
@@ -96,10 +104,11 @@ class AsyncConnector:
                         f"{where} rejected the credentials"
                         + (" even after fetching them again" if refreshed else "")
                         + f" ({detail}); check the user, the password/secret and pg_hba / the proxy's auth"
-                    ) from exc
+                    ) from driver_error(exc, (params.password,))
                 elapsed = time.monotonic() - started
                 delay = backoff.delay(exc)
                 if is_refusal(exc):
+                    refused = True
                     self.refused_delay, self.refused_at = delay, time.monotonic()
                 if kind == "fatal" or time.monotonic() + delay >= deadline:
                     budget = deadline - started
@@ -109,7 +118,7 @@ class AsyncConnector:
                         f"{attempts} attempt{'s' if attempts > 1 else ''} in {elapsed:.2f}s, stopped because "
                         f"{why}; last error: {detail}"
                         + (f" (the one before: {earlier})" if earlier and earlier != detail else "")
-                    ) from exc
+                    ) from driver_error(exc, (params.password,))
                 earlier = detail
                 stats.incr("connect_retries")
                 logger.debug("lambdapool: connect to %s failed (%s); retrying in %.3fs", where, detail, delay)
@@ -117,11 +126,14 @@ class AsyncConnector:
                 continue
             stats.incr("connects")
             stats.add("connect_ms_total", (time.monotonic() - t0) * 1000.0)
-            await self._set_up(conn, carried)
-            return conn, attempts
+            return conn, refused, await self._set_up(conn, carried)
 
-    async def _set_up(self, conn: Any, carried: Any) -> None:
+    async def _set_up(self, conn: Any, carried: Any) -> str:
+        """Run ``configure`` and apply ``carried``. With ``reset_session``, also read back what
+        configure SET, as the statement that sets it again after each RESET ALL: the session
+        the user configured is the one every invocation starts with."""
         configure = self.settings.configure
+        configured = ""
         try:
             if configure is not None:
                 result = configure(conn)
@@ -132,8 +144,11 @@ class AsyncConnector:
                         "configure left the new connection inside a transaction: commit or roll back "
                         "before it returns (or set conn.autocommit = True there)"
                     )
+                if self.settings.reset_session:
+                    configured = (await self.driver.query_row(conn, CONFIGURED_SQL))[0] or ""
             if carried:
                 await self.driver.apply_user_settings(conn, carried)
+            return configured
         except BaseException:
             try:
                 await self.driver.close(conn)
@@ -164,6 +179,7 @@ class AsyncWarmConnection:
         "outcome",
         "refused",
         "carried",
+        "configured",
         "loop",
     )
 
@@ -185,8 +201,11 @@ class AsyncWarmConnection:
         self.last_used = 0.0
         self.expires = 0.0  # time.monotonic() after which the connection is replaced (max_lifetime)
         self.outcome = ""  # what the last acquire did: reuse, connect or reconnect
-        self.refused = False  # did the last connect need retries (the server or pooler was full)?
-        self.carried: Any = None  # the user's settings of the last connection, for its successor
+        self.refused = False  # was the last connect refused for capacity (the server or pooler was full)?
+        # The user's settings of the connection, for its successor: read before the SDK runs a
+        # statement of its own on it (a statement that kills it can leave the SDK's autocommit behind)
+        self.carried: Any = None
+        self.configured = ""  # the statement that sets configure's SETs again after a reset
         self.loop: Any = None  # the event loop the connection is bound to
 
     def reuse(self, state: Any) -> Any:
@@ -216,6 +235,8 @@ class AsyncWarmConnection:
     async def acquire(self, deadline: float) -> Any:
         """After reuse() said no: verify the connection with a ping, or (re)connect."""
         conn = self.conn
+        if conn is not None:
+            self.carried = self.driver.user_settings(conn)
         # async only: begin
         if conn is not None and self.loop is not asyncio.get_running_loop():
             logger.warning(
@@ -228,14 +249,14 @@ class AsyncWarmConnection:
         # async only: end
         if conn is not None and time.monotonic() >= self.expires:
             self.stats.incr("expired")  # older than max_lifetime: replaced between invocations
-            await self.discard()
+            await self.discard(read_settings=False)
             conn = None
         if conn is not None:
             if not self.driver.is_closed(conn) and await self._ping_ok(conn):
                 self.stats.incr("reuses")
                 self.outcome = "reuse"
                 return conn
-            await self.discard()
+            await self.discard(read_settings=False)
             await self._connect(deadline)
             self.stats.incr("reconnects")
             self.outcome = "reconnect"
@@ -245,12 +266,11 @@ class AsyncWarmConnection:
         return self.conn
 
     async def _connect(self, deadline: float) -> None:
-        conn, attempts = await self.connector.connect(deadline, self.stats, self.carried)
+        conn, self.refused, self.configured = await self.connector.connect(deadline, self.stats, self.carried)
         self.conn = conn
         self.is_open, self.in_transaction = self.driver.probes(conn)
         self.watch = socket_watch(self.driver.fileno(conn))
         self.expires = time.monotonic() + self.max_lifetime
-        self.refused = attempts > 1
         self.loop = asyncio.get_running_loop()  # async only
 
     async def _ping_ok(self, conn: Any) -> bool:
@@ -269,6 +289,7 @@ class AsyncWarmConnection:
         if conn is None:
             return
         self.last_used = time.monotonic()
+        self.carried = self.driver.user_settings(conn)
         keep = True
         try:
             if not self.driver.usable(conn):
@@ -279,7 +300,7 @@ class AsyncWarmConnection:
                     await self.driver.rollback(conn)
                 if self.reset_session:
                     self.stats.incr("resets")
-                    await self.driver.reset(conn)
+                    await self.driver.reset(conn, self.configured)
                 if not await self.connector.adapter.akeep_warm(self.driver, conn, self.refused):
                     self.stats.incr("guard_closes")
                     keep = False
@@ -288,17 +309,18 @@ class AsyncWarmConnection:
             logger.info("lambdapool: cleaning the connection failed (%s); dropping it", type(exc).__name__)
             keep = False
         if not keep:
-            await self.discard()
+            await self.discard(read_settings=False)
 
-    def _drop(self) -> Any:
-        """Forget the connection, keeping the user's settings of it for the next one."""
+    def _drop(self, read_settings: bool) -> Any:
+        """Forget the connection. ``read_settings``: keep the user's settings of it for the next
+        one (False where they were read before the SDK's own statements ran on it)."""
         conn, self.conn, self.watch = self.conn, None, None
-        if conn is not None:
+        if conn is not None and read_settings:
             self.carried = self.driver.user_settings(conn)
         return conn
 
-    async def discard(self) -> None:
-        conn = self._drop()
+    async def discard(self, *, read_settings: bool = True) -> None:
+        conn = self._drop(read_settings)
         if conn is None:
             return
         self.stats.incr("discarded")
@@ -307,9 +329,9 @@ class AsyncWarmConnection:
         except Exception:  # already dead: nothing to say goodbye to
             pass
 
-    def terminate(self) -> None:
+    def terminate(self, *, read_settings: bool = True) -> None:
         """Close without awaiting (signal handlers, before a snapshot)."""
-        conn = self._drop()
+        conn = self._drop(read_settings)
         if conn is not None:
             try:
                 self.driver.terminate(conn)

@@ -97,15 +97,23 @@ class AsyncpgDriver:
 
     async def end_transaction(self, conn: Any) -> str:
         """A clean block left a transaction open: asyncpg.Pool's release rolls it back."""
-        await conn.execute("ROLLBACK")
+        await self.rollback(conn)
         return "rollback"
 
     async def rollback(self, conn: Any) -> None:
         await conn.execute("ROLLBACK")
+        # A transaction the handler started by hand (tr = conn.transaction(); await tr.start())
+        # and never finished: asyncpg would go on believing it open and make every later
+        # conn.transaction() a SAVEPOINT outside any transaction block. Forgotten as asyncpg's
+        # own pool release forgets it (Connection._reset).
+        if getattr(conn, "_top_xact", None) is not None:
+            conn._top_xact = None
 
-    async def reset(self, conn: Any) -> None:
-        await conn.reset()  # asyncpg's own: advisory locks, cursors, LISTEN (and its listeners), RESET ALL
-        await conn.execute("DISCARD TEMP; DISCARD SEQUENCES")
+    async def reset(self, conn: Any, configured: str = "") -> None:
+        """asyncpg's own reset (advisory locks, cursors, LISTEN and its listeners, RESET ALL),
+        temporary tables and sequences; ``configured``: what configure SET, again."""
+        await conn.reset()
+        await conn.execute(f"DISCARD TEMP; DISCARD SEQUENCES; {configured}")
 
     async def close(self, conn: Any) -> None:
         await conn.close(timeout=2)

@@ -14,6 +14,13 @@ RESET_SQL = (
     "CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); RESET ALL; "
     "SET SESSION AUTHORIZATION DEFAULT; DISCARD TEMP; DISCARD SEQUENCES"
 )
+# Read once on a new connection after ``configure`` (with reset_session): what it SET, as one
+# statement that sets it again after each RESET ALL (NULL if it set nothing). One SELECT, so
+# every driver runs it whichever protocol it uses.
+CONFIGURED_SQL = (
+    "SELECT 'SELECT ' || string_agg(format('pg_catalog.set_config(%L, %L, false)', name, current_setting(name)), "
+    "', ' ORDER BY name) FROM pg_catalog.pg_settings WHERE source = 'session'"
+)
 
 
 @dataclass(frozen=True)

@@ -88,9 +88,10 @@ class AsyncPsycopgDriver:
     async def rollback(self, conn: Any) -> None:
         await conn.rollback()
 
-    async def reset(self, conn: Any) -> None:
+    async def reset(self, conn: Any, configured: str = "") -> None:
+        sql = f"{RESET_SQL}; {configured}" if configured else RESET_SQL
         async with _autocommit(conn):
-            await _own_cursor(conn).execute(RESET_SQL, prepare=False)
+            await _own_cursor(conn).execute(sql, prepare=False)
 
     async def close(self, conn: Any) -> None:
         await conn.close()

@@ -190,9 +190,11 @@ class PsycopgDriver:
     def rollback(self, conn: Any) -> None:
         conn.rollback()
 
-    def reset(self, conn: Any) -> None:
+    def reset(self, conn: Any, configured: str = "") -> None:
+        """Session state back to a new connection's; ``configured``: what configure SET, again."""
+        sql = f"{RESET_SQL}; {configured}" if configured else RESET_SQL
         with _autocommit(conn):
-            _own_cursor(conn).execute(RESET_SQL, prepare=False)  # no parameters: one simple-protocol round trip
+            _own_cursor(conn).execute(sql, prepare=False)  # no parameters: one simple-protocol round trip
 
     def close(self, conn: Any) -> None:
         conn.close()

@@ -101,3 +101,34 @@ def test_zombie_timeout_terminates_only_our_own_idle_connections(small_pg, make_
     assert backends(small_pg, "lp-zombie") == 0  # the zombie, and ours closed by the guard
     ours.close()
     theirs.close()
+
+
+def test_an_outage_is_not_taken_for_a_full_server(pg_factory, make_db):
+    # Before: any connect that needed retries counted as "server full", so after a restart
+    # (connection refused for a moment) the guard closed the connection after every invocation
+    # for guard_sample_interval: a restart became a reconnect storm across a fleet.
+    from lambdapool.testing import wait_for
+    from tests.support import query_handler
+
+    pg = pg_factory()
+    db = make_db(pg.dsn, guard_sample_interval=60)  # no sample in this test: only a refusal could close
+    handler = query_handler(db)
+    handler({}, LambdaContext())
+    pg.stop(keep=True)  # an outage: every connect is refused until it is back
+
+    def start_once_refused() -> None:
+        wait_for(lambda: db.stats()["connect_failures"] >= 1, "a refused connect", timeout=20)
+        pg._launch_server()
+        pg._wait_ready()
+
+    restarter = threading.Thread(target=start_once_refused)
+    restarter.start()
+    try:
+        handler({}, LambdaContext())  # reconnects through the outage
+    finally:
+        restarter.join(30)
+    for _ in range(10):
+        handler({}, LambdaContext())
+    stats = db.stats()
+    assert stats["connect_retries"] >= 1
+    assert stats["guard_closes"] == 0 and stats["connects"] == 2
