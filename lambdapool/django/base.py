@@ -5,9 +5,11 @@ Theory of operation
 * One ``lambdapool.Database`` (sync psycopg driver) per distinct connection settings, per
   process (``_DATABASES``), so the warm connection outlives every ``DatabaseWrapper``: Django
   makes one per thread, and over ASGI one per request context.
-* ``get_new_connection`` lends the warm connection (``db.connection()``, entered; lambdapool's
-  liveness check, retries and deadline apply) instead of ``psycopg.connect``; ``_close`` gives
-  it back, rolling back whatever Django left open. ``close_if_unusable_or_obsolete`` (the end of
+* ``get_new_connection`` lends a warm connection (lambdapool's liveness check, retries and
+  deadline apply) instead of ``psycopg.connect``: the running invocation's, or a slot of the
+  wrapper's own when another wrapper holds that one (``lambdapool.django.lending``); ``_close``
+  gives it back, rolling back whatever Django left open, and so does a connect that fails after
+  the lend began. ``close_if_unusable_or_obsolete`` (the end of
   every request) always gives it back: a wrapper never keeps a connection between requests, so
   CONN_MAX_AGE and CONN_HEALTH_CHECKS have nothing to act on (the warm connection's life is
   lambdapool's ``max_lifetime``; its health check is lambdapool's).
@@ -39,7 +41,8 @@ from django.db.backends.postgresql.psycopg_any import IsolationLevel, is_psycopg
 from django.utils.asyncio import async_unsafe
 
 import lambdapool
-from lambdapool.errors import ConfigError
+from lambdapool.django.lending import Lend
+from lambdapool.errors import AuthError, ConfigError, ConnectionUnavailable
 
 # Django's connect parameters that lambdapool takes in the DSN (or as the password setting).
 _IN_DSN = ("host", "port", "user", "dbname", "sslmode", "sslrootcert")
@@ -51,10 +54,6 @@ if not is_psycopg3:
 
 _DATABASES: dict[str, tuple[str, lambdapool.Database[Any]]] = {}  # key -> (dbname, Database)
 _LOCK = threading.Lock()
-
-
-class _ClosedInTransaction(Exception):
-    """Django closed its connection inside a transaction: the lend ends with a rollback."""
 
 
 def release(dbname: str) -> None:
@@ -82,11 +81,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
     """``ENGINE: "lambdapool.django"``: see the module's docstring."""
 
     creation_class = DatabaseCreation
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # The current lend: the connection() block and its invocation state (or None).
-        self._lend: tuple[Any, Any] | None = None
+    _lend: Lend | None = None  # the lend behind self.connection (lambdapool.django.lending)
 
     @property
     def pool(self) -> None:
@@ -127,7 +122,9 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
                 "endpoint and password come from NAME, USER, PASSWORD, HOST and PORT, and the driver is "
                 "psycopg (Django's sync ORM)"
             )
-        key = repr((sorted(given.items(), key=lambda kv: kv[0]), sorted(conn_params.items(), key=lambda kv: kv[0])))
+        # assume_role too: Django's SET ROLE stays in the session, which outlives the wrapper
+        role = self.settings_dict["OPTIONS"].get("assume_role")
+        key = repr((sorted(given.items()), sorted(conn_params.items()), role))  # (keys unique: values never compared)
         found = _DATABASES.get(key)
         if found is not None:
             return found[1]
@@ -156,16 +153,40 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
         )
 
     # -- lend and give back ------------------------------------------------------------------
+    @property
+    def connection(self) -> Any:
+        """Django's connection: None once given back (Django's close, a failed connect, or the
+        end of the invocation that lent it), so Django lends anew rather than using a connection
+        no longer its own."""
+        conn = self._connection
+        lend = self._lend
+        if lend is not None and not lend.holds(conn):
+            return None
+        return conn
+
+    @connection.setter
+    def connection(self, conn: Any) -> None:
+        self._connection = conn
+
+    @async_unsafe  # type: ignore[untyped-decorator]
+    def connect(self) -> None:
+        try:
+            super().connect()
+        except BaseException:  # whatever failed after the lend began (settings, signals): end it
+            if self._lend is not None:
+                self._lend.end()
+            raise
+
     @async_unsafe  # type: ignore[untyped-decorator]
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         if self.alias == NO_DB_ALIAS:  # test-database maintenance: Django's own, closed at once
             return super().get_new_connection(conn_params)
         # The isolation level as Django's get_new_connection sets it (it reads self.isolation_level).
         options = self.settings_dict["OPTIONS"]
-        set_isolation_level = "isolation_level" in options
-        if set_isolation_level:
+        wanted = None  # the server's default
+        if "isolation_level" in options:
             try:
-                self.isolation_level = IsolationLevel(options["isolation_level"])
+                self.isolation_level = wanted = IsolationLevel(options["isolation_level"])
             except ValueError:
                 raise ImproperlyConfigured(
                     f"Invalid transaction isolation level {options['isolation_level']} "
@@ -173,36 +194,27 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
                 ) from None
         else:
             self.isolation_level = IsolationLevel.READ_COMMITTED
-        db = self._database(conn_params)
-        block = db.connection()
-        conn = block.__enter__()
-        self._lend = (block, db._current.get())
-        if set_isolation_level:
-            conn.isolation_level = self.isolation_level
+        if self._lend is not None:  # one the invocation took back: forget it
+            self._lend.end()
+        try:
+            lend = self._lend = Lend.begin(self._database(conn_params), self, self.alias)
+        except (AuthError, ConnectionUnavailable) as exc:
+            # A database error to Django (wrap_database_errors makes it django.db.OperationalError),
+            # as a failed psycopg.connect would be.
+            raise self.Database.OperationalError(str(exc)) from exc
+        conn = lend.conn
+        if conn.isolation_level != wanted:  # set on every lend: the warm connection outlives wrappers
+            conn.isolation_level = wanted
         return conn
 
-    @async_unsafe  # type: ignore[untyped-decorator]
-    def ensure_connection(self) -> None:
-        lend = self._lend
-        if lend is not None and lend[1].conn is not self.connection:  # type: ignore[has-type]
-            # The invocation that lent it has ended (and took it back): forget it, lend anew.
-            self._lend = None
-            self.connection = None
-        super().ensure_connection()
-
     def _close(self) -> None:
-        lend, self._lend = self._lend, None
-        if lend is None:
+        if self._lend is None:  # Django's own connection (test-database maintenance)
             return super()._close()
-        block, state = lend
-        if state.conn is not self.connection:  # already taken back by its invocation's end
-            return None
-        holder = state.holder
-        left_open = holder is not None and holder.conn is not None and holder.in_transaction()
-        # A transaction Django left open is rolled back (as closing would); a connection left
-        # broken is dropped by lambdapool, the rest goes back warm.
-        block.__exit__(_ClosedInTransaction if left_open else None, None, None)
+        self._lend.end()
         return None
+
+    def is_usable(self) -> bool:
+        return self.connection is not None and bool(super().is_usable())
 
     def close_if_unusable_or_obsolete(self) -> None:
         """Start and end of every request: give the connection back warm (lambdapool checks it

@@ -112,7 +112,12 @@ def test_one_backend_per_process_survives_a_kill_and_leaves_nothing_open(route: 
         assert stats["reconnects"] == 1 and stats["connects"] == 2
     assert stats["open_connections"] == 1
     # JSONField and an aware DateTimeField round-trip
-    assert responses[53]["body"] == {"same": True, "aware": True, "found": True, "at": "2024-05-01T19:30:15.123456+00:00"}
+    assert responses[53]["body"] == {
+        "same": True,
+        "aware": True,
+        "found": True,
+        "at": "2024-05-01T19:30:15.123456+00:00",
+    }
     # a transaction a view left open is rolled back; a failing view's write only under ATOMIC_REQUESTS
     assert responses[55]["body"] == {"left": 0, "failed": 0}
     assert responses[58]["body"] == {"left": 0, "failed": 0 if atomic else 1}
@@ -217,3 +222,144 @@ print(json.dumps({"statuses": [o["statusCode"] for o in out], "last": json.loads
     assert result["last"]["count"] >= 20 and result["last"]["created_at"].endswith("+00:00")
     assert result["stats"]["invocations"] == 20 and result["stats"]["connects"] == 1
     assert route.pins() == 0
+
+
+# -- one wrapper, one lend: failures inside connect, and second wrappers in one thread ----------
+SCRIPT_PRELUDE = """
+import gc, json, os
+import django
+from django.conf import settings
+def alias(**options):
+    return {"ENGINE": "lambdapool.django", "NAME": os.environ["DJ_NAME"], "USER": os.environ["DJ_USER"],
+            "PASSWORD": os.environ["DJ_PASSWORD"], "HOST": os.environ["DJ_HOST"], "PORT": os.environ["DJ_PORT"],
+            "OPTIONS": {"lambdapool": {"pooler": "direct", "acquire_timeout": 20}, **options}}
+"""
+
+
+def run_script(route: Route, code: str, **extra: str) -> dict[str, Any]:
+    """Run ``code`` (after SCRIPT_PRELUDE) in a fresh process; the JSON object of its last line."""
+    route.pg.psql("DROP TABLE IF EXISTS lend_t; CREATE TABLE lend_t (v int)")
+    done = subprocess.run([sys.executable, "-c", SCRIPT_PRELUDE + code], env=django_env(route.dsn, **extra),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def test_a_connect_that_fails_after_the_lend_began_gives_the_connection_back(direct: Route) -> None:
+    """Issue 19, bug 4: an error in connect after the lend began (here a connection_created
+    receiver) must not leave the thread's session lent: closing inside atomic must still roll back,
+    and the next connect must not find the session in a transaction (it failed setting the
+    OPTIONS isolation level: "can't change 'isolation_level' now ... INTRANS")."""
+    code = """
+settings.configure(USE_TZ=True, DATABASES={"default": alias(isolation_level=4)})  # SERIALIZABLE
+django.setup()
+from django.db import connection, transaction
+from django.db.backends.signals import connection_created
+failures = []
+def boom(sender, connection, **kw):
+    if not failures:
+        failures.append(1)
+        raise RuntimeError("a receiver failed")
+connection_created.connect(boom)
+other = connection.copy()
+try:
+    other.connect()
+except RuntimeError:
+    pass
+del other  # never closed, as code that saw its connect fail does
+gc.collect()
+out = {}
+with transaction.atomic():  # the isolation level is set on the lent connection
+    with connection.cursor() as cur:
+        cur.execute("SHOW transaction_isolation")
+        out["isolation"] = cur.fetchone()[0]
+        cur.execute("INSERT INTO lend_t VALUES (1)")
+    connection.close()  # closed inside a transaction: the server must roll it back
+with connection.cursor() as cur:  # a fresh lend, with autocommit: no INTRANS error
+    cur.execute("SELECT count(*) FROM lend_t")
+    out["rows"] = cur.fetchone()[0]
+    cur.execute("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'")
+    out["idle_in_transaction"] = cur.fetchone()[0]
+connection.close()
+print(json.dumps(out))
+"""
+    result = run_script(direct, code)
+    assert result == {"isolation": "serializable", "rows": 0, "idle_in_transaction": 0}
+    assert direct.open_transactions() == 0
+
+
+def test_a_second_wrapper_in_the_same_thread_gets_a_connection_of_its_own(direct: Route) -> None:
+    """Issue 19, bug 5: connection.copy() (Django's test-database maintenance) and a second alias
+    with the same settings (an audit log that commits on its own) each get their own session,
+    inside a transaction of the first or not; inside an invocation too. With max_per_instance=1
+    (AWS Lambda) a second wrapper fails at once, saying why, rather than waiting for itself."""
+    code = """
+settings.configure(USE_TZ=True, DATABASES={"default": alias(), "audit": alias()})
+django.setup()
+import lambdapool.django
+from django.db import connection, connections, transaction
+PID = "SELECT pg_backend_pid()"
+def pid(wrapper):
+    with wrapper.cursor() as cur:
+        cur.execute(PID)
+        return cur.fetchone()[0]
+out = {}
+try:
+    with transaction.atomic():
+        with connection.cursor() as cur:
+            cur.execute("INSERT INTO lend_t VALUES (1)")
+        copy = connection.copy()
+        out["copy_pid_differs"] = pid(copy) != pid(connection)
+        with transaction.atomic(using="audit"):
+            with connections["audit"].cursor() as cur:
+                cur.execute("INSERT INTO lend_t VALUES (2)")
+        out["audit_pid_differs"] = pid(connections["audit"]) not in (pid(connection), pid(copy))
+        copy.close()
+        raise ZeroDivisionError
+except ZeroDivisionError:
+    pass
+with connection.cursor() as cur:
+    cur.execute("SELECT array_agg(v ORDER BY v) FROM lend_t")
+    out["rows"] = cur.fetchone()[0]  # the audit row committed on its own, the other rolled back
+connections.close_all()
+db = lambdapool.django.database()
+@db.lambda_handler
+def handler(event, context):
+    with transaction.atomic():
+        first = pid(connection)
+        return first != pid(connections["audit"]) and first == pid(connection)
+out["in_invocation"] = handler({}, None)
+connections.close_all()
+print(json.dumps(out))
+"""
+    result = run_script(direct, code)
+    assert result == {"copy_pid_differs": True, "audit_pid_differs": True, "rows": [2], "in_invocation": True}
+    assert direct.open_transactions() == 0
+
+    code = """
+settings.configure(USE_TZ=True, DATABASES={"default": alias(), "audit": alias()})
+django.setup()
+import time
+from django.db import connection, connections
+from lambdapool.errors import LambdapoolError
+copy = connection.copy()
+copy.ensure_connection()
+del copy  # garbage-collected unclosed: its slot comes back
+gc.collect()
+with connection.cursor() as cur:
+    cur.execute("SELECT 1")
+started = time.monotonic()
+try:
+    connections["audit"].ensure_connection()
+except LambdapoolError as exc:
+    out = {"error": str(exc), "seconds": time.monotonic() - started}
+connection.close()
+with connections["audit"].cursor() as cur:  # once the first is given back, the second has it
+    cur.execute("SELECT 1")
+connections.close_all()
+print(json.dumps(out))
+"""
+    result = run_script(direct, code, LAMBDAPOOL_MAX_PER_INSTANCE="1")
+    assert "DATABASES['audit']" in result["error"] and "max_per_instance=1" in result["error"]
+    assert result["seconds"] < 5  # at once, not after acquire_timeout (20 s)
