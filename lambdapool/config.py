@@ -206,6 +206,12 @@ class DsnParts:
     dbname: str | None = None
     params: dict[str, str] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        return (
+            f"DsnParts(host={self.host!r}, port={self.port!r}, user={self.user!r}, dbname={self.dbname!r}, "
+            f"params={redact_values(self.params)!r})"
+        )
+
 
 _KV_RE = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)")
 _URI_SCHEMES = ("postgresql", "postgres")
@@ -276,11 +282,32 @@ def _from_mapping(values: dict[str, str]) -> DsnParts:
 
 
 def redact_dsn(dsn: str | None) -> str:
-    """The DSN with any password replaced by ``***`` (for logs and reprs)."""
+    """The DSN with any password replaced by ``***`` (for logs and reprs), whatever characters
+    the password holds."""
     if not dsn:
         return repr(dsn)
-    redacted = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", redacted)
+    scheme, sep, rest = dsn.partition("://")
+    if sep:
+        # The userinfo as _parse_uri (urlsplit) takes it: up to the LAST "@" before the first
+        # "/", "?" or "#", so a password with an unencoded "@" is hidden whole.
+        end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+        userinfo, at, hostport = rest[:end].rpartition("@")
+        if at and ":" in userinfo:
+            rest = f"{userinfo.split(':', 1)[0]}:***@{hostport}{rest[end:]}"
+        # A password with "/", "?" or "#" in it ends urlsplit's netloc early: hide up to an "@"
+        # anyway (what libpq would take as the password).
+        rest = re.sub(r"^([^:/@]*:)[^@]*@", r"\1***@", rest)
+        dsn = scheme + sep + rest
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
+
+
+def redact_values(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` for a repr: a ``*password*`` value hidden, DSNs redacted (``sslpassword``,
+    ``pgbouncer_admin_dsn``)."""
+    return {
+        k: "***" if "password" in k.lower() else redact_dsn(v) if isinstance(v, str) and v else v
+        for k, v in values.items()
+    }
 
 
 # -- Settings ----------------------------------------------------------------------------------
@@ -313,8 +340,9 @@ class Settings:
     pooler_options: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr and f.name != "dsn")
-        return f"Settings(dsn={redact_dsn(self.dsn)}, {shown})"
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr and f.name != "dsn"}
+        shown["pooler_options"] = redact_values(self.pooler_options)  # (pgbouncer_admin_dsn)
+        return f"Settings(dsn={redact_dsn(self.dsn)}, {', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @classmethod
     def build(cls, values: dict[str, Any], *, env: dict[str, str] | None = None) -> Settings:

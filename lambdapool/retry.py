@@ -34,6 +34,8 @@ import contextvars
 import random
 import re
 
+from lambdapool.scrub import message_of
+
 BLIP_FIRST, BLIP_CAP = 0.05, 1.0  # seconds
 REFUSED_FIRST, REFUSED_CAP = 1.0, 10.0
 REFUSED_SHARE_OF_BUDGET = 1 / 3
@@ -89,8 +91,4 @@ class Backoff:
 
 def describe_error(exc: BaseException, secrets: tuple[str | None, ...]) -> str:
     """``Type: message`` on one line, with any secret we know of blotted out."""
-    text = " ".join(str(exc).split()) or "(no message)"
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return f"{type(exc).__name__}: {text}"
+    return f"{type(exc).__name__}: {message_of(exc, secrets)}"

@@ -78,10 +78,15 @@ def wait_stopped_sync(pid: int, timeout: float = 5.0) -> bool:
 
 
 async def thaw_fully(pid: int, timeout: float = 2.0) -> None:
-    """SIGCONT the group and wait until no thread of ``pid`` still shows as stopped.
+    """SIGCONT the group and wait until every thread of ``pid`` is asleep again (``S``), so that
+    a signal sent next is handled by the main thread.
 
-    A signal sent while threads are still coming out of a stop may be queued to any of them;
-    Python runs handlers only in the main thread, so SIGTERM must wait for a running process.
+    Coming out of a stop, each thread passes through the kernel's signal delivery once more
+    (state ``R`` until it has run): a process-wide signal sent then may be taken by whichever
+    thread gets there first. Python runs handlers only in the main thread, and awslambdaric's
+    main thread waits in a lock for the thread polling ``GET /next``: if that thread takes
+    SIGTERM, the main thread sleeps on and the handler never runs. A thread seen asleep has run
+    since the thaw and left that path. (A thread that keeps running ends the wait at ``timeout``.)
     """
     thaw(pid)
     deadline, pauses = time.monotonic() + timeout, _pauses()
@@ -90,7 +95,7 @@ async def thaw_fully(pid: int, timeout: float = 2.0) -> None:
             tasks = os.listdir(f"/proc/{pid}/task")
         except OSError:
             return
-        if all(proc_state(int(t)) not in ("T", "t") for t in tasks):
+        if all(proc_state(int(t)) in ("S", None, "Z", "X") for t in tasks):
             return
         await asyncio.sleep(next(pauses))
 

@@ -242,6 +242,8 @@ class Backend(asyncio.Protocol):
             )
             return
         self.server.counters["backends_closed"] += 1
+        if self.server.pool is None:
+            return  # the proxy's first login failed: there is no pool yet, and start() says why
         self.server.pool.forget(self)
         owner, self.owner = self.owner, None
         if owner is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -101,6 +102,57 @@ def test_sigterm_reaches_the_handler_only_with_a_shutdown_extension(lambda_fleet
     assert fleet.environments == []
     log = (fleet.log_dir / f"{env_id}.log").read_text()
     assert marker.read_text().split() == ([str(pid)] if extension else []), log
+
+
+# A process shaped like awslambdaric's on python3.12+: the main thread waits in a lock (a join)
+# for a thread blocked in a read (its GET /next poller; more of them here, to widen the race);
+# SIGTERM's handler says goodbye.
+_MAIN_WAITS_ON_POLLERS = """
+import os, signal, threading
+signal.signal(signal.SIGTERM, lambda *_: (print("goodbye", flush=True), os._exit(0)))
+pollers = [threading.Thread(target=os.read, args=(os.pipe()[0], 1)) for _ in range(8)]
+for poller in pollers:
+    poller.start()
+print("ready", flush=True)
+pollers[0].join()
+"""
+
+
+def _threads_asleep(pid: int) -> bool:
+    return all(proc_state(int(t)) == "S" for t in os.listdir(f"/proc/{pid}/task"))
+
+
+def test_a_thawed_process_takes_sigterm_in_its_main_thread(eventually):
+    # Before: thaw_fully returned as soon as no thread showed T, while threads just woken (R)
+    # still had the stop's signal delivery ahead of them; SIGTERM sent then could be taken by a
+    # poller thread, and the main thread, asleep in its join, never ran the handler (the fleet's
+    # SIGTERM test lost its goodbye now and then, mostly on a loaded machine).
+    import asyncio
+    import signal
+    import subprocess
+    import sys
+
+    from lambdapool.emulator import processes
+
+    async def thaw_then_terminate(pid: int) -> None:
+        await processes.thaw_fully(pid)
+        assert _threads_asleep(pid), "thaw_fully returned before every thread had left the stop"
+        processes.signal_group(pid, signal.SIGTERM)
+
+    for _ in range(30):  # each round a fresh process
+        proc = subprocess.Popen([sys.executable, "-c", _MAIN_WAITS_ON_POLLERS], stdout=subprocess.PIPE, text=True,
+                                start_new_session=True)  # fmt: skip
+        try:
+            assert proc.stdout.readline() == "ready\n"
+            eventually(lambda: _threads_asleep(proc.pid), what="every thread waiting")  # noqa: B023
+            processes.stop_group(proc.pid)  # frozen as the fleet freezes an idle environment
+            assert asyncio.run(processes.wait_stopped(proc.pid))
+            asyncio.run(thaw_then_terminate(proc.pid))
+            assert proc.stdout.readline() == "goodbye\n"
+            assert proc.wait(timeout=10) == 0
+        finally:
+            proc.kill()
+            proc.wait()
 
 
 def test_handler_error_comes_back_as_an_error_result(lambda_fleet):

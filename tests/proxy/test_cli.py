@@ -11,6 +11,7 @@ import pytest
 
 from lambdapool.cli import main
 from lambdapool.testing import free_port
+from tests.proxy.conftest import SERVER_PASSWORD
 
 
 def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
@@ -90,3 +91,27 @@ def test_cli_scram_users_and_flag_errors(proxy_pg, capsys):
     assert "NAME=SECRET" in capsys.readouterr().err
     assert main(["proxy", "--backend", proxy_pg.dsn, "--listen", "nowhere"]) == 2
     assert "HOST:PORT" in capsys.readouterr().err
+
+
+def test_cli_refused_first_login_exits_2_with_the_reason_and_no_traceback(proxy_pg):
+    # Before: the failed backend's connection_lost reached for the pool, which start() had not
+    # made yet, and asyncio printed "AttributeError: 'NoneType' object has no attribute 'forget'".
+    wrong = proxy_pg.dsn.replace(SERVER_PASSWORD, "wrong-pw", 1)
+    proc = start_cli("--backend", wrong, "--listen", f"127.0.0.1:{free_port()}")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "password authentication failed" in err and "check the backend DSN" in err
+    assert "Traceback" not in err and "Exception in callback" not in err, err
+    assert "wrong-pw" not in err + out
+
+
+def test_local_proxy_refused_first_login_logs_no_error(proxy_pg, caplog):
+    import logging
+
+    import lambdapool
+    from lambdapool.testing import LocalProxy
+
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(lambdapool.ConnectionUnavailable, match="password authentication failed"):
+        LocalProxy(proxy_pg.dsn.replace(SERVER_PASSWORD, "wrong-pw", 1)).start()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info] == []
