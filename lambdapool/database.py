@@ -40,6 +40,29 @@ NO_DSN = (
     "postgresql://user@host:5432/dbname; on {platform} there is no local Postgres socket to fall back to"
 )
 
+NO_DSN_LOCALLY = (
+    "no database configured (no LAMBDAPOOL_DSN, DATABASE_URL, dsn= or PGHOST): lambdapool connects with "
+    "libpq's defaults, the local Unix socket as your OS user; set LAMBDAPOOL_DSN=postgresql://user@host:5432/dbname "
+    "(or pass dsn=) to choose the database"
+)
+
+
+class NoDsnWarning(UserWarning):
+    """Outside a platform, nothing names the database: libpq's defaults will be used."""
+
+
+_warned_no_dsn = False
+
+
+def _warn_no_dsn() -> None:
+    """Once per process: a local script that forgot its DSN hears it once, not per Database."""
+    global _warned_no_dsn
+    if not _warned_no_dsn:
+        _warned_no_dsn = True
+        import warnings
+
+        warnings.warn(NO_DSN_LOCALLY, NoDsnWarning, stacklevel=4)  # (the caller of Database() / from_env())
+
 
 class Database(Generic[BlockT]):
     """One per process (module level), shared by every invocation the instance serves.
@@ -135,8 +158,10 @@ class Database(Generic[BlockT]):
         app_name = settings.application_name or f"lambdapool:{self._function}"[:63]
         self.adapter = adapters.load(settings.pooler)(settings, application_name=app_name)
         platform = self._instance.platform
-        if platform != "local" and not settings.dsn and not self.adapter.names_an_endpoint():
-            raise ConfigError(NO_DSN.format(platform=platform))
+        if not settings.dsn and not self.adapter.names_an_endpoint():
+            if platform != "local":
+                raise ConfigError(NO_DSN.format(platform=platform))
+            _warn_no_dsn()
         self.driver = drivers.load(settings.driver)
         self.is_async = bool(self.driver.is_async)
         self._report: Callable[[dict[str, float], dict[str, Any]], None] | None = None

@@ -38,6 +38,10 @@ from lambdapool.stats import Stats
 
 logger = logging.getLogger("lambdapool")
 
+# Seconds of retrying after which a connect says so at WARNING: a handler stuck connecting
+# should show why in its logs before its deadline, not only when it gives up.
+RETRY_WARNING_AFTER = 3.0
+
 
 class Connector:
     """Opens connections for one Database: adapter parameters, driver, retries."""
@@ -72,6 +76,7 @@ class Connector:
         recently = started - self.refused_at < REFUSED_MEMORY
         backoff = Backoff(deadline - started, self.refused_delay) if recently else Backoff(deadline - started)
         earlier = ""  # the error before the last: the last attempt may be cut short by the deadline
+        warned = False
         while True:
             params = self.adapter.connect_params()
             where = params.where()
@@ -119,6 +124,20 @@ class Connector:
                 earlier = detail
                 stats.incr("connect_retries")
                 logger.debug("lambdapool: connect to %s failed (%s); retrying in %.3fs", where, detail, delay)
+                if not warned and time.monotonic() + delay - started >= RETRY_WARNING_AFTER:
+                    warned = True  # (once per connect: the final error tells the rest)
+                    logger.warning(
+                        "lambdapool: still trying to connect to %s via pooler %r: %d attempt%s in %.1fs, "
+                        "next in %.1fs, %.1fs left before giving up; last error: %s",
+                        where,
+                        self.adapter.name,
+                        attempts,
+                        "s" if attempts > 1 else "",
+                        elapsed,
+                        delay,
+                        deadline - time.monotonic(),
+                        detail,
+                    )
                 time.sleep(delay)
                 continue
             stats.incr("connects")

@@ -3,7 +3,13 @@
 ``lambdapool emulate app.py:handler --pooler direct --pooler local --concurrency 50
 --invocations 500`` runs the same burst once per ``--pooler``, against ``--dsn`` or a throwaway
 Postgres (``--max-connections``), shows progress on stderr while it runs, then prints the
-scenarios side by side; ``--chart`` and ``--json`` keep the picture and the figures.
+scenarios side by side, and each distinct error with its message and the traceback of its first
+occurrence; ``--chart`` and ``--json`` keep the picture and the figures (and the errors). It exits
+1 when an invocation failed for another reason than the database refusing connections (a
+burst against a limit is expected to meet them), unless ``--allow-failures``.
+The handler is ``app.py:handler`` or Lambda's ``app.handler``; a Cloud Function (``(request)``,
+``(cloud_event)``) runs on functions-framework servers, told from its signature or
+``--platform gcp``.
 ``--max-concurrency N`` runs the environments as Lambda Managed Instances (N worker processes
 each, by awslambdaric's own multi-process mode); ``--setup FILE.sql`` runs a script once as the
 database's owner before the bursts. The throwaway database's role (``app``) owns a schema of
@@ -28,7 +34,21 @@ HELP = "run a handler under the Lambda emulator with a pooler and report what th
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("handler", help="path/to/module.py:function (a Lambda handler)")
+    parser.add_argument(
+        "handler",
+        help=(
+            "path/to/app.py:function or Lambda's app.function (module from the current directory): "
+            "a Lambda handler (event, context) or a Cloud Function (request) / (cloud_event)"
+        ),
+    )
+    parser.add_argument(
+        "--platform",
+        choices=("aws", "gcp"),
+        help=(
+            "aws: Lambda environments under awslambdaric; gcp: Cloud Functions instances on "
+            "functions-framework (HTTP or CloudEvent). Default: told from the function's signature"
+        ),
+    )
     parser.add_argument(
         "--pooler",
         action="append",
@@ -50,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=(
             "run Lambda Managed Instances environments of N worker processes each "
             "(AWS_LAMBDA_MAX_CONCURRENCY), packed full before another starts; "
-            "--concurrency / N environments at most"
+            "--concurrency / N environments at most. With --platform gcp: requests in flight per "
+            "Cloud Functions instance (default 1)"
         ),
     )
     parser.add_argument("--invocations", type=int, default=200, help="invocations in the burst (default 200)")
@@ -87,7 +108,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an environment variable for the handler (repeatable)",
     )
     parser.add_argument("--chart", type=Path, metavar="PNG", help="write the backends-over-time chart here")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures and timelines here")
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="write the figures, the errors and the timelines here"
+    )
+    parser.add_argument(
+        "--allow-failures",
+        action="store_true",
+        help=(
+            "exit 0 even when invocations failed (by default, a failure other than the database "
+            "refusing connections exits 1)"
+        ),
+    )
 
 
 def poolers(values: Sequence[str] | None) -> list[str]:
@@ -218,8 +249,13 @@ def run(args: argparse.Namespace) -> int:
     from lambdapool.emulator import Report, fanout
 
     kinds = poolers(args.pooler)
-    fanout.require(*(["matplotlib"] if args.chart else []), *(["moto"] if "rds-proxy" in kinds else []))
     handler = fanout.HandlerRef.parse(args.handler)
+    shape = handler.platform(args.platform)
+    fanout.require(
+        *(["matplotlib"] if args.chart else []),
+        *(["moto"] if "rds-proxy" in kinds else []),
+        *(["functions_framework"] if shape.platform == "gcp" else []),
+    )
     burst = fanout.Burst(
         args.invocations,
         args.concurrency,
@@ -227,6 +263,8 @@ def run(args: argparse.Namespace) -> int:
         args.timeout,
         _event(args.event),
         max_concurrency=args.max_concurrency,
+        platform=shape.platform,
+        signature=shape.signature or "http",
     ).validate()
     if args.setup is not None and not args.setup.is_file():
         raise ConfigError(f"--setup {args.setup}: no such file (a SQL script to run before the bursts)")
@@ -241,6 +279,9 @@ def run(args: argparse.Namespace) -> int:
             f"against {target.description}"
         )
         print(report.title, file=sys.stderr)
+        if args.platform is None and shape.platform == "gcp":
+            kind = "CloudEvent" if shape.signature == "cloudevent" else "HTTP"
+            print(f"{handler.function}: a Cloud Function ({shape.why}), run as {kind}", file=sys.stderr)
         for kind in kinds:
             fanout.run_scenario(
                 report,
@@ -254,5 +295,26 @@ def run(args: argparse.Namespace) -> int:
                 progress=progress,
             )
     print(summary_table(report))
-    write_outputs(report, args.chart, args.json, sys.stdout)
-    return 0
+    return report_errors(report, args.allow_failures, lambda: write_outputs(report, args.chart, args.json, sys.stdout))
+
+
+def report_errors(report: Any, allow_failures: bool, write: Any) -> int:
+    """Print each distinct error (type, message, first traceback), run ``write`` (the chart and
+    JSON), and give the exit status: 1 if an invocation failed for another reason than the
+    database refusing connections, unless failures are allowed."""
+    from lambdapool.emulator import failures, fanout
+
+    errors = failures.distinct_errors({s.name: s.results for s in report.scenarios})
+    if errors:
+        print("\n" + failures.describe(errors, len(report.scenarios)))
+    write()
+    unexpected = sum(len(fanout.unexpected_failures(s.results)) for s in report.scenarios)
+    if not unexpected or allow_failures:
+        return 0
+    total = sum(len(s.results) for s in report.scenarios)
+    print(
+        f"lambdapool emulate: {unexpected} of {total} invocations failed, not for want of a connection "
+        "(the errors are above); --allow-failures to exit 0 anyway",
+        file=sys.stderr,
+    )
+    return 1

@@ -8,19 +8,28 @@ session state, close, and classify connect errors (retry, auth, fatal).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from lambdapool.drivers.base import ConnectParams, classify_connect_error
+from lambdapool.errors import ConfigError
 
+# driver setting -> (glue module, class, the package it needs, the extra that installs it)
 _MODULES = {
-    "psycopg": ("lambdapool.drivers.psycopg_sync", "PsycopgDriver"),
-    "psycopg-async": ("lambdapool.drivers.psycopg_async", "AsyncPsycopgDriver"),
-    "asyncpg": ("lambdapool.drivers.asyncpg_async", "AsyncpgDriver"),
+    "psycopg": ("lambdapool.drivers.psycopg_sync", "PsycopgDriver", "psycopg", "psycopg"),
+    "psycopg-async": ("lambdapool.drivers.psycopg_async", "AsyncPsycopgDriver", "psycopg", "psycopg"),
+    "asyncpg": ("lambdapool.drivers.asyncpg_async", "AsyncpgDriver", "asyncpg", "asyncpg"),
 }
 
 
 def load(name: str) -> Any:
-    module_name, cls = _MODULES[name]
+    """The driver glue for setting ``driver=name``; a ConfigError naming the extra to install
+    if the driver's package is not there (found, not imported: the cold start stays cheap)."""
+    module_name, cls, package, extra = _MODULES[name]
+    if importlib.util.find_spec(package) is None:
+        raise ConfigError(
+            f"driver={name!r} needs the {package} package, which is not installed: pip install 'lambdapool[{extra}]'"
+        )
     return getattr(importlib.import_module(module_name), cls)()
 
 

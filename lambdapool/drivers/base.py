@@ -160,6 +160,15 @@ def classify_connect_error(exc: BaseException) -> str:
         return "auth"
     if sqlstate in RETRY_SQLSTATES or any(t in text for t in _RETRY_TEXT):
         return "retry"
+    if is_missing_socket(exc):
+        return "fatal"
     if isinstance(exc, (OSError, TimeoutError)):
         return "retry"
     return "fatal"
+
+
+def is_missing_socket(exc: BaseException) -> bool:
+    """No Unix socket file where the DSN points (/tmp/.s.PGSQL.5432, /cloudsql/...): nothing
+    listens there, and waiting will not make a server appear. psycopg says so in its message,
+    asyncpg raises FileNotFoundError: the same error, so the same answer for every driver."""
+    return isinstance(exc, FileNotFoundError) or "no such file or directory" in str(exc).lower()

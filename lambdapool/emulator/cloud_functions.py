@@ -5,7 +5,9 @@ Theory of operation
 * An *instance* is ``python -m functions_framework --target T --source S --port N``: gunicorn
   with one worker serving ``concurrency`` requests at once on threads (``THREADS``). The
   function's module is imported in the gunicorn master before it forks, and requests run in
-  the worker: :attr:`InstanceInfo.worker_pid` is where the handler's connections live.
+  the worker: :attr:`InstanceInfo.worker_pid` is where the handler's connections live. It runs
+  under :mod:`.cf_server`, which records each request's exception, so that a failed request's
+  result carries the function's error type, message and traceback (as on Lambda), not a bare 500.
 * A request goes to a started instance with a free slot (the busiest such: requests are
   packed, as Cloud Run fills an instance up to its concurrency), else a new instance starts
   (a cold start, ``init_ms`` = launch to accepting requests), up to ``instances``. When all
@@ -44,6 +46,8 @@ from typing import Any
 
 from lambdapool.emulator import processes
 from lambdapool.emulator.base import Fleet
+from lambdapool.emulator.cf_server import ERRORS_FILE
+from lambdapool.emulator.failures import traceback_text
 from lambdapool.emulator.results import InvocationResult, throttled
 from lambdapool.errors import ConfigError
 from lambdapool.spawning import child_setup, free_port
@@ -79,6 +83,7 @@ class _Instance:
         self.failure: str | None = None
         self.idle_since = 0.0
         self.log_path = Path(os.devnull)
+        self.errors = _ErrorLog(Path(os.devnull))
 
     def info(self) -> InstanceInfo:
         pid = self.proc.pid if self.proc else 0
@@ -207,11 +212,12 @@ class CloudFunctionFleet(Fleet):
             result = throttled(request_id, started_at, time.time(), (time.monotonic() - t0) * 1000, why)
         else:
             try:
-                ok, payload, error = self._send(inst, request_id, event)
+                ok, payload, error, trace = self._send(inst, request_id, event)
             finally:
                 self._release(inst)
+            init_ms = inst.init_ms if cold else None
             result = InvocationResult.finished_now(
-                request_id, inst.id, cold, inst.init_ms if cold else None, t0, started_at, ok, payload, error
+                request_id, inst.id, cold, init_ms, t0, started_at, ok, payload, error, trace=trace
             )
         return self.ledger.record(result)
 
@@ -298,12 +304,14 @@ class CloudFunctionFleet(Fleet):
             **self.env,
         }
         inst.log_path = self.log_dir / f"{inst.id}.log"
+        inst.errors = _ErrorLog(self.log_dir / f"{inst.id}.errors")
+        env[ERRORS_FILE] = str(inst.errors.path)
         with open(inst.log_path, "ab") as log:
             inst.proc = subprocess.Popen(
                 [
                     self.python,
                     "-m",
-                    "functions_framework",
+                    "lambdapool.emulator.cf_server",  # functions-framework's own CLI, its errors recorded
                     "--target",
                     self.target,
                     "--source",
@@ -340,9 +348,14 @@ class CloudFunctionFleet(Fleet):
             time.sleep(0.01)
         raise RuntimeError(f"functions-framework not serving on port {inst.port} after {START_TIMEOUT}s")
 
-    def _send(self, inst: _Instance, request_id: str, event: Any) -> tuple[bool, Any, tuple[str, str] | None]:
+    def _send(
+        self, inst: _Instance, request_id: str, event: Any
+    ) -> tuple[bool, Any, tuple[str, str] | None, str | None]:
         if inst.failure is not None:
-            return False, None, ("InstanceStartError", inst.failure)
+            raised = inst.errors.take(None)  # the function's module raised at import
+            if raised is not None:
+                return False, None, raised[:2], raised[2]
+            return False, None, ("InstanceStartError", inst.failure), None
         body = event if isinstance(event, bytes) else json.dumps(event).encode()
         headers = {"Content-Type": "application/json", "Function-Execution-Id": request_id}
         if self.signature == "cloudevent":
@@ -360,10 +373,10 @@ class CloudFunctionFleet(Fleet):
             response = conn.getresponse()
             data = response.read()
         except TimeoutError:
-            return False, None, ("Timeout", f"no answer within timeout={self.timeout}s")
+            return False, None, ("Timeout", f"no answer within timeout={self.timeout}s"), None
         except (OSError, http.client.HTTPException) as exc:
             inst.failure = f"instance {inst.id} stopped answering: {exc}"
-            return False, None, ("InstanceError", inst.failure)
+            return False, None, ("InstanceError", inst.failure), None
         finally:
             conn.close()
         try:
@@ -371,5 +384,49 @@ class CloudFunctionFleet(Fleet):
         except ValueError:
             payload = data.decode(errors="replace")
         if 200 <= response.status < 300:
-            return True, payload, None
-        return False, payload, (f"HTTP {response.status}", data.decode(errors="replace")[:500])
+            return True, payload, None, None
+        raised = inst.errors.take(request_id) if response.status == 500 else None
+        if raised is not None:  # the function raised: its exception, not the bare 500
+            return False, payload, raised[:2], raised[2]
+        return False, payload, (f"HTTP {response.status}", data.decode(errors="replace")[:500]), None
+
+
+class _ErrorLog:
+    """The exceptions an instance's requests raised (:mod:`.cf_server` writes them), read as they
+    come: only what was written since the last read is parsed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._by_id: dict[str | None, tuple[str, str, str | None]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, request_id: str | None) -> tuple[str, str, str | None] | None:
+        """(type, message, traceback) of the request's exception (None: the module's, at import)."""
+        with self._lock:
+            if request_id not in self._by_id:
+                self._read()
+            if request_id is None:  # the module's: every request to the instance failed with it
+                return self._by_id.get(None)
+            return self._by_id.pop(request_id, None)
+
+    def _read(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except OSError:
+            return
+        complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next read
+        self._offset += len(complete)
+        for line in complete.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            stack = entry.get("stackTrace") if isinstance(entry.get("stackTrace"), list) else []
+            self._by_id[entry.get("id")] = (
+                str(entry.get("errorType") or "Unhandled"),
+                str(entry.get("errorMessage", "")),
+                traceback_text([str(frame) for frame in stack]),
+            )

@@ -6,8 +6,8 @@ share. A scenario sets up what its pooler needs (nothing for ``direct``; a
 whose pool is ``cap`` for ``pgbouncer``; moto's server holding an RDS Proxy whose endpoint is
 an IAM- and TLS-checking local proxy for ``rds-proxy``), points the handler at it through
 ``LAMBDAPOOL_*`` variables, runs the burst on a :class:`LambdaFleet` (forked environments, for
-width) and/or a :class:`LightFleet`, samples the database's backends at 50 Hz, and adds the
-scenario to a :class:`Report`.
+width; a :class:`CloudFunctionFleet` for Cloud Functions) and/or a :class:`LightFleet`, samples
+the database's backends at 50 Hz, and adds the scenario to a :class:`Report`.
 
 The *limit* reported is what the handlers can really have: ``max_connections``, less the
 slots reserved for superusers (when the handlers' role is not one), less the sampler's own
@@ -25,7 +25,6 @@ and ``reconnects`` (from the SDK's per-invocation metric lines, so any handler b
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import importlib.util
 import io
@@ -35,14 +34,23 @@ import math
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from lambdapool.backend_count import client_backends
-from lambdapool.emulator import BackendSampler, InvocationResult, LambdaFleet, LightFleet, Report, Scenario
+from lambdapool.emulator import (
+    BackendSampler,
+    CloudFunctionFleet,
+    InvocationResult,
+    LambdaFleet,
+    LightFleet,
+    Report,
+    Scenario,
+)
+from lambdapool.emulator.handler_ref import HandlerRef
 from lambdapool.errors import ConfigError
 from lambdapool.waiting import WaitTimeout, wait_for
 
@@ -57,59 +65,20 @@ DEMO_HANDLER = Path(__file__).with_name("demo_handler.py")
 Progress = Callable[[str, int, int, int, int], None]
 
 
-def require(*modules: str) -> None:
-    """Fail early, in one line, when a part of the ``dev`` extra is not installed."""
+# What brings a module that the testing extra does not (the demo extra brings all the demo needs).
+_NOT_IN_TESTING = {"matplotlib": "matplotlib", "functions_framework": "'lambdapool[gcp]'"}
+
+
+def require(*modules: str, extra: str = "testing") -> None:
+    """Fail early, in one line, when a module the command needs is not installed, naming what
+    to install: the user-facing ``extra`` (``testing`` for emulate, ``demo`` for the demo), and
+    what brings a module that extra does not."""
     absent = [m for m in ("psycopg", "awslambdaric", *modules) if importlib.util.find_spec(m) is None]
-    if absent:
-        raise ConfigError(f"{', '.join(absent)} not installed: pip install 'lambdapool[dev]'")
-
-
-@dataclass(frozen=True)
-class HandlerRef:
-    """``path/to/module.py:function``, checked without importing it (importing runs its init)."""
-
-    path: Path
-    function: str
-
-    @classmethod
-    def parse(cls, spec: str) -> HandlerRef:
-        file, sep, function = spec.rpartition(":")
-        if not sep or not file or not function:
-            raise ConfigError(f"handler {spec!r}: expected path/to/module.py:function (e.g. app.py:handler)")
-        path = Path(file)
-        if path.suffix != ".py":
-            raise ConfigError(f"handler {spec!r}: {file!r} is not a .py file")
-        if not path.is_file():
-            raise ConfigError(f"handler {spec!r}: no such file {file!r}")
-        try:
-            tree = ast.parse(path.read_text(), str(path))
-        except SyntaxError as exc:
-            raise ConfigError(f"handler {spec!r}: {file} does not parse (line {exc.lineno}: {exc.msg})") from None
-        if function not in _top_level_names(tree):
-            raise ConfigError(f"handler {spec!r}: {file} defines no top-level {function!r}")
-        return cls(path.resolve(), function)
-
-    @property
-    def task_root(self) -> Path:
-        return self.path.parent
-
-    @property
-    def handler(self) -> str:
-        """As Lambda's handler setting: ``module.function``."""
-        return f"{self.path.stem}.{self.function}"
-
-
-def _top_level_names(tree: ast.Module) -> set[str]:
-    names: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
-    return names
+    if not absent:
+        return
+    others = {} if extra == "demo" else {m: _NOT_IN_TESTING[m] for m in absent if m in _NOT_IN_TESTING}
+    install = [f"'lambdapool[{extra}]'"] * (len(others) < len(absent)) + list(others.values())
+    raise ConfigError(f"{', '.join(absent)} not installed: pip install {' '.join(install)}")
 
 
 @contextlib.contextmanager
@@ -232,7 +201,10 @@ class Burst:
     many environments); ``light`` adds that many in-process instances, each invoked as many
     rounds as the environments are (``light * ceil(invocations / concurrency)`` invocations).
     With ``max_concurrency`` the environments are Lambda Managed Instances of that many worker
-    processes each: ``ceil(concurrency / max_concurrency)`` environments at most."""
+    processes each: ``ceil(concurrency / max_concurrency)`` environments at most. On ``platform``
+    ``gcp`` they are Cloud Functions instances (functions-framework servers) taking
+    ``max_concurrency`` requests at once each (one by default), and ``signature`` says how the
+    function is called (``http``: the event POSTed as JSON; ``cloudevent``)."""
 
     invocations: int = 200
     concurrency: int = 20
@@ -240,6 +212,8 @@ class Burst:
     timeout: float = 10.0  # the functions' timeout: a connection wait never runs past it
     event: Mapping[str, Any] = field(default_factory=dict)
     max_concurrency: int | None = None
+    platform: str = "aws"
+    signature: str = "http"
 
     def validate(self) -> Burst:
         for name in ("invocations", "concurrency"):
@@ -251,6 +225,8 @@ class Burst:
             raise ConfigError(f"--light {self.light}: must be 0 or more")
         if self.timeout <= 0:
             raise ConfigError(f"--timeout {self.timeout}: must be more than 0 seconds")
+        if self.platform == "gcp" and self.light:
+            raise ConfigError("--light: light instances run Lambda handlers in-process, not Cloud Functions")
         return self
 
     @property
@@ -271,6 +247,9 @@ class Burst:
 
     def describe(self) -> str:
         """ "20 Lambda environments", or "4 Managed Instances environments x 16 processes"."""
+        if self.platform == "gcp":
+            each = f" x {self.max_concurrency} concurrent requests" if self.max_concurrency else ""
+            return f"{self.environments} Cloud Functions instances{each}"
         if self.max_concurrency is None:
             return f"{self.concurrency} Lambda environments"
         return f"{self.environments} Managed Instances environments x {self.max_concurrency} processes"
@@ -355,9 +334,9 @@ def _rds_proxy(target: Target, cap: int) -> Iterator[_Pooler]:
             restore_environment,
             signing_keys,
         )
-    except ImportError as exc:  # pragma: no cover - the dev extra brings moto
+    except ImportError as exc:  # pragma: no cover - the testing extra brings moto
         raise ConfigError(
-            f"--pooler rds-proxy needs moto[server] and boto3 ({exc}): pip install 'lambdapool[dev]'"
+            f"--pooler rds-proxy needs moto[server] and boto3 ({exc}): pip install 'lambdapool[testing]'"
         ) from None
     from lambdapool.proxy import LocalProxy
 
@@ -401,6 +380,15 @@ def scenario_name(kind: str, budget_guard: bool = True) -> str:
 
 def _failed_with(result: Any, reasons: tuple[str, ...]) -> bool:
     return not result.ok and any(why in (result.error_message or "") for why in reasons)
+
+
+def unexpected_failures(results: Sequence[InvocationResult]) -> list[InvocationResult]:
+    """The failures of one scenario that a burst against a limit does not explain: all but the
+    database's refusals (and connects that ran out of time where the server was refusing others:
+    a server busy forking backends only to refuse them answers late); throttles are not failures."""
+    refused = any(_failed_with(r, REFUSALS) for r in results)
+    reasons = REFUSALS + TIMEOUTS if refused else REFUSALS
+    return [r for r in results if not r.ok and not r.throttled and not _failed_with(r, reasons)]
 
 
 def run_scenario(
@@ -450,22 +438,36 @@ def run_scenario(
 
 
 class _Fleets:
-    """The burst's Lambda environments and (optionally) light instances, run side by side."""
+    """The burst's Lambda environments (or Cloud Functions instances) and (optionally) light
+    instances, run side by side."""
 
     def __init__(self, handler: HandlerRef, env: dict[str, str], burst: Burst, preload: tuple[str, ...]) -> None:
         self.burst = burst
-        # Environments are frozen between invocations, as on Lambda (never on Managed Instances,
-        # whose environments run max_concurrency worker processes each, packed full first).
-        self.lambda_fleet = LambdaFleet(
-            handler.handler,
-            handler.task_root,
-            env=env,
-            reserved_concurrency=burst.concurrency,
-            timeout=burst.timeout,
-            max_concurrency=burst.max_concurrency,
-            fork_server=True,
-            preload=("psycopg", "lambdapool", *preload),
-        )
+        self.lambda_fleet: LambdaFleet | CloudFunctionFleet
+        if burst.platform == "gcp":
+            self.lambda_fleet = CloudFunctionFleet(
+                handler.path,
+                handler.function,
+                signature=burst.signature,
+                instances=burst.environments,
+                concurrency=burst.max_concurrency or 1,
+                env=env,
+                queue_timeout=burst.timeout,
+                timeout=burst.timeout,
+            )
+        else:
+            # Environments are frozen between invocations, as on Lambda (never on Managed Instances,
+            # whose environments run max_concurrency worker processes each, packed full first).
+            self.lambda_fleet = LambdaFleet(
+                handler.handler,
+                handler.task_root,
+                env=env,
+                reserved_concurrency=burst.concurrency,
+                timeout=burst.timeout,
+                max_concurrency=burst.max_concurrency,
+                fork_server=True,
+                preload=("psycopg", "lambdapool", *preload),
+            )
         self.light_fleet: LightFleet | None = None
         if burst.light:
             from lambdapool.emulator import module_factory
@@ -583,4 +585,5 @@ __all__ = [
     "run_scenario",
     "run_setup",
     "scenario_name",
+    "unexpected_failures",
 ]

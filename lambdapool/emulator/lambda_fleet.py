@@ -18,8 +18,9 @@ Theory of operation
 * Idle environments are reaped after ``idle_reap_after`` seconds, or on :meth:`LambdaFleet.reap`:
   SIGKILL, no goodbye; or, with ``shutdown_extension=True`` (as when an extension registered
   for SHUTDOWN), SIGTERM to the thawed process, then SIGKILL after ``shutdown_grace``.
-* A handler error comes back as an error result (``errorType``/``errorMessage`` as posted);
-  an import error as the runtime's init error (its process exits); a process that dies
+* A handler error comes back as an error result (``errorType``/``errorMessage`` as posted,
+  ``stackTrace`` as its ``error_trace``); an import error, or a module that raised at import,
+  as the runtime's init error (its process exits); a process that dies
   mid-invocation as ``Runtime.ExitError``; an invocation past ``timeout`` as
   ``Sandbox.Timedout``, and its environment is killed, as Lambda resets a timed-out sandbox.
 * Launches happen on the loop thread, which lives as long as the fleet: the children's
@@ -50,7 +51,7 @@ from typing import Any
 from lambdapool.emulator import processes
 from lambdapool.emulator.base import Fleet
 from lambdapool.emulator.results import InvocationResult, throttled
-from lambdapool.emulator.runtime_api import NextInvocation, error_fields, serve
+from lambdapool.emulator.runtime_api import NextInvocation, error_fields, error_trace, serve
 from lambdapool.emulator.zygote import ForkServer
 from lambdapool.errors import ConfigError, LambdapoolError
 from lambdapool.spawning import child_setup
@@ -92,7 +93,14 @@ class _Invocation:
         self.worker: int | None = None  # the Runtime API connection (runtime process) it went to
         self.future: asyncio.Future[InvocationResult] = asyncio.get_running_loop().create_future()
 
-    def finish(self, env: Environment, ok: bool, payload: Any = None, error: tuple[str, str] | None = None) -> None:
+    def finish(
+        self,
+        env: Environment,
+        ok: bool,
+        payload: Any = None,
+        error: tuple[str, str] | None = None,
+        trace: str | None = None,
+    ) -> None:
         if self.future.done():
             return
         self.future.set_result(
@@ -107,6 +115,7 @@ class _Invocation:
                 payload,
                 error,
                 process_id=f"{env.id}/{self.worker}" if self.worker is not None and env.fleet.max_concurrency else None,
+                trace=trace,
             )
         )
 
@@ -135,6 +144,7 @@ class Environment:
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # first GET /next
         self.init_failure: tuple[str, str] | None = None
+        self.init_trace: str | None = None  # the init error's traceback (a module that raised at import)
         self._launched = 0.0
         self._waiters: deque[tuple[int, asyncio.Future[NextInvocation]]] = deque()  # workers in GET /next
         self._pending: deque[_Invocation] = deque()  # assigned, not yet handed out
@@ -215,7 +225,7 @@ class Environment:
         self.state = "dead"
         self.frozen = self.frozen_confirmed = False
         why = self.init_failure or ("Runtime.ExitError", f"Runtime exited with {_describe_exit(code)}")
-        self._fail_all(why)
+        self._fail_all(why, self.init_trace if self.init_failure else None)
         for _, waiter in self._waiters:
             if not waiter.done():
                 waiter.cancel()
@@ -226,9 +236,9 @@ class Environment:
             self.exited.set_result(code)
         self.fleet._forget(self)
 
-    def _fail_all(self, why: tuple[str, str]) -> None:
+    def _fail_all(self, why: tuple[str, str], trace: str | None = None) -> None:
         for inv in [*self._pending, *self._current.values()]:
-            inv.finish(self, False, error=why)
+            inv.finish(self, False, error=why, trace=trace)
         self._pending.clear()
         self._current.clear()
 
@@ -337,13 +347,14 @@ class Environment:
         inv = self._answered(request_id)
         if inv is None:
             return 400
-        inv.finish(self, False, error=error_fields(error_type, body))
+        inv.finish(self, False, error=error_fields(error_type, body), trace=error_trace(body))
         return 202
 
     def init_error(self, error_type: str, body: bytes) -> int:
         if self.init_failure is not None:
             return 403  # another worker reported first: awslambdaric's workers expect RAPID's 403
         self.init_failure = error_fields(error_type, body)
+        self.init_trace = error_trace(body)
         return 202  # the runtime exits next; _exited() fails the waiting invocation with this
 
 

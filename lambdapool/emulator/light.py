@@ -26,6 +26,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 import types
 import uuid
 from collections.abc import Callable, Mapping
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from lambdapool.emulator.base import Fleet
+from lambdapool.emulator.failures import traceback_text
 from lambdapool.emulator.lambda_fleet import ACCOUNT
 from lambdapool.emulator.results import InvocationResult, throttled
 from lambdapool.errors import ConfigError
@@ -164,7 +166,7 @@ class LightFleet(Fleet):
                 throttled(request_id, started_at, time.time(), (time.monotonic() - t0) * 1000, why)
             )
         init_ms = None
-        ok, payload, error = True, None, None
+        ok, payload, error, trace = True, None, None, None
         try:
             if cold:
                 inst.handler = self.factory()
@@ -182,9 +184,12 @@ class LightFleet(Fleet):
             payload = inst.handler(event, context)
         except Exception as exc:  # the handler's error is the invocation's result
             ok, error = False, (type(exc).__name__, str(exc))
+            trace = traceback_text(traceback.format_tb(exc.__traceback__))
             if cold and inst.handler is None:  # the factory failed: like an init error, no instance
                 error = ("Runtime.InitError", f"{type(exc).__name__}: {exc}")
-        result = InvocationResult.finished_now(request_id, inst.id, cold, init_ms, t0, started_at, ok, payload, error)
+        result = InvocationResult.finished_now(
+            request_id, inst.id, cold, init_ms, t0, started_at, ok, payload, error, trace=trace
+        )
         self._release(inst)
         return self.ledger.record(result)
 

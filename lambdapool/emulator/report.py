@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lambdapool.emulator.failures import distinct_errors
 from lambdapool.emulator.results import InvocationResult, percentile
 from lambdapool.emulator.sampler import Sampler
 
@@ -125,11 +126,16 @@ class Report:
         return "\n".join(lines)
 
     def to_json(self) -> str:
-        """Summaries and timelines (``[seconds since the scenario's start, backends]``)."""
+        """Summaries, errors (each distinct one with its message, traceback and count: see
+        :mod:`.failures`) and timelines (``[seconds since the scenario's start, backends]``)."""
         doc = {
             "title": self.title,
             "scenarios": {
-                s.name: {"summary": s.summary(), "timeline": [[round(t, 3), n] for t, n in _relative(s)]}
+                s.name: {
+                    "summary": s.summary(),
+                    "errors": [e.to_dict() for e in distinct_errors({s.name: s.results})],
+                    "timeline": [[round(t, 3), n] for t, n in _relative(s)],
+                }
                 for s in self.scenarios
             },
         }

@@ -24,7 +24,8 @@ class InvocationResult:
     ``ended_at`` are wall-clock seconds (``time.time()``), to line up with a sampler's timeline.
     ``process_id`` names the runtime process inside the instance that ran it, where an instance
     runs several (Lambda Managed Instances: ``env-0001/3``); None where instance and process
-    are one.
+    are one. ``error_trace`` is a failure's traceback, where the platform gave one
+    (:mod:`.failures`: the handler's own frames).
     """
 
     request_id: str
@@ -39,6 +40,7 @@ class InvocationResult:
     started_at: float = 0.0
     ended_at: float = 0.0
     process_id: str | None = None
+    error_trace: str | None = None
 
     @property
     def throttled(self) -> bool:
@@ -62,9 +64,10 @@ class InvocationResult:
         payload: Any = None,
         error: tuple[str, str] | None = None,
         process_id: str | None = None,
+        trace: str | None = None,
     ) -> InvocationResult:
         """An invocation that answered just now: ``t0`` is its ``time.monotonic()`` start,
-        ``error`` its (type, message) when it failed."""
+        ``error`` its (type, message) when it failed, ``trace`` the traceback text."""
         return cls(
             request_id=request_id,
             instance_id=instance_id,
@@ -78,6 +81,7 @@ class InvocationResult:
             started_at=started_at,
             ended_at=time.time(),
             process_id=process_id,
+            error_trace=trace,
         )
 
     def to_dict(self) -> dict[str, Any]:

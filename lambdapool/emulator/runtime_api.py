@@ -22,6 +22,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from lambdapool.emulator.failures import traceback_text
+
 PREFIX = "/2018-06-01/runtime"
 NEXT = f"{PREFIX}/invocation/next"
 INIT_ERROR = f"{PREFIX}/init/error"
@@ -90,6 +92,18 @@ def error_fields(error_type: str, body: bytes) -> tuple[str, str]:
     if not isinstance(doc, dict):
         doc = {"errorMessage": str(doc)}
     return (error_type or str(doc.get("errorType") or "Unhandled"), str(doc.get("errorMessage", "")))
+
+
+def error_trace(body: bytes) -> str | None:
+    """The traceback of an error the runtime posted (``stackTrace``: formatted frames), the
+    handler's own frames; None if it sent none (an import error, a timeout)."""
+    try:
+        stack = json.loads(body or b"{}").get("stackTrace")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(stack, list):
+        return None
+    return traceback_text([str(frame) for frame in stack])
 
 
 async def _connection(

@@ -68,10 +68,15 @@ def test_setup_runs_as_the_owner_and_the_handler_creates_and_uses_its_table(proj
 
 def test_without_the_setup_the_handler_fails_on_the_missing_table(project):
     out = emulate(project, "--json", str(project / "out.json"))
-    assert out.returncode == 0, out.stderr[-3000:]
+    # the failures are the handler's, not the database's limit: shown, and exit status 1
+    assert out.returncode == 1 and "--allow-failures" in out.stderr, out.stderr[-3000:]
     summary = json.loads((project / "out.json").read_text())["scenarios"]["direct"]["summary"]
     # the role may create its own table (no InsufficientPrivilege), but the setup's is missing
     assert summary["failures"] == 18 and summary["errors"] == {"UndefinedTable": 18}, summary
+    # each Managed Instances worker's error reached the report with its message and traceback
+    assert "UndefinedTable: 18 invocations" in out.stdout and 'relation "public.colors" does not exist' in out.stdout
+    line = next(n for n, text in enumerate(HANDLER.splitlines(), 1) if "public.colors" in text)
+    assert f'File "{project / "app.py"}", line {line}, in handler' in out.stdout, out.stdout
 
 
 def test_a_failing_or_missing_setup_is_one_line_and_exit_2(project):

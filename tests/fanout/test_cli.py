@@ -28,14 +28,15 @@ def parts() -> Callable[..., None]:
 
 
 @pytest.mark.slow
-def test_demo_shows_the_direct_overrun_and_the_pooled_run_under_its_cap(tmp_path, parts):
+def test_demo_shows_the_three_runs_side_by_side_and_says_what_each_is(tmp_path, parts):
     parts()
     # GIVEN nothing but Postgres binaries; WHEN a newcomer runs `lambdapool demo` (a fresh process)
     out = subprocess.run([sys.executable, "-m", "lambdapool", "demo", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=180, cwd=tmp_path,
                          env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    # THEN direct (no guard) was refused at the limit: failures, "too many clients", peak == limit
+    # THEN direct without the guard (a hand-written handler) was refused at the limit: failures,
+    # "too many clients", peak == limit
     direct = re.search(r"^direct \(no guard\): (\d+) of 200 invocations failed \((\d+) refused: too many clients"
                        r"(?:, (\d+) timed out connecting)?\), peak (\d+) backends of the (\d+) the database allows$",
                        out.stdout, re.M)  # fmt: skip
@@ -44,17 +45,33 @@ def test_demo_shows_the_direct_overrun_and_the_pooled_run_under_its_cap(tmp_path
     # every failure was the limit's doing: refused, or (a loaded machine) out of time connecting
     # to a server busy refusing others
     assert failed > 0 and refused > 0 and refused + late == failed and peak == limit == 19
+    # AND direct with lambdapool's defaults (the budget guard on): no failure, at the limit, by
+    # giving connections back and opening them again (more connects than environments)
+    guarded = re.search(r"^direct \(defaults\): all 200 invocations succeeded, peak (\d+) backends of the 19 the "
+                        r"database allows; (\d+) connects for 40 environments$", out.stdout, re.M)  # fmt: skip
+    assert guarded and int(guarded.group(1)) <= 19 and int(guarded.group(2)) > 40, out.stdout
     # AND the same burst through the local proxy: no failure, the database never above the cap
-    local = re.search(r"^local: all 200 invocations succeeded, peak (\d+) backends of the 19 the database allows "
-                      r"\(cap 10\)$", out.stdout, re.M)  # fmt: skip
+    local = re.search(r"^local proxy: all 200 invocations succeeded, peak (\d+) backends of the 19 the database "
+                      r"allows \(cap 10\)$", out.stdout, re.M)  # fmt: skip
     assert local and 1 <= int(local.group(1)) <= 10, out.stdout
-    assert re.search(r"^peak backends / limit\s+19 / 19\s+\d+ / 19$", out.stdout, re.M), out.stdout
+    assert re.search(r"^peak backends / limit\s+19 / 19\s+\d+ / 19\s+\d+ / 19$", out.stdout, re.M), out.stdout
+    assert re.search(r"^\s+direct \(no guard\)\s+direct \(defaults\)\s+local proxy$", out.stdout, re.M), out.stdout
+    # AND it says what each run is, and why the proxied run's warm latency is higher (queueing)
+    said = " ".join(out.stdout.split())
+    assert "direct (no guard) each environment connects straight to Postgres" in said
+    assert "as a hand-written handler does" in said and "LAMBDAPOOL_BUDGET_GUARD=false" in said
+    assert "direct (defaults) the same, with lambdapool's defaults: the budget guard" in said
+    assert "local proxy through the bundled local proxy, which behaves like RDS Proxy, capped at 10 backends" in said
+    assert re.search(r"Why the proxy's warm p50 is higher \(\d+ ms, against \d+ ms direct\): up to 40 invocations "
+                     r"in flight take turns on its 10 backends, each holding one for 50 ms, so an invocation queues "
+                     r"for a free backend, about 40 / 10 x 50 ms = 200 ms", said), said  # fmt: skip
     # AND it said where the chart went, and that is a PNG; progress was shown while it ran
     chart = tmp_path / "lambdapool-demo.png"
     assert f"chart written to {chart.resolve()}" in out.stdout
     assert chart.read_bytes()[:8] == PNG and chart.stat().st_size > 10_000
     assert re.search(r"direct \(no guard\): 200/200 invocations, \d+ failed", out.stderr)
-    assert "local: 200/200 invocations, 0 failed" in out.stderr
+    assert "direct (defaults): 200/200 invocations, 0 failed" in out.stderr
+    assert "local proxy: 200/200 invocations, 0 failed" in out.stderr
 
 
 @pytest.mark.slow
@@ -127,7 +144,8 @@ def test_emulate_against_a_running_database_counts_the_roles_own_limit(pg_factor
     [
         (["no/such/app.py:handler"], "no such file 'no/such/app.py'"),
         ([f"{EXAMPLE}:nope"], "defines no top-level 'nope'"),
-        ([f"{EXAMPLE}"], "expected path/to/module.py:function"),
+        ([f"{EXAMPLE}"], f"name the function too (expected path/to/app.py:handler or Lambda's app.handler); "
+                         f"did you mean {EXAMPLE}:handler?"),  # fmt: skip
         ([f"{EXAMPLE}:handler", "--pooler", "pgpool"], "--pooler 'pgpool': not one of direct, local, pgbouncer, rds-proxy"),
         ([f"{EXAMPLE}:handler", "--pooler", "local,local"], "each pooler once"),
         ([f"{EXAMPLE}:handler", "--concurrency", "0"], "--concurrency 0: must be at least 1"),
@@ -150,9 +168,18 @@ def test_emulate_unreachable_dsn_is_one_line_without_the_password(capsys):
     assert code == 2 and err.count("\n") == 1 and "cannot connect" in err and "hunter2" not in err, err
 
 
-def test_a_missing_part_of_the_dev_extra_is_named_in_one_line(capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "absent, command, install",
+    [
+        # the user-facing extras, never the project's own dev toolchain
+        ({"matplotlib"}, ["emulate", f"{EXAMPLE}:handler", "--chart", "out.png"], "pip install matplotlib"),
+        ({"awslambdaric"}, ["emulate", f"{EXAMPLE}:handler"], "pip install 'lambdapool[testing]'"),
+        ({"awslambdaric", "matplotlib"}, ["demo"], "pip install 'lambdapool[demo]'"),
+    ],
+)
+def test_a_missing_module_is_named_in_one_line_with_what_to_install(capsys, monkeypatch, absent, command, install):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
-    code = main(["emulate", f"{EXAMPLE}:handler", "--chart", "out.png"])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in absent else real(name, *a))
+    code = main(command)
     err = capsys.readouterr().err
-    assert code == 2 and err == "lambdapool emulate: matplotlib not installed: pip install 'lambdapool[dev]'\n"
+    assert code == 2 and err == f"lambdapool {command[0]}: {', '.join(sorted(absent))} not installed: {install}\n"
