@@ -276,6 +276,10 @@ resource "aws_lambda_capacity_provider" "this" {
     one(aws_iam_role.capacity_provider[*].arn))
   }
 
+  instance_requirements { # the functions' architecture: their zip's wheels are built for it
+    architectures = [var.architecture]
+  }
+
   capacity_provider_scaling_config {
     scaling_mode   = "Auto"
     max_vcpu_count = max(2, ceil(each.value.reserved_concurrency * var.memory_size / 1024 / each.value.managed_instances.memory_gib_per_vcpu))
@@ -290,6 +294,7 @@ resource "aws_lambda_function" "this" {
   s3_key        = var.code_s3_key
   handler       = each.value.handler
   runtime       = var.runtime
+  architectures = [var.architecture]
   timeout       = var.timeout
   memory_size   = var.memory_size
   # On Managed Instances the environments are capped by the capacity provider instead.

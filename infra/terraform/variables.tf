@@ -26,8 +26,23 @@ variable "code_s3_key" {
 }
 
 variable "runtime" {
-  type    = string
-  default = "python3.12"
+  description = "Lambda's Python runtime; build the zip for it: lambdapool package --runtime."
+  type        = string
+  default     = "python3.12"
+  validation {
+    condition     = contains(["python3.12", "python3.13", "python3.14"], var.runtime)
+    error_message = "runtime must be python3.12, python3.13 or python3.14 (Lambda retired python3.11 and older with Amazon Linux 2)."
+  }
+}
+
+variable "architecture" {
+  description = "The functions' instruction set (and their capacity providers'); build the zip for it: lambdapool package --arch. x86_64 is Lambda's default, so functions made before this variable keep the zip they were built for; arm64 (Graviton) is cheaper."
+  type        = string
+  default     = "x86_64"
+  validation {
+    condition     = contains(["x86_64", "arm64"], var.architecture)
+    error_message = "architecture must be x86_64 or arm64."
+  }
 }
 
 variable "timeout" {

@@ -18,6 +18,7 @@ COMMANDS = {
     "demo": "lambdapool.cli.demo",
     "plan": "lambdapool.cli.plan",
     "check": "lambdapool.cli.check",
+    "package": "lambdapool.cli.package",
 }
 
 
