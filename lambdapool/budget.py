@@ -56,7 +56,10 @@ _RDS_CONNECTION_CEILING = 5000
 _GIB = 1 << 30
 _MIB = 1 << 20
 
-# Memory (GiB) of the common classes. Sizes scale the family's "large" by the factor below.
+# Memory (GiB) of RDS for PostgreSQL's instance classes (AWS's hardware specifications for DB
+# instance classes). Within a family, memory doubles with the size: a size is the family's
+# ".large" times its factor below. Each family lists the sizes RDS offers it (none has every one:
+# the 7th/8th-generation Intel and Graviton4 classes skip 32xlarge and go to 48xlarge).
 _SIZE_FACTOR = {
     "large": 1,
     "xlarge": 2,
@@ -67,14 +70,27 @@ _SIZE_FACTOR = {
     "16xlarge": 32,
     "24xlarge": 48,
     "32xlarge": 64,
+    "48xlarge": 96,
 }
-_FAMILIES = {  # family: (GiB of .large, largest size offered for PostgreSQL)
-    "m5": (8, "24xlarge"),
-    "m6g": (8, "16xlarge"),
-    "m6i": (8, "32xlarge"),
-    "r5": (16, "24xlarge"),
-    "r6g": (16, "16xlarge"),
-    "r6i": (16, "32xlarge"),
+_UP_TO_16 = ("large", "xlarge", "2xlarge", "4xlarge", "8xlarge", "12xlarge", "16xlarge")
+_UP_TO_24 = (*_UP_TO_16, "24xlarge")
+_UP_TO_32 = (*_UP_TO_24, "32xlarge")
+_UP_TO_48 = (*_UP_TO_24, "48xlarge")
+_FAMILIES = {  # family: (GiB of .large, the sizes offered for PostgreSQL)
+    # general purpose: 4 GiB per vCPU
+    "m5": (8, _UP_TO_24),
+    "m6g": (8, _UP_TO_16),
+    "m6i": (8, _UP_TO_32),
+    "m7g": (8, _UP_TO_16),
+    "m7i": (8, _UP_TO_48),
+    "m8g": (8, _UP_TO_48),
+    # memory optimized: 8 GiB per vCPU
+    "r5": (16, _UP_TO_24),
+    "r6g": (16, _UP_TO_16),
+    "r6i": (16, _UP_TO_32),
+    "r7g": (16, _UP_TO_16),
+    "r7i": (16, _UP_TO_48),
+    "r8g": (16, _UP_TO_48),
 }
 _BURSTABLE = {"micro": 1, "small": 2, "medium": 4, "large": 8, "xlarge": 16, "2xlarge": 32}
 
@@ -83,10 +99,8 @@ def _class_table() -> dict[str, float]:
     table: dict[str, float] = {}
     for family in ("t3", "t4g"):
         table.update({f"db.{family}.{size}": gib for size, gib in _BURSTABLE.items()})
-    sizes = list(_SIZE_FACTOR)
-    for family, (large_gib, largest) in _FAMILIES.items():
-        for size in sizes[: sizes.index(largest) + 1]:
-            table[f"db.{family}.{size}"] = large_gib * _SIZE_FACTOR[size]
+    for family, (large_gib, sizes) in _FAMILIES.items():
+        table.update({f"db.{family}.{size}": large_gib * _SIZE_FACTOR[size] for size in sizes})
     return table
 
 
@@ -104,11 +118,13 @@ def instance_class_memory(instance_class: str) -> int:
     it matters.
     """
     try:
-        gib = INSTANCE_CLASS_GIB[instance_class]
+        gib = INSTANCE_CLASS_GIB[instance_class.strip().lower()]
     except KeyError:
+        families = sorted({name.rsplit(".", 1)[0] for name in INSTANCE_CLASS_GIB})
         raise ConfigError(
-            f"instance class {instance_class!r} is not in lambdapool's table; pass max_connections "
-            f"(SHOW max_connections) instead, or one of: {', '.join(sorted(INSTANCE_CLASS_GIB))}"
+            f"instance class {instance_class!r} is not in lambdapool's table; give the database's "
+            f"max_connections instead (--max-connections N; SHOW max_connections says it), or a class of "
+            f"{', '.join(families)} (e.g. db.r7g.large)"
         ) from None
     memory = int(gib * _GIB)
     return memory - (256 * _MIB + memory * 3 // 100)
@@ -287,8 +303,9 @@ class Tally:
         out.append(f"used = {self.used} of {self.limits.usable} usable: {verdict}")
         return out
 
-    def advice(self) -> str:
-        """What to change so that it fits (only meaningful when it does not)."""
+    def advice(self, through: str = "a pooler (--pooler rds-proxy or pgbouncer)") -> str:
+        """What to change so that it fits (only meaningful when it does not); ``through`` names
+        the pooler a direct function could be routed through, in the caller's terms."""
         breaker = self.breaker()
         fix = []
         if all(c.function is not None for c in self.consumers):  # a percent-sized pooler would grow too
@@ -298,7 +315,7 @@ class Tally:
             fn = breaker.function
             room = breaker.connections - self.over
             largest = room // fn.per_environment
-            route = f"route {fn.name} through a pooler (--pooler rds-proxy or pgbouncer)"
+            route = f"route {fn.name} through {through}"
             if fn.managed:
                 lower = (
                     f"lower {fn.name}'s execution environments from {fn.concurrency} to {largest} "

@@ -331,8 +331,8 @@ def _proxy(api: _Aws, name: str) -> tuple[dict[str, Any], str | None, str | None
     return group.get("ConnectionPoolConfig", {}), instance, endpoint
 
 
-def _instance(api: _Aws, identifier: str) -> tuple[int, str, str | None]:
-    """(max_connections, instance class, endpoint address) of an RDS instance."""
+def _instance(api: _Aws, identifier: str) -> tuple[str | None, str, str | None]:
+    """(its parameter group's max_connections, instance class, endpoint address) of an RDS instance."""
     db = api.call(
         "rds",
         "describe_db_instances",
@@ -354,7 +354,7 @@ def _instance(api: _Aws, identifier: str) -> tuple[int, str, str | None]:
         ):
             if param.get("ParameterName") == "max_connections":
                 value = param.get("ParameterValue")
-    return max_connections_from_parameter(value, cls), cls, (db.get("Endpoint") or {}).get("Address")
+    return value, cls, (db.get("Endpoint") or {}).get("Address")
 
 
 def _proxy_consumer(limits: Limits, name: str, pool: dict[str, Any]) -> Consumer:
@@ -416,13 +416,20 @@ def _count(functions: list[Deployed], proxy_name: str | None, proxy_host: str | 
     return counted
 
 
-def _verdict(t: Tally) -> str:
+def _verdict(t: Tally, proxy_name: str | None) -> str:
     if t.fits:
         return f"OK: the fan-out fits, {t.limits.usable - t.used} connection(s) to spare"
     breaker = t.breaker()
     assert breaker is not None  # over the limit: some consumer crossed it
     if breaker.function is not None:
-        return f"FAIL: {breaker.name} breaks the budget: over by {t.over}; to fit, {t.advice()}"
+        # In what is deployed, a function goes through the proxy by its DSN's host (as the
+        # templates set it), not by a flag of ours.
+        through = (
+            f"RDS Proxy {proxy_name} (its endpoint as the host of LAMBDAPOOL_DSN)"
+            if proxy_name
+            else "a pooler (its host in LAMBDAPOOL_DSN, LAMBDAPOOL_POOLER=rds-proxy or pgbouncer)"
+        )
+        return f"FAIL: {breaker.name} breaks the budget: over by {t.over}; to fit, {t.advice(through)}"
     share = t.limits.usable - sum(c.connections for c in t.consumers if c.function is not None)
     try:
         percent = RdsProxySettings.for_share(share, t.limits.max_connections).max_connections_percent
@@ -443,11 +450,17 @@ def _limits(api: _Aws, args: argparse.Namespace) -> tuple[Limits, dict[str, Any]
         instance = instance or target
     host = None
     if instance:
-        max_connections, cls, host = _instance(api, instance)
-        given = "" if args.max_connections is None else f" (--max-connections {args.max_connections} used instead)"
-        print(f"database {instance} ({cls}): max_connections {max_connections}{given}")
+        value, cls, host = _instance(api, instance)
         if args.max_connections is None:
-            args.max_connections = max_connections
+            args.max_connections = max_connections_from_parameter(value, cls)
+            print(f"database {instance} ({cls}): max_connections {args.max_connections}")
+        else:  # the flag wins, even where the class is one lambdapool cannot size
+            try:
+                found = str(max_connections_from_parameter(value, cls))
+            except ConfigError:
+                found = "not known to lambdapool"
+            used = f"--max-connections {args.max_connections} used instead"
+            print(f"database {instance} ({cls}): max_connections {found} ({used})")
     elif args.max_connections is None:
         raise ConfigError(
             f"RDS Proxy {args.proxy_name!r} has no RDS instance target; pass --db-instance or --max-connections"
@@ -487,5 +500,5 @@ def run(args: argparse.Namespace) -> int:
         failed = True
     if failed:
         return 1
-    print(_verdict(result))
+    print(_verdict(result, args.proxy_name))
     return 0 if result.fits else 1

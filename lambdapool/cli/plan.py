@@ -50,7 +50,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pooler", choices=POOLERS, help="how functions reach the database (default rds-proxy)")
     parser.add_argument("--poolers", type=int, help="pooler instances sharing the database (default 1)")
-    parser.add_argument("--format", choices=FORMATS, default="table")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="table",
+        help=(
+            "table (default: the arithmetic and the settings); json (every input and output); cfn "
+            "(Key=Value overrides for infra/sam/template.yaml, for aws cloudformation deploy "
+            "--parameter-overrides); cfn-json (the same as a parameters file); tfvars (for infra/terraform); "
+            "pgbouncer (the [pgbouncer] lines infra/pgbouncer/pgbouncer.ini includes)"
+        ),
+    )
     parser.add_argument("--stack-function", metavar="NAME", help="cfn formats: the function whose stack this is")
 
 
@@ -87,9 +97,22 @@ def _pick(args: argparse.Namespace, data: dict[str, Any], key: str, default: Any
     return value if value is not None else data.get(key, default)
 
 
+def _count(args: argparse.Namespace, data: dict[str, Any], key: str, default: int | None, minimum: int) -> Any:
+    """A limit from its flag (``--max-connections`` for ``max_connections``) or the --config file,
+    checked here so that a bad one is named as the user gave it."""
+    value = _pick(args, data, key, default)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        flag = f"--{key.replace('_', '-')}"
+        where = flag if getattr(args, key, None) is not None else f"--config {getattr(args, 'config', None)}: {key}"
+        raise ConfigError(f"{where} {value!r}: must be a whole number >= {minimum}")
+    return value
+
+
 def limits_from(args: argparse.Namespace, data: dict[str, Any] | None = None) -> Limits:
     data = data or {}
-    max_connections = _pick(args, data, "max_connections")
+    if "reserved" not in data and "superuser_reserved" in data:  # the file may use Limits' own name
+        data = {**data, "reserved": data["superuser_reserved"]}
+    max_connections = _count(args, data, "max_connections", None, 1)
     instance_class = _pick(args, data, "instance_class")
     if max_connections is None and instance_class is None:
         raise ConfigError("give --max-connections N or --instance-class CLASS")
@@ -97,9 +120,9 @@ def limits_from(args: argparse.Namespace, data: dict[str, Any] | None = None) ->
         max_connections = default_max_connections(instance_class)
     return Limits(
         max_connections,
-        superuser_reserved=_pick(args, data, "reserved", data.get("superuser_reserved", 3)),
-        replication=_pick(args, data, "replication", 0),
-        admin=_pick(args, data, "admin", 2),
+        superuser_reserved=_count(args, data, "reserved", 3, 0),
+        replication=_count(args, data, "replication", 0, 0),
+        admin=_count(args, data, "admin", 2, 0),
         instance_class=instance_class,
     )
 

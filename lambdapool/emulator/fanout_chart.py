@@ -3,9 +3,10 @@
 Each panel shows what the functions asked for (invocations in flight, grey) against what the
 database held (backends sampled from ``pg_stat_activity``, blue), the limit (red dashed), the
 pooler's cap (green dotted) and every failed invocation (red ticks at the bottom, when it
-ended). So the direct burst is seen asking for more than the limit and being refused, and the
-pooled one asking for as much and holding no more than the cap. matplotlib is imported here
-only, through its object API with the Agg canvas (no pyplot, no screen, safe in CI).
+ended); a scenario's ``extra["description"]``, when it has one, says under its name what it is.
+So the direct burst is seen asking for more than the limit and being refused, and the pooled
+one asking for as much and holding no more than the cap. matplotlib is imported here only,
+through its object API with the Agg canvas (no pyplot, no screen, safe in CI).
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ def draw_comparison(report: Report, path: str | Path) -> Path:
         summary = scenario.summary()
         verdict = f"{summary['failures']} of {summary['invocations']} failed"
         peak = f"peak {summary['peak_backends']} backends" + (f" (cap {cap})" if cap else "")
-        ax.set_title(f"{scenario.name}\n{verdict}, {peak}", color="firebrick" if failed else "darkgreen", fontsize=11)
+        what = scenario.extra.get("description")  # what the run is, when the caller says (the demo does)
+        heading = "\n".join([scenario.name, *([what] if what else []), f"{verdict}, {peak}"])
+        ax.set_title(heading, color="firebrick" if failed else "darkgreen", fontsize=11)
         ax.set_xlabel("seconds since the burst started")
         ax.grid(True, alpha=0.3)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))

@@ -88,7 +88,7 @@ def _local_proxy(database: Any, max_backends: int | None = 5, **settings: Any) -
 @_started(lambda fleet: fleet.close())
 def _lambda_fleet(handler: str, *, env: dict[str, str] | None = None, **settings: Any) -> Any:
     """``lambda_fleet("src/app.py:handler", env={...}, **settings)``: a started LambdaFleet."""
-    _need("awslambdaric", "dev")
+    _need("awslambdaric", "testing")
     from lambdapool.emulator import LambdaFleet
     from lambdapool.emulator.fanout import HandlerRef
 

@@ -4,6 +4,7 @@ overcommitted one fails naming what breaks the budget, with the arithmetic print
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -137,6 +138,51 @@ def test_an_overcommitted_direct_function_fails_by_name(deployment, capsys):
     assert code == 1
     assert "used = 100 of 95 usable: OVER by 5" in out
     assert "FAIL: cron breaks the budget: over by 5; to fit, lower cron's reserved concurrency from 40 to 35" in out
+
+
+def check_flags() -> set[str]:
+    from lambdapool.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["check"]
+    return {flag for action in sub._actions for flag in action.option_strings}
+
+
+def foreign_flags(out: str) -> set[str]:
+    """Flags named in check's output that check does not have (a pointer to `lambdapool plan ...`
+    may name plan's own)."""
+    mine = re.sub(r"lambdapool plan[^;)]*", "", out)
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", mine)) - check_flags()
+
+
+def test_messages_name_checks_own_flags_and_the_deployed_settings(deployment, capsys):
+    # GIVEN a direct function over the budget and another with no reserved concurrency
+    proxied(deployment, "api", 500)
+    direct(deployment, "cron", 40)
+    code, out = check(capsys)
+    # THEN the fix names what to change in the deployment, not a flag of another command
+    assert code == 1 and not foreign_flags(out), out
+    assert ("route cron through RDS Proxy orders (its endpoint as the host of LAMBDAPOOL_DSN)" in out), out
+    direct(deployment, "report", None)
+    code, out = check(capsys)
+    assert code == 1 and not foreign_flags(out), out
+    # AND bad limits are named by check's flags
+    for argv, needle in ((["--reserved", "-1"], "--reserved -1: must be a whole number >= 0"),
+                         (["--max-connections", "0"], "--max-connections 0: must be a whole number >= 1")):
+        code, out = check(capsys, *argv)
+        assert code == 2 and needle in out and not foreign_flags(out), out
+
+
+def test_max_connections_flag_wins_over_a_class_lambdapool_cannot_size(network, capsys):
+    # GIVEN an instance of a class not in lambdapool's table, its parameter group silent
+    boto3.client("rds").create_db_instance(
+        DBInstanceIdentifier="big", DBInstanceClass="db.x2g.large", Engine="postgres", MasterUsername="app",
+        MasterUserPassword="not-a-real-one", AllocatedStorage=20)
+    # THEN without the flag the error says to give it; with it, check runs
+    assert main(["check", "--db-instance", "big"]) == 2
+    assert "--max-connections N" in capsys.readouterr().err
+    assert main(["check", "--db-instance", "big", "--max-connections", "500"]) == 0
+    out = capsys.readouterr().out
+    assert "database big (db.x2g.large): max_connections not known to lambdapool (--max-connections 500" in out
 
 
 def test_a_proxy_allowed_too_much_fails_with_the_percent_that_fits(deployment, capsys):

@@ -81,6 +81,12 @@ def test_tfvars_parse_as_hcl(capsys):
         (["--max-connections", "100", "--function", "api=1", "--pooler", "direct", "--format", "cfn"],
          "--pooler rds-proxy"),
         (["--max-connections", "10", "--reserved", "8", "--function", "api=1"], "nothing is left"),
+        # a bad limit is named by the flag it came from, not by the library's argument name
+        (["--max-connections", "100", "--reserved", "-1", "--function", "api=1"],
+         "--reserved -1: must be a whole number >= 0"),
+        (["--max-connections", "0", "--function", "api=1"], "--max-connections 0: must be a whole number >= 1"),
+        (["--instance-class", "db.x9.huge", "--function", "api=1"],
+         "give the database's max_connections instead (--max-connections N"),
     ],
 )
 def test_impossible_inputs_exit_2_with_a_clear_message(capsys, argv, needle):
@@ -113,3 +119,19 @@ def test_the_processes_term_is_shown_and_explained(capsys):
     # AND a plan without xPROCS says nothing of processes
     code, out, _ = plan(capsys, "--max-connections", "100", "--function", "api=20")
     assert "processes" not in out
+
+
+def test_every_option_says_what_it_does():
+    from lambdapool.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["plan"]
+    for action in sub._actions:
+        assert action.help, f"{action.option_strings} has no help"
+    out = sub.format_help()
+    for fmt in ("table", "json", "cfn", "cfn-json", "tfvars", "pgbouncer"):
+        assert f"{fmt} (" in " ".join(out.split()), fmt
+
+
+def test_a_current_instance_class_plans(capsys):
+    code, out, _ = plan(capsys, "--instance-class", "db.r8g.large", "--function", "api=200")
+    assert code == 0 and "usable = max_connections 1720 - superuser_reserved 3" in out
