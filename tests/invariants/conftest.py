@@ -135,14 +135,19 @@ class Target:
         self.admin.reload_with("ALTER SYSTEM RESET idle_session_timeout")
 
     def proxy_drops_clients(self) -> None:
-        assert self.proxy is not None
-        self.proxy.drop_clients()
-        soon(lambda: self.proxy.stats()["clients"] == 0, "the proxy to drop its clients")  # type: ignore[union-attr]
+        proxy = self.proxy
+        assert proxy is not None
+        proxy.drop_clients()
+        soon(lambda: proxy.stats()["clients"] == 0, "the proxy to drop its clients")
 
     def proxy_kills_backends(self) -> None:
-        assert self.proxy is not None
+        proxy = self.proxy
+        assert proxy is not None
+        # kill_backends closes the backends the proxy has: none may be half-open (a connect
+        # started for a borrow that another backend then served finishes after it)
+        soon(lambda: proxy.stats()["backends_connecting"] == 0, "the proxy to finish opening backends")
         pids = self.admin.app_backends()
-        self.proxy.kill_backends()
+        proxy.kill_backends()
         self.admin.wait_gone(pids, "the proxy's backends to exit")
 
     def restart_pgbouncer(self) -> None:
