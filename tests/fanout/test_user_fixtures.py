@@ -39,11 +39,46 @@ def test_a_burst_through_the_local_proxy_stays_under_its_cap(app_db, local_proxy
     assert sampler.rate_hz >= 20
 
 
-def test_the_same_assertion_catches_a_direct_overrun(app_db, light_fleet, backend_sampler):
+# The control's handler holds its connection until the role's 8 slots are taken and a ninth
+# invocation has entered: otherwise, on a loaded machine, the threads of a burst can run one after
+# the other on a few warm instances and never overlap enough to run the database out.
+OVERLAPPING = """
+import os, time
+import lambdapool
+
+db = lambdapool.Database.from_env(driver="psycopg")
+ENTRIES = os.environ["OVERRUN_ENTRIES"]
+
+
+def entered():
+    with open(ENTRIES) as f:
+        return len(f.read())
+
+
+@db.lambda_handler
+def handler(event, context):
+    with open(ENTRIES, "a") as f:
+        f.write(".")
+    with db.connection() as conn:
+        deadline = time.monotonic() + 20  # a bound, not a timing: the test fails on its assertions
+        while time.monotonic() < deadline:
+            conn.execute("SELECT pg_stat_clear_snapshot()")  # a transaction keeps its first view
+            held = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = current_user")
+            if held.fetchone()[0] >= 8 and entered() > 8:
+                break
+            time.sleep(0.01)
+    return {"result": event["n"] + 1}
+"""
+
+
+def test_the_same_assertion_catches_a_direct_overrun(app_db, light_fleet, backend_sampler, tmp_path):
     # The control: without a pooler or the guard, the same kind of burst runs the database out.
     pg, app_dsn = app_db
-    env = {"LAMBDAPOOL_DSN": app_dsn, "LAMBDAPOOL_BUDGET_GUARD": "false", "LAMBDAPOOL_ACQUIRE_TIMEOUT": "1"}
-    fleet = light_fleet(HANDLER, env=env, reserved_concurrency=16, timeout=3.0)
+    (tmp_path / "overlapping.py").write_text(OVERLAPPING)
+    (tmp_path / "entries").write_text("")
+    env = {"LAMBDAPOOL_DSN": app_dsn, "LAMBDAPOOL_BUDGET_GUARD": "false", "LAMBDAPOOL_ACQUIRE_TIMEOUT": "1",
+           "OVERRUN_ENTRIES": str(tmp_path / "entries")}  # fmt: skip
+    fleet = light_fleet(f"{tmp_path / 'overlapping.py'}:handler", env=env, reserved_concurrency=16, timeout=30.0)
     sampler = backend_sampler(pg)
     results = fleet.burst([{"n": i} for i in range(32)], concurrency=16)
     sampler.stop()
