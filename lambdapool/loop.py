@@ -11,35 +11,35 @@ was made on (``AsyncWarmConnection.loop``), and :func:`run_on` finishes with it 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import threading
-import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
-def busy_elsewhere(loop: asyncio.AbstractEventLoop, coro: Any) -> bool:
-    """After ``loop.run_until_complete(coro)`` raised RuntimeError: was it only that another
-    thread is running the loop? (Then coro was never started and can still run.)"""
-    return not loop.is_closed() and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED
+# One lock per loop, taken around run_until_complete: threads take turns on it. Retrying on
+# "This event loop is already running" is not enough: run_until_complete wraps the coroutine in
+# a task on the loop before run_forever finds the loop busy, so the thread that is running it
+# may start that task, and a retry would wrap the same coroutine a second time.
+_RUN_LOCKS: dict[int, threading.RLock] = {}
+
+
+def _run_lock(loop: asyncio.AbstractEventLoop) -> Any:
+    lock = _RUN_LOCKS.get(id(loop))
+    return lock if lock is not None else _RUN_LOCKS.setdefault(id(loop), threading.RLock())
 
 
 def run_when_free(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
     """``loop.run_until_complete(coro)``, taking turns with other threads that run the loop.
 
     Lambda gives an environment one invocation at a time, so the instance's loop is normally
-    ours alone; a test or an app calling an async ``lambda_handler`` from several threads at
-    once gets its calls run one after another instead of "This event loop is already running".
+    ours alone (the lock is then uncontended); a test or an app calling an async
+    ``lambda_handler`` from several threads at once gets its calls run one after another
+    instead of "This event loop is already running".
     """
-    while True:
-        try:
-            return loop.run_until_complete(coro)
-        except RuntimeError:
-            if not busy_elsewhere(loop, coro):
-                raise
-        time.sleep(0.0005)
+    with _run_lock(loop):
+        return loop.run_until_complete(coro)
 
 
 def run_on(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], timeout: float = 5.0) -> None:
