@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from lambdapool.config import Setting, Settings, coerce, env_name
 from lambdapool.drivers.base import ConnectParams
+from lambdapool.drivers.params import wants_writer
 from lambdapool.errors import ConfigError
 
 # Credentials, usable with every pooler: a password (DSN or ``password``), an IAM token, or a
@@ -24,7 +25,18 @@ CREDENTIAL_OPTIONS: tuple[Setting, ...] = (
     Setting("aws_endpoint_url", str, None, "AWS API endpoint (a VPC endpoint; moto in tests)"),
     Setting("user", str, None, "database user when the DSN has none"),
     Setting("dbname", str, None, "database name when the DSN has none"),
+    Setting(
+        "reader",
+        bool,
+        False,
+        "the endpoint is a reader (an RDS Proxy read-only endpoint, lambdapool proxy --reader): its "
+        "read-only servers are kept; default: a writer is wanted unless the dsn's target_session_attrs says otherwise",
+    ),
 )
+
+
+# DSN parameters that ConnectParams carries as fields of their own
+_OWN_PARAMS = frozenset({"sslmode", "sslrootcert", "application_name"})
 
 
 class Adapter:
@@ -45,6 +57,13 @@ class Adapter:
 
             aws.resolve_region(opts["region"])  # no region: fail at init, not at the first connect
         self.credentials = self._credentials()
+        # A connection on a read-only server is dropped unless a reader will do (see
+        # drivers.params.wants_writer; Aurora's reader endpoint is named cluster-ro-...).
+        self.wants_writer = (
+            wants_writer(settings.parts.params)
+            and not opts["reader"]
+            and ".cluster-ro-" not in (settings.parts.host or "")
+        )
 
     # -- settings --------------------------------------------------------------------------
     def _validate(self, given: dict[str, Any]) -> dict[str, Any]:
@@ -101,6 +120,8 @@ class Adapter:
             sslrootcert=parts.params.get("sslrootcert"),
             application_name=self.application_name,
             options={**self.driver_options(), **(self.settings.connect_kwargs or {})},
+            addresses=parts.addresses,
+            dsn_params={k: v for k, v in parts.params.items() if k not in _OWN_PARAMS},
         )
 
     def names_an_endpoint(self) -> bool:
@@ -123,7 +144,10 @@ class Adapter:
     def params_for(self, host: str | None, port: int | None) -> ConnectParams:
         from dataclasses import replace
 
-        return replace(self.base_params(), host=host, port=port)
+        params = self.base_params()
+        if (host, port) != (params.host, params.port):  # an endpoint of the adapter's: one address
+            return replace(params, host=host, port=port, addresses=())
+        return params
 
     def _credentials_for(self, host: str | None, port: int | None) -> Any:
         if self.options["iam_auth"] and self.credentials is None:

@@ -197,7 +197,9 @@ def from_environment(names: list[str], environ: dict[str, str] | None = None) ->
 
 @dataclass(frozen=True)
 class DsnParts:
-    """A parsed DSN. ``repr`` never shows the password."""
+    """A parsed DSN. ``host``/``port`` are the first address; ``addresses`` all of them, in
+    order (a libpq multi-host DSN names several). ``params``: every other libpq parameter, as
+    given. ``repr`` never shows the password."""
 
     host: str | None = None
     port: int | None = None
@@ -205,10 +207,11 @@ class DsnParts:
     password: str | None = field(default=None, repr=False)
     dbname: str | None = None
     params: dict[str, str] = field(default_factory=dict)
+    addresses: tuple[tuple[str | None, int | None], ...] = ()
 
     def __repr__(self) -> str:
         return (
-            f"DsnParts(host={self.host!r}, port={self.port!r}, user={self.user!r}, dbname={self.dbname!r}, "
+            f"DsnParts(addresses={self.addresses!r}, user={self.user!r}, dbname={self.dbname!r}, "
             f"params={redact_values(self.params)!r})"
         )
 
@@ -218,7 +221,7 @@ _URI_SCHEMES = ("postgresql", "postgres")
 
 
 def parse_dsn(dsn: str) -> DsnParts:
-    """Parse a libpq URI or key=value string; errors never echo the password."""
+    """Parse a libpq URI or key=value string, multi-host included; errors never echo the password."""
     if not isinstance(dsn, str) or not dsn.strip():
         raise ConfigError("dsn must be a non-empty string such as postgresql://user@host:5432/dbname")
     dsn = dsn.strip()
@@ -244,41 +247,76 @@ def parse_dsn(dsn: str) -> DsnParts:
 
 
 def _parse_uri(dsn: str) -> DsnParts:
-    scheme = dsn.split("://", 1)[0]
+    scheme, _, rest = dsn.partition("://")
     if scheme not in _URI_SCHEMES:
         raise ConfigError(f"dsn scheme must be postgresql:// or postgres://, got {scheme}://")
-    try:
-        parts = urlsplit(dsn)
-        port = parts.port
-    except ValueError:
-        raise ConfigError("dsn has an invalid port: expected postgresql://user@host:5432/dbname") from None
+    parts = urlsplit(f"{scheme}://x{rest[_netloc_end(rest):]}")  # the path and query, netloc aside
+    netloc = rest[: _netloc_end(rest)]
+    userinfo, at, hostspec = netloc.rpartition("@")
     values = dict(parse_qsl(parts.query, keep_blank_values=True))
-    if parts.hostname:
-        values.setdefault("host", unquote(parts.hostname))
-    if port is not None:
-        values.setdefault("port", str(port))
-    if parts.username:
-        values.setdefault("user", unquote(parts.username))
-    if parts.password is not None:
-        values.setdefault("password", unquote(parts.password))
+    if hostspec:
+        hosts, ports = zip(*(_split_hostport(h) for h in hostspec.split(",")))
+        if any(hosts):
+            values.setdefault("host", ",".join(hosts))
+        if any(ports):
+            values.setdefault("port", ",".join(ports))
+    if at:
+        user, colon, password = userinfo.partition(":")
+        if user:
+            values.setdefault("user", unquote(user))
+        if colon:
+            values.setdefault("password", unquote(password))
     if parts.path and parts.path != "/":
         values.setdefault("dbname", unquote(parts.path.lstrip("/")))
     return _from_mapping(values)
 
 
+def _netloc_end(rest: str) -> int:
+    return min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+
+
+def _split_hostport(spec: str) -> tuple[str, str]:
+    """One ``host[:port]`` of a URI's host list (``[v6]:port`` for IPv6)."""
+    if spec.startswith("["):
+        host, _, after = spec[1:].partition("]")
+        if after and not after.startswith(":"):
+            raise ConfigError("dsn has an invalid host: expected [IPv6]:port in the URI's host list")
+        return unquote(host), after[1:]
+    host, _, port = spec.partition(":")
+    return unquote(host), port
+
+
 def _from_mapping(values: dict[str, str]) -> DsnParts:
-    port = values.pop("port", None)
-    if port is not None:
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"dsn port must be a number from 1 to 65535, got {port!r}")
+    hosts = values.pop("host", "").split(",")
+    raw_ports = values.pop("port", "").split(",")
+    if len(raw_ports) > 1 and len(raw_ports) != len(hosts):
+        raise ConfigError(
+            f"dsn names {len(hosts)} host{'s' if len(hosts) > 1 else ''} and {len(raw_ports)} ports: "
+            "give one port for all of them or one per host, in the same order"
+        )
+    ports = [_port(p) for p in raw_ports] * (len(hosts) if len(raw_ports) == 1 else 1)
+    addresses = tuple((h or None, p) for h, p in zip(hosts, ports))
+    if addresses == ((None, None),):
+        addresses = ()
+    first_host, first_port = addresses[0] if addresses else (None, None)
     return DsnParts(
-        host=values.pop("host", None) or None,
-        port=int(port) if port else None,
+        host=first_host,
+        port=first_port,
         user=values.pop("user", None) or None,
         password=values.pop("password", None),
         dbname=values.pop("dbname", None) or None,
         params=values,
+        addresses=addresses,
     )
+
+
+def _port(port: str) -> int | None:
+    port = port.strip()
+    if not port:
+        return None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"dsn port must be a number from 1 to 65535, got {port!r}")
+    return int(port)
 
 
 def redact_dsn(dsn: str | None) -> str:
@@ -350,6 +388,7 @@ class Settings:
         returned in ``pooler_options`` for the adapter to validate."""
         env = env or {}
         resolved: dict[str, Any] = {}
+        given = set()  # the settings set in code or the environment
         for s in SETTINGS:
             if s.name in values and values[s.name] is not None:
                 raw, source = values[s.name], ""
@@ -358,6 +397,7 @@ class Settings:
             else:
                 resolved[s.name] = _default(s)
                 continue
+            given.add(s.name)
             if s.name == "password" and callable(raw):
                 resolved[s.name] = raw
                 continue
@@ -378,6 +418,12 @@ class Settings:
                 "in the dsn (and the password in the dsn, password= or a secret)"
             )
         parts = parse_dsn(resolved["dsn"]) if resolved["dsn"] else DsnParts()
+        from lambdapool.drivers.params import check
+
+        check(parts.params, resolved["driver"])
+        if "connect_timeout" not in given and parts.params.get("connect_timeout", "").strip().isdigit():
+            seconds = int(parts.params["connect_timeout"])  # (libpq: 0 waits for ever; ours keeps its default)
+            resolved["connect_timeout"] = float(seconds) if seconds > 0 else resolved["connect_timeout"]
         return cls(**resolved, parts=parts, pooler_options=extra)
 
 

@@ -155,7 +155,8 @@ class Database(Generic[BlockT]):
         self.settings = settings = Settings.build(values, env=env)
         self._instance = Instance(settings.invocation_timeout)
         self._function = function_name()
-        app_name = settings.application_name or f"lambdapool:{self._function}"[:63]
+        dsn_name = settings.parts.params.get("application_name")  # the user's, either way, wins over ours
+        app_name = settings.application_name or dsn_name or f"lambdapool:{self._function}"[:63]
         self.adapter = adapters.load(settings.pooler)(settings, application_name=app_name)
         platform = self._instance.platform
         if not settings.dsn and not self.adapter.names_an_endpoint():

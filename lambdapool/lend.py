@@ -20,6 +20,7 @@ import logging
 import time
 from typing import Any
 
+from lambdapool.drivers.base import read_only_error
 from lambdapool.errors import LambdapoolError
 from lambdapool.misuse import SyncBlockOnly
 from lambdapool.runtime import InvocationState
@@ -62,7 +63,7 @@ class Lender(SyncBlockOnly):
         state = self.current.get()
         if state is None:
             raise LambdapoolError(ACROSS_CONTEXTS)
-        self.exit(state, exc_type)
+        self.exit(state, exc)
 
     def enter(self, state: Any) -> Any:
         conn = state.conn
@@ -87,11 +88,13 @@ class Lender(SyncBlockOnly):
         state.depth += 1
         return conn
 
-    def exit(self, state: Any, exc_type: Any) -> None:
+    def exit(self, state: Any, exc: BaseException | None) -> None:
         try:
             if state.depth == 1 and state.conn is not None:
-                if exc_type is not None:
+                if exc is not None:
                     self.rollback_quietly(state)
+                    if state.holder.wants_writer and read_only_error(exc):
+                        state.holder.drop_read_only()
                 elif state.holder.in_transaction():
                     if self.driver.end_transaction(state.conn) == "rollback":
                         state.holder.stats.incr("rollbacks")
@@ -214,4 +217,4 @@ class AdhocBlock(SyncBlockOnly):
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         state, self.state = self.state, None
-        self.lender.exit(state, exc_type)
+        self.lender.exit(state, exc)

@@ -21,6 +21,7 @@ import logging
 import time
 from typing import Any
 
+from lambdapool.drivers.base import read_only_error
 from lambdapool.errors import LambdapoolError
 from lambdapool.misuse import AsyncBlockOnly
 from lambdapool.runtime import InvocationState
@@ -63,7 +64,7 @@ class AsyncLender(AsyncBlockOnly):
         state = self.current.get()
         if state is None:
             raise LambdapoolError(ACROSS_CONTEXTS)
-        await self.exit(state, exc_type)
+        await self.exit(state, exc)
 
     async def enter(self, state: Any) -> Any:
         conn = state.conn
@@ -88,11 +89,13 @@ class AsyncLender(AsyncBlockOnly):
         state.depth += 1
         return conn
 
-    async def exit(self, state: Any, exc_type: Any) -> None:
+    async def exit(self, state: Any, exc: BaseException | None) -> None:
         try:
             if state.depth == 1 and state.conn is not None:
-                if exc_type is not None:
+                if exc is not None:
                     await self.rollback_quietly(state)
+                    if state.holder.wants_writer and read_only_error(exc):
+                        await state.holder.drop_read_only()
                 elif state.holder.in_transaction():
                     if await self.driver.end_transaction(state.conn) == "rollback":
                         state.holder.stats.incr("rollbacks")
@@ -215,4 +218,4 @@ class AsyncAdhocBlock(AsyncBlockOnly):
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         state, self.state = self.state, None
-        await self.lender.exit(state, exc_type)
+        await self.lender.exit(state, exc)

@@ -27,6 +27,7 @@ KEYS = (
     "discarded",
     "guard_closes",
     "expired",
+    "read_only_drops",
     "connect_ms_total",
     "acquire_ms_total",
 )
@@ -65,6 +66,7 @@ class StatsDict(TypedDict):
     discarded: int
     guard_closes: int
     expired: int
+    read_only_drops: int
     connect_ms_total: float
     acquire_ms_total: float
     open_connections: int

@@ -33,7 +33,14 @@ import logging
 import time
 from typing import Any
 
-from lambdapool.drivers.base import CONFIGURED_SQL, classify_connect_error, connect_error_fix, socket_watch
+from lambdapool.drivers.base import (
+    CONFIGURED_SQL,
+    READ_ONLY_SERVER,
+    ReadOnlyServer,
+    classify_connect_error,
+    connect_error_fix,
+    socket_watch,
+)
 from lambdapool.errors import AuthError, ConfigError, ConnectionUnavailable, LambdapoolError
 from lambdapool.retry import CONNECT_DEADLINE, REFUSED_MEMORY, Backoff, describe_error, is_refusal
 from lambdapool.scrub import detach, driver_error
@@ -55,6 +62,7 @@ class AsyncConnector:
         self.settings = settings
         self.refused_delay = 0.0  # the last refusal's backoff delay, and when it was chosen
         self.refused_at = float("-inf")
+        self.wants_writer = adapter.wants_writer
 
     async def connect(self, deadline: float, stats: Stats, carried: Any = None) -> tuple[Any, bool, str]:
         """A new connection, set up as the user's own: ``configure`` run, then ``carried`` (the
@@ -90,6 +98,8 @@ class AsyncConnector:
                 if remaining <= 0:
                     raise TimeoutError("no time left before the deadline")
                 conn = await self.driver.connect(params, min(self.settings.connect_timeout, remaining))
+                if self.wants_writer and self.driver.read_only(conn):
+                    await self._refuse_read_only(conn, stats)
             except Exception as exc:
                 stats.incr("connect_failures")
                 kind = classify_connect_error(exc)
@@ -147,6 +157,19 @@ class AsyncConnector:
             stats.add("connect_ms_total", (time.monotonic() - t0) * 1000.0)
             return conn, refused, await self._set_up(conn, carried)
 
+    async def _refuse_read_only(self, conn: Any, stats: Stats) -> None:
+        """A writer is wanted and the server says it is read-only (the name still leads to a
+        demoted writer, or to a standby): not kept; tried again, as a server not ready yet."""
+        stats.incr("read_only_drops")
+        try:
+            await self.driver.close(conn)
+        except Exception:
+            pass
+        raise ReadOnlyServer(
+            f"{READ_ONLY_SERVER} (in_hot_standby or default_transaction_read_only is on) and a writer is "
+            "wanted; set target_session_attrs=read-only (or any) in the dsn if a reader will do"
+        )
+
     async def _set_up(self, conn: Any, carried: Any) -> str:
         """Run ``configure`` and apply ``carried``. With ``reset_session``, also read back what
         configure SET, as the statement that sets it again after each RESET ALL: the session
@@ -199,6 +222,7 @@ class AsyncWarmConnection:
         "refused",
         "carried",
         "configured",
+        "wants_writer",
         "loop",
     )
 
@@ -225,6 +249,7 @@ class AsyncWarmConnection:
         # statement of its own on it (a statement that kills it can leave the SDK's autocommit behind)
         self.carried: Any = None
         self.configured = ""  # the statement that sets configure's SETs again after a reset
+        self.wants_writer = connector.wants_writer
         self.loop: Any = None  # the event loop the connection is bound to
 
     def reuse(self, state: Any) -> Any:
@@ -337,6 +362,14 @@ class AsyncWarmConnection:
         if conn is not None and read_settings:
             self.carried = self.driver.user_settings(conn)
         return conn
+
+    async def drop_read_only(self) -> None:
+        """An invocation's statement was refused as the server is read-only (SQLSTATE 25006)
+        while a writer is wanted (a failover demoted it): not kept warm, so the next connect
+        finds the writer (the next host, a fresh DNS lookup)."""
+        self.stats.incr("read_only_drops")
+        logger.info("lambdapool: the server is read-only and a writer is wanted; dropping the connection")
+        await self.discard()
 
     async def discard(self, *, read_settings: bool = True) -> None:
         conn = self._drop(read_settings)

@@ -103,7 +103,7 @@ class Lend:
         try:
             # As a block that raised: the outermost rolls back whatever is open (a handler's own
             # block still open around ours keeps its transaction).
-            lender.exit(state, _ClosedInTransaction)
+            lender.exit(state, _ClosedInTransaction())
         finally:
             try:
                 if self.own:

@@ -4,8 +4,10 @@ transaction is rolled back (the block does not commit for you: use ``conn.transa
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from lambdapool.drivers.base import ConnectParams, Probes
+from lambdapool.drivers.params import asyncpg_arguments, set_keepalives
 
 
 def ssl_argument(p: ConnectParams) -> Any:
@@ -18,6 +20,41 @@ def ssl_argument(p: ConnectParams) -> Any:
     return p.sslmode  # asyncpg takes libpq's mode names; None means its default, 'prefer'
 
 
+def connect_arguments(p: ConnectParams, timeout: float) -> dict[str, Any]:
+    """asyncpg.connect's arguments: the addresses as its host and port lists, the DSN's libpq
+    parameters in its own terms (drivers.params: those it reads from a DSN, server_settings
+    for application_name and options), then the user's connect_kwargs."""
+    native, server_settings = asyncpg_arguments(p.dsn_params, p.application_name)
+    hosts = p.hosts()
+    kwargs: dict[str, Any] = {
+        "host": [h for h, _ in hosts] if len(hosts) > 1 else p.host,
+        "port": [port or 5432 for _, port in hosts] if len(hosts) > 1 else p.port,
+        "user": p.user,
+        "password": p.password,
+        "database": p.dbname,
+        "timeout": timeout,
+    }
+    if native.keys() & _SSL_FILES:  # client certificates and the like: asyncpg builds the context
+        native.update({k: v for k, v in (("sslmode", p.sslmode), ("sslrootcert", p.sslrootcert)) if v})
+    else:
+        kwargs["ssl"] = ssl_argument(p)
+        native = {k: v for k, v in native.items() if k not in ("sslmode", "sslrootcert")}
+    if native:
+        # (a DSN with only a query: asyncpg merges it with the arguments, which win)
+        kwargs["dsn"] = "postgresql://?" + urlencode(native)
+    if server_settings:
+        kwargs["server_settings"] = server_settings
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    kwargs.update(p.options)
+    return kwargs
+
+
+# DSN parameters that only asyncpg's own SSL set-up takes into account
+_SSL_FILES = frozenset(
+    {"sslcert", "sslkey", "sslcrl", "sslpassword", "ssl_min_protocol_version", "ssl_max_protocol_version"}
+)
+
+
 class AsyncpgDriver:
     name = "asyncpg"
     is_async = True
@@ -25,20 +62,10 @@ class AsyncpgDriver:
     async def connect(self, params: ConnectParams, timeout: float) -> Any:
         import asyncpg
 
-        kwargs: dict[str, Any] = {
-            "host": params.host,
-            "port": params.port,
-            "user": params.user,
-            "password": params.password,
-            "database": params.dbname,
-            "ssl": ssl_argument(params),
-            "timeout": timeout,
-        }
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        if params.application_name:
-            kwargs["server_settings"] = {"application_name": params.application_name}
-        kwargs.update(params.options)
-        return await asyncpg.connect(**kwargs)
+        conn = await asyncpg.connect(**connect_arguments(params, timeout))
+        transport = getattr(conn, "_transport", None)
+        set_keepalives(transport.get_extra_info("socket") if transport is not None else None, params.dsn_params)
+        return conn
 
     @staticmethod
     def is_closed(conn: Any) -> bool:
@@ -67,6 +94,13 @@ class AsyncpgDriver:
         if hasattr(proto, "is_connected") and hasattr(proto, "is_in_transaction"):
             return proto.is_connected, proto.is_in_transaction
         return (lambda: not conn.is_closed()), conn.is_in_transaction
+
+    @staticmethod
+    def read_only(conn: Any) -> bool:
+        """The server's own report at login (see psycopg_sync.read_only), as asyncpg keeps it."""
+        settings = conn.get_settings()
+        reported = (getattr(settings, name, None) for name in ("in_hot_standby", "default_transaction_read_only"))
+        return "on" in reported
 
     @staticmethod
     def usable(conn: Any) -> bool:

@@ -36,11 +36,18 @@ class ConnectParams:
     sslrootcert: str | None = None
     application_name: str | None = None
     options: dict[str, Any] = field(default_factory=dict)  # driver-specific keyword arguments
+    # Every address, in order, when the DSN names several (libpq's multi-host DSN); host and
+    # port are then the first.
+    addresses: tuple[tuple[str | None, int | None], ...] = ()
+    # the DSN's other libpq parameters (sslpassword too: no repr)
+    dsn_params: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def hosts(self) -> tuple[tuple[str | None, int | None], ...]:
+        return self.addresses if len(self.addresses) > 1 else ((self.host, self.port),)
 
     def where(self) -> str:
-        return (
-            f"{self.user or '(default user)'}@{self.host or '(default host)'}:{self.port or 5432}/{self.dbname or ''}"
-        )
+        at = ",".join(f"{host or '(default host)'}:{port or 5432}" for host, port in self.hosts())
+        return f"{self.user or '(default user)'}@{at}/{self.dbname or ''}"
 
 
 # A connection's probes, bound once per connection: (is_open, in_transaction), each a call with
@@ -75,10 +82,37 @@ def socket_watch(fd: int | None) -> Any:
     return poller
 
 
+# A statement refused because the server is read-only (a hot standby, or a demoted writer)
+READ_ONLY_SQLSTATE = "25006"
+READ_ONLY_SERVER = "the server is read-only"  # (our own refusal of such a connection: see warm_async)
+
+
+class ReadOnlyServer(ConnectionError):
+    """A new connection landed on a read-only server while a writer is wanted."""
+
+
+def read_only_error(exc: BaseException | None) -> bool:
+    """Did ``exc``, or an error it was raised from (an ORM wraps the driver's), come from a
+    read-only server?"""
+    seen = 0
+    while exc is not None and seen < 8:
+        if getattr(exc, "sqlstate", None) == READ_ONLY_SQLSTATE:
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
 # SQLSTATEs worth another try: the server or pooler is full or not ready yet.
 RETRY_SQLSTATES = {"53300", "53400", "57P03", "08000", "08001", "08004", "08006"}
 AUTH_SQLSTATES = {"28P01", "28000"}
 _RETRY_TEXT = (
+    # a read-only server where a writer is wanted (libpq's target_session_attrs, asyncpg's):
+    # a failover in progress, or a name that still leads to the old writer
+    "hot standby mode",
+    "session is read-only",
+    "target attribute requirement",
+    READ_ONLY_SERVER,
     "too many clients",
     "remaining connection slots are reserved",
     "too many connections",

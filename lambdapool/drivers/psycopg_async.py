@@ -11,6 +11,7 @@ from lambdapool.drivers.psycopg_sync import (
     in_transaction,
     is_closed,
     probes,
+    read_only,
     usable,
     user_settings,
 )
@@ -58,6 +59,7 @@ class AsyncPsycopgDriver:
     in_transaction = staticmethod(in_transaction)
     usable = staticmethod(usable)
     probes = staticmethod(probes)
+    read_only = staticmethod(read_only)
 
     # As the sync driver: a cursor of the SDK's own, tuple rows, nothing prepared, and the
     # user's autocommit left as it was.

@@ -6,21 +6,28 @@ import math
 from typing import Any
 
 from lambdapool.drivers.base import RESET_SQL, ConnectParams, Probes
+from lambdapool.drivers.params import keepalive_options
 
 
 def connect_kwargs(p: ConnectParams, timeout: float) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "host": p.host,
-        "port": p.port,
-        "user": p.user,
-        "password": p.password,
-        "dbname": p.dbname,
-        "sslmode": p.sslmode,
-        "sslrootcert": p.sslrootcert,
-        "application_name": p.application_name,
-        # libpq counts whole seconds, at least 2; the exact deadline is kept by the caller.
-        "connect_timeout": max(2, math.floor(timeout)),
-    }
+    """libpq's parameters: the DSN's own as they are (keepalives on by default, see
+    drivers.params), then ours, then the user's connect_kwargs."""
+    hosts = p.hosts()
+    kwargs: dict[str, Any] = {**keepalive_options(p.dsn_params), **p.dsn_params}
+    kwargs.update(
+        {
+            "host": ",".join(h or "" for h, _ in hosts) if len(hosts) > 1 else p.host,
+            "port": ",".join(str(port or "") for _, port in hosts) if len(hosts) > 1 else p.port,
+            "user": p.user,
+            "password": p.password,
+            "dbname": p.dbname,
+            "sslmode": p.sslmode,
+            "sslrootcert": p.sslrootcert,
+            "application_name": p.application_name,
+            # libpq counts whole seconds, at least 2, per host; the exact deadline is kept by the caller.
+            "connect_timeout": max(2, math.floor(timeout)),
+        }
+    )
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     kwargs.update(p.options)
     return kwargs
@@ -54,6 +61,14 @@ def probes(conn: Any) -> Probes:
         return pgconn.transaction_status in (_INTRANS, _INERROR)
 
     return is_open, transaction_open
+
+
+def read_only(conn: Any) -> bool:
+    """Does the server say it is read-only? From the parameters it reports by itself
+    (PostgreSQL 14+: in_hot_standby; default_transaction_read_only), no round trip; False when
+    it reports neither (an older server, a pooler that does not pass them on)."""
+    status = conn.pgconn.parameter_status
+    return status(b"in_hot_standby") == b"on" or status(b"default_transaction_read_only") == b"on"
 
 
 def usable(conn: Any) -> bool:
@@ -162,6 +177,7 @@ class PsycopgDriver:
     in_transaction = staticmethod(in_transaction)
     usable = staticmethod(usable)
     probes = staticmethod(probes)
+    read_only = staticmethod(read_only)
 
     # The SDK's own statements run on a cursor of their own, with tuple rows and never
     # prepared, in autocommit (starting no transaction) and leave the user's settings as they

@@ -6,6 +6,10 @@
   starts private clusters with the settings a test needs and stops them at teardown.
 * ``pg_session_factory`` (session): the same, for session-scoped fixtures of your own that
   need a special server (``password=...``, ``settings={...}``); stopped at the session's end.
+* ``pg_replication`` (function): ``pg_replication(max_connections=30, settings={...})`` starts a
+  primary and a hot standby streaming from it, plus an endpoint name for the writer
+  (:class:`lambdapool.testing.replication.ReplicatedPostgres`: ``failover()``,
+  ``endpoint.point_to(...)``, ``wait_replicated()``); stopped at teardown.
 * :func:`missing` skips a test on a laptop that lacks a component, but fails it in CI
   (``CI=true``), so a skipped test is never counted as passing there.
 """
@@ -24,6 +28,7 @@ from lambdapool.testing.postgres import (
     postgres_from_env,
     sweep_orphans,
 )
+from lambdapool.testing.replication import ReplicatedPostgres
 
 
 def in_ci() -> bool:
@@ -84,6 +89,27 @@ def pg_factory() -> Iterator[Callable[..., PostgresServer]]:
 @pytest.fixture(scope="session")
 def pg_session_factory() -> Iterator[Callable[..., PostgresServer]]:
     yield from _pg_factory()
+
+
+@pytest.fixture
+def pg_replication() -> Iterator[Callable[..., ReplicatedPostgres]]:
+    """A factory of started :class:`ReplicatedPostgres` clusters, stopped at teardown."""
+    started: list[ReplicatedPostgres] = []
+
+    def make(**settings: object) -> ReplicatedPostgres:
+        cluster = ReplicatedPostgres(**settings)  # type: ignore[arg-type]
+        started.append(cluster)
+        try:
+            return cluster.start()
+        except PostgresNotFound as exc:
+            missing("Postgres server binaries", str(exc))
+            raise  # unreachable: missing() always raises
+
+    try:
+        yield make
+    finally:
+        for cluster in started:
+            cluster.stop()
 
 
 @pytest.fixture
