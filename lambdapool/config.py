@@ -250,7 +250,7 @@ def _parse_uri(dsn: str) -> DsnParts:
     scheme, _, rest = dsn.partition("://")
     if scheme not in _URI_SCHEMES:
         raise ConfigError(f"dsn scheme must be postgresql:// or postgres://, got {scheme}://")
-    parts = urlsplit(f"{scheme}://x{rest[_netloc_end(rest):]}")  # the path and query, netloc aside
+    parts = urlsplit(f"{scheme}://x{rest[_netloc_end(rest) :]}")  # the path and query, netloc aside
     netloc = rest[: _netloc_end(rest)]
     userinfo, at, hostspec = netloc.rpartition("@")
     values = dict(parse_qsl(parts.query, keep_blank_values=True))

@@ -2,7 +2,8 @@
 
 Ctrl-C or SIGTERM stops it cleanly (clients are disconnected, backends closed) with exit 0.
 The backend DSN may also come from ``LAMBDAPOOL_PROXY_BACKEND`` so its password stays out of
-the process list.
+the process list. A DSN with several hosts is followed through a failover (docs/proxy.md,
+"Failover"); ``--reader`` makes the proxy a read-only endpoint (hot standbys only).
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
         default=os.environ.get("LAMBDAPOOL_PROXY_BACKEND"),
-        help="the server's libpq URI (default: $LAMBDAPOOL_PROXY_BACKEND)",
+        help="the server's libpq URI or key=value string; several hosts (postgresql://u@h1:p1,h2:p2/db) "
+        "are followed through a failover (default: $LAMBDAPOOL_PROXY_BACKEND)",
+    )
+    parser.add_argument(
+        "--reader",
+        action="store_true",
+        help="a read-only endpoint: lend backends on hot standbys only, as RDS Proxy's reader endpoints "
+        "(default: the writer)",
     )
     parser.add_argument(
         "--listen", default="127.0.0.1:6433", help="HOST:PORT to accept clients on (default 127.0.0.1:6433)"
@@ -125,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         require_tls=args.require_tls,
         cert_file=args.cert_file,
         key_file=args.key_file,
+        role="reader" if args.reader else "writer",
     )
     tty = sys.stdout.isatty()
 
@@ -138,10 +147,10 @@ def run(args: argparse.Namespace) -> int:
         target = proxy.settings.backend
         tls = "required" if args.require_tls else bool(server.ssl_context)
         ca_file = f", CA file {server.ca_file}" if server.ca_file else ""
+        role = ", role=reader" if args.reader else ""
         print(
-            f"lambdapool proxy: listening on {server.host}:{server.port} -> "
-            f"{target.host}:{target.port}/{target.database} "
-            f"(max_backends={server.pool.cap}, auth={proxy.settings.auth}, tls={tls}){ca_file}",
+            f"lambdapool proxy: listening on {server.host}:{server.port} -> {target.describe()} "
+            f"(max_backends={server.pool.cap}, auth={proxy.settings.auth}, tls={tls}{role}){ca_file}",
             flush=True,
         )
         try:

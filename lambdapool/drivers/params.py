@@ -73,9 +73,7 @@ def check(params: dict[str, str], driver: str) -> None:
                 f"options='-c {name}=...' (or set it in configure)"
             )
         if name == "target_session_attrs" and value not in TARGET_SESSION_ATTRS:
-            raise ConfigError(
-                f"dsn target_session_attrs={value!r}: expected one of {', '.join(TARGET_SESSION_ATTRS)}"
-            )
+            raise ConfigError(f"dsn target_session_attrs={value!r}: expected one of {', '.join(TARGET_SESSION_ATTRS)}")
     if driver == "asyncpg":
         for name in params:
             if name not in ASYNCPG_NATIVE | ASYNCPG_TRANSLATED:

@@ -33,9 +33,10 @@ class BackendLoginError(Exception):
 
 
 class Backend(asyncio.Protocol):
-    def __init__(self, server: ProxyServer, target: BackendTarget) -> None:
+    def __init__(self, server: ProxyServer, target: BackendTarget, address: tuple[str, int]) -> None:
         self.server = server
         self.target = target
+        self.address = address  # the host of ``target`` it connected to
         self.parser = Parser(frontend=False)
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[Backend] = server.loop.create_future()
@@ -47,6 +48,7 @@ class Backend(asyncio.Protocol):
         self.idle_since = self.created
         self._scram: ScramClient | None = None
         self.resetting = False
+        self.close_reason: str | None = None  # why the proxy closed it, for its client's error
 
     def __repr__(self) -> str:
         return f"<Backend pid={self.pid} {self.state!r}{' closed' if self.closed else ''}>"
@@ -227,9 +229,10 @@ class Backend(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
-    def close(self) -> None:
+    def close(self, reason: str | None = None) -> None:
         if not self.closed:
             self.closed = True
+            self.close_reason = reason
             if self.transport is not None:
                 self.transport.abort()
 
@@ -242,9 +245,10 @@ class Backend(asyncio.Protocol):
             )
             return
         self.server.counters["backends_closed"] += 1
-        if self.server.pool is None:
+        pool = self.server.pool
+        if pool is None:
             return  # the proxy's first login failed: there is no pool yet, and start() says why
-        self.server.pool.forget(self)
+        pool.forget(self)
         owner, self.owner = self.owner, None
         if owner is not None:
-            owner.backend_lost(by_proxy=was_closed)
+            owner.backend_lost(by_proxy=was_closed, why=self.close_reason)

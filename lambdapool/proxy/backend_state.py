@@ -39,13 +39,19 @@ SYNCED: Final = 1  # a ReadyForQuery arrived and nothing else is owed
 FATAL: Final = 2  # the server sent a FATAL/PANIC error (its session is ending)
 ENCODING: Final = 4  # the server reported a new client_encoding (in ``params``)
 
+# ErrorResponse field C (SQLSTATE) 25006 read_only_sql_transaction: a write on a read-only
+# server (a demoted writer), or in a READ ONLY transaction; the pool tells them apart by what
+# the server reports (``Pool._still_fits``). Severity comes first, so the field follows a NUL.
+READ_ONLY_SQLSTATE: Final = b"\0C25006\0"
+ROLE_PARAMETERS: Final = frozenset(("in_hot_standby", "default_transaction_read_only"))
+
 Expectation = tuple[str, "bytes | None"]  # (request kind, proxy statement name it prepares)
 
 
 class BackendState:
     """What one server connection owes and holds; the drivers (``backend.py``) own the socket."""
 
-    __slots__ = ("applied", "expect", "params", "prepared", "status", "synced")
+    __slots__ = ("applied", "expect", "params", "prepared", "read_only_error", "recheck", "status", "synced")
 
     def __init__(self, params: dict[str, str] | None = None) -> None:
         self.expect: deque[Expectation] = deque()
@@ -54,6 +60,11 @@ class BackendState:
         self.params: dict[str, str] = dict(params or {})  # ParameterStatus values the server reported
         self.applied: dict[str, str] = {}  # client startup settings SET on this backend
         self.synced = True  # every request sent has been answered up to a ReadyForQuery
+        # The server's role may have changed (it reported in_hot_standby or
+        # default_transaction_read_only, or refused a write with 25006): the pool looks again
+        # when the backend comes back, rather than the relay on every message.
+        self.recheck = False
+        self.read_only_error = False  # the server refused a write as read-only (SQLSTATE 25006)
 
     def __repr__(self) -> str:
         return f"<BackendState status={self.status} owed={len(self.expect)} prepared={len(self.prepared)}>"
@@ -73,8 +84,11 @@ class BackendState:
         flags = 0
         saw_ready = False
         for kind, data in msgs:
-            if kind == "E" and _is_fatal(data):
-                flags |= FATAL  # relayed below: the client needs no second error
+            if kind == "E":
+                if _is_fatal(data):
+                    flags |= FATAL  # relayed below: the client needs no second error
+                if READ_ONLY_SQLSTATE in data:  # a byte search, on error frames only
+                    self.read_only_error = self.recheck = True
             if not expect:
                 if kind == "S":
                     flags |= self._note_parameter(data)
@@ -128,6 +142,8 @@ class BackendState:
         except ProtocolError:
             return 0
         self.params[name] = value
+        if name in ROLE_PARAMETERS:
+            self.recheck = True
         return ENCODING if name == "client_encoding" else 0
 
 

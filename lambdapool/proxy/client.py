@@ -430,13 +430,13 @@ class Client(asyncio.Protocol):
             loop.call_at(self._delayed[0][0], self._send_delayed)
 
     # -- failures --------------------------------------------------------------------------
-    def borrow_timed_out(self, *, busy: int, cap: int, waiting: int) -> None:
+    def borrow_timed_out(self, *, busy: int, cap: int, waiting: int, why: str | None = None) -> None:
         timeout = self.server.settings.borrow_timeout
         if self.state == "login":
             self._login_waiting = False
-            self.fatal(rds.BORROW_TIMEOUT[0], rds.borrow_timeout_message(timeout, cap))
+            self.fatal(rds.BORROW_TIMEOUT[0], rds.borrow_timeout_message(timeout, cap, why))
             return
-        self._run(self.session.borrow_timed_out(busy=busy, cap=cap, waiting=waiting, timeout=timeout))
+        self._run(self.session.borrow_timed_out(busy=busy, cap=cap, waiting=waiting, timeout=timeout, why=why))
 
     def backend_unavailable(self, reason: str) -> None:
         if self.state == "login":
@@ -445,6 +445,6 @@ class Client(asyncio.Protocol):
             return
         self._run(self.session.borrow_failed(reason))
 
-    def backend_lost(self, *, by_proxy: bool) -> None:
+    def backend_lost(self, *, by_proxy: bool, why: str | None = None) -> None:
         self.backend = None
-        self._run(self.session.backend_lost(by_proxy=by_proxy))
+        self._run(self.session.backend_lost(by_proxy=by_proxy, why=why))

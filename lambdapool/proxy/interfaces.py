@@ -25,8 +25,9 @@ class Borrower(Protocol):
     def attach(self, backend: Backend) -> None:
         """The pool lends ``backend`` (the borrower's until it releases or resets it)."""
 
-    def borrow_timed_out(self, *, busy: int, cap: int, waiting: int) -> None:
-        """No backend came within the borrow timeout (``waiting``: others still queued)."""
+    def borrow_timed_out(self, *, busy: int, cap: int, waiting: int, why: str | None = None) -> None:
+        """No backend came within the borrow timeout (``waiting``: others still queued; ``why``:
+        the pool could not open one, and this is the last reason)."""
 
     def backend_unavailable(self, reason: str) -> None:
         """The pool could not open a backend for this borrower."""
@@ -37,8 +38,8 @@ class BackendOwner(Protocol):
 
     def backend_messages(self, msgs: list[Frame]) -> None: ...
 
-    def backend_lost(self, *, by_proxy: bool) -> None:
-        """The backend's connection ended (``by_proxy``: the proxy closed it)."""
+    def backend_lost(self, *, by_proxy: bool, why: str | None = None) -> None:
+        """The backend's connection ended (``by_proxy``: the proxy closed it, for reason ``why``)."""
 
     def pause_reading(self) -> None:
         """The backend's socket is full: stop reading what the owner sends."""

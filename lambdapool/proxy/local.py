@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from lambdapool.errors import ConfigError
 from lambdapool.proxy.config import BackendTarget, ProxySettings, parse_listen
+from lambdapool.proxy.roles import wanted_attrs
 from lambdapool.proxy.server import ProxyServer
 
 
@@ -33,7 +34,11 @@ class LocalProxy:
     """A Postgres-protocol pooler that behaves like RDS Proxy, for tests and emulation.
 
     Parameters (keyword-only after ``backend``):
-        backend: libpq URI of the real server (its password is used only by the proxy).
+        backend: libpq URI or ``key=value`` string of the real server (its password is used only
+            by the proxy). Several hosts (``postgresql://u@h1:p1,h2:p2/db``, or ``host=h1,h2``)
+            are tried in order for one of the proxy's ``role``, and followed through a failover.
+        role: ``"writer"`` (RDS Proxy's read/write endpoint: servers that take writes) or
+            ``"reader"`` (a read-only endpoint: hot standbys; a borrow fails at once without one).
         listen: ``HOST:PORT``; port 0 picks a free one (read it back from ``proxy.port``).
         max_backends / max_connections_percent: the cap on server connections, absolute or as
             a share of the server's ``max_connections`` (default 100%, like RDS Proxy).
@@ -75,6 +80,7 @@ class LocalProxy:
         key_file: str | None = None,
         connect_timeout: float = 10.0,
         user: str | None = None,
+        role: str = "writer",
     ) -> None:
         host, port = parse_listen(listen)
         target = BackendTarget.from_dsn(backend)
@@ -100,6 +106,7 @@ class LocalProxy:
             require_tls=require_tls,
             cert_file=cert_file,
             key_file=key_file,
+            role=role,
         )
         self.settings.validate()
         self.user = user or next(iter(self.settings.users), target.user)
@@ -109,8 +116,8 @@ class LocalProxy:
 
     def __repr__(self) -> str:
         state = f"{self.host}:{self.port}" if self._server else "stopped"
-        backend = self.settings.backend
-        return f"<LocalProxy {state} -> {backend.host}:{backend.port} auth={self.settings.auth}>"
+        role = "" if self.settings.role == "writer" else f" role={self.settings.role}"
+        return f"<LocalProxy {state} -> {self.settings.backend.describe()}{role} auth={self.settings.auth}>"
 
     # -- addresses -------------------------------------------------------------------------
     @property
@@ -258,6 +265,26 @@ class LocalProxy:
     def hang_on_connect(self, on: bool = True) -> None:
         """While on, new connections are accepted but never answered (a connect timeout test)."""
         self._call(lambda s: s.hang_on_connect(on))
+
+    def failover(self, backend: str) -> None:
+        """Switch to another backend DSN now, as RDS Proxy does when its target's writer changes.
+
+        Idle backends to the old target are closed; clients keep their connections, and an
+        idle one's next transaction runs on the new target. A client in a transaction (or a
+        pinned session, whose state was on the old server) loses its connection with SQLSTATE
+        08006, as when the old writer goes away. ``backend`` must name the same database.
+        Counted in ``stats()["failovers"]`` (and ``writer_changes`` once a backend opens on
+        another server).
+        """
+        target = BackendTarget.from_dsn(backend)
+        wanted_attrs(self.settings.role, target.target_session_attrs)  # a ConfigError here, not on the loop
+        current = self.settings.backend.database
+        if target.database != current:
+            raise ConfigError(
+                f"failover: the new backend DSN names database {target.database!r}, but clients are logged in to "
+                f"{current!r}: give a DSN for {current!r}"
+            )
+        self._call(lambda s: s.failover(target))
 
     def drop_clients(self) -> int:
         """Cut every client connection now; returns how many."""

@@ -20,6 +20,15 @@ answered with SQLSTATE 53300.
 Lifetimes are enforced at return time and by a periodic sweep (the proxy process is never
 frozen, unlike a function sandbox): a backend older than ``backend_max_lifetime`` is
 closed instead of reused, and idle backends beyond ``max_idle_backends`` are closed.
+
+Roles (``roles.py``) are checked at return time too, and only when the server gave a reason
+(it reported ``in_hot_standby`` / ``default_transaction_read_only``, or refused a write with
+25006: ``BackendState.recheck``): a backend no longer of the proxy's role is closed, with
+every idle one on the same server, and the server is told to look for another
+(``ProxyServer.server_unfit``). Opening a backend tries the DSN's hosts for one of the role
+(``ProxyServer.connect_backend``); finding none is "away" (retried, waiters kept) while one
+may yet appear (a host down; for a writer, a standby that may be promoted), else a failure.
+A backend for an earlier target (``retarget``, the ``failover()`` call) is never reused.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ import asyncio
 import time
 from collections import deque
 from typing import TYPE_CHECKING
+
+from lambdapool.proxy import roles
 
 if TYPE_CHECKING:
     from lambdapool.proxy.backend import Backend
@@ -50,6 +61,7 @@ class Pool:
         self._retry: asyncio.TimerHandle | None = None
         self.opening: set[asyncio.Task[None]] = set()  # backend connects in flight
         self.closed = False
+        self.last_failure: str | None = None  # why opening a backend fails now (None: it does not)
 
     @property
     def in_use(self) -> int:
@@ -89,7 +101,7 @@ class Pool:
             if client.closed:
                 continue
             self.server.counters["borrow_timeouts"] += 1
-            client.borrow_timed_out(busy=self.in_use, cap=self.cap, waiting=len(self.waiters))
+            client.borrow_timed_out(busy=self.in_use, cap=self.cap, waiting=len(self.waiters), why=self.last_failure)
         if self.waiters:
             self._schedule_expiry()
 
@@ -114,6 +126,8 @@ class Pool:
             backend.close()
             self.forget(backend)
             return
+        if (backend.state.recheck or backend.target is not settings.backend) and not self._still_fits(backend):
+            return
         if self.waiters and self._hand_to_head(backend):
             return
         backend.idle_since = time.monotonic()
@@ -123,6 +137,55 @@ class Pool:
             oldest = self.idle.popleft()
             oldest.close()
             self.backends.discard(oldest)
+
+    def _still_fits(self, backend: Backend) -> bool:
+        """Is a backend whose server may have changed role (or that was opened for an earlier
+        target) still one to lend? If not it is closed, and a server no longer of the role is
+        reported, which closes its other idle backends.
+
+        A writer's backend that refused a write with 25006 is not reused either way. Its server
+        is taken for demoted unless it reports (PostgreSQL 14+) that it is still read-write: then
+        the 25006 came from a READ ONLY transaction, which says nothing about the server.
+        """
+        state = backend.state
+        state.recheck = False
+        settings = self.server.settings
+        if backend.target is settings.backend:
+            wanted = settings.wanted
+            fits = roles.keeps(wanted, backend.params)
+            refused_write = state.read_only_error and wanted == "read-write"
+            if fits and not refused_write:
+                return True
+            if not fits or not roles.reports_role(backend.params):
+                self.server.server_unfit(backend)
+        backend.close()
+        self.forget(backend)
+        return False
+
+    def close_idle(self, address: tuple[str, int]) -> int:
+        """Close the idle backends on server ``address`` (it is no longer of the role); returns how many."""
+        stale = [b for b in self.idle if b.address == address]
+        for backend in stale:
+            self.idle.remove(backend)
+            self.backends.discard(backend)
+            backend.close()
+        return len(stale)
+
+    def retarget(self, reason: str) -> None:
+        """The settings name another backend target: every backend of the old one is closed (a
+        lent one ends its client's transaction with ``reason``), and connects in flight to it
+        will not be pooled; waiting clients stay queued, and the pool opens backends at once."""
+        self.last_failure = None
+        backends = list(self.backends)
+        self.idle.clear()
+        self.backends.clear()
+        for backend in backends:
+            backend.close(reason)
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        self._retry_delay = 0.0
+        self._grow()
 
     def forget(self, backend: Backend) -> None:
         """A backend is gone (closed by us, the server or a fault); maybe open a replacement."""
@@ -158,14 +221,19 @@ class Pool:
             backend = await self.server.connect_backend(refuse=self.refusing)
         except Exception as exc:
             self.connecting -= 1
-            if not self.refusing and _database_away(exc):
+            if not self.refusing and database_away(exc):
+                self.last_failure = str(exc) or type(exc).__name__
                 self._retry_later()  # waiters stay queued until a backend or their borrow timeout
                 return
-            if self.waiters:
+            while self.waiters:
                 client = self.waiters.popleft()
-                client.backend_unavailable(str(exc))
+                if not client.closed:
+                    client.backend_unavailable(str(exc))
+                    break
+            self._grow()  # the others queued have an attempt of their own (the cap may have held them)
             return
         self._retry_delay = 0.0
+        self.last_failure = None
         self.connecting -= 1
         if self.closed:  # the proxy stopped while this connect was finishing
             backend.close()
@@ -211,6 +279,14 @@ class Pool:
             backend.close()
 
 
+_GONE = (
+    "starting up",
+    "shutting down",
+    "in recovery",
+    "not yet accepting connections",
+    "connection reset",
+    "closed the connection during login",
+)
 _AWAY = (
     "starting up",
     "shutting down",
@@ -223,9 +299,20 @@ _AWAY = (
 )
 
 
-def _database_away(exc: BaseException) -> bool:
-    """A failure that passes by itself: the server is down, restarting or full."""
+def database_away(exc: BaseException) -> bool:
+    """A failure that passes by itself: the server is down, restarting or full, or no server of
+    the role answers yet (a failover)."""
+    if isinstance(exc, roles.NoServerForRole):
+        return exc.transient
     if isinstance(exc, (ConnectionRefusedError, ConnectionResetError, TimeoutError, asyncio.TimeoutError)):
         return True
     text = str(exc).lower()
     return any(reason in text for reason in _AWAY)
+
+
+def server_gone(exc: BaseException) -> bool:
+    """A failure that says the server itself is down or restarting (not merely full)."""
+    if isinstance(exc, (OSError, TimeoutError, asyncio.TimeoutError)):
+        return True
+    text = str(exc).lower()
+    return any(reason in text for reason in _GONE)

@@ -30,10 +30,17 @@ IAM_NEEDS_TLS = "28000", "IAM is allowed only with SSL connections."
 REQUIRES_TLS = "28000", "This RDS Proxy requires TLS connections."
 
 
-def borrow_timeout_message(timeout: float, cap: int) -> str:
-    """RDS Proxy's borrow timeout text, with the proxy's detail (ERROR after login, FATAL during one)."""
+def borrow_timeout_message(timeout: float, cap: int, why: str | None = None) -> str:
+    """RDS Proxy's borrow timeout text, with the proxy's detail (ERROR after login, FATAL during one).
+
+    ``why``: the pool could not open a backend (the database away, no writer during a failover),
+    said instead of "all backends busy".
+    """
     detail = f"timed out after {float(timeout)}s waiting to borrow a database connection"
-    return f"{BORROW_TIMEOUT[1]} ({PROXY}: {detail} (all {cap} backends busy; raise max_backends or borrow_timeout))"
+    cause = f"all {cap} backends busy; raise max_backends or borrow_timeout"
+    if why:
+        cause = f"no backend could be opened: {why}"
+    return f"{BORROW_TIMEOUT[1]} ({PROXY}: {detail} ({cause}))"
 
 
 class ConnectionRate:

@@ -19,13 +19,13 @@ from typing import Any
 from lambdapool.errors import ConnectionUnavailable
 from lambdapool.proto import Frame
 from lambdapool.proto import messages as m
-from lambdapool.proxy import admin
+from lambdapool.proxy import admin, roles
 from lambdapool.proxy.auth import ScramVerifier
 from lambdapool.proxy.backend import Backend, BackendLoginError
 from lambdapool.proxy.backend_state import SYNCED, BackendState
 from lambdapool.proxy.client import Client
-from lambdapool.proxy.config import ProxySettings
-from lambdapool.proxy.pool import Pool
+from lambdapool.proxy.config import BackendTarget, ProxySettings, address
+from lambdapool.proxy.pool import Pool, database_away, server_gone
 from lambdapool.proxy.rds_errors import ConnectionRate
 from lambdapool.proxy.shared import COUNTERS, SharedState
 
@@ -46,7 +46,7 @@ class _QueryCollector:
         if self.state.relay(msgs, self.data, None) & SYNCED and not self.done.done():
             self.done.set_result(b"".join(self.data))
 
-    def backend_lost(self, *, by_proxy: bool) -> None:
+    def backend_lost(self, *, by_proxy: bool, why: str | None = None) -> None:
         if not self.done.done():
             self.done.set_exception(ConnectionError("the server closed the connection"))
 
@@ -82,6 +82,10 @@ class ProxyServer:
         self._listener: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        # The host new backends go to first: the last one found of the role (None while there
+        # is none: after a failover, until a host of the DSN answers in the role).
+        self.server_address: tuple[str, int] | None = None
+        self._last_address: tuple[str, int] | None = None  # for writer_changes
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -95,19 +99,24 @@ class ProxyServer:
             self.scram = ScramVerifier(settings.users)
         target = settings.backend
         try:
-            first = await self.connect_backend()
-        except (OSError, asyncio.TimeoutError, BackendLoginError) as exc:
+            # Any server of the DSN will do to start (its parameters, its max_connections): a
+            # writer endpoint may start during a failover, and borrows wait for the writer.
+            first, fits = await self._find_backend(target, settings.wanted, keep_unfit=True)
+        except (OSError, asyncio.TimeoutError, BackendLoginError, roles.NoServerForRole) as exc:
             raise ConnectionUnavailable(
-                f"lambdapool local proxy: cannot open a connection to the backend {target.host}:{target.port}/"
-                f"{target.database} as {target.user}: {exc or type(exc).__name__}; check the backend DSN"
+                f"lambdapool local proxy: cannot open a connection to the backend {target.describe()} as "
+                f"{target.user}: {exc or type(exc).__name__}; check the backend DSN"
             ) from None
-        self.shared.set_baseline(first.params)
+        self.shared.set_baseline(roles.advertised(first.params, settings.wanted))
         cap = settings.max_backends
         if cap is None:
             max_connections = int(await self.run_query(first, "SHOW max_connections"))
             cap = max(1, int(max_connections * (settings.max_connections_percent or 100) / 100))
         self.pool = Pool(self, cap)
-        self.pool.add_connected(first)
+        if fits:
+            self.pool.add_connected(first)
+        else:
+            first.close()
         await self.start_listening()
         loopback = {"localhost", "127.0.0.1"}
         wildcard = loopback | {"::1", socket.gethostname()}
@@ -166,12 +175,81 @@ class ProxyServer:
 
     # -- backends --------------------------------------------------------------------------
     async def connect_backend(self, *, refuse: bool = False) -> Backend:
+        """A logged-in backend on a server of the proxy's role (see :meth:`_find_backend`)."""
         if refuse:
             raise ConnectionRefusedError("new backends are refused (fault injection: refuse_backends)")
-        target, timeout = self.settings.backend, self.settings.connect_timeout
-        _transport, backend = await asyncio.wait_for(
-            self.loop.create_connection(lambda: Backend(self, target), target.host, target.port), timeout
+        backend, _ = await self._find_backend(self.settings.backend, self.settings.wanted, keep_unfit=False)
+        return backend
+
+    async def _find_backend(self, target: BackendTarget, wanted: str, *, keep_unfit: bool) -> tuple[Backend, bool]:
+        """Log in to the DSN's hosts in turn (libpq's rule; the last one of the role first) until
+        one is of the role ``wanted``; returns the backend and whether it is of the role.
+
+        ``keep_unfit``: failing that, return the first backend that logged in at all. Raises a
+        single host's own error, or :class:`~lambdapool.proxy.roles.NoServerForRole` saying
+        what each host was.
+        """
+        tried: list[str] = []
+        away = wrong_role = False
+        error: Exception | None = None
+        fallback: Backend | None = None
+        for host in self._host_order(target):
+            try:
+                backend = await self._login(target, host)
+            except Exception as exc:
+                if host == self.server_address and server_gone(exc):
+                    self._lost_server()
+                away = away or database_away(exc)
+                error = exc
+                tried.append(f"{address(host)} {exc or type(exc).__name__}")
+                continue
+            if roles.fits(wanted, backend.params):
+                if fallback is not None:
+                    fallback.close()
+                if target is self.settings.backend:  # not retargeted while this login ran
+                    self._found_server(host)
+                return backend, True
+            if host == self.server_address:
+                self._lost_server()
+            wrong_role = True
+            tried.append(f"{address(host)} is {roles.describe(backend.params)}")
+            if fallback is None and (keep_unfit or wanted == "prefer-standby"):
+                fallback = backend
+            else:
+                backend.close()
+        if fallback is not None:
+            fits = wanted == "prefer-standby"  # no standby answered: any server will do
+            if fits and target is self.settings.backend:
+                self._found_server(fallback.address)
+            return fallback, fits
+        if error is not None and not wrong_role and len(target.hosts) == 1:
+            raise error  # one host, down or refusing us: its own error, as before multi-host DSNs
+        # No writer yet may be a failover in progress (a standby about to be promoted); no
+        # standby for a reader, with every host answering, is not going to change by waiting.
+        transient = away or (wrong_role and wanted in ("read-write", "primary"))
+        raise roles.NoServerForRole(
+            f"no server of {target.describe()} is {roles.wanted_words(wanted)}: {'; '.join(tried)}",
+            transient=transient,
         )
+
+    def _host_order(self, target: BackendTarget) -> tuple[tuple[str, int], ...]:
+        hosts, current = target.hosts, self.server_address
+        if current is None or current == hosts[0] or current not in hosts:
+            return hosts
+        return (current, *(h for h in hosts if h != current))
+
+    async def _login(self, target: BackendTarget, host: tuple[str, int]) -> Backend:
+        name, port = host
+        timeout = self.settings.connect_timeout
+
+        def factory() -> Backend:
+            return Backend(self, target, host)
+
+        if name.startswith("/"):  # a Unix socket directory, as libpq
+            connect = self.loop.create_unix_connection(factory, f"{name}/.s.PGSQL.{port}")
+        else:
+            connect = self.loop.create_connection(factory, name, port)
+        _transport, backend = await asyncio.wait_for(connect, timeout)
         try:
             await asyncio.wait_for(asyncio.shield(backend.ready), timeout)
         except BaseException:
@@ -179,6 +257,33 @@ class ProxyServer:
             raise
         self.counters["backends_opened"] += 1
         return backend
+
+    def _lost_server(self) -> None:
+        """The server new backends went to is gone or no longer of the role: a failover began."""
+        if self.server_address is not None:
+            self.server_address = None
+            self.counters["failovers"] += 1
+
+    def _found_server(self, host: tuple[str, int]) -> None:
+        if host != self.server_address:
+            if self._last_address is not None and host != self._last_address:
+                self.counters["writer_changes"] += 1
+            self.server_address = self._last_address = host
+
+    def server_unfit(self, backend: Backend) -> None:
+        """A pooled backend's server is no longer of the role (demoted, read-only, refusing
+        writes): close its idle backends there, and send new ones looking for another."""
+        if backend.address == self.server_address:
+            self._lost_server()
+        self.pool.close_idle(backend.address)
+
+    def failover(self, target: BackendTarget) -> None:
+        """Switch to ``target`` now (the ``failover()`` call): see :meth:`Pool.retarget`."""
+        roles.wanted_attrs(self.settings.role, target.target_session_attrs)  # before anything changes
+        self.settings.backend = target
+        self.counters["failovers"] += 1
+        self.server_address = None
+        self.pool.retarget(f"failover() to {target.describe()}: the old server is no longer used")
 
     async def run_query(self, backend: Backend, sql: str) -> str:
         """The first column of the first row of ``sql`` run on an idle ``backend``."""
@@ -219,12 +324,17 @@ class ProxyServer:
         if client is None or client.secret != secret or client.backend is None:
             return
         backend = client.backend
-        self.loop.create_task(self._send_cancel(backend.pid, backend.secret))
+        self.loop.create_task(self._send_cancel(backend.address, backend.pid, backend.secret))
 
-    async def _send_cancel(self, pid: int, secret: int) -> None:
-        target = self.settings.backend
+    async def _send_cancel(self, host: tuple[str, int], pid: int, secret: int) -> None:
+        name, port = host
+        opening = (
+            asyncio.open_unix_connection(f"{name}/.s.PGSQL.{port}")
+            if name.startswith("/")
+            else asyncio.open_connection(name, port)
+        )
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(target.host, target.port), 5)
+            reader, writer = await asyncio.wait_for(opening, 5)
             writer.write(m.cancel_request(pid, secret))
             await writer.drain()
             await asyncio.wait_for(reader.read(), 5)
@@ -264,6 +374,7 @@ class ProxyServer:
             "backends_connecting": pool.connecting,
             "peak_backends": pool.peak,
             "max_backends": pool.cap,
+            "server": address(self.server_address) if self.server_address else None,
             **self.counters,
             "pin_reasons": dict(self.shared.pin_counts),
             "max_wait_seconds": round(self.max_wait, 6),

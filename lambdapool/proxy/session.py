@@ -211,11 +211,16 @@ class Session:
             actions.append(_fatal("08P01", f"{PROXY}: invalid message from the client: {exc}"))
         return actions
 
-    def borrow_timed_out(self, *, busy: int, cap: int, waiting: int, timeout: float) -> list[Action]:
-        """No backend within the borrow timeout: what waited gets RDS Proxy's error; the session goes on."""
+    def borrow_timed_out(
+        self, *, busy: int, cap: int, waiting: int, timeout: float, why: str | None = None
+    ) -> list[Action]:
+        """No backend within the borrow timeout: what waited gets RDS Proxy's error; the session goes on.
+
+        ``why``: the pool was failing to open backends (the database away, no server of the role).
+        """
         code, _ = rds.BORROW_TIMEOUT
         hint = f"{busy} of {cap} backends were in use and {waiting} other clients waiting"
-        return self._fail_pending(m.error_response(code, rds.borrow_timeout_message(timeout, cap), hint=hint))
+        return self._fail_pending(m.error_response(code, rds.borrow_timeout_message(timeout, cap, why), hint=hint))
 
     def borrow_failed(self, reason: str) -> list[Action]:
         """The pool could not open a backend for us (the database refused the login...)."""
@@ -281,9 +286,18 @@ class Session:
         """What was sent to the backend reached its socket: it may run, so it must never be sent twice."""
         self.replay = None
 
-    def backend_lost(self, *, by_proxy: bool) -> list[Action]:
+    def backend_lost(self, *, by_proxy: bool, why: str | None = None) -> list[Action]:
         """The backend died. Requests that never reached it go to another backend; once a
-        request was written it may have run, so, like a server crash, the session ends."""
+        request was written it may have run, so, like a server crash, the session ends.
+
+        This is also what a client in a transaction (or a pinned session) sees in a failover.
+        AWS documents that RDS Proxy keeps *idle* client connections through a failover, but not
+        what a client whose transaction was on the old writer gets; its transaction (or session
+        state) is gone, so the proxy ends that client's connection with SQLSTATE 08006
+        connection_failure (FATAL), what a driver reports for a connection lost mid-query and
+        retries on a new connection, rather than 57P01 admin_shutdown, which would say an
+        operator stopped the server. ``why``: the proxy's reason when it closed the backend.
+        """
         self.backend = None
         replay, self.replay = self.replay, None
         if replay and not self.closed:
@@ -293,7 +307,8 @@ class Session:
             return [(BORROW, NOTHING)]
         if self.server_fatal:  # the server's own FATAL already reached the client: just close
             return [(CLOSE, NOTHING)]
-        why = "the proxy closed it (fault injection or lifetime)" if by_proxy else "the server closed it"
+        if why is None:
+            why = "the proxy closed it (fault injection or lifetime)" if by_proxy else "the server closed it"
         return [_fatal("08006", f"{PROXY}: lost the database connection in the middle of a transaction ({why})")]
 
     # -- rewriting what goes to the backend ------------------------------------------------

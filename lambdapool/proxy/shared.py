@@ -29,6 +29,8 @@ COUNTERS: Final = (
     "client_cap_refusals",
     "rate_refusals",
     "iam_throttled",
+    "failovers",
+    "writer_changes",
 )
 MAX_SQL_CACHE = 10000
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import lambdapool
+from lambdapool.drivers.base import read_only_error
 from tests.invariants.conftest import Target, soon
 from tests.invariants.handlers import CONFIGURED, CONFIGURES, HANDLERS, HandlerFailed
 from tests.support import LambdaContext
@@ -156,6 +157,34 @@ class InstanceMachine(RuleBasedStateMachine):
         # the connection was made before connected_by (the end of the invocation that made it)
         soon(lambda: time.monotonic() - self.connected_by >= self.max_lifetime, "max_lifetime to pass", 5)
         self.aged = True
+
+    @rule(rows=st.integers(1, 2))
+    def writer_demoted_under_the_warm_connection(self, rows: int) -> None:
+        """A failover demotes the server while the connection is warm (read-only in place): the
+        invocation's write is refused with 25006, commits nothing, and the connection is not kept
+        (issue 21); the server is a writer again before the next step."""
+        self.probe()  # a warm connection to demote under
+        event = {"do": "write", "rows": rows, "fails": False, "explicit": False, "token": self.token()}
+        self.expected[event["token"]] = 0
+        before = dict(self.db.stats())
+        self.target.admin.reload_with("ALTER SYSTEM SET default_transaction_read_only = on")
+        try:
+            try:
+                self.handler(event, LambdaContext())
+            except Exception as exc:
+                assert read_only_error(exc), f"expected the server's 25006, got {exc!r}"
+            else:
+                raise AssertionError("a write on a read-only server succeeded")
+            finally:
+                self.invocations += 1
+                self.last_end = time.monotonic()
+        finally:
+            self.target.admin.reload_with("ALTER SYSTEM RESET default_transaction_read_only")
+        after = dict(self.db.stats())
+        assert after["read_only_drops"] - before["read_only_drops"] == 1, (before, after)
+        assert after["open_connections"] == 0
+        self.killed = self.idled = self.aged = False  # (no connection left for them to act on)
+        self.counted["demotions"] += 1
 
     @precondition(lambda self: self.target.pooler == "local")
     @rule()

@@ -8,9 +8,10 @@ through random sequences of invocations (writes that succeed or raise, transacti
 session state, the user's connection settings, probes), ``connection()`` blocks outside any
 invocation, and faults between them (backends killed, the server restarted, its
 idle_session_timeout firing during a freeze, idle past ``ping_after_idle``, older than
-``max_lifetime``, the local proxy dropping its clients or killing its backends, PgBouncer
-restarted), for each driver and pooler; each example draws ``reset_session``, a ``configure``
-hook and short or long ``ping_after_idle`` / ``max_lifetime``. The invariants are checked after
+``max_lifetime``, the server demoted to read-only under the warm connection, the local proxy
+dropping its clients or killing its backends, PgBouncer restarted), for each driver and pooler;
+each example draws ``reset_session``, a ``configure`` hook and short or long
+``ping_after_idle`` / ``max_lifetime``. The invariants are checked after
 every step. On a failure hypothesis prints the shortest sequence of steps it found.
 
 The suite runs a fixed, derandomized budget: about ``CI_STEPS`` steps per driver x pooler (~110 s
@@ -62,4 +63,5 @@ def test_every_invocation_keeps_the_promise(driver, pooler, request):
         run_state_machine_as_test(lambda: InstanceMachine(driver, target, counted), settings=budget)
         if not SOAK_STEPS:
             break
-    print(f"{driver} x {pooler}: {counted['steps']} steps in {counted['examples']} examples")
+    steps, examples, demotions = counted["steps"], counted["examples"], counted["demotions"]
+    print(f"{driver} x {pooler}: {steps} steps in {examples} examples, {demotions} demotions")

@@ -198,7 +198,8 @@ def test_stop_cancels_backend_connects_in_flight(proxy_pg):
             server = proxy._server
             holder = await psycopg.AsyncConnection.connect(proxy.dsn)
             await holder.execute("SELECT 1")  # in a transaction: holds the one backend opened at start
-            server.settings.backend = dataclasses.replace(server.settings.backend, port=silent.getsockname()[1])
+            silent_host = ("127.0.0.1", silent.getsockname()[1])
+            server.settings.backend = dataclasses.replace(server.settings.backend, hosts=(silent_host,))
             waiter = await psycopg.AsyncConnection.connect(proxy.dsn)
             query = asyncio.create_task(waiter.execute("SELECT 2"))  # needs a second backend
             while not server.pool.opening:
