@@ -28,7 +28,7 @@ def timed(name, fn, repeat=1):
     return result
 
 timed("import lambdapool.credentials", lambda: __import__("lambdapool.credentials"))
-from lambdapool import aws
+from lambdapool import _aws as aws
 from lambdapool.credentials import IamAuthToken
 timed("import boto3", lambda: __import__("boto3"))
 timed("boto3 client('rds') creation", lambda: aws.client("rds", "eu-west-1"))

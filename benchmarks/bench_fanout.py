@@ -20,9 +20,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lambdapool.cli.emulate import ProgressLine, summary_table
-from lambdapool.emulator import fanout
-from lambdapool.emulator import Report
+from lambdapool.tools.cli.emulate import ProgressLine, summary_table
+from lambdapool.tools.emulator import fanout
+from lambdapool.tools.emulator import Report
 
 SCENARIOS = ("direct", "local", "pgbouncer")
 

@@ -7,7 +7,7 @@ Every cell is ``pgbench -n -S -M extended -T SECONDS -c CLIENTS -j 2`` against t
 throwaway Postgres (scale 1), through:
   * direct: no pooler (one backend per client);
   * pgbouncer: Debian's PgBouncer, transaction pooling, ``default_pool_size = --cap``,
-    run as user postgres in a temp dir (lambdapool.testing.pgbouncer);
+    run as user postgres in a temp dir (lambdapool.tools.testing.pgbouncer);
   * local: lambdapool's LocalProxy, ``max_backends = --cap`` (uvloop when installed).
 "Added latency per query" is server-side: each statement also runs ``pg_sleep(latency)``, so
 a backend stays busy for that long and the poolers' caps and queues matter, as they do
@@ -30,7 +30,7 @@ import sys
 import tempfile
 
 from lambdapool.testing import LocalProxy, PostgresServer
-from lambdapool.testing.pgbouncer import PgBouncer
+from lambdapool.tools.testing.pgbouncer import PgBouncer
 
 PASSWORD = "bench-Pw-1"
 

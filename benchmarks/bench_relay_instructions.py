@@ -55,7 +55,7 @@ def frame(kind: bytes, body: bytes = b"") -> bytes:
 
 def transaction_bytes() -> tuple[bytes, bytes]:
     """The client's and the server's side of one transaction (built here, not with
-    lambdapool.proto, so the same bytes go to any version of the proxy)."""
+    lambdapool.tools.proto, so the same bytes go to any version of the proxy)."""
     request = (
         frame(b"P", b"\0" + SQL.encode() + b"\0" + struct.pack("!hi", 1, 23))  # Parse, unnamed, one int4
         + frame(b"B", b"\0\0" + struct.pack("!hhi", 0, 1, 4) + b"4242" + struct.pack("!h", 0))

@@ -21,12 +21,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from lambdapool.database import Database
+    from lambdapool._database import Database
 else:
 
     def __getattr__(name: str) -> object:  # PEP 562: Database (and what it pulls in) loads on first use
         if name == "Database":
-            from lambdapool.database import Database
+            from lambdapool._database import Database
 
             return Database
         raise AttributeError(f"module 'lambdapool' has no attribute {name!r}")

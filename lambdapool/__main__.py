@@ -1,5 +1,5 @@
 import sys
 
-from lambdapool.cli import main
+from lambdapool.tools.cli import main
 
 sys.exit(main())

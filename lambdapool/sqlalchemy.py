@@ -24,8 +24,8 @@ import sqlalchemy
 from sqlalchemy.pool import Pool
 from sqlalchemy.pool.base import _ConnectionRecord
 
+from lambdapool._runtime import InvocationState
 from lambdapool.errors import ConfigError, LambdapoolError
-from lambdapool.runtime import InvocationState
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine

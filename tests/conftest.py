@@ -1,4 +1,5 @@
 """Shared test setup. Postgres, moto and AWS fixtures come from the ``lambdapool`` pytest plugin
-(lambdapool/testing/pytest_plugin.py), the same ones users get; ``make_db`` is ours."""
+(lambdapool/tools/testing/pytest_plugin.py, loaded by `-p lambdapool.testing` in pyproject.toml's addopts), the
+same ones users get; ``make_db`` is ours."""
 
 from tests.support import make_db  # noqa: F401  (a fixture)

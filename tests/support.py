@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 import lambdapool
-from lambdapool.waiting import wait_for
+from lambdapool.tools.waiting import wait_for
 
 DRIVERS = ["psycopg", "psycopg-async", "asyncpg"]
 
@@ -90,7 +90,7 @@ def terminate(pg, *pids: int) -> bool:
     does not matter), anything else through its ``.dsn``."""
     import psycopg
 
-    from lambdapool.testing.postgres import SUPERUSER
+    from lambdapool.tools.testing.postgres import SUPERUSER
 
     ids = [int(pid) for pid in pids]
     if getattr(pg, "base_dir", None) is not None:
@@ -111,8 +111,8 @@ def need_cli_parts(*, pgbouncer: bool = False, moto: bool = False) -> None:
     awslambdaric; PgBouncer, moto if asked): skip on a laptop, fail in CI."""
     import importlib.util
 
-    from lambdapool.testing.postgres import PostgresNotFound, find_bin_dir
-    from lambdapool.testing.pytest_plugin import missing
+    from lambdapool.tools.testing.postgres import PostgresNotFound, find_bin_dir
+    from lambdapool.tools.testing.pytest_plugin import missing
 
     try:
         find_bin_dir()
@@ -121,7 +121,7 @@ def need_cli_parts(*, pgbouncer: bool = False, moto: bool = False) -> None:
     if importlib.util.find_spec("awslambdaric") is None:
         missing("awslambdaric", "pip install 'lambdapool[dev]'")
     if pgbouncer:
-        from lambdapool.testing.pgbouncer import PgBouncerNotFound, find_pgbouncer
+        from lambdapool.tools.testing.pgbouncer import PgBouncerNotFound, find_pgbouncer
 
         try:
             find_pgbouncer()

@@ -5,7 +5,7 @@ somewhere. (The code blocks themselves are run by tests/test_snippets.py.)"""
 import re
 from pathlib import Path
 
-from lambdapool.config import SETTINGS
+from lambdapool._config import SETTINGS
 from lambdapool.stats import KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def test_the_license_file_is_the_one_pyproject_names():
 def test_the_demo_figures_are_the_demos_defaults():
     import argparse
 
-    from lambdapool.cli import demo
+    from lambdapool.tools.cli import demo
 
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lambdapool.testing.pytest_plugin import missing
+from lambdapool.tools.testing.pytest_plugin import missing
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKED = [ROOT / "tests" / "typing" / "public_api.py", *sorted((ROOT / "examples").rglob("*.py"))]

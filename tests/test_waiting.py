@@ -1,11 +1,11 @@
-"""lambdapool.waiting.arrive_and_wait: the barrier the Managed Instances handlers meet at."""
+"""lambdapool.tools.waiting.arrive_and_wait: the barrier the Managed Instances handlers meet at."""
 
 from __future__ import annotations
 
 import os
 import threading
 
-from lambdapool.waiting import arrive_and_wait
+from lambdapool.tools.waiting import arrive_and_wait
 
 
 def test_the_barrier_opens_when_every_party_has_arrived(tmp_path):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PAIRS = [
-    ("lambdapool/warm_async.py", "lambdapool/warm.py"),
-    ("lambdapool/lend_async.py", "lambdapool/lend.py"),
+    ("lambdapool/_warm_async.py", "lambdapool/_warm.py"),
+    ("lambdapool/_lend_async.py", "lambdapool/_lend.py"),
 ]
 RULES = [
     (r"(?s)^[ \t]*# async only: begin\n.*?^[ \t]*# async only: end\n", ""),

@@ -260,7 +260,7 @@ class AwsKeySource:
             return fresh
 
     def _from_sdk(self) -> AwsKeys:
-        from lambdapool import aws
+        from lambdapool import _aws as aws
 
         with self._lock, _translated_chain():
             if self._sdk_credentials is None:
@@ -269,7 +269,7 @@ class AwsKeySource:
             return _keys_of(self._sdk_credentials.get_frozen_credentials())
 
     async def _afrom_sdk(self) -> AwsKeys:
-        from lambdapool import aws
+        from lambdapool import _aws as aws
 
         with _translated_chain():
             if self._aio_credentials is None:
@@ -291,7 +291,7 @@ _CHAIN = "find AWS credentials to sign an IAM auth token"
 
 def _found(credentials: Any) -> Any:
     if credentials is None:
-        from lambdapool import aws
+        from lambdapool import _aws as aws
 
         raise AuthError(f"could not {_CHAIN}: {aws.CREDENTIALS_HINT}")
     return credentials
@@ -304,7 +304,7 @@ def _keys_of(frozen: Any) -> AwsKeys:
 @contextmanager
 def _translated_chain() -> Iterator[None]:
     """botocore's credential-chain errors as lambdapool's; their texts are not quoted (secrets)."""
-    from lambdapool import aws
+    from lambdapool import _aws as aws
 
     try:
         yield

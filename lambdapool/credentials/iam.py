@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from lambdapool import aws
+from lambdapool import _aws as aws
 from lambdapool.credentials import sigv4
 from lambdapool.credentials.aws_keys import AwsKeys, AwsKeySource, default_keys
 from lambdapool.credentials.base import CachedProvider, Clock, Secret

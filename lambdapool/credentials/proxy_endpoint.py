@@ -16,7 +16,7 @@ import random
 import time
 from typing import Any
 
-from lambdapool import aws
+from lambdapool import _aws as aws
 from lambdapool.errors import ConfigError, ConnectionUnavailable, LambdapoolError
 
 ENGINE_PORTS = {"POSTGRESQL": 5432, "MYSQL": 3306, "SQLSERVER": 1433}

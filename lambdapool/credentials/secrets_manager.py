@@ -13,7 +13,7 @@ import json
 import time
 from typing import Any
 
-from lambdapool import aws
+from lambdapool import _aws as aws
 from lambdapool.credentials.base import CachedProvider, Clock, Secret
 from lambdapool.errors import ConfigError
 

@@ -18,8 +18,8 @@ import threading
 import weakref
 from typing import Any
 
+from lambdapool._runtime import InvocationState
 from lambdapool.errors import LambdapoolError
-from lambdapool.runtime import InvocationState
 
 # id(invocation state) -> the Lend sharing that invocation's connection (gone with its wrapper).
 _SHARING: weakref.WeakValueDictionary[int, Lend] = weakref.WeakValueDictionary()

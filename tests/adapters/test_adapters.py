@@ -4,18 +4,21 @@ plane), Secrets Manager rotation, pinning, PgBouncer transaction mode, the regis
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 from moto import mock_aws
 
 import lambdapool
 from lambdapool.testing import LocalProxy
-from lambdapool.testing.moto import create_db_proxy, create_secret, rotate_secret, signing_keys
+from lambdapool.tools.testing.moto import create_db_proxy, create_secret, rotate_secret, signing_keys
 from tests.support import DRIVERS, LambdaContext, query_handler, terminate
 
 PROXY_NAME = "orders-proxy"
@@ -209,12 +212,12 @@ def test_reset_session_behind_rds_proxy_warns_once(caplog):
 @pytest.mark.slow
 @pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
 def test_pgbouncer_transaction_mode_50_instances_no_missing_prepared_statements(pg, make_db, driver):
-    from lambdapool.testing.pgbouncer import PgBouncer, PgBouncerNotFound
+    from lambdapool.tools.testing.pgbouncer import PgBouncer, PgBouncerNotFound
 
     try:
         bouncer = PgBouncer(pg, pool_mode="transaction", default_pool_size=5).start()
     except PgBouncerNotFound as exc:
-        from lambdapool.testing.pytest_plugin import missing
+        from lambdapool.tools.testing.pytest_plugin import missing
 
         missing("pgbouncer", str(exc))
     errors: list[BaseException] = []
@@ -279,6 +282,25 @@ def test_a_third_party_adapter_is_found_through_its_entry_point(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "a third party True"
+
+
+def test_the_example_adapter_in_adapters_example_works_as_installed(tmp_path):
+    """adapters/example (the guide's complete adapter) with the entry point its pyproject.toml declares."""
+    example = Path(__file__).resolve().parents[2] / "adapters" / "example"
+    declared = re.search(r'^acme = "(.+)"$', (example / "pyproject.toml").read_text(), re.M).group(1)
+    assert declared == "acme_pooler:AcmeAdapter"
+    env = install_acme_pooler(tmp_path, (example / "acme_pooler.py").read_text())
+    code = (
+        "import lambdapool, json; db = lambdapool.Database.from_env(dsn='postgresql://u@h/db', pooler='acme', driver='asyncpg');"
+        "print(json.dumps([db.adapter.describe()['statement_cache'], db.adapter.driver_options()]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [False, {"statement_cache_size": 0}]
+    env["LAMBDAPOOL_ACME_STATEMENT_CACHE"] = "true"  # its own setting, from the environment
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [True, {}]
 
 
 @pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])

@@ -19,7 +19,7 @@ import pytest
 from moto import mock_aws
 from moto.core import set_initial_no_auth_action_count
 
-from lambdapool import aws
+from lambdapool import _aws as aws
 from lambdapool.credentials import (
     IamAuthToken,
     SecretsManagerSecret,
@@ -27,8 +27,8 @@ from lambdapool.credentials import (
     resolve_proxy_endpoint,
 )
 from lambdapool.errors import AuthError, ConfigError, ConnectionUnavailable
-from lambdapool.testing.moto import reset_moto
-from lambdapool.testing.postgres import free_port
+from lambdapool.tools.testing.moto import reset_moto
+from lambdapool.tools.testing.postgres import free_port
 
 REGION = "eu-west-1"
 PASSWORD = "pw-Kx81-not-in-any-message"
@@ -194,7 +194,7 @@ def test_iam_token_async_is_generated_once_and_renewed_before_expiry(aws_env: No
 def test_iam_tokens_pass_an_independent_sigv4_check(aws_env: None) -> None:
     # The local proxy verifies tokens as RDS does (its own SigV4 code): what boto3 and
     # aiobotocore sign for us must pass it, and fail it under another secret key.
-    from lambdapool.proxy.auth import AuthFailed, verify_iam_token
+    from lambdapool.tools.proxy.auth import AuthFailed, verify_iam_token
 
     provider = IamAuthToken("proxy.example", 5432, "app")
     sync_token = provider.get().password

@@ -9,7 +9,7 @@ import time
 import pytest
 
 import lambdapool
-from lambdapool.emulator import BackendSampler
+from lambdapool.tools.emulator import BackendSampler
 from tests.support import LambdaContext, backends
 
 INSTANCES = 100

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from lambdapool import aws
+from lambdapool import _aws as aws
 from lambdapool.credentials import (
     CredentialProvider,
     IamAuthToken,

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from lambdapool import aws
+from lambdapool import _aws as aws
 from lambdapool.credentials import AwsKeys, AwsKeySource, IamAuthToken, db_auth_token
 from lambdapool.errors import AuthError, ConfigError
 from lambdapool.testing import LocalProxy
-from lambdapool.proxy.auth import AuthFailed, verify_iam_token
+from lambdapool.tools.proxy.auth import AuthFailed, verify_iam_token
 
 AKID, SECRET = "AKIASIGNERTEST000001", "signer-test/secret+key-Vq7"
 SESSION_TOKEN = "IQoJb3JpZ2luX2VjE//session+token/with=odd&chars"

@@ -1,4 +1,4 @@
-"""The connect backoff (lambdapool/retry.py): blips briefly, refusals for capacity on a longer,
+"""The connect backoff (lambdapool/_retry.py): blips briefly, refusals for capacity on a longer,
 decorrelated, deadline-aware scale. Pure arithmetic: no server."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from lambdapool.retry import BLIP_CAP, REFUSED_CAP, REFUSED_FIRST, Backoff, is_refusal
+from lambdapool._retry import BLIP_CAP, REFUSED_CAP, REFUSED_FIRST, Backoff, is_refusal
 
 
 class Refused(Exception):

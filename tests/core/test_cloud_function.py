@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from lambdapool.testing import WaitTimeout, free_port, wait_for
-from lambdapool.testing.process import stop_process
-from lambdapool.testing.pytest_plugin import missing
+from lambdapool.tools.testing.process import stop_process
+from lambdapool.tools.testing.pytest_plugin import missing
 from tests.support import backends
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cloud_function" / "main.py"

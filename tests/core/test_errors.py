@@ -7,7 +7,7 @@ import warnings
 import pytest
 
 import lambdapool
-from lambdapool.config import UnknownSettingWarning
+from lambdapool._config import UnknownSettingWarning
 
 
 @pytest.mark.parametrize("platform_var", ["AWS_LAMBDA_FUNCTION_NAME", "K_SERVICE"])
@@ -54,7 +54,7 @@ def test_a_pooler_option_is_known_to_its_pooler(monkeypatch):
 def test_an_unknown_role_is_an_auth_error(pg_server, make_db, driver):
     # Before: psycopg's connect error carries no SQLSTATE, so "role does not exist" (28000)
     # was not recognised and surfaced as ConnectionUnavailable.
-    from lambdapool.config import parse_dsn
+    from lambdapool._config import parse_dsn
 
     parts = parse_dsn(pg_server.dsn)
     dsn = f"postgresql://nobody_here@{parts.host}:{parts.port}/{parts.dbname}"

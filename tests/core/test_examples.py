@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lambdapool.testing.pytest_plugin import missing
+from lambdapool.tools.testing.pytest_plugin import missing
 from tests.support import LambdaContext
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from lambdapool.runtime import Instance, InvocationState
+from lambdapool._runtime import Instance, InvocationState
 
 
 def test_numbers_are_unique_and_the_cold_start_is_one_across_threads():

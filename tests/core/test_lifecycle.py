@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 import lambdapool
-from lambdapool import lifecycle
+from lambdapool import _lifecycle as lifecycle
 from lambdapool.testing import wait_for
 from tests.support import LambdaContext, backends, query_handler
 

@@ -36,7 +36,7 @@ def test_beside_powertools_one_blob_and_one_cold_start(pg_server, make_db, capsy
     try:
         from aws_lambda_powertools import Metrics
     except ImportError:
-        from lambdapool.testing.pytest_plugin import missing
+        from lambdapool.tools.testing.pytest_plugin import missing
 
         missing("aws-lambda-powertools", "pip install aws-lambda-powertools")
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "Shop")

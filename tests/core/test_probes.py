@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from lambdapool import drivers
+from lambdapool import _drivers as drivers
 
 
 def test_psycopg_probes_follow_the_connection(pg_server):
@@ -72,7 +72,7 @@ def test_asyncpg_probes_fall_back_to_the_public_methods_if_internals_move():
 def test_the_socket_watch_is_quiet_until_the_peer_speaks_or_hangs_up():
     import socket
 
-    from lambdapool.drivers.base import socket_watch
+    from lambdapool._drivers.base import socket_watch
 
     ours, server = socket.socketpair()
     talked, hung_up = socket.socketpair()

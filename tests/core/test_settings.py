@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 import lambdapool
-from lambdapool.config import parse_dsn, redact_dsn
+from lambdapool._config import parse_dsn, redact_dsn
 
 
 @pytest.mark.parametrize(

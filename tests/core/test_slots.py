@@ -8,7 +8,7 @@ import time
 import pytest
 
 import lambdapool
-from lambdapool.slots import Slots
+from lambdapool._slots import Slots
 
 
 def test_waits_for_a_slot_then_gets_the_one_given_back():
@@ -39,7 +39,7 @@ def test_most_recently_used_slot_is_lent_first():
 def test_async_slots_hand_a_given_back_slot_to_the_first_waiter():
     import asyncio
 
-    from lambdapool.slots import AsyncSlots
+    from lambdapool._slots import AsyncSlots
 
     async def scenario():
         slots = AsyncSlots(1, object)

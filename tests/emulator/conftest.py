@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lambdapool.emulator import CloudFunctionFleet, LambdaFleet
+from lambdapool.tools.emulator import CloudFunctionFleet, LambdaFleet
 from lambdapool.testing import wait_for
-from lambdapool.testing.pytest_plugin import missing
+from lambdapool.tools.testing.pytest_plugin import missing
 
 HANDLERS = Path(__file__).parent / "handlers"
 

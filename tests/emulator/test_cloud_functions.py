@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from lambdapool.errors import ConfigError
-from lambdapool.emulator import CloudFunctionFleet
-from lambdapool.emulator.processes import proc_state
+from lambdapool.tools.emulator import CloudFunctionFleet
+from lambdapool.tools.emulator.processes import proc_state
 
 SOURCE = Path(__file__).parent / "handlers" / "cf_handler.py"
 

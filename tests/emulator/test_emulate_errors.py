@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lambdapool.cli import main
+from lambdapool.tools.cli import main
 from tests.emulator.conftest import need
 from tests.support import need_cli_parts
 
@@ -97,7 +97,7 @@ def test_a_handler_that_raises_shows_its_error_and_exits_1(capsys, pg_server, tm
     trace = out[out.index("Traceback (most recent call last):") :]
     first_frame = trace.splitlines()[1].strip()
     assert first_frame == f'File "{app}", line {line_of(app, "SELEC")}, in handler', trace
-    assert "awslambdaric" not in trace and "lambdapool/handlers.py" not in trace
+    assert "awslambdaric" not in trace and "lambdapool/_handlers.py" not in trace
     assert "--allow-failures" in err and "4 of 4 invocations failed" in err
     # --json carries the message and the traceback, not only a count
     (error,) = doc["scenarios"]["direct"]["errors"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lambdapool.emulator import EnvironmentStartError, LambdaFleet
-from lambdapool.emulator.processes import proc_state
+from lambdapool.tools.emulator import EnvironmentStartError, LambdaFleet
+from lambdapool.tools.emulator.processes import proc_state
 
 
 def _parent(pid: int) -> int:
@@ -76,7 +76,7 @@ def test_many_forked_environments_freeze_without_ever_stopping_us(lambda_fleet):
 
 
 def test_signalling_our_own_process_group_is_refused():
-    from lambdapool.emulator.processes import signal_group
+    from lambdapool.tools.emulator.processes import signal_group
 
     with pytest.raises(ValueError):
         signal_group(0, 0)

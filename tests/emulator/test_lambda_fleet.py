@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from lambdapool.errors import ConfigError
-from lambdapool.emulator import LambdaFleet
-from lambdapool.emulator.processes import proc_state
+from lambdapool.tools.emulator import LambdaFleet
+from lambdapool.tools.emulator.processes import proc_state
 
 HANDLERS = Path(__file__).parent / "handlers"
 
@@ -132,7 +132,7 @@ def test_a_thawed_process_takes_sigterm_in_its_main_thread(eventually):
     import subprocess
     import sys
 
-    from lambdapool.emulator import processes
+    from lambdapool.tools.emulator import processes
 
     async def thaw_then_terminate(pid: int) -> None:
         await processes.thaw_fully(pid)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lambdapool.errors import ConfigError
-from lambdapool.emulator import LightFleet, module_factory
+from lambdapool.tools.emulator import LightFleet, module_factory
 
 HANDLERS = Path(__file__).parent / "handlers"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from lambdapool.errors import ConfigError
-from lambdapool.emulator import LambdaFleet
-from lambdapool.emulator.processes import group_members, proc_state
+from lambdapool.tools.emulator import LambdaFleet
+from lambdapool.tools.emulator.processes import group_members, proc_state
 
 
 

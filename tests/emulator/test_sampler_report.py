@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from lambdapool.emulator import BackendSampler, InvocationResult, Report, percentile
+from lambdapool.tools.emulator import BackendSampler, InvocationResult, Report, percentile
 
 
 def test_sampler_sees_the_backends_a_fleet_opens_at_20_hz_or_more(lambda_fleet, pg_server, app_name):
@@ -80,9 +80,9 @@ def test_percentiles_are_nearest_rank():
 
 
 def test_pgbouncer_sampler_cross_checks_the_database_count(lambda_fleet, pg_factory):
-    from lambdapool.emulator import PgBouncerSampler
-    from lambdapool.testing.pgbouncer import PgBouncer, PgBouncerNotFound, find_pgbouncer
-    from lambdapool.testing.pytest_plugin import missing
+    from lambdapool.tools.emulator import PgBouncerSampler
+    from lambdapool.tools.testing.pgbouncer import PgBouncer, PgBouncerNotFound, find_pgbouncer
+    from lambdapool.tools.testing.pytest_plugin import missing
 
     try:
         find_pgbouncer()

@@ -28,9 +28,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lambdapool.spawning import pid_alive
-from lambdapool.testing.postgres import PostgresServer
-from lambdapool.testing.pytest_plugin import missing
+from lambdapool.tools.spawning import pid_alive
+from lambdapool.tools.testing.postgres import PostgresServer
+from lambdapool.tools.testing.pytest_plugin import missing
 
 PREFIX = "lambdapool-silent-"  # namespace names: PREFIX + "<pid>-<token>"
 NETNS_DIR = Path("/run/netns")

@@ -13,8 +13,8 @@ import threading
 import pytest
 
 import lambdapool
-from lambdapool.testing.replication import Endpoint
-from lambdapool.waiting import wait_for
+from lambdapool.tools.testing.replication import Endpoint
+from lambdapool.tools.waiting import wait_for
 from tests.failover.support import SCHEMA, writer_handler, written
 from tests.support import DRIVERS, LambdaContext
 

@@ -22,9 +22,9 @@ def _one(db, sql: str = "SELECT inet_server_port()"):
 @pytest.fixture(scope="module")
 def cluster():
     """A primary and a hot standby, for the DSN's target_session_attrs (module-wide: no test here fails over)."""
-    from lambdapool.testing.postgres import PostgresNotFound
-    from lambdapool.testing.pytest_plugin import missing
-    from lambdapool.testing.replication import ReplicatedPostgres
+    from lambdapool.tools.testing.postgres import PostgresNotFound
+    from lambdapool.tools.testing.pytest_plugin import missing
+    from lambdapool.tools.testing.replication import ReplicatedPostgres
 
     cluster = ReplicatedPostgres()
     try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lambdapool.waiting import wait_for
+from lambdapool.tools.waiting import wait_for
 from tests.failover.support import INSERT, SCHEMA, writer_handler, written
 from tests.support import DRIVERS, LambdaContext
 

@@ -4,7 +4,7 @@ function's timeout, for each driver, direct.
 A failed-over primary is hard fenced: its packets stop, with no RST and no ICMP error
 (tests/failover/netns.py plays it: the server behind a veth pair in a namespace of its own).
 lambdapool turns TCP keepalives and TCP_USER_TIMEOUT on by default
-(lambdapool/drivers/params.py KEEPALIVE_DEFAULTS). Three ways an invocation meets the silence,
+(lambdapool/_drivers/params.py KEEPALIVE_DEFAULTS). Three ways an invocation meets the silence,
 each on a warm connection of its own, all under one fence:
 
 * ``statement``: the handler's own statement is the first thing sent (``ping_after_idle``
@@ -15,8 +15,8 @@ each on a warm connection of its own, all under one fence:
   acknowledged, so only keepalives notice (first probe after 5 s of silence, then every 2 s;
   TCP_USER_TIMEOUT, set too, decides when they give up: about 11 s).
 
-The control turns both off in the DSN: the same statements still wait after 20 s (Linux would
-retransmit the first for ~15 minutes; the in-flight one would wait forever). And the timers cut
+The control, under the same fence, turns both off in the DSN: the same statements still wait
+after 20 s (Linux would retransmit the first for ~15 minutes; the in-flight one would wait forever). And the timers cut
 only silence: a statement longer than they are, on a healthy link, runs to its end.
 Each case prints ``FIGURES silent-drop ...``: the README quotes them.
 """
@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from lambdapool.testing.postgres import PostgresNotFound
-from lambdapool.testing.pytest_plugin import missing
-from lambdapool.waiting import WaitTimeout, wait_for
+from lambdapool.tools.testing.postgres import PostgresNotFound
+from lambdapool.tools.testing.pytest_plugin import missing
+from lambdapool.tools.waiting import WaitTimeout, wait_for
 from tests.failover.netns import NamespacedPostgres, SilentLink, silent_link
 from tests.support import DRIVERS, LambdaContext, query_handler
 
@@ -170,78 +170,66 @@ def end_all(link: SilentLink, cases: list[Case]) -> None:
             case.thread.join(15)
 
 
-@pytest.mark.parametrize("driver", DRIVERS)
-def test_a_silent_drop_fails_the_invocation_within_seconds(fenced_pg, make_db, driver):
+def test_a_silent_drop_fails_each_invocation_within_seconds_unless_keepalives_are_off(fenced_pg, make_db):
+    """Every driver and way of meeting the silence under one fence (the kernel's timers run side by
+    side): with the defaults each invocation fails within seconds; the control's, keepalives and
+    the user timeout off in the DSN, are still waiting after CONTROL_WAIT."""
     link, server = fenced_pg
-    # GIVEN one warm instance per way of meeting the silence, with lambdapool's defaults
-    apps = {v: f"lp-silent-{driver}-{v}" for v in PING_AFTER_IDLE}
-    dbs = {
-        v: make_db(server.dsn, driver=driver, application_name=apps[v], ping_after_idle=PING_AFTER_IDLE[v])
-        for v in PING_AFTER_IDLE
-    }
-    handlers = {v: query_handler(db) for v, db in dbs.items()}
-    for handler in handlers.values():
-        warm(handler)
-    in_flight = Case(driver, "in-flight", handlers["in-flight"], IN_FLIGHT_SQL)
-    cases = [in_flight]
+    # GIVEN one warm instance per driver and way of meeting the silence, with lambdapool's
+    # defaults, and the control's instances (statement and in-flight) with keepalives off
+    dbs, handlers, apps = {}, {}, {}
+    for driver in DRIVERS:
+        for variant, ping_after_idle in PING_AFTER_IDLE.items():
+            for control in (False, True):
+                if control and variant == "ping":
+                    continue  # (the ping meets the silence as a statement does)
+                key = (driver, variant, control)
+                apps[key] = f"lp-silent-{driver}-{variant}" + ("-off" if control else "")
+                dsn = server.dsn + (NO_KEEPALIVES if control else "")
+                dbs[key] = make_db(dsn, driver=driver, application_name=apps[key], ping_after_idle=ping_after_idle)
+                handlers[key] = query_handler(dbs[key])
+                warm(handlers[key])
+    cases = {key: Case(key[0], key[1], handler, IN_FLIGHT_SQL if key[1] == "in-flight" else "SELECT 1")
+             for key, handler in handlers.items()}  # fmt: skip
+    defaults = [c for (_, _, control), c in cases.items() if not control]
+    controls = [c for (_, _, control), c in cases.items() if control]
     try:
-        start_in_flight(server, in_flight, apps["in-flight"])
+        for key, case in cases.items():
+            if key[1] == "in-flight":
+                start_in_flight(server, case, apps[key])
         dropped = link.dropped()
         # WHEN the server is fenced: from now on its packets vanish
         link.fence()
-        in_flight.started = time.monotonic()  # (its clock runs from the fence)
-        cases += [Case(driver, v, handlers[v]).start() for v in ("statement", "ping")]
-        # THEN each invocation fails, by the kernel's timers, within seconds
-        assert wait_ended(cases, LATEST + 5), [(c.variant, c.ended) for c in cases]
+        fenced = time.monotonic()
+        for key, case in cases.items():
+            if key[1] == "in-flight":
+                case.started = fenced  # (its clock runs from the fence)
+            else:
+                case.start()
+        # THEN each invocation with the defaults fails, by the kernel's timers, within seconds
+        assert wait_ended(defaults, LATEST + 5), [(c.driver, c.variant, c.ended) for c in defaults]
+        # AND none of the control's has ended after CONTROL_WAIT: only the function's timeout would end them
+        assert not wait_ended(controls, CONTROL_WAIT - (time.monotonic() - fenced), every=False), [
+            (c.driver, c.variant, c.outcome) for c in controls
+        ]
+        waited = time.monotonic() - fenced
         assert link.dropped() > dropped  # (packets were sent, and vanished)
     finally:
-        end_all(link, cases)
-    for case in cases:
+        end_all(link, list(cases.values()))  # (what still waits: its socket aborted, ECONNABORTED)
+    for case in defaults:
         figures(case)
-    for case in cases:
-        assert EARLIEST <= case.seconds < LATEST, (case.variant, case.seconds, describe(case.error()))
-    assert timed_out(cases[0].error()) and timed_out(cases[1].error()), [describe(c.error()) for c in cases]
-    assert dbs["ping"].stats()["pings"] == 1  # (the SDK's ping met the silence, not the handler)
-    # AND once the server is back, the next invocation reconnects and succeeds
-    for variant, handler in handlers.items():
-        assert handler({"sql": "SELECT 2"}, LambdaContext()) == 2, variant
-        assert dbs[variant].stats()["connects"] == 2, variant
-
-
-def test_control_without_keepalives_a_silent_drop_hangs(fenced_pg, make_db):
-    link, server = fenced_pg
-    # GIVEN, for each driver, warm instances whose DSN turns keepalives and the user timeout off
-    handlers: dict[tuple[str, str], Callable] = {}
-    for driver in DRIVERS:
-        for variant in ("statement", "in-flight"):
-            db = make_db(
-                server.dsn + NO_KEEPALIVES,
-                driver=driver,
-                application_name=f"lp-silent-off-{driver}-{variant}",
-                ping_after_idle=3600.0,
-            )
-            handlers[driver, variant] = query_handler(db)
-            warm(handlers[driver, variant])
-    in_flight = [Case(d, "in-flight", handlers[d, "in-flight"], IN_FLIGHT_SQL) for d in DRIVERS]
-    cases = list(in_flight)
-    try:
-        for case in in_flight:
-            start_in_flight(server, case, f"lp-silent-off-{case.driver}-in-flight")
-        # WHEN the server is fenced, and statements are sent into the silence
-        link.fence()
-        for case in in_flight:
-            case.started = time.monotonic()
-        cases += [Case(d, "statement", handlers[d, "statement"]).start() for d in DRIVERS]
-        # THEN none has ended after CONTROL_WAIT seconds: only the function's timeout would end them
-        assert not wait_ended(cases, CONTROL_WAIT, every=False), [(c.driver, c.variant, c.outcome) for c in cases]
-        waited = time.monotonic() - max(c.started for c in cases)
-    finally:
-        end_all(link, cases)  # (their sockets aborted: ECONNABORTED)
-    for case in cases:
+    for case in controls:
         print(f"FIGURES silent-drop {case.driver} {case.variant} (keepalives off): still waiting after {waited:.1f} s")
-    # AND the next invocations reconnect and succeed
-    for handler in handlers.values():
-        assert handler({"sql": "SELECT 2"}, LambdaContext()) == 2
+    for case in defaults:
+        assert EARLIEST <= case.seconds < LATEST, (case.driver, case.variant, case.seconds, describe(case.error()))
+        if case.variant != "ping":
+            assert timed_out(case.error()), (case.driver, case.variant, describe(case.error()))
+    for driver in DRIVERS:
+        assert dbs[driver, "ping", False].stats()["pings"] == 1  # (the SDK's ping met the silence, not the handler)
+    # AND once the server is back, the next invocations reconnect and succeed
+    for key, handler in handlers.items():
+        assert handler({"sql": "SELECT 2"}, LambdaContext()) == 2, key
+        assert dbs[key].stats()["connects"] == 2, key
 
 
 def test_a_statement_longer_than_the_timers_runs_to_its_end_on_a_healthy_link(fenced_pg, make_db):

@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 
 from lambdapool.testing import wait_for
-from lambdapool.testing.process import stop_process
-from lambdapool.emulator import BackendSampler, InvocationResult, LambdaFleet, LightFleet, module_factory
+from lambdapool.tools.testing.process import stop_process
+from lambdapool.tools.emulator import BackendSampler, InvocationResult, LambdaFleet, LightFleet, module_factory
 
 HANDLERS = Path(__file__).parent / "handlers"
 HANDLER = "fanout_handler.handler"
@@ -67,7 +67,7 @@ def lost_connection(r: InvocationResult) -> bool:
 def need_awslambdaric() -> None:
     import importlib.util
 
-    from lambdapool.testing.pytest_plugin import missing
+    from lambdapool.tools.testing.pytest_plugin import missing
 
     if importlib.util.find_spec("awslambdaric") is None:
         missing("awslambdaric", "pip install awslambdaric (it is in the dev extra)")
@@ -98,7 +98,7 @@ class Fault:
 @dataclass
 class BurstResult:
     """What one :func:`burst` gave: each fleet's results and counters, the sampler, the fault's
-    window (the burst's shape, for the CLI and benchmarks, is ``lambdapool.emulator.fanout.Burst``)."""
+    window (the burst's shape, for the CLI and benchmarks, is ``lambdapool.tools.emulator.fanout.Burst``)."""
 
     processes: list[InvocationResult] = field(default_factory=list)
     light: list[InvocationResult] = field(default_factory=list)
@@ -152,8 +152,8 @@ def proxy_process(backend: str, max_backends: int) -> Iterator[tuple[str, Callab
 
     import psycopg
 
-    from lambdapool.config import parse_dsn
-    from lambdapool.testing.postgres import free_port
+    from lambdapool._config import parse_dsn
+    from lambdapool.tools.testing.postgres import free_port
 
     port = free_port()
     parts = parse_dsn(backend)

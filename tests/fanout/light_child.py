@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-from lambdapool.emulator import LightFleet, module_factory
+from lambdapool.tools.emulator import LightFleet, module_factory
 from tests.fanout.conftest import HANDLER, HANDLERS
 
 

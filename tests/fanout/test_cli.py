@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lambdapool.cli import main
+from lambdapool.tools.cli import main
 from lambdapool.testing import free_port
 from tests.support import need_cli_parts
 

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from lambdapool.emulator import InvocationResult
+from lambdapool.tools.emulator import InvocationResult
 from lambdapool.testing import wait_for
-from lambdapool.testing.replication import ReplicatedPostgres
+from lambdapool.tools.testing.replication import ReplicatedPostgres
 from tests.fanout.conftest import (
     CONNECTION_LOST,
     MAX_CONNECTIONS,
@@ -285,7 +285,7 @@ def test_pgbouncer_keeps_the_demoted_writer_until_reconnect(cluster, tmp_path):
     until they are recycled; an operator's RECONNECT on the admin console (what PgBouncer does
     itself when a name it resolves changes address) ends that, and from then on nothing fails.
     Before the endpoint moves, failures are PgBouncer's: see docs/fanout_suites.md."""
-    from lambdapool.testing.pgbouncer import PgBouncer
+    from lambdapool.tools.testing.pgbouncer import PgBouncer
 
     with PgBouncer(_Backend(app_dsn(cluster.endpoint)), default_pool_size=POOL_CAP, auth_user="app",
                    admin_users=("app",), max_client_conn=PROCESSES + LIGHT + 50, extra=PGBOUNCER) as pgb:  # fmt: skip

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from lambdapool.testing import LocalProxy
-from lambdapool.emulator import PgBouncerSampler
+from lambdapool.tools.emulator import PgBouncerSampler
 from tests.fanout.conftest import (
     MIN_SAMPLE_HZ,
     ORDINARY_SLOTS,
@@ -116,7 +116,7 @@ def test_local_proxy_caps_backends_at_20(fanout_pg):
 
 
 def test_pgbouncer_caps_backends_at_20(fanout_pg):
-    from lambdapool.testing.pgbouncer import PgBouncer
+    from lambdapool.tools.testing.pgbouncer import PgBouncer
 
     with PgBouncer(fanout_pg, default_pool_size=POOL_CAP, max_client_conn=PROCESSES + LIGHT + 100,
                    auth_user="app", admin_users=("app",)) as pgb:  # fmt: skip
@@ -132,7 +132,7 @@ def test_pgbouncer_caps_backends_at_20(fanout_pg):
 
 def test_direct_with_the_budget_guard_never_fails(fanout_pg):
     """The full width, 1,100 instances against 26 slots: refused connects back off on their own
-    scale (lambdapool/retry.py), so the server serves instead of forking backends to refuse."""
+    scale (lambdapool/_retry.py), so the server serves instead of forking backends to refuse."""
     result = fan_out(fanout_pg, {"LAMBDAPOOL_DSN": app_dsn(fanout_pg)})
     print(f"FIGURES direct+guard: {result.figures()}; refused attempts (server log) {refused_attempts(fanout_pg)}; "
           f"connects {result.total('connects')}, guard closes {result.total('guard_closes')}")  # fmt: skip
@@ -151,7 +151,7 @@ def test_rds_proxy_path_with_iam_tokens_pins_nothing(fanout_pg, moto_url):
     reached from every process), IAM tokens signed with the test keys, TLS verified against
     the proxy's certificate. Narrower than the others: each instance builds boto3 clients
     (~0.5 s of CPU per process on a cold start), see docs/fanout_suites.md."""
-    from lambdapool.testing.moto import create_db_proxy, fake_aws_environment, signing_keys
+    from lambdapool.tools.testing.moto import create_db_proxy, fake_aws_environment, signing_keys
 
     with LocalProxy(backend=app_dsn(fanout_pg), max_backends=POOL_CAP, auth="iam", iam_credentials=signing_keys(),
                     region="us-east-1", tls=True, require_tls=True) as proxy:  # fmt: skip

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from lambdapool.emulator import LambdaFleet, PgBouncerSampler
+from lambdapool.tools.emulator import LambdaFleet, PgBouncerSampler
 from tests.fanout.conftest import (
     HANDLER,
     HANDLERS,
@@ -129,7 +129,7 @@ def test_local_proxy_caps_backends_at_20(fanout_pg):
 
 
 def test_pgbouncer_caps_backends_at_20(fanout_pg):
-    from lambdapool.testing.pgbouncer import PgBouncer
+    from lambdapool.tools.testing.pgbouncer import PgBouncer
 
     with PgBouncer(fanout_pg, default_pool_size=POOL_CAP, max_client_conn=WIDTH + 50,
                    auth_user="app", admin_users=("app",)) as pgb:  # fmt: skip

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lambdapool.emulator.processes import proc_state
+from lambdapool.tools.emulator.processes import proc_state
 
 pytest_plugins = ["pytester"]
 
@@ -100,7 +100,8 @@ def test_factories_stop_what_they_started_at_teardown(pytester, pg_server):
             assert fleet.invoke({{"n": 1}}).payload["result"] == 2
             open("left.txt", "w").write(f"{{proxy.port}} {{fleet.environments[0].pid}}")
     """))  # fmt: skip
-    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    # (the plugin is opt-in)
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "lambdapool.testing").assert_outcomes(passed=1)
     port, pid = map(int, (pytester.path / "left.txt").read_text().split())
     assert proc_state(pid) is None, "the environment was killed"
     with pytest.raises(OSError):

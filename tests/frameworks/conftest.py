@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from lambdapool.testing import LocalProxy, PostgresServer, WaitTimeout, wait_for
-from lambdapool.testing.pgbouncer import PgBouncer, PgBouncerNotFound
-from lambdapool.testing.pytest_plugin import missing
+from lambdapool.tools.testing.pgbouncer import PgBouncer, PgBouncerNotFound
+from lambdapool.tools.testing.pytest_plugin import missing
 
 PASSWORD = "fw-pw"
 ROUTES = ["direct", "local", "pgbouncer"]

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import lambdapool
-from lambdapool.testing.pytest_plugin import missing
+from lambdapool.tools.testing.pytest_plugin import missing
 from tests.frameworks.apps.asgi_apps import fastapi_app, starlette_app
 from tests.frameworks.apps.events import EVENTS, http_api_v2
 from tests.support import DRIVERS, LambdaContext

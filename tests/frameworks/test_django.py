@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from lambdapool.testing import PostgresServer, wait_for
-from lambdapool.testing.pytest_plugin import missing
+from lambdapool.tools.testing.pytest_plugin import missing
 from tests.frameworks.conftest import PASSWORD, Route
 
 try:

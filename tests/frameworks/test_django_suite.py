@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from lambdapool.testing import PostgresServer
-from lambdapool.testing.pytest_plugin import missing
+from lambdapool.tools.testing.pytest_plugin import missing
 
 try:
     import django  # noqa: F401

@@ -21,7 +21,7 @@ import pytest
 
 import lambdapool
 from lambdapool.errors import ConfigError
-from lambdapool.testing.pytest_plugin import in_ci
+from lambdapool.tools.testing.pytest_plugin import in_ci
 from tests.frameworks.conftest import kill_backends
 from tests.support import LambdaContext
 

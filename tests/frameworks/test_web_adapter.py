@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from lambdapool.testing import free_port, wait_for
-from lambdapool.testing.pytest_plugin import missing
+from lambdapool.tools.testing.pytest_plugin import missing
 
 try:
     import httpx

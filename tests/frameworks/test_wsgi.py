@@ -16,7 +16,7 @@ import pytest
 from werkzeug.test import Client
 
 import lambdapool
-from lambdapool.testing.pytest_plugin import missing
+from lambdapool.tools.testing.pytest_plugin import missing
 from tests.frameworks.apps.wsgi_apps import flask_app
 from tests.frameworks.conftest import open_transactions
 

@@ -10,7 +10,7 @@ def aws(aws_env):
     """An in-process moto account in us-east-1 (fake credentials from the plugin's ``aws_env``)."""
     from moto import mock_aws
 
-    from lambdapool import aws as lp_aws
+    from lambdapool import _aws as lp_aws
 
     with mock_aws():
         yield

@@ -141,7 +141,7 @@ def make_network() -> tuple[str, list[str]]:
 
 def plan_parameters(argv: list[str], function: str) -> dict[str, str]:
     """The template parameters `lambdapool plan ... --format cfn-json --stack-function` gives."""
-    from lambdapool.cli import main
+    from lambdapool.tools.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

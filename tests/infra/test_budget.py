@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lambdapool
-from lambdapool.budget import (
+from lambdapool.tools.budget import (
     INSTANCE_CLASS_GIB,
     BudgetError,
     Function,

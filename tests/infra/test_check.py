@@ -11,8 +11,8 @@ import sys
 import boto3
 import pytest
 
-from lambdapool.budget import default_max_connections
-from lambdapool.cli import main
+from lambdapool.tools.budget import default_max_connections
+from lambdapool.tools.cli import main
 from tests.infra.infra_support import lambda_zip, make_network
 
 
@@ -141,7 +141,7 @@ def test_an_overcommitted_direct_function_fails_by_name(deployment, capsys):
 
 
 def check_flags() -> set[str]:
-    from lambdapool.cli import build_parser
+    from lambdapool.tools.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["check"]
     return {flag for action in sub._actions for flag in action.option_strings}
@@ -243,7 +243,7 @@ def test_console_script_against_moto_server(moto_url, monkeypatch):
 
 
 def test_lambda_managed_instances_count_every_process():
-    from lambdapool.cli.check import processes_per_environment
+    from lambdapool.tools.cli.check import processes_per_environment
 
     managed = {"CapacityProviderConfig": {"LambdaManagedInstancesCapacityProviderConfig": {
         "CapacityProviderArn": "arn:aws:lambda:us-east-1:123456789012:capacity-provider:cp",

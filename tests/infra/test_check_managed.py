@@ -12,8 +12,8 @@ from typing import Any
 import boto3
 import pytest
 
-from lambdapool import aws as lp_aws
-from lambdapool.cli.check import processes_per_environment
+from lambdapool import _aws as lp_aws
+from lambdapool.tools.cli.check import processes_per_environment
 from tests.infra.infra_support import MotoGaps
 from tests.infra.test_check import check, direct, endpointed, make_deployment
 

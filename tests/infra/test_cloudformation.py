@@ -20,7 +20,7 @@ import boto3
 import pytest
 
 import lambdapool
-from lambdapool.cli import main
+from lambdapool.tools.cli import main
 from tests.infra.infra_support import (
     PLACEHOLDER_DBI_RESOURCE_ID,
     PLACEHOLDER_PROXY_ID,

@@ -15,9 +15,9 @@ import boto3
 import pytest
 
 import lambdapool
-from lambdapool.emulator import BackendSampler
-from lambdapool.proxy import LocalProxy
-from lambdapool.testing.moto import signing_keys
+from lambdapool.tools.emulator import BackendSampler
+from lambdapool.tools.proxy import LocalProxy
+from lambdapool.tools.testing.moto import signing_keys
 from tests.infra.infra_support import (
     create_secret,
     deploy_stack,

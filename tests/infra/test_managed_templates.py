@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lambdapool.cli import main
+from lambdapool.tools.cli import main
 from tests.infra.infra_support import load_template, translate
 
 

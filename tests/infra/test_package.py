@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from lambdapool import ConfigError
-from lambdapool.cli import main, packaging
-from lambdapool.testing.pytest_plugin import missing
+from lambdapool.tools.cli import main, packaging
+from lambdapool.tools.testing.pytest_plugin import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 HANDLER = ROOT / "examples" / "lambda_psycopg" / "handler.py"

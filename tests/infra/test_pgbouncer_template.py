@@ -9,10 +9,10 @@ import threading
 import psycopg
 import pytest
 
-from lambdapool.cli import main
-from lambdapool.emulator import BackendSampler
-from lambdapool.testing.pgbouncer import PgBouncer, PgBouncerNotFound
-from lambdapool.testing.pytest_plugin import missing
+from lambdapool.tools.cli import main
+from lambdapool.tools.emulator import BackendSampler
+from lambdapool.tools.testing.pgbouncer import PgBouncer, PgBouncerNotFound
+from lambdapool.tools.testing.pytest_plugin import missing
 from tests.infra.infra_support import ROOT
 
 TEMPLATE = ROOT / "infra" / "pgbouncer" / "pgbouncer.ini"

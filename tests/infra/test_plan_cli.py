@@ -7,7 +7,7 @@ import sys
 import hcl2
 import pytest
 
-from lambdapool.cli import main
+from lambdapool.tools.cli import main
 
 
 def plan(capsys, *argv):
@@ -122,7 +122,7 @@ def test_the_processes_term_is_shown_and_explained(capsys):
 
 
 def test_every_option_says_what_it_does():
-    from lambdapool.cli import build_parser
+    from lambdapool.tools.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["plan"]
     for action in sub._actions:

@@ -21,7 +21,7 @@ import pytest
 
 from lambdapool.credentials import aresolve_proxy_endpoint, resolve_proxy_endpoint
 from lambdapool.errors import AuthError, ConnectionUnavailable
-from lambdapool.testing.moto import create_db_proxy
+from lambdapool.tools.testing.moto import create_db_proxy
 
 ERROR = (
     '<ErrorResponse xmlns="http://rds.amazonaws.com/doc/2014-10-31/"><Error><Type>Sender</Type>'

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from lambdapool import adapters
-from lambdapool.config import SETTINGS, env_name
+from lambdapool._config import SETTINGS, env_name
 from tests.infra.infra_support import SAM_TEMPLATE, TERRAFORM
 
 

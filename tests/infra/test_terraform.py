@@ -11,7 +11,7 @@ import re
 import hcl2
 import pytest
 
-from lambdapool.cli import main
+from lambdapool.tools.cli import main
 from tests.infra.infra_support import TERRAFORM
 
 OPTIONS = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False, with_comments=False)

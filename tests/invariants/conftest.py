@@ -185,8 +185,8 @@ def local_target(invariants_pg, invariants_admin) -> Iterator[Target]:
 
 @pytest.fixture(scope="session")
 def pgbouncer_target(invariants_pg, invariants_admin) -> Iterator[Target]:
-    from lambdapool.testing.pgbouncer import PgBouncer, PgBouncerNotFound, find_pgbouncer
-    from lambdapool.testing.pytest_plugin import missing
+    from lambdapool.tools.testing.pgbouncer import PgBouncer, PgBouncerNotFound, find_pgbouncer
+    from lambdapool.tools.testing.pytest_plugin import missing
 
     try:
         find_pgbouncer()

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import lambdapool
-from lambdapool.drivers.base import read_only_error
+from lambdapool._drivers.base import read_only_error
 from tests.invariants.conftest import Target, soon
 from tests.invariants.handlers import CONFIGURED, CONFIGURES, HANDLERS, HandlerFailed
 from tests.support import LambdaContext

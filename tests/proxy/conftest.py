@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from lambdapool.testing import LocalProxy, PostgresServer
-from lambdapool.testing.pytest_plugin import missing
+from lambdapool.tools.testing.pytest_plugin import missing
 
 SERVER_PASSWORD = "server-pw"
 MAX_PREPARED_TRANSACTIONS = 5

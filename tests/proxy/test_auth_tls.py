@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from lambdapool.proxy.auth import AuthFailed, verify_iam_token
+from lambdapool.tools.proxy.auth import AuthFailed, verify_iam_token
 
 AKID, SECRET = "AKIAPROXYTEST0000001", "proxy-test-secret-key"
 
@@ -133,7 +133,7 @@ def test_given_certificate_and_trust_to_the_server(pg_factory, tmp_path):
     import psycopg
 
     from lambdapool.testing import LocalProxy
-    from lambdapool.testing.tls import write_self_signed
+    from lambdapool.tools.testing.tls import write_self_signed
 
     crt, key = tmp_path / "given.crt", tmp_path / "given.key"
     write_self_signed(crt, key, "127.0.0.1")
@@ -147,8 +147,8 @@ def test_given_certificate_and_trust_to_the_server(pg_factory, tmp_path):
 def test_gssenc_request_is_refused_and_the_session_continues(make_proxy):
     import socket
 
-    from lambdapool.proto import Parser
-    from lambdapool.proto import messages as m
+    from lambdapool.tools.proto import Parser
+    from lambdapool.tools.proto import messages as m
 
     proxy = make_proxy(max_backends=1)
     with socket.create_connection((proxy.host, proxy.port), timeout=5) as sock:

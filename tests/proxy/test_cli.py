@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from lambdapool.cli import main
+from lambdapool.tools.cli import main
 from lambdapool.testing import free_port
 from tests.proxy.conftest import SERVER_PASSWORD
 

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from lambdapool.proto.encodings import python_codec
+from lambdapool.tools.proto.encodings import python_codec
 from lambdapool.testing import LocalProxy, PostgresServer
 
 psycopg = pytest.importorskip("psycopg")

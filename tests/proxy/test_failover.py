@@ -15,9 +15,9 @@ import psycopg
 import pytest
 
 from lambdapool.errors import ConfigError
-from lambdapool.proxy.config import BackendTarget
+from lambdapool.tools.proxy.config import BackendTarget
 from lambdapool.testing import LocalProxy, PostgresServer, wait_for
-from lambdapool.testing.replication import ReplicatedPostgres
+from lambdapool.tools.testing.replication import ReplicatedPostgres
 
 
 def hosts_dsn(*servers: PostgresServer, attrs: str | None = "read-write") -> str:
@@ -311,7 +311,7 @@ def test_cli_reader_with_a_multi_host_backend(cluster):
 
 
 def test_cli_port_count_mismatch_exits_2(capsys):
-    from lambdapool.cli import main
+    from lambdapool.tools.cli import main
 
     assert main(["proxy", "--backend", "host=h1,h2,h3 port=5432,5433 dbname=db", "--reader"]) == 2
     assert "3 hosts (h1, h2, h3) but 2 ports" in capsys.readouterr().err
@@ -375,9 +375,9 @@ def test_a_role_the_dsn_contradicts_is_a_config_error():
 
 # -- what marks a backend for a second look (no I/O) ------------------------------------------
 def test_a_role_parameter_or_a_25006_marks_the_backend_and_nothing_else_does():
-    from lambdapool.proto import messages as m
-    from lambdapool.proxy import roles
-    from lambdapool.proxy.backend_state import BackendState
+    from lambdapool.tools.proto import messages as m
+    from lambdapool.tools.proxy import roles
+    from lambdapool.tools.proxy.backend_state import BackendState
 
     state = BackendState({"in_hot_standby": "off", "default_transaction_read_only": "off"})
     state.expect.append(("Q", None))

@@ -8,7 +8,7 @@ import socket
 import struct
 import threading
 
-from lambdapool.proto import messages as m
+from lambdapool.tools.proto import messages as m
 
 STARTUP = m.startup_message({"user": "postgres", "database": "postgres"})
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import lambdapool
 
-ROOT = Path(lambdapool.__file__).parent
+ROOT = Path(lambdapool.__file__).parent / "tools"
 PACKAGES = ("proxy", "proto")
 
 
@@ -20,7 +20,7 @@ def _modules() -> dict[str, Path]:
     found = {}
     for package in PACKAGES:
         for path in sorted((ROOT / package).glob("*.py")):
-            name = f"lambdapool.{package}" if path.stem == "__init__" else f"lambdapool.{package}.{path.stem}"
+            name = f"lambdapool.tools.{package}" if path.stem == "__init__" else f"lambdapool.tools.{package}.{path.stem}"
             found[name] = path
     return found
 
@@ -96,11 +96,11 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_import_graph_is_what_the_modules_import() -> None:
     graph = _graph()
-    assert "lambdapool.proxy.session" in graph["lambdapool.proxy.client"]
-    assert "lambdapool.proto.framing" in graph["lambdapool.proto"]
+    assert "lambdapool.tools.proxy.session" in graph["lambdapool.tools.proxy.client"]
+    assert "lambdapool.tools.proto.framing" in graph["lambdapool.tools.proto"]
     # TYPE_CHECKING imports are not edges: the pool sees clients only through interfaces
-    assert "lambdapool.proxy.client" not in graph["lambdapool.proxy.pool"]
-    assert "lambdapool.proxy.server" not in graph["lambdapool.proxy.pool"]
+    assert "lambdapool.tools.proxy.client" not in graph["lambdapool.tools.proxy.pool"]
+    assert "lambdapool.tools.proxy.server" not in graph["lambdapool.tools.proxy.pool"]
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:
@@ -110,7 +110,7 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 
 def test_no_import_cycle_among_proxy_and_proto_modules() -> None:
     # The package __init__ re-exports LocalProxy, so it sits above everything; a submodule
-    # importing its own package (lambdapool.proxy) would be a cycle, and is reported as one.
+    # importing its own package (lambdapool.tools.proxy) would be a cycle, and is reported as one.
     assert _cycle(_graph()) is None
 
 
@@ -145,10 +145,10 @@ def test_no_module_reaches_into_another_objects_private_state() -> None:
 
 def test_importing_the_proxy_loads_no_test_helpers() -> None:
     code = (
-        "import sys, lambdapool.proxy, lambdapool.proxy.server\n"
-        "from lambdapool.proxy.local import LocalProxy\n"
+        "import sys, lambdapool.tools.proxy, lambdapool.tools.proxy.server\n"
+        "from lambdapool.tools.proxy.local import LocalProxy\n"
         "LocalProxy(backend='postgresql://u:secret@127.0.0.1:1/db', max_backends=2)\n"
-        "print(sorted(m for m in sys.modules if m.startswith('lambdapool.testing')))\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('lambdapool.testing', 'lambdapool.tools.testing'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lambdapool.proxy.pinning import pin_reasons
+from lambdapool.tools.proxy.pinning import pin_reasons
 
 
 @pytest.mark.parametrize(

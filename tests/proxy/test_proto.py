@@ -1,6 +1,6 @@
 """The sans-IO parser: byte-at-a-time feeding, every message a pooler needs, and garbage.
 
-No sockets here: messages are built with lambdapool.proto.messages and fed to a Parser.
+No sockets here: messages are built with lambdapool.tools.proto.messages and fed to a Parser.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lambdapool.proto import (
+from lambdapool.tools.proto import (
     NEED_DATA,
     CancelRequest,
     GSSENCRequest,
@@ -22,7 +22,7 @@ from lambdapool.proto import (
     SSLRequest,
     StartupMessage,
 )
-from lambdapool.proto import messages as m
+from lambdapool.tools.proto import messages as m
 
 
 def feed_bytewise(parser: Parser, data: bytes) -> list:

@@ -11,9 +11,9 @@ from collections.abc import Callable
 import pytest
 
 import lambdapool
-from lambdapool.drivers.base import classify_connect_error, connect_error_fix
+from lambdapool._drivers.base import classify_connect_error, connect_error_fix
 from lambdapool.testing import wait_for
-from lambdapool.testing.moto import signing_keys
+from lambdapool.tools.testing.moto import signing_keys
 from tests.support import LambdaContext, query_handler
 
 SDK_DRIVERS = ["psycopg", "asyncpg"]

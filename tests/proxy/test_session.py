@@ -1,6 +1,6 @@
-"""The relay's state machine (``lambdapool.proxy.session``) without Postgres or sockets.
+"""The relay's state machine (``lambdapool.tools.proxy.session``) without Postgres or sockets.
 
-Both peers are scripted with ``lambdapool.proto``'s builders: the client's bytes go in through
+Both peers are scripted with ``lambdapool.tools.proto``'s builders: the client's bytes go in through
 ``receive_client``, the server's messages through ``receive_backend``, and each test asserts
 the exact actions (and bytes) the session asks its driver to carry out.
 """
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from lambdapool.proto import Message, Parser
-from lambdapool.proto import messages as m
-from lambdapool.proxy.backend_state import BackendState
-from lambdapool.proxy.session import (
+from lambdapool.tools.proto import Message, Parser
+from lambdapool.tools.proto import messages as m
+from lambdapool.tools.proxy.backend_state import BackendState
+from lambdapool.tools.proxy.session import (
     BORROW,
     CANCEL_BORROW,
     CLOSE,
@@ -25,7 +25,7 @@ from lambdapool.proxy.session import (
     TO_CLIENT,
     Session,
 )
-from lambdapool.proxy.shared import SharedState
+from lambdapool.tools.proxy.shared import SharedState
 
 BASELINE = {"client_encoding": "UTF8", "server_encoding": "UTF8", "DateStyle": "ISO, MDY"}
 READY_I, READY_T, READY_E = m.ready_for_query("I"), m.ready_for_query("T"), m.ready_for_query("E")

@@ -13,10 +13,11 @@ import psycopg
 import pytest
 
 from lambdapool.errors import ConfigError
-from lambdapool.testing.pgbouncer import PgBouncer, PgBouncerNotFound, find_pgbouncer, sweep_orphans
-from lambdapool.testing.postgres import ExternalPostgres, PostgresServer
-from lambdapool.testing.pytest_plugin import missing
-from lambdapool.waiting import wait_for
+from lambdapool.tools.backend_count import count_on
+from lambdapool.tools.testing.pgbouncer import PgBouncer, PgBouncerNotFound, find_pgbouncer, sweep_orphans
+from lambdapool.tools.testing.postgres import ExternalPostgres, PostgresServer
+from lambdapool.tools.testing.pytest_plugin import missing
+from lambdapool.tools.waiting import wait_for
 
 PASSWORD = 'pa"ss word'
 
@@ -54,8 +55,11 @@ def test_transaction_pool_caps_server_backends(pgbouncer_bin, backend):
         threads = [threading.Thread(target=client) for _ in range(8)]
         for t in threads:
             t.start()
-        while any(t.is_alive() for t in threads):
-            peak = max(peak, backend.backends())
+        # (one counting connection for the whole look: a connection per count was itself seen
+        # once, still exiting, beside the pool's three)
+        with psycopg.connect(backend.dsn, autocommit=True) as counter:
+            while any(t.is_alive() for t in threads):
+                peak = max(peak, count_on(counter))
         for t in threads:
             t.join()
 
@@ -100,8 +104,8 @@ def test_runs_unprivileged_and_restarts_on_the_same_port(pgbouncer_bin, backend)
 def test_pgbouncer_dies_with_its_owner_and_the_sweep_removes_its_dir(pgbouncer_bin, backend):
     # GIVEN a process that starts a PgBouncer and dies without stopping it
     code = (
-        "import json, os, sys; from lambdapool.testing.pgbouncer import PgBouncer; "
-        "from lambdapool.testing.postgres import ExternalPostgres; "
+        "import json, os, sys; from lambdapool.tools.testing.pgbouncer import PgBouncer; "
+        "from lambdapool.tools.testing.postgres import ExternalPostgres; "
         "p = PgBouncer(ExternalPostgres(sys.argv[1])).start(); "
         "print(json.dumps([p.pid, str(p.base_dir)]), flush=True); os._exit(0)"
     )

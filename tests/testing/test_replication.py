@@ -15,11 +15,11 @@ import psycopg
 import pytest
 
 from lambdapool.errors import ConfigError
-from lambdapool.spawning import pid_alive
-from lambdapool.testing.postgres import PostgresNotFound, sweep_orphans
-from lambdapool.testing.pytest_plugin import missing
-from lambdapool.testing.replication import ReplicatedPostgres
-from lambdapool.waiting import wait_for
+from lambdapool.tools.spawning import pid_alive
+from lambdapool.tools.testing.postgres import PostgresNotFound, sweep_orphans
+from lambdapool.tools.testing.pytest_plugin import missing
+from lambdapool.tools.testing.replication import ReplicatedPostgres
+from lambdapool.tools.waiting import wait_for
 
 PASSWORD = "it's a \\ secret"
 
@@ -202,7 +202,7 @@ def test_stop_leaves_no_server_and_no_dir():
 def test_servers_die_with_their_owner_and_the_sweep_removes_their_dirs():
     # GIVEN a process that starts a cluster and dies without stopping it
     code = (
-        "import json, os; from lambdapool.testing.replication import ReplicatedPostgres; "
+        "import json, os; from lambdapool.tools.testing.replication import ReplicatedPostgres; "
         "c = ReplicatedPostgres(max_connections=10).start(); "
         "print(json.dumps([c.pids, [str(c.primary.base_dir), str(c.standby.base_dir)]]), flush=True); "
         "os._exit(0)"

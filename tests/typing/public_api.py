@@ -10,7 +10,7 @@ import psycopg
 
 import lambdapool
 from lambdapool import AuthError, ConfigError, ConnectionUnavailable, Database, LambdapoolError
-from lambdapool.runtime import Invocation
+from lambdapool._runtime import Invocation
 from lambdapool.stats import StatsDict
 
 sync_db = lambdapool.Database("postgresql://u@h/db", driver="psycopg", pooler="direct")

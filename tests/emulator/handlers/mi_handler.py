@@ -10,7 +10,7 @@ import os
 import signal
 
 import lambdapool
-from lambdapool.waiting import arrive_and_wait
+from lambdapool.tools.waiting import arrive_and_wait
 
 if os.environ.get("SHUTDOWN_MARKER"):
     # Installed before the Database, which chains it after closing its own connections.

@@ -19,7 +19,7 @@ import os
 import time
 
 import lambdapool
-from lambdapool.waiting import arrive_and_wait
+from lambdapool.tools.waiting import arrive_and_wait
 
 db = lambdapool.Database.from_env(driver="psycopg")
 
