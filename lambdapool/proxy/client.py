@@ -248,7 +248,6 @@ class Client(asyncio.Protocol):
         """The pool lends ``backend``."""
         if self._login_waiting:  # borrow_on_connect: the login needed a backend, and has one
             self._login_waiting = False
-            self.ctx.counters["borrows"] += 1
             # returned on the next turn of the loop: the pool may be handing backends out in a
             # loop of its own (which this would re-enter, once per waiting login)
             self.ctx.loop.call_soon(self.ctx.pool.release, backend)

@@ -32,7 +32,7 @@ from lambdapool.proto import NEED_DATA, CancelRequest, GSSENCRequest, Message, P
 from lambdapool.proto import messages as m
 from lambdapool.proto.encodings import python_codec
 from lambdapool.proxy import rds_errors as rds
-from lambdapool.proxy.admin import Console
+from lambdapool.proxy.admin import READY_IDLE, Console
 from lambdapool.proxy.auth import AuthFailed, verify_iam_token
 from lambdapool.proxy.config import ADMIN_DATABASES
 from lambdapool.proxy.rds_errors import PROXY
@@ -43,8 +43,6 @@ if TYPE_CHECKING:
     from lambdapool.proxy.auth import ScramExchange, ScramVerifier
     from lambdapool.proxy.config import ProxySettings
     from lambdapool.proxy.shared import SharedState
-
-READY_IDLE = m.ready_for_query("I")
 
 
 class Phase(Enum):
@@ -167,6 +165,7 @@ class ClientHandshake:
     def borrowed(self) -> list[HandshakeAction]:
         """``borrow_on_connect``: the login has its backend (the driver gives it back)."""
         self._require(Phase.BORROWING, "a backend was lent")
+        self.ctx.counters["borrows"] += 1
         return self._logged_in()
 
     def borrow_timed_out(self, timeout: float, cap: int, why: str | None) -> list[HandshakeAction]:

@@ -40,7 +40,7 @@ class FakeProxy:
     settings: ProxySettings
     shared: SharedState = field(default_factory=lambda: SharedState(BASELINE))
     counters: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(("auth_failures", "client_cap_refusals", "rate_refusals"), 0)
+        default_factory=lambda: dict.fromkeys(("auth_failures", "borrows", "client_cap_refusals", "rate_refusals"), 0)
     )
     scram: ScramVerifier | None = None
     iam_hosts: set[str] = field(default_factory=lambda: {"127.0.0.1", "localhost"})
@@ -269,10 +269,12 @@ def test_a_cancel_request_cancels_by_key_and_closes() -> None:
 
 
 def test_borrow_on_connect_waits_for_a_backend_then_logs_in() -> None:
-    login = handshake(proxy(borrow_on_connect=True))
+    ctx = proxy(borrow_on_connect=True)
+    login = handshake(ctx)
     assert feed(login, startup()) == [Borrow()]
     assert login.phase is Phase.BORROWING
     assert login.borrowed() == [Send(welcome()), LoggedIn({}, dict(BASELINE))]
+    assert ctx.counters["borrows"] == 1  # the login's borrow counts as one
 
 
 def test_borrow_on_connect_fails_with_the_borrow_timeout_or_the_reason() -> None:
