@@ -11,7 +11,7 @@ import pytest
 
 from lambdapool.proto import Message, Parser, ProtocolError
 from lambdapool.proto import messages as m
-from lambdapool.proxy.backend_state import BackendState
+from lambdapool.proxy.backend_state import SYNCED, BackendState, Expect
 from lambdapool.proxy.session import (
     BORROW,
     CANCEL_BORROW,
@@ -519,3 +519,22 @@ def test_a_borrow_ending_for_a_session_that_is_not_waiting_is_a_protocol_error()
     session.receive_backend(server(select_answer()))
     with pytest.raises(ProtocolError, match="the backend was lost while idle"):
         session.backend_lost(by_proxy=True)
+
+
+def test_the_proxys_own_queries_are_owed_through_the_backend_state() -> None:
+    backend = BackendState(dict(BASELINE))
+    backend.owe_hidden_query()  # a reset's ROLLBACK: nothing of its answer reaches anyone
+    out: list[bytes] = []
+    assert backend.relay(server(m.command_complete("ROLLBACK"), READY_I), out, None) & SYNCED
+    assert out == [] and not backend.owes
+    backend.owe_query()  # the proxy's own SHOW: its answer is collected
+    backend.relay(server(select_answer()), out, None)
+    assert b"".join(out) == select_answer()
+
+
+def test_answers_are_owed_as_typed_kinds() -> None:
+    session = new_session()
+    session.receive_client(m.parse("", "SELECT 1") + m.bind("", "") + m.execute() + m.sync())
+    backend, _ = attach(session)
+    assert [kind for kind, _ in backend.expect] == [Expect.PARSE, Expect.BIND, Expect.EXECUTE, Expect.SYNC]
+    assert all(isinstance(kind, Expect) for kind, _ in backend.expect)
