@@ -2,8 +2,9 @@
 
 The pool lends backends to *borrowers* (clients, in ``client.py``) and a backend relays what
 the server says to its *owner* (a client, or the server running a query of its own). Neither
-needs more of the other than this, so neither module imports the other. The drivers see the
-proxy (``ProxyServer``) only as a :class:`ClientContext` or :class:`BackendContext`.
+needs more of the other than this, so neither module imports the other. The drivers and the
+pool see the proxy (``ProxyServer``) only as a :class:`ClientContext`, :class:`BackendContext`
+or :class:`PoolContext`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from lambdapool.proto import Frame
     from lambdapool.proxy.backend import Backend
     from lambdapool.proxy.client import Client
+    from lambdapool.proxy.config import ProxySettings
     from lambdapool.proxy.pool import Pool
 
 
@@ -98,3 +100,25 @@ class ClientContext(LoginContext, Protocol):
 
     def cancel(self, pid: int, secret: int) -> None:
         """A CancelRequest for the client with this key (ignored unless it holds a backend)."""
+
+
+class PoolContext(Protocol):
+    """What the pool needs of the proxy: the loop, settings and counters, and opening backends."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def settings(self) -> ProxySettings: ...
+
+    @property
+    def counters(self) -> dict[str, int]: ...
+
+    async def connect_backend(self, *, refuse: bool = False) -> Backend:
+        """A logged-in backend on a server of the proxy's role."""
+
+    def server_unfit(self, backend: Backend) -> None:
+        """``backend``'s server is no longer of the proxy's role: look for another."""
+
+    def note_wait(self, seconds: float) -> None:
+        """A borrower waited this long for a backend (for the stats)."""

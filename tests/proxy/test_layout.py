@@ -199,8 +199,9 @@ def _every_import(tree: ast.AST) -> set[str]:
 
 
 def test_the_drivers_see_the_proxy_only_through_their_context() -> None:
-    # client.py and backend.py are typed against interfaces.ClientContext / BackendContext,
-    # not ProxyServer: not even for type checking do they import the server.
+    # client.py, backend.py and pool.py are typed against interfaces.ClientContext,
+    # BackendContext and PoolContext, not ProxyServer: not even for type checking do they
+    # import the server.
     modules = _modules()
-    for driver in ("lambdapool.proxy.client", "lambdapool.proxy.backend"):
+    for driver in ("lambdapool.proxy.client", "lambdapool.proxy.backend", "lambdapool.proxy.pool"):
         assert "lambdapool.proxy.server" not in _every_import(ast.parse(modules[driver].read_text())), driver
