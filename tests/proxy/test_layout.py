@@ -153,3 +153,55 @@ def test_importing_the_proxy_loads_no_test_helpers() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# The protocol logic (h11's shape): bytes in, actions out, no sockets, TLS or event loop.
+SANS_IO = [
+    "lambdapool.tools.proxy.session",
+    "lambdapool.tools.proxy.backend_state",
+    "lambdapool.tools.proxy.handshake",
+    "lambdapool.tools.proxy.backend_login",
+    "lambdapool.tools.proxy.shared",
+    "lambdapool.tools.proxy.admin",
+    "lambdapool.tools.proxy.auth",
+    "lambdapool.tools.proxy.interfaces",
+]
+IO_MODULES = {"asyncio", "socket", "ssl", "selectors"}
+
+
+def test_the_protocol_modules_import_no_io_at_any_depth() -> None:
+    modules, graph = _modules(), _graph()
+    offences = {}
+    for start in SANS_IO:
+        reached, todo = set(), [start]
+        while todo:
+            name = todo.pop()
+            if name not in reached:
+                reached.add(name)
+                todo += graph[name]
+        for name in sorted(reached):
+            path = modules[name]
+            raw = _imports(ast.parse(path.read_text()), name, path.stem == "__init__", set(modules))
+            if io := sorted(i for i in raw if i.split(".")[0] in IO_MODULES):
+                offences[f"{start} -> {name}"] = io
+    assert offences == {}
+
+
+def _every_import(tree: ast.AST) -> set[str]:
+    """Modules named by any import statement, TYPE_CHECKING ones included."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_the_drivers_see_the_proxy_only_through_their_context() -> None:
+    # client.py, backend.py and pool.py are typed against interfaces.ClientContext,
+    # BackendContext and PoolContext, not ProxyServer: not even for type checking do they
+    # import the server.
+    modules = _modules()
+    for driver in ("lambdapool.tools.proxy.client", "lambdapool.tools.proxy.backend", "lambdapool.tools.proxy.pool"):
+        assert "lambdapool.tools.proxy.server" not in _every_import(ast.parse(modules[driver].read_text())), driver

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from lambdapool.tools.proto import Message, Parser
+from lambdapool.tools.proto import Message, Parser, ProtocolError
 from lambdapool.tools.proto import messages as m
-from lambdapool.tools.proxy.backend_state import BackendState
+from lambdapool.tools.proxy.backend_state import SYNCED, BackendState, Expect
 from lambdapool.tools.proxy.session import (
     BORROW,
     CANCEL_BORROW,
@@ -24,6 +24,7 @@ from lambdapool.tools.proxy.session import (
     TO_BACKEND,
     TO_CLIENT,
     Session,
+    SessionState,
 )
 from lambdapool.tools.proxy.shared import SharedState
 
@@ -479,3 +480,61 @@ def test_big_statements_pin_and_are_not_kept_in_the_sql_cache() -> None:
     # pinned now: its next big statements go through without being read
     assert session.receive_client(big) == [(TO_BACKEND, big)]
     assert shared.sql_cache == {} and shared.pin_counts == {"statement_over_16kb": 1}
+
+
+# -- named states, and events in the wrong one ---------------------------------------------------
+def test_the_session_moves_through_its_named_states() -> None:
+    session = new_session()
+    assert session.state is SessionState.IDLE
+    session.receive_client(m.query("SELECT 1"))
+    assert session.state is SessionState.WAITING and session.waiting
+    attach(session)
+    assert session.state is SessionState.ATTACHED
+    session.receive_backend(server(select_answer()))
+    assert session.state is SessionState.IDLE
+    session.client_gone()
+    assert session.state is SessionState.CLOSED and session.closed
+
+
+def test_a_backend_lent_to_a_session_that_did_not_ask_is_a_protocol_error() -> None:
+    session = new_session()
+    with pytest.raises(ProtocolError, match="a backend was lent while idle"):
+        attach(session)
+
+
+def test_a_backend_speaking_to_a_detached_session_is_a_protocol_error() -> None:
+    session = new_session()
+    with pytest.raises(ProtocolError, match="a backend spoke while idle"):
+        session.receive_backend(server(READY_I))
+
+
+def test_a_borrow_ending_for_a_session_that_is_not_waiting_is_a_protocol_error() -> None:
+    session = new_session()
+    session.receive_client(m.query("SELECT 1"))
+    attach(session)
+    with pytest.raises(ProtocolError, match="a borrow timed out while attached"):
+        session.borrow_timed_out(busy=1, cap=1, waiting=0, timeout=1.0)
+    with pytest.raises(ProtocolError, match="a borrow failed while attached"):
+        session.borrow_failed("refused")
+    session.receive_backend(server(select_answer()))
+    with pytest.raises(ProtocolError, match="the backend was lost while idle"):
+        session.backend_lost(by_proxy=True)
+
+
+def test_the_proxys_own_queries_are_owed_through_the_backend_state() -> None:
+    backend = BackendState(dict(BASELINE))
+    backend.owe_hidden_query()  # a reset's ROLLBACK: nothing of its answer reaches anyone
+    out: list[bytes] = []
+    assert backend.relay(server(m.command_complete("ROLLBACK"), READY_I), out, None) & SYNCED
+    assert out == [] and not backend.owes
+    backend.owe_query()  # the proxy's own SHOW: its answer is collected
+    backend.relay(server(select_answer()), out, None)
+    assert b"".join(out) == select_answer()
+
+
+def test_answers_are_owed_as_typed_kinds() -> None:
+    session = new_session()
+    session.receive_client(m.parse("", "SELECT 1") + m.bind("", "") + m.execute() + m.sync())
+    backend, _ = attach(session)
+    assert [kind for kind, _ in backend.expect] == [Expect.PARSE, Expect.BIND, Expect.EXECUTE, Expect.SYNC]
+    assert all(isinstance(kind, Expect) for kind, _ in backend.expect)

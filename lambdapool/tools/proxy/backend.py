@@ -2,11 +2,13 @@
 
 Theory of operation
 -------------------
-After login the backend's state (what it owes, prepared statements, applied settings) is a
-:class:`~lambdapool.tools.proxy.backend_state.BackendState`, which does no I/O. While lent, the
+The login is a :class:`~lambdapool.tools.proxy.backend_login.BackendLogin` and, once in, the
+backend's state (what it owes, prepared statements, applied settings) a
+:class:`~lambdapool.tools.proxy.backend_state.BackendState`; neither does I/O. While lent, the
 messages the server sends go to the backend's *owner* (``interfaces.BackendOwner``: a client,
 whose session matches them against that state); with no owner (a reset after a client left)
-the backend matches them itself, and returns to the pool when the reset is answered.
+the backend matches them itself, and returns to the pool when the reset is answered. Of the
+proxy it sees only ``interfaces.BackendContext``.
 """
 
 from __future__ import annotations
@@ -15,17 +17,15 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from lambdapool.tools.proto import NEED_DATA, Parser, ProtocolError, SSLAnswer
+from lambdapool.tools.proto import Parser, ProtocolError
 from lambdapool.tools.proto import messages as m
-from lambdapool.tools.proxy.auth import md5_password
+from lambdapool.tools.proxy.backend_login import BackendLogin, Failed, LoginAction, Ready, Send, StartTls
 from lambdapool.tools.proxy.backend_state import SYNCED, BackendState
 
 if TYPE_CHECKING:
-    from scramp import ScramClient
-
     from lambdapool.tools.proxy.config import BackendTarget
-    from lambdapool.tools.proxy.interfaces import BackendOwner
-    from lambdapool.tools.proxy.server import ProxyServer
+    from lambdapool.tools.proxy.interfaces import BackendContext, BackendOwner
+    from lambdapool.tools.proxy.pool import Pool
 
 
 class BackendLoginError(Exception):
@@ -33,20 +33,20 @@ class BackendLoginError(Exception):
 
 
 class Backend(asyncio.Protocol):
-    def __init__(self, server: ProxyServer, target: BackendTarget, address: tuple[str, int]) -> None:
-        self.server = server
+    def __init__(self, ctx: BackendContext, target: BackendTarget, address: tuple[str, int]) -> None:
+        self.ctx = ctx
         self.target = target
         self.address = address  # the host of ``target`` it connected to
         self.parser = Parser(frontend=False)
+        self.login = BackendLogin(target, self.parser)
         self.transport: asyncio.Transport | None = None
-        self.ready: asyncio.Future[Backend] = server.loop.create_future()
+        self.ready: asyncio.Future[Backend] = ctx.loop.create_future()
         self.owner: BackendOwner | None = None
         self.state = BackendState()
         self.closed = False
         self.pid = self.secret = 0
         self.created = time.monotonic()
         self.idle_since = self.created
-        self._scram: ScramClient | None = None
         self.resetting = False
         self.close_reason: str | None = None  # why the proxy closed it, for its client's error
 
@@ -64,15 +64,26 @@ class Backend(asyncio.Protocol):
     # -- login -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        if self.target.tls:
-            self.parser.expect_ssl_answer()
-            transport.write(m.ssl_request())  # type: ignore[attr-defined]
-        else:
-            self._send_startup()
+        self._login(self.login.start())
 
-    def _send_startup(self) -> None:
-        assert self.transport is not None
-        self.transport.write(m.startup_message({"user": self.target.user, "database": self.target.database}))
+    def _login(self, actions: list[LoginAction]) -> None:
+        """Carry out what the login asked for, in order."""
+        for action in actions:
+            if isinstance(action, Send):
+                self.transport.write(action.data)  # type: ignore[union-attr]
+            elif isinstance(action, StartTls):
+                self.ctx.loop.create_task(self._start_tls())
+            elif isinstance(action, Failed):
+                self._login_failed(action.reason)
+            elif isinstance(action, Ready):
+                login = self.login
+                self.state.params.update(login.params)
+                self.state.status = login.status
+                self.pid, self.secret = login.pid, login.secret
+                if not self.ready.done():
+                    self.ready.set_result(self)
+            else:
+                raise AssertionError(f"unknown login action {action!r}")
 
     async def _start_tls(self) -> None:
         import ssl
@@ -81,80 +92,28 @@ class Backend(asyncio.Protocol):
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE  # sslmode=require semantics: encrypt, do not verify
         try:
-            self.transport = await self.server.loop.start_tls(self.transport, self, ctx)  # type: ignore[arg-type]
+            self.transport = await self.ctx.loop.start_tls(self.transport, self, ctx)  # type: ignore[arg-type]
         except (OSError, ConnectionError, ssl.SSLError) as exc:
             self._login_failed(f"TLS handshake with the server failed: {exc}")
             return
-        self._send_startup()
+        self._login(self.login.tls_started())
 
     def _login_failed(self, reason: str) -> None:
         if not self.ready.done():
             self.ready.set_exception(BackendLoginError(reason))
         self.close()
 
-    def _login_event(self, event: object) -> None:
-        if isinstance(event, SSLAnswer):
-            if event.accepted:
-                self.server.loop.create_task(self._start_tls())
-            else:
-                self._login_failed(f"the server refused TLS and the backend DSN says sslmode={self.target.sslmode}")
-            return
-        kind, body = event.type, event.body  # type: ignore[attr-defined]
-        if kind == "R":
-            self._auth(*m.read_auth(body))
-        elif kind == "S":
-            name, value = m.read_parameter_status(body)
-            self.state.params[name] = value
-        elif kind == "K":
-            self.pid, self.secret = m.read_backend_key(body)
-        elif kind == "E":
-            fields = m.read_error(body)
-            self._login_failed(f"{fields.get('C', '?')} {fields.get('M', '')}")
-        elif kind == "Z":
-            self.state.status = m.read_ready(body)
-            if not self.ready.done():
-                self.ready.set_result(self)
-
-    def _auth(self, code: int, data: bytes) -> None:
-        assert self.transport is not None
-        target, password = self.target, self.target.password
-        if code == m.AUTH_OK:
-            return
-        if password is None:
-            self._login_failed("the server asks for a password; put it in the backend DSN")
-            return
-        if code == m.AUTH_CLEARTEXT:
-            self.transport.write(m.password(password.encode()))
-        elif code == m.AUTH_MD5:
-            self.transport.write(m.password(md5_password(target.user, password, data[:4])))
-        elif code == m.AUTH_SASL:
-            from scramp import ScramClient
-
-            if "SCRAM-SHA-256" not in m.read_sasl_mechanisms(data):
-                self._login_failed(f"the server offers no SASL mechanism we speak: {m.read_sasl_mechanisms(data)}")
-                return
-            self._scram = ScramClient(["SCRAM-SHA-256"], target.user, password)
-            self.transport.write(m.sasl_initial_response("SCRAM-SHA-256", self._scram.get_client_first().encode()))
-        elif code == m.AUTH_SASL_CONTINUE and self._scram is not None:
-            self._scram.set_server_first(data.decode())
-            self.transport.write(m.sasl_response(self._scram.get_client_final().encode()))
-        elif code == m.AUTH_SASL_FINAL and self._scram is not None:
-            self._scram.set_server_final(data.decode())
-        else:
-            self._login_failed(f"unsupported authentication request {code} from the server")
-
     # -- relaying --------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        parser = self.parser
-        parser.receive_data(data)
         if not self.ready.done():
             try:
-                while not self.ready.done() and (event := parser.next_event()) is not NEED_DATA:
-                    self._login_event(event)
+                self._login(self.login.receive_data(data))
             except Exception as exc:
                 self._login_failed(f"login to the server failed: {exc}")
             if not self.ready.done() or self.closed:
                 return
+        else:
+            self.parser.receive_data(data)
         self._relay()
 
     def _relay(self) -> None:
@@ -172,40 +131,45 @@ class Backend(asyncio.Protocol):
             self.resetting = False
             self._reset_done()
 
+    def _pool(self) -> Pool:
+        pool = self.ctx.pool
+        if pool is None:  # a lent or reset backend came from the pool
+            raise RuntimeError("the proxy has no pool yet")
+        return pool
+
     # -- reset after a client ----------------------------------------------------------------
     def reset(self, *, discard: bool) -> None:
         """The client left: roll back and, after a pinned session, ``DISCARD ALL``; then return."""
         self.owner = None
         self.resume_reading()  # reading may be paused for a client who is gone (see Client.release)
         state = self.state
-        if state.expect or self.closed or not state.synced:
+        if state.owes or self.closed or not state.synced:
             # Answers still owed to a client who is gone, or requests sent that no Sync has
             # closed yet: what the server does next is unknown, so the backend is not reusable.
             self.close()
-            self.server.pool.forget(self)
+            self._pool().forget(self)
             return
         queries = []
         if state.status != "I":
             queries.append("ROLLBACK")
         if discard:
             queries.append("DISCARD ALL")
-            state.prepared.clear()
-            state.applied = {}
+            state.discarded()
         if not queries:
-            self.server.pool.release(self)
+            self._pool().release(self)
             return
-        self.server.counters["resets"] += 1
+        self.ctx.counters["resets"] += 1
         self.resetting = True
         for sql in queries:
-            state.expect.append(("hQ", None))
+            state.owe_hidden_query()
             self.transport.write(m.query(sql))  # type: ignore[union-attr]
 
     def _reset_done(self) -> None:
         if self.state.status != "I":
             self.close()
-            self.server.pool.forget(self)
+            self._pool().forget(self)
             return
-        self.server.pool.release(self)
+        self._pool().release(self)
 
     # -- flow control and teardown ---------------------------------------------------------
     def pause_writing(self) -> None:
@@ -244,8 +208,8 @@ class Backend(asyncio.Protocol):
                 BackendLoginError(f"the server closed the connection during login ({exc or 'EOF'})")
             )
             return
-        self.server.counters["backends_closed"] += 1
-        pool = self.server.pool
+        self.ctx.counters["backends_closed"] += 1
+        pool = self.ctx.pool
         if pool is None:
             return  # the proxy's first login failed: there is no pool yet, and start() says why
         pool.forget(self)

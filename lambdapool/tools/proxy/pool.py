@@ -42,12 +42,11 @@ from lambdapool.tools.proxy import roles
 
 if TYPE_CHECKING:
     from lambdapool.tools.proxy.backend import Backend
-    from lambdapool.tools.proxy.interfaces import Borrower
-    from lambdapool.tools.proxy.server import ProxyServer
+    from lambdapool.tools.proxy.interfaces import Borrower, PoolContext
 
 
 class Pool:
-    def __init__(self, server: ProxyServer, cap: int) -> None:
+    def __init__(self, server: PoolContext, cap: int) -> None:
         self.server = server
         self.cap = cap
         self.idle: deque[Backend] = deque()

@@ -289,7 +289,7 @@ class ProxyServer:
         """The first column of the first row of ``sql`` run on an idle ``backend``."""
         collector = _QueryCollector(self.loop, backend.state)
         backend.owner = collector
-        backend.state.expect.append(("Q", None))
+        backend.state.owe_query()
         backend.write(m.query(sql))
         try:
             data = await asyncio.wait_for(collector.done, self.settings.connect_timeout)
@@ -314,6 +314,17 @@ class ProxyServer:
     def client_gone(self, client: Client) -> None:
         self.clients.discard(client)
         self._by_pid.pop(client.pid, None)
+
+    # -- what a client's login checks (handshake.LoginContext) --------------------------------
+    @property
+    def tls_offered(self) -> bool:
+        return self.ssl_context is not None
+
+    def client_count(self) -> int:
+        return len(self.clients)
+
+    def take_connection(self) -> bool:
+        return self.rate is None or self.rate.take(self.loop.time())
 
     def note_wait(self, seconds: float) -> None:
         self.total_wait += seconds

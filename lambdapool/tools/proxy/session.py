@@ -13,6 +13,11 @@ order: :data:`TO_CLIENT` / :data:`TO_BACKEND` bytes, :data:`BORROW` a backend (o
 frame to send first, or empty to abort), pause or resume reading the client. Tuples of bytes
 rather than action objects: a relay makes a few per transaction.
 
+The session is in one of four :class:`SessionState` s: ``IDLE`` (holds nothing),
+``WAITING`` (asked for a backend), ``ATTACHED`` (one is lent), ``CLOSED``. An event the state
+does not accept (a backend lent to a session that did not ask, a backend speaking to a
+detached one) raises :class:`~lambdapool.tools.proto.ProtocolError`: the driver or pool is out of step.
+
 A client is *attached* to a backend only while it has a transaction going; between
 transactions it holds nothing. Messages that arrive while detached wait in ``pending`` until
 the pool lends a backend; a Sync, Flush or Close of a statement with nothing pending is
@@ -42,22 +47,21 @@ window it goes to another one. Anything written may have run, so is never sent t
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import TYPE_CHECKING, Final
 
 from lambdapool.tools.proto import Frame, Parser, ProtocolError
 from lambdapool.tools.proto import messages as m
 from lambdapool.tools.proto.encodings import canonical_name, python_codec
 from lambdapool.tools.proxy import rds_errors as rds
-from lambdapool.tools.proxy.backend_state import ENCODING, FAKE, FATAL, SYNCED
+from lambdapool.tools.proxy.backend_state import ENCODING, FAKE, FATAL, SYNCED, Expect
 from lambdapool.tools.proxy.pinning import MAX_UNPINNED_STATEMENT
 from lambdapool.tools.proxy.rds_errors import PROXY
 from lambdapool.tools.proxy.shared import NO_FACTS, SqlFacts
 from lambdapool.tools.proxy.startup_settings import apply_sql
 
 if TYPE_CHECKING:
-    from collections import deque
-
-    from lambdapool.tools.proxy.backend_state import BackendState, Expectation
+    from lambdapool.tools.proxy.backend_state import BackendState
     from lambdapool.tools.proxy.shared import SharedState
 
 # Action kinds; the payload is bytes (empty where there is nothing to carry).
@@ -80,6 +84,37 @@ CLOSE_COMPLETE: Final = m.close_complete()
 MAX_PENDING_MESSAGES = 10000
 
 
+class SessionState(Enum):
+    """Where a session is; the events each state accepts are listed with the transitions."""
+
+    IDLE = "idle"  # holds no backend and waits for none (between transactions)
+    WAITING = "waiting"  # asked the pool for a backend (BORROW): attached(), borrow_timed_out(), borrow_failed()
+    ATTACHED = "attached"  # a backend is lent (a transaction, or pinned): receive_backend(), backend_lost()
+    CLOSED = "closed"  # the client is gone: every event is ignored, or refused
+
+
+IDLE, WAITING, ATTACHED, CLOSED = SessionState  # module globals: read on the hot path
+
+# What the session owes a backend for each client message it forwards unchanged: built once
+# (the relay appends one per message; a new tuple each time, or an Enum's class attribute,
+# costs more than the rest of the bookkeeping).
+_OWE_PARSE, _OWE_BIND, _OWE_DESCRIBE_S, _OWE_DESCRIBE_P, _OWE_EXECUTE, _OWE_SYNC, _OWE_QUERY, _OWE_CLOSE, _OWE_CALL = (
+    (kind, None)
+    for kind in (
+        Expect.PARSE,
+        Expect.BIND,
+        Expect.DESCRIBE_STATEMENT,
+        Expect.DESCRIBE_PORTAL,
+        Expect.EXECUTE,
+        Expect.SYNC,
+        Expect.QUERY,
+        Expect.CLOSE,
+        Expect.FUNCTION_CALL,
+    )
+)
+_PARSE: Final = Expect.PARSE
+
+
 class Session:
     """The relay state of one logged-in client; see the module docstring."""
 
@@ -91,15 +126,14 @@ class Session:
         self.statements: dict[bytes, tuple[bytes, bytes]] = {}  # client name -> (proxy name, Parse body after the name)
         self.unnamed: bytes | None = None  # the last unnamed Parse's body after the name
         self.unnamed_ok = False  # the attached backend has it
-        self.backend: BackendState | None = None
+        self.state = IDLE
+        self.backend: BackendState | None = None  # lent to us: set exactly while ATTACHED
         self.pending: list[Frame] = []
-        self.waiting = False
         self.pinned: str | None = None  # the first reason
         self.pin_reasons: set[str] = set()
         self.skip_to_sync = False  # a borrow failed mid-batch: drop messages up to the client's Sync
         self.replay: list[Frame] | None = None
         self.server_fatal = False  # the server sent this client a FATAL (its session is ending)
-        self.closed = False
         # The session's client_encoding, followed from the startup packet and the server's
         # ParameterStatus: SQL is relayed as bytes and decoded with ``codec`` only to look for
         # pinning statements. ``encoding_key`` is the encoding's name when it is not the
@@ -109,8 +143,23 @@ class Session:
         self.told: dict[str, str] = {}  # the ParameterStatus values this client was sent at login
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else "attached" if self.backend else "waiting" if self.waiting else "idle"
-        return f"<Session {state} pinned={self.pinned} pending={len(self.pending)}>"
+        return f"<Session {self.state.value} pinned={self.pinned} pending={len(self.pending)}>"
+
+    @property
+    def waiting(self) -> bool:
+        return self.state is WAITING
+
+    @property
+    def closed(self) -> bool:
+        return self.state is CLOSED
+
+    def _require(self, state: SessionState, event: str) -> None:
+        """Refuse an event the session's state does not accept (a driver or pool out of step)."""
+        if self.state is not state:
+            raise self._wrong_state(event, state)
+
+    def _wrong_state(self, event: str, state: SessionState) -> ProtocolError:
+        return ProtocolError(f"session: {event} while {self.state.value} (only while {state.value})")
 
     # -- login -----------------------------------------------------------------------------
     def logged_in(self, settings: dict[str, str], reported: dict[str, str]) -> None:
@@ -130,13 +179,14 @@ class Session:
     @property
     def idle(self) -> bool:
         """Between transactions (or pinned): what idle_client_timeout may close."""
-        return not self.waiting and (self.backend is None or self.pinned is not None)
+        state = self.state
+        return state is IDLE or state is CLOSED or (state is ATTACHED and self.pinned is not None)
 
     # -- the client's side -----------------------------------------------------------------
     def receive_client(self, data: bytes = NOTHING) -> list[Action]:
         """Bytes from the client (and whatever its parser already held)."""
         actions: list[Action] = []
-        if self.closed:
+        if self.state is CLOSED:
             return actions
         if data:
             self.parser.receive_data(data)
@@ -173,10 +223,10 @@ class Session:
         except ProtocolError as exc:
             actions.append(_fatal("08P01", f"{PROXY}: invalid message from the client: {exc}"))
             return actions
-        borrow = bool(pending) and not self.waiting and self.backend is None
+        borrow = bool(pending) and self.state is IDLE
         if borrow:
-            self.waiting = True
-        if self.waiting and len(pending) > MAX_PENDING_MESSAGES:
+            self.state = WAITING
+        if self.state is WAITING and len(pending) > MAX_PENDING_MESSAGES:
             # a client streaming while it waits is held back, not buffered (before BORROW: the
             # pool may lend at once, and attached() resumes)
             actions.append((PAUSE_READING, NOTHING))
@@ -194,8 +244,10 @@ class Session:
     # -- the pool's side -------------------------------------------------------------------
     def attached(self, backend: BackendState) -> list[Action]:
         """The pool lends ``backend``: apply our settings, then send what waited."""
+        if self.state is not WAITING:  # inline: this runs once a transaction
+            raise self._wrong_state("a backend was lent", WAITING)
         actions: list[Action] = []
-        self.waiting = False
+        self.state = ATTACHED
         self.backend = backend
         self.unnamed_ok = False
         self.shared.counters["borrows"] += 1
@@ -218,18 +270,20 @@ class Session:
 
         ``why``: the pool was failing to open backends (the database away, no server of the role).
         """
+        self._require(WAITING, "a borrow timed out")
         code, _ = rds.BORROW_TIMEOUT
         hint = f"{busy} of {cap} backends were in use and {waiting} other clients waiting"
         return self._fail_pending(m.error_response(code, rds.borrow_timeout_message(timeout, cap, why), hint=hint))
 
     def borrow_failed(self, reason: str) -> list[Action]:
         """The pool could not open a backend for us (the database refused the login...)."""
+        self._require(WAITING, "a borrow failed")
         return self._fail_pending(m.error_response("08001", f"{PROXY}: could not open a database connection: {reason}"))
 
     def _fail_pending(self, error: bytes) -> list[Action]:
         """Answer every request that waited for a backend with ``error``, as the server would."""
         actions: list[Action] = []
-        self.waiting = False
+        self.state = IDLE
         pending, self.pending = self.pending, []
         if len(pending) > MAX_PENDING_MESSAGES:
             actions.append((RESUME_READING, NOTHING))
@@ -252,11 +306,10 @@ class Session:
     def client_gone(self) -> list[Action]:
         """The client's connection ended (or the driver closed it): give back what it held."""
         actions: list[Action] = []
-        if self.closed:
+        state, self.state = self.state, CLOSED
+        if state is CLOSED:
             return actions
-        self.closed = True
-        if self.waiting:
-            self.waiting = False
+        if state is WAITING:
             actions.append((CANCEL_BORROW, NOTHING))
         if self.backend is not None:
             self.backend = None
@@ -267,7 +320,8 @@ class Session:
     def receive_backend(self, msgs: list[Frame]) -> list[Action]:
         """Messages from the attached backend."""
         backend = self.backend
-        assert backend is not None, "a backend spoke to a session it is not attached to"
+        if backend is None:
+            raise ProtocolError(f"session: a backend spoke while {self.state.value} (only while attached)")
         self.replay = None  # the server has answered: no replaying elsewhere now
         out: list[bytes] = []
         flags = backend.relay(msgs, out, self.told)
@@ -278,6 +332,7 @@ class Session:
         actions: list[Action] = [(TO_CLIENT, b"".join(out))] if out else []
         if flags & SYNCED and backend.status == "I" and self.pinned is None:
             self.backend = None
+            self.state = IDLE
             self.shared.counters["transactions"] += 1
             actions.append((RELEASE, NOTHING))
         return actions
@@ -298,12 +353,16 @@ class Session:
         retries on a new connection, rather than 57P01 admin_shutdown, which would say an
         operator stopped the server. ``why``: the proxy's reason when it closed the backend.
         """
+        if self.state is CLOSED:
+            return []  # the client went first: its driver has nothing left to do
+        self._require(ATTACHED, "the backend was lost")
         self.backend = None
+        self.state = IDLE
         replay, self.replay = self.replay, None
-        if replay and not self.closed:
+        if replay:
             self.shared.counters["replayed"] += 1
             self.pending = replay + self.pending
-            self.waiting = True
+            self.state = WAITING
             return [(BORROW, NOTHING)]
         if self.server_fatal:  # the server's own FATAL already reached the client: just close
             return [(CLOSE, NOTHING)]
@@ -315,7 +374,7 @@ class Session:
     def _apply_settings(self, backend: BackendState, actions: list[Action]) -> None:
         sql = apply_sql(backend.applied, self.settings)
         backend.applied = dict(self.settings)
-        backend.expect.append(("hQ", None))
+        backend.owe_hidden_query()
         # The server reads this text in the backend's client_encoding as it is now (the
         # previous client's); values are nearly always ASCII, where every encoding agrees.
         codec = python_codec(backend.params.get("client_encoding", "UTF8"))
@@ -323,11 +382,12 @@ class Session:
 
     def _forward(self, msgs: list[Frame], actions: list[Action]) -> None:
         backend = self.backend
-        assert backend is not None
+        if backend is None:
+            raise ProtocolError(f"session: forwarding while {self.state.value} (only while attached)")
         replay = self.replay
         if replay is not None and replay is not msgs:
             replay.extend(msgs)
-        expect = backend.expect
+        owe = backend.owe  # bound once: the entries a batch is owed, one C call each
         statements = self.statements
         out: list[bytes] = []
         for kind, data in msgs:
@@ -340,11 +400,11 @@ class Session:
                         data = m.frame("B", portal + b"\0" + statement + b"\0" + data[params_at:])
                 else:
                     self._ensure_unnamed(backend, out)
-                expect.append(("B", None))
+                owe(_OWE_BIND)
             elif kind == "E":
-                expect.append(("E", None))
+                owe(_OWE_EXECUTE)
             elif kind == "S":
-                expect.append(("S", None))
+                owe(_OWE_SYNC)
             elif kind == "P":
                 name, rest, raw = m.read_parse_bytes(data, 5)
                 self._inspect(raw, backend)
@@ -352,15 +412,15 @@ class Session:
                     proxy_name = self.shared.statement_name(rest, self.encoding_key)
                     statements[name] = (proxy_name, rest)
                     if proxy_name in backend.prepared:
-                        self._fake("f1", expect, actions)
+                        self._fake(Expect.FAKE_PARSE, backend, actions)
                         continue
                     backend.prepared.add(proxy_name)
                     data = m.parse_raw(proxy_name, rest)
-                    expect.append(("P", proxy_name))
+                    owe((_PARSE, proxy_name))
                 else:
                     self.unnamed = rest
                     self.unnamed_ok = True
-                    expect.append(("P", None))
+                    owe(_OWE_PARSE)
             elif kind == "D":
                 target, name = m.read_target(data, 5)
                 if target == "S":
@@ -370,9 +430,9 @@ class Session:
                             data = m.frame("D", b"S" + self._ensure(entry, backend, out) + b"\0")
                     else:
                         self._ensure_unnamed(backend, out)
-                    expect.append(("DS", None))
+                    owe(_OWE_DESCRIBE_S)
                 else:
-                    expect.append(("DP", None))
+                    owe(_OWE_DESCRIBE_P)
             elif kind == "Q":
                 if self._inspect(m.read_query_bytes(data, 5), backend).deallocate_all:
                     # psycopg sends this after a rollback once it has prepared statements: it
@@ -380,22 +440,22 @@ class Session:
                     # psycopg/psycopg#1105)
                     statements.clear()
                 self.unnamed_ok = False
-                expect.append(("Q", None))
+                owe(_OWE_QUERY)
             elif kind == "C":
                 if self._close_statement(data):
-                    self._fake("f3", expect, actions)
+                    self._fake(Expect.FAKE_CLOSE, backend, actions)
                     continue
-                expect.append(("C", None))
+                owe(_OWE_CLOSE)
             elif kind == "F":
-                expect.append(("F", None))
+                owe(_OWE_CALL)
             out.append(data)
         if out:
             actions.append((TO_BACKEND, b"".join(out)))
 
-    def _fake(self, kind: str, expect: deque[Expectation], actions: list[Action]) -> None:
+    def _fake(self, kind: Expect, backend: BackendState, actions: list[Action]) -> None:
         """Answer a request ourselves, in order: now if nothing is owed, else when its turn comes."""
-        if expect:
-            expect.append((kind, None))
+        if backend.owes:
+            backend.owe((kind, None))
         else:
             self.replay = None  # the client has an answer: this attachment cannot be replayed
             actions.append((TO_CLIENT, FAKE[kind]))
@@ -405,14 +465,14 @@ class Session:
         if proxy_name not in backend.prepared:
             backend.prepared.add(proxy_name)
             out.append(m.parse_raw(proxy_name, rest))
-            backend.expect.append(("hP", proxy_name))
+            backend.owe((Expect.HIDDEN_PARSE, proxy_name))
             self.shared.counters["reprepared"] += 1
         return proxy_name
 
     def _ensure_unnamed(self, backend: BackendState, out: list[bytes]) -> None:
         if not self.unnamed_ok and self.unnamed is not None:
             out.append(m.parse_raw(b"", self.unnamed))
-            backend.expect.append(("hP", None))
+            backend.owe((Expect.HIDDEN_PARSE, None))
             self.unnamed_ok = True
 
     def _inspect(self, raw: bytes, backend: BackendState) -> SqlFacts:
