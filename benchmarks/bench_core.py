@@ -42,7 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import lambdapool
 from lambdapool.testing import PostgresServer
@@ -377,7 +377,10 @@ def main() -> int:
     def versus(samples: dict[str, list[float]]) -> str:
         parts = []
         for d in drivers:
-            ours, base = med(samples, f"{d}: lambdapool warm invocation, on A"), med(samples, f"{d}: hand-held, connection A")
+            ours, base = (
+                med(samples, f"{d}: lambdapool warm invocation, on A"),
+                med(samples, f"{d}: hand-held, connection A"),
+            )
             parts.append(f"{d} {ours / base - 1:+.1%} ({ours - base:+.1f} us on {base:.0f} us)")
         return ", ".join(parts)
 
@@ -389,8 +392,12 @@ def main() -> int:
     print("two hand-held connections, B against A (server placement, not code): " + ", ".join(
         f"{d} {med(warm, f'{d}: hand-held, connection B') / med(warm, f'{d}: hand-held, connection A') - 1:+.1%}"
         for d in drivers))  # fmt: skip
-    sa_ours = med(warm, "sqlalchemy: lambdapool engine warm invocation, on A") / med(warm, "sqlalchemy: hand-held, connection A")
-    sa_theirs = med(warm, "sqlalchemy: module-global QueuePool engine, on B") / med(warm, "sqlalchemy: hand-held, connection B")
+    sa_ours = med(warm, "sqlalchemy: lambdapool engine warm invocation, on A") / med(
+        warm, "sqlalchemy: hand-held, connection A"
+    )
+    sa_theirs = med(warm, "sqlalchemy: module-global QueuePool engine, on B") / med(
+        warm, "sqlalchemy: hand-held, connection B"
+    )
     print(f"sqlalchemy ORM query: lambdapool engine warm invocation against a module-global QueuePool engine, "
           f"each over its own connection's hand-held round trip: {sa_ours / sa_theirs:.2f}x (target: at most 1.10x; "
           f"raw medians {med(warm, 'sqlalchemy: lambdapool engine warm invocation, on A'):.0f} us against "

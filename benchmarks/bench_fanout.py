@@ -21,8 +21,7 @@ import argparse
 import sys
 
 from lambdapool.tools.cli.emulate import ProgressLine, summary_table
-from lambdapool.tools.emulator import fanout
-from lambdapool.tools.emulator import Report
+from lambdapool.tools.emulator import Report, fanout
 
 SCENARIOS = ("direct", "local", "pgbouncer")
 

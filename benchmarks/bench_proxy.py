@@ -71,8 +71,10 @@ def latency_script(directory: str, latency_ms: float) -> str | None:
         return None
     path = os.path.join(directory, f"select_{latency_ms:g}ms.sql")
     with open(path, "w") as f:
-        f.write("\\set aid random(1, 100000 * :scale)\n"
-                f"SELECT abalance FROM pgbench_accounts, pg_sleep({latency_ms / 1000:g}) WHERE aid = :aid;\n")  # fmt: skip
+        f.write(
+            "\\set aid random(1, 100000 * :scale)\n"
+            f"SELECT abalance FROM pgbench_accounts, pg_sleep({latency_ms / 1000:g}) WHERE aid = :aid;\n"
+        )
     return path
 
 
@@ -91,7 +93,10 @@ def main() -> int:
     clients = [int(c) for c in args.clients.split(",")]
     latencies = [float(x) for x in args.latency_ms.split(",")]
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, PostgresServer(max_connections=max(clients) + 20, password=PASSWORD) as pg:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        PostgresServer(max_connections=max(clients) + 20, password=PASSWORD) as pg,
+    ):
         init = subprocess.run([pgbench, "-i", "-s", "1", "-q", pg.dsn], capture_output=True, text=True)
         if init.returncode != 0:
             raise RuntimeError(init.stderr)

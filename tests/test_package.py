@@ -29,7 +29,9 @@ def test_import_pulls_in_no_driver_and_no_aws_sdk():
 
 
 def _modules_loaded_by(statement: str, prefix: str) -> list[str]:
-    code = f"import sys, json; {statement}; print(json.dumps(sorted(m for m in sys.modules if m.startswith({prefix!r}))))"
+    code = (
+        f"import sys, json; {statement}; print(json.dumps(sorted(m for m in sys.modules if m.startswith({prefix!r}))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
@@ -102,7 +104,9 @@ def test_the_pytest_plugin_is_opt_in(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
     python = str(venv / "bin" / "python")
     (wheel,) = wheels.glob("lambdapool-*.whl")
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, capture_output=True, timeout=300
+    )
     project = tmp_path / "project"
     project.mkdir()
     (project / "test_app.py").write_text("def test_app():\n    pass\n")

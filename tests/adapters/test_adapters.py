@@ -144,10 +144,9 @@ def workload(db: lambdapool.Database):
 
         @db.lambda_handler
         async def handler(event, context):
-            async with db.connection() as conn:
-                async with conn.transaction():
-                    for i in range(8):
-                        await conn.fetchval("SELECT $1::int + 1", i)
+            async with db.connection() as conn, conn.transaction():
+                for i in range(8):
+                    await conn.fetchval("SELECT $1::int + 1", i)
 
     return handler
 
@@ -266,7 +265,9 @@ def install_acme_pooler(tmp_path, body: str) -> dict[str, str]:
 
 
 def test_a_third_party_adapter_is_found_through_its_entry_point(tmp_path):
-    env = install_acme_pooler(tmp_path, """
+    env = install_acme_pooler(
+        tmp_path,
+        """
         from lambdapool.adapters.base import Adapter
 
         class AcmeAdapter(Adapter):
@@ -274,7 +275,8 @@ def test_a_third_party_adapter_is_found_through_its_entry_point(tmp_path):
 
             def describe(self):
                 return {"pooler": "acme", "made_by": "a third party"}
-    """)
+    """,
+    )
     code = (
         "import lambdapool; db = lambdapool.Database('postgresql://u@h/db', pooler='acme');"
         "print(db.adapter.describe()['made_by'], 'acme' in __import__('lambdapool.adapters').adapters.available())"
@@ -291,7 +293,8 @@ def test_the_example_adapter_in_adapters_example_works_as_installed(tmp_path):
     assert declared == "acme_pooler:AcmeAdapter"
     env = install_acme_pooler(tmp_path, (example / "acme_pooler.py").read_text())
     code = (
-        "import lambdapool, json; db = lambdapool.Database.from_env(dsn='postgresql://u@h/db', pooler='acme', driver='asyncpg');"
+        "import lambdapool, json; "
+        "db = lambdapool.Database.from_env(dsn='postgresql://u@h/db', pooler='acme', driver='asyncpg');"
         "print(json.dumps([db.adapter.describe()['statement_cache'], db.adapter.driver_options()]))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -307,7 +310,9 @@ def test_the_example_adapter_in_adapters_example_works_as_installed(tmp_path):
 def test_a_third_party_keep_warm_is_asked_after_every_invocation(pg, tmp_path, driver):
     # The warm path skips keep_warm when the adapter cannot close (Adapter.may_close); a plugin
     # that has its own keep_warm must still be asked every time.
-    env = install_acme_pooler(tmp_path, """
+    env = install_acme_pooler(
+        tmp_path,
+        """
         from lambdapool.adapters.base import Adapter
 
         class AcmeAdapter(Adapter):
@@ -320,11 +325,13 @@ def test_a_third_party_keep_warm_is_asked_after_every_invocation(pg, tmp_path, d
 
             async def akeep_warm(self, driver, conn, refused):
                 return self.keep_warm(driver, conn, refused)
-    """)
+    """,
+    )
     handler = (
         "def handler(event, context):\n    with db.connection() as conn: conn.execute('SELECT 1')\n"
         if driver == "psycopg"
-        else "async def handler(event, context):\n    async with db.connection() as conn: await conn.execute('SELECT 1')\n"
+        else "async def handler(event, context):\n"
+        "    async with db.connection() as conn: await conn.execute('SELECT 1')\n"
     )
     code = (
         f"import lambdapool, acme_pooler\ndb = lambdapool.Database({pg.dsn!r}, driver={driver!r}, pooler='acme')\n"

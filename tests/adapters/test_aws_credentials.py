@@ -83,9 +83,7 @@ def make_proxy(name: str, engine_family: str = "POSTGRESQL", endpoint_url: str |
     """Create an RDS Proxy (moto wants real subnets first); returns the endpoint moto gave it."""
     ec2 = aws.client("ec2", REGION, endpoint_url)
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-    subnets = [
-        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24")["Subnet"]["SubnetId"] for i in (1, 2)
-    ]
+    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24")["Subnet"]["SubnetId"] for i in (1, 2)]
     proxy = aws.client("rds", REGION, endpoint_url).create_db_proxy(
         DBProxyName=name,
         EngineFamily=engine_family,
@@ -200,7 +198,7 @@ def test_iam_tokens_pass_an_independent_sigv4_check(aws_env: None) -> None:
     sync_token = provider.get().password
     provider.invalidate()
     async_token = asyncio.run(provider.aget()).password
-    check = dict(hosts={"proxy.example"}, port=5432, user="app", region=REGION)
+    check = {"hosts": {"proxy.example"}, "port": 5432, "user": "app", "region": REGION}
     for token in (sync_token, async_token):
         verify_iam_token(token, credentials={"testing": "testing"}, **check)
         with pytest.raises(AuthFailed, match="signature does not match"):

@@ -31,6 +31,7 @@ def burst(pg, *, guard: bool, deadline_ms: int) -> tuple[list[object], int, list
                                handle_sigterm=False) for _ in range(INSTANCES)]  # fmt: skip
     results: list[object] = []
     lock = threading.Lock()
+
     def instance(db: lambdapool.Database) -> None:
         @db.lambda_handler
         def handler(event, context):

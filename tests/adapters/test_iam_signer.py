@@ -118,7 +118,9 @@ def test_session_token_from_the_environment_is_signed_in(env_keys: None, monkeyp
     check(token, "proxy.example", 5432, "app")
 
 
-def test_half_a_key_pair_in_the_environment_names_the_missing_variable(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_half_a_key_pair_in_the_environment_names_the_missing_variable(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", AKID)
     with pytest.raises(AuthError, match="AWS_SECRET_ACCESS_KEY is not set"):
         IamAuthToken("db", 5432, "app").get()
@@ -143,7 +145,7 @@ class ContainerEndpoint:
         endpoint = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 endpoint.requests += 1
                 endpoint.seen_auth.append(self.headers.get("Authorization"))
                 if self.path != "/creds":
@@ -329,8 +331,13 @@ print(sdks())
 
 
 def run_fresh(code: str, env: dict[str, str]) -> list[str]:
-    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "AWS_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_CONFIG_FILE": "/nonexistent/config", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials"}  # fmt: skip
+    base = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "AWS_REGION": REGION,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": "/nonexistent/config",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
+    }
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           timeout=60, env={**base, **env}, cwd=ROOT)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]

@@ -36,7 +36,9 @@ def test_a_misspelt_variable_is_reported_with_the_closest_setting(monkeypatch):
     monkeypatch.setenv("LAMBDAPOOL_DSN", "postgresql://u@h/db")
     monkeypatch.setenv("LAMBDAPOOL_MAX_PER_INSTNACE", "2")
     monkeypatch.setenv("LAMBDAPOOL_TEST_DSN", "postgresql://u@h/db")  # the test tools' own: not reported
-    with pytest.warns(UnknownSettingWarning, match="LAMBDAPOOL_MAX_PER_INSTNACE .*did you mean LAMBDAPOOL_MAX_PER_INSTANCE"):
+    with pytest.warns(
+        UnknownSettingWarning, match="LAMBDAPOOL_MAX_PER_INSTNACE .*did you mean LAMBDAPOOL_MAX_PER_INSTANCE"
+    ):
         db = lambdapool.Database.from_env()
     assert db.settings.max_per_instance == 4
 

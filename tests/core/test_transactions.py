@@ -44,9 +44,7 @@ def test_psycopg_block_commits_on_clean_exit_and_rolls_back_on_error(pg_server, 
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
-def test_handler_raising_inside_a_transaction_commits_nothing_and_next_starts_idle(
-    pg_server, make_db, table, driver
-):
+def test_handler_raising_inside_a_transaction_commits_nothing_and_next_starts_idle(pg_server, make_db, table, driver):
     db = make_db(pg_server.dsn, driver=driver)
     if driver == "psycopg":
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lambdapool.tools.emulator import CloudFunctionFleet, LambdaFleet
 from lambdapool.testing import wait_for
+from lambdapool.tools.emulator import CloudFunctionFleet, LambdaFleet
 from lambdapool.tools.testing.pytest_plugin import missing
 
 HANDLERS = Path(__file__).parent / "handlers"

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support import need_cli_parts
 
-HANDLER = '''
+HANDLER = """
 import lambdapool
 
 db = lambdapool.Database.from_env(driver="psycopg")
@@ -31,7 +31,7 @@ def handler(event, context):
         (count,) = conn.execute("SELECT count(*) FROM visits").fetchone()
         (schema,) = conn.execute("SELECT current_schema()").fetchone()
     return {"visits": count, "schema": schema}
-'''
+"""
 
 SETUP = """
 CREATE TABLE public.colors (n int PRIMARY KEY, color text NOT NULL);
@@ -49,8 +49,24 @@ def project(tmp_path: Path) -> Path:
 
 
 def emulate(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "lambdapool", "emulate", f"{project / 'app.py'}:handler", "--pooler", "direct",
-           "--max-concurrency", "3", "--concurrency", "6", "--invocations", "18", "--max-connections", "20", *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "lambdapool",
+        "emulate",
+        f"{project / 'app.py'}:handler",
+        "--pooler",
+        "direct",
+        "--max-concurrency",
+        "3",
+        "--concurrency",
+        "6",
+        "--invocations",
+        "18",
+        "--max-connections",
+        "20",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=project,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
 

@@ -46,8 +46,9 @@ def test_forked_environment_init_error_and_sigterm(lambda_fleet, tmp_path, monke
 
     marker = tmp_path / "bye.txt"
     marker.touch()
-    fleet = lambda_fleet(fork_server=True, shutdown_extension=True, env={"SHUTDOWN_MARKER": str(marker)},
-                         shutdown_grace=3.0)  # as its twin in test_lambda_fleet.py: a loaded host is slow to exit
+    fleet = lambda_fleet(
+        fork_server=True, shutdown_extension=True, env={"SHUTDOWN_MARKER": str(marker)}, shutdown_grace=3.0
+    )  # as its twin in test_lambda_fleet.py: a loaded host is slow to exit
     pid = fleet.invoke({"env": True}).payload["pid"]
     assert "LAMBDAPOOL_TEST_SENTINEL" not in fleet.results[0].payload["env"]
     fleet.freeze_all()

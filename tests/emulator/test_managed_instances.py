@@ -3,7 +3,6 @@ invocations in flight per environment, packing, no freezing, scale-in by SIGTERM
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,6 @@ import pytest
 from lambdapool.errors import ConfigError
 from lambdapool.tools.emulator import LambdaFleet
 from lambdapool.tools.emulator.processes import group_members, proc_state
-
 
 
 @pytest.fixture
@@ -75,9 +73,7 @@ def test_two_environments_of_four_worker_processes_serve_an_eight_way_burst(
     assert fleet.environments == []
 
 
-def test_invocations_pack_onto_environments_before_another_starts_and_throttle_beyond(
-    lambda_fleet, mi_env, tmp_path
-):
+def test_invocations_pack_onto_environments_before_another_starts_and_throttle_beyond(lambda_fleet, mi_env, tmp_path):
     barrier = tmp_path / "barrier"
     barrier.mkdir()
     # reserved concurrency 6 over environments of 4: 2 environments at most, 6 in flight at most

@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 
 from lambdapool.testing import wait_for
-from lambdapool.tools.testing.process import stop_process
 from lambdapool.tools.emulator import BackendSampler, InvocationResult, LambdaFleet, LightFleet, module_factory
+from lambdapool.tools.testing.process import stop_process
 
 HANDLERS = Path(__file__).parent / "handlers"
 HANDLER = "fanout_handler.handler"
@@ -123,10 +123,10 @@ class BurstResult:
     def figures(self) -> str:
         """One line for the log (``pytest -s``): what docs/fanout_suites.md quotes."""
         s, bad = self.sampler, self.failed()
+        processes, light = self.process_counters.get("peak_instances", 0), self.light_counters.get("peak_instances", 0)
         out = (f"{len(self.results)} invocations in {self.seconds:.1f}s, {len(bad)} failed "
-               f"{dict(Counter(r.error_type for r in bad))}; instances {self.process_counters.get('peak_instances', 0)} "
-               f"processes + {self.light_counters.get('peak_instances', 0)} light; server backends peak "
-               f"{s.peak if s else '?'} sampled at {s.rate_hz if s else 0:.0f} Hz")  # fmt: skip
+               f"{dict(Counter(r.error_type for r in bad))}; instances {processes} processes + {light} light; "
+               f"server backends peak {s.peak if s else '?'} sampled at {s.rate_hz if s else 0:.0f} Hz")  # fmt: skip
         if self.fault is not None:
             out += f"; fault window {1000 * (self.fault.end - self.fault.start):.0f} ms"
         return out
@@ -166,7 +166,9 @@ def proxy_process(backend: str, max_backends: int) -> Iterator[tuple[str, Callab
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True)
 
         def stats() -> dict[str, Any]:
-            with psycopg.connect(admin, autocommit=True, cursor_factory=psycopg.ClientCursor, connect_timeout=5) as conn:
+            with psycopg.connect(
+                admin, autocommit=True, cursor_factory=psycopg.ClientCursor, connect_timeout=5
+            ) as conn:
                 cur = conn.execute("SHOW STATS")
                 return dict(zip([c.name for c in cur.description], cur.fetchone()))
 
@@ -239,7 +241,7 @@ def burst(
     def run(name: str, fleet: Any, evs: list[dict]) -> None:
         try:
             setattr(out, name, fleet.burst(evs, concurrency=fleet.reserved_concurrency))
-        except BaseException as exc:  # noqa: BLE001 - reported in the test's thread
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=("processes", pf, process_events))]
@@ -298,10 +300,10 @@ def refused_attempts(pg: Any) -> int:
 def check_runs(pg: Any, results: Sequence[InvocationResult]) -> dict[str, int]:
     """No statement ran twice, no row committed twice, every successful invocation's row is
     there and nothing committed that no invocation asked for."""
-    rows = Counter(dict(
-        (rid, int(n)) for rid, n in (line.split("|") for line in pg.psql(
+    rows = Counter({
+        rid: int(n) for rid, n in (line.split("|") for line in pg.psql(
             "SELECT request_id, count(*) FROM fanout_runs GROUP BY 1").splitlines() if line)
-    ))  # fmt: skip
+    })  # fmt: skip
     attempts = attempts_logged(pg)
     ours = {r.request_id for r in results}
     twice = {rid: n for rid, n in attempts.items() if n > 1}

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lambdapool.tools.cli import main
 from lambdapool.testing import free_port
+from lambdapool.tools.cli import main
 from tests.support import need_cli_parts
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lambda_psycopg" / "handler.py"
@@ -78,8 +78,26 @@ def test_demo_shows_the_three_runs_side_by_side_and_says_what_each_is(tmp_path, 
 def test_emulate_runs_the_example_handler_through_two_poolers_side_by_side(tmp_path, capsys, parts):
     parts()
     chart, figures = tmp_path / "fanout.png", tmp_path / "fanout.json"
-    code = main(["emulate", f"{EXAMPLE}:handler", "--pooler", "direct", "--pooler", "local", "--concurrency", "8",
-                 "--invocations", "40", "--max-connections", "20", "--chart", str(chart), "--json", str(figures)])  # fmt: skip
+    code = main(
+        [
+            "emulate",
+            f"{EXAMPLE}:handler",
+            "--pooler",
+            "direct",
+            "--pooler",
+            "local",
+            "--concurrency",
+            "8",
+            "--invocations",
+            "40",
+            "--max-connections",
+            "20",
+            "--chart",
+            str(chart),
+            "--json",
+            str(figures),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     doc = json.loads(figures.read_text())["scenarios"]
@@ -106,8 +124,26 @@ def test_emulate_through_pgbouncer_and_the_rds_proxy_path_with_light_instances(t
     parts(pgbouncer=True, moto=True)
     # rds-proxy: found by name in moto's server, IAM tokens, TLS, then the local proxy's cap
     figures = tmp_path / "fanout.json"
-    code = main(["emulate", f"{EXAMPLE}:handler", "--pooler", "pgbouncer,rds-proxy", "--concurrency", "4",
-                 "--invocations", "12", "--light", "4", "--cap", "3", "--timeout", "60", "--json", str(figures)])  # fmt: skip
+    code = main(
+        [
+            "emulate",
+            f"{EXAMPLE}:handler",
+            "--pooler",
+            "pgbouncer,rds-proxy",
+            "--concurrency",
+            "4",
+            "--invocations",
+            "12",
+            "--light",
+            "4",
+            "--cap",
+            "3",
+            "--timeout",
+            "60",
+            "--json",
+            str(figures),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0, err
     doc = json.loads(figures.read_text())["scenarios"]
@@ -144,9 +180,15 @@ def test_emulate_against_a_running_database_counts_the_roles_own_limit(pg_factor
     [
         (["no/such/app.py:handler"], "no such file 'no/such/app.py'"),
         ([f"{EXAMPLE}:nope"], "defines no top-level 'nope'"),
-        ([f"{EXAMPLE}"], f"name the function too (expected path/to/app.py:handler or Lambda's app.handler); "
-                         f"did you mean {EXAMPLE}:handler?"),  # fmt: skip
-        ([f"{EXAMPLE}:handler", "--pooler", "pgpool"], "--pooler 'pgpool': not one of direct, local, pgbouncer, rds-proxy"),
+        (
+            [f"{EXAMPLE}"],
+            f"name the function too (expected path/to/app.py:handler or Lambda's app.handler); "
+            f"did you mean {EXAMPLE}:handler?",
+        ),
+        (
+            [f"{EXAMPLE}:handler", "--pooler", "pgpool"],
+            "--pooler 'pgpool': not one of direct, local, pgbouncer, rds-proxy",
+        ),
         ([f"{EXAMPLE}:handler", "--pooler", "local,local"], "each pooler once"),
         ([f"{EXAMPLE}:handler", "--concurrency", "0"], "--concurrency 0: must be at least 1"),
         ([f"{EXAMPLE}:handler", "--event", "[1]"], "--event: expected a JSON object"),

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from lambdapool.tools.emulator import InvocationResult
 from lambdapool.testing import wait_for
+from lambdapool.tools.emulator import InvocationResult
 from lambdapool.tools.testing.replication import ReplicatedPostgres
 from tests.fanout.conftest import (
     CONNECTION_LOST,

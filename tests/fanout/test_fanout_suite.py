@@ -50,8 +50,14 @@ def fan_out(pg, env: dict, *, processes: int = PROCESSES, light: int = LIGHT, pr
     env = {"LAMBDAPOOL_ACQUIRE_TIMEOUT": "50", "LAMBDAPOOL_CONNECT_TIMEOUT": "20", **env}
     lf = LightFleetProcess(env, light) if light else None
     with fleets(env, processes=processes, light=0, **extra) as (pf, _):
-        return burst(pf, lf, events(processes, pause=PAUSE, hold=HOLD) + events(processes, hold=HOLD),
-                     events(light, pause=PAUSE, hold=HOLD) + events(light, hold=HOLD), sampler_dsn=pg.dsn, **kw)  # fmt: skip
+        return burst(
+            pf,
+            lf,
+            events(processes, pause=PAUSE, hold=HOLD) + events(processes, hold=HOLD),
+            events(light, pause=PAUSE, hold=HOLD) + events(light, hold=HOLD),
+            sampler_dsn=pg.dsn,
+            **kw,
+        )
 
 
 def assert_wide(result: BurstResult, processes: int = PROCESSES, light: int = LIGHT) -> None:
@@ -95,8 +101,9 @@ def test_direct_without_the_guard_overruns_the_server(fanout_pg):
     refusals = ("too many clients", "remaining connection slots are reserved")
     assert any(why in r.error_message for r in failed for why in refusals), result.describe_failures()
     reasons = (*refusals, "timeout expired", "no time left before the deadline")
-    assert all(any(why in r.error_message for why in reasons) for r in failed), \
-        [r.error_message for r in failed if not any(why in r.error_message for why in reasons)][:3]
+    assert all(any(why in r.error_message for why in reasons) for r in failed), [
+        r.error_message for r in failed if not any(why in r.error_message for why in reasons)
+    ][:3]
     check_runs(fanout_pg, result.results)
 
 
@@ -105,7 +112,9 @@ def test_local_proxy_caps_backends_at_20(fanout_pg):
         admin = PgBouncerSampler(dsn.rsplit("/", 1)[0] + "/lambdapool")
         with admin:
             result = fan_out(fanout_pg, {"LAMBDAPOOL_DSN": dsn, "LAMBDAPOOL_POOLER": "local"})
-        stats = {k: int(v) for k, v in proxy_stats().items() if k in ("peak_backends", "peak_clients", "borrow_timeouts")}
+        stats = {
+            k: int(v) for k, v in proxy_stats().items() if k in ("peak_backends", "peak_clients", "borrow_timeouts")
+        }
     assert_all_served(fanout_pg, result)
     assert_wide(result)
     assert_sampled(result)

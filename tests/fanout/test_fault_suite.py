@@ -64,8 +64,15 @@ def assert_no_avoidable_failure(result: BurstResult) -> None:
     avoidable = failures_outside(result)
     fault = result.fault
     assert fault is not None
-    seen = [(r.error_type, r.error_message, f"started {r.started_at - fault.start:+.3f}s ended {r.ended_at - fault.start:+.3f}s "
-             f"after the fault began (its window closed at {fault.end - fault.start:+.3f}s)") for r in avoidable[:3]]  # fmt: skip
+    seen = [
+        (
+            r.error_type,
+            r.error_message,
+            f"started {r.started_at - fault.start:+.3f}s ended {r.ended_at - fault.start:+.3f}s "
+            f"after the fault began (its window closed at {fault.end - fault.start:+.3f}s)",
+        )
+        for r in avoidable[:3]
+    ]
     assert not avoidable, f"{len(avoidable)} avoidable: {seen}"
 
 
@@ -73,8 +80,10 @@ def assert_no_avoidable_failure(result: BurstResult) -> None:
 
 
 def test_frozen_past_the_proxys_idle_client_timeout(fanout_pg):
-    with LocalProxy(backend=app_dsn(fanout_pg), max_backends=5, idle_client_timeout=1.0) as proxy, \
-            fleets({"LAMBDAPOOL_DSN": proxy.dsn, "LAMBDAPOOL_POOLER": "local"}, processes=4, light=0) as (pf, _):  # fmt: skip
+    with (
+        LocalProxy(backend=app_dsn(fanout_pg), max_backends=5, idle_client_timeout=1.0) as proxy,
+        fleets({"LAMBDAPOOL_DSN": proxy.dsn, "LAMBDAPOOL_POOLER": "local"}, processes=4, light=0) as (pf, _),
+    ):
         first = burst(pf, None, events(4, pause=0.3), [], sampler_dsn=fanout_pg.dsn)
         assert not first.failed(), first.describe_failures()
         assert pf.freeze_all() == 4 and all(e.frozen for e in pf.environments)
@@ -192,8 +201,10 @@ def test_database_restarted_between_and_mid_burst(fanout_pg):
 
 def test_database_restarted_mid_burst_through_the_local_proxy(fanout_pg):
     pg = fanout_pg
-    with LocalProxy(backend=app_dsn(pg), max_backends=10) as proxy, \
-            fleets({"LAMBDAPOOL_DSN": proxy.dsn, "LAMBDAPOOL_POOLER": "local"}, processes=10, light=20) as (pf, lf):  # fmt: skip
+    with (
+        LocalProxy(backend=app_dsn(pg), max_backends=10) as proxy,
+        fleets({"LAMBDAPOOL_DSN": proxy.dsn, "LAMBDAPOOL_POOLER": "local"}, processes=10, light=20) as (pf, lf),
+    ):
         mid = steady_burst(pf, lf, pg, fault=restarting(pg), fault_after=200)
     check_runs(pg, mid.results)
     assert_no_avoidable_failure(mid)

@@ -112,7 +112,9 @@ def test_direct_with_the_budget_guard_never_fails(fanout_pg):
     assert result.sampler.peak <= ORDINARY_SLOTS
     stats = per_process(result)
     assert len(stats) == WIDTH and all(s["open_connections"] <= 1 for s in stats.values()), stats
-    totals = {k: sum(s[k] for s in stats.values()) for k in ("connects", "guard_closes", "connect_retries", "reconnects")}
+    totals = {
+        k: sum(s[k] for s in stats.values()) for k in ("connects", "guard_closes", "connect_retries", "reconnects")
+    }
     print("FIGURES direct+guard per-process totals:", totals)
     # the guard had to act: 64 processes for 27 slots (it closes idle connections or retries refused ones)
     assert totals["guard_closes"] + totals["connect_retries"] > 0, totals
@@ -121,7 +123,9 @@ def test_direct_with_the_budget_guard_never_fails(fanout_pg):
 def test_local_proxy_caps_backends_at_20(fanout_pg):
     with proxy_process(app_dsn(fanout_pg), POOL_CAP) as (dsn, proxy_stats):
         result = fan_out(fanout_pg, {"LAMBDAPOOL_DSN": dsn, "LAMBDAPOOL_POOLER": "local"})
-        stats = {k: int(v) for k, v in proxy_stats().items() if k in ("peak_backends", "peak_clients", "borrow_timeouts")}
+        stats = {
+            k: int(v) for k, v in proxy_stats().items() if k in ("peak_backends", "peak_clients", "borrow_timeouts")
+        }
     assert_shape(result)
     assert_all_served(fanout_pg, result)
     assert result.sampler.peak <= POOL_CAP and stats["peak_backends"] <= POOL_CAP

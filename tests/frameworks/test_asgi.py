@@ -187,7 +187,7 @@ def test_sync_yield_dependency_across_threads_leaks_nothing(make_db, route, wrap
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_testclient_lifespan_and_websocket_pass_through(make_db, fw_pg, driver):
     from starlette.applications import Starlette
-    from starlette.routing import Route, WebSocketRoute
+    from starlette.routing import WebSocketRoute
     from starlette.websockets import WebSocket
 
     db = make_db(fw_pg.dsn, driver=driver)

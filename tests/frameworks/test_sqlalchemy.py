@@ -291,12 +291,11 @@ def test_wrong_pairing_and_pool_arguments_are_config_errors(fw_pg, make_db):
 def test_two_connections_at_once_in_one_invocation_is_a_clear_error(fw_pg, make_db):
     db = make_db(fw_pg.dsn, driver="psycopg")
     engine = db.sqlalchemy_engine()
-    with db.invocation_scope():
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-            with pytest.raises(lambdapool.LambdapoolError, match="one Session / Connection at a time"):
-                engine.connect()
-            conn.execute(text("SELECT 1"))  # the first is untouched
+    with db.invocation_scope(), engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+        with pytest.raises(lambdapool.LambdapoolError, match="one Session / Connection at a time"):
+            engine.connect()
+        conn.execute(text("SELECT 1"))  # the first is untouched
     with db.invocation_scope(), engine.connect() as conn:  # and everything was given back
         assert conn.execute(text("SELECT 1")).scalar_one() == 1
     assert db.stats()["connects"] == 1
@@ -358,9 +357,8 @@ def test_default_queuepool_fails_after_a_killed_backend_and_ours_does_not(fw_pg,
         c.execute(text("SELECT 1"))
     handler({}, LambdaContext())
     assert kill_backends(fw_pg) >= 2
-    with pytest.raises(sqlalchemy.exc.OperationalError):
-        with plain.connect() as c:
-            c.execute(text("SELECT 1"))
+    with pytest.raises(sqlalchemy.exc.OperationalError), plain.connect() as c:
+        c.execute(text("SELECT 1"))
     assert handler({}, LambdaContext()) == (1, 0)
     assert db.stats()["reconnects"] == 1
     plain.dispose()
@@ -394,11 +392,9 @@ def test_async_checkout_sees_the_invocation_inside_sqlalchemys_greenlet(fw_pg, m
     engine = db.sqlalchemy_async_engine()
 
     async def run() -> None:
-        async with db.invocation_scope():
-            async with db.connection() as raw:
-                async with engine.connect() as conn:
-                    assert conn.sync_connection.connection.driver_connection is raw
-                    await conn.execute(text("SELECT 1"))
+        async with db.invocation_scope(), db.connection() as raw, engine.connect() as conn:
+            assert conn.sync_connection.connection.driver_connection is raw
+            await conn.execute(text("SELECT 1"))
 
     db.loop.run(run())
     assert asyncio.iscoroutinefunction(run) and db.stats()["connects"] == 1

@@ -57,7 +57,7 @@ class Served:
     def __init__(self, argv: list[str], env: dict[str, str], port: int, log: Path) -> None:
         self.port = port
         self.log = log
-        self.out = open(log, "wb")
+        self.out = open(log, "wb")  # noqa: SIM115  (the server writes to it until stop() closes it)
         self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self.out, stderr=subprocess.STDOUT,
                                      start_new_session=True)  # fmt: skip
         # A new TCP connection per request: a keep-alive one may be closed by the server's idle
@@ -119,7 +119,9 @@ def serve(tmp_path: Path, route: Any) -> Iterator[Any]:
     started: list[Served] = []
 
     def start(server: str, driver: str) -> Served:
-        module = {"uvicorn": "uvicorn", "gunicorn": "gunicorn", "functions": "functions_framework"}[server.split("-")[0]]
+        module = {"uvicorn": "uvicorn", "gunicorn": "gunicorn", "functions": "functions_framework"}[
+            server.split("-")[0]
+        ]
         try:
             __import__(module)
         except ImportError as exc:

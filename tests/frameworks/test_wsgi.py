@@ -54,7 +54,7 @@ def test_flask_each_request_one_invocation(make_db, route):
     db = make_db(**route.settings(), driver="psycopg")
     client = Client(db.wsgi(flask_app(db)))  # buffered=True: closes each response, as a server does
     pids = set()
-    for i in range(REQUESTS):
+    for _i in range(REQUESTS):
         response = client.get("/sync", buffered=True)
         assert response.status_code == 200, response.get_data(as_text=True)
         assert response.json["clean"]

@@ -81,15 +81,25 @@ class Resolver:
     Conditions, Fn::Equals/Not/And/Or, Fn::Sub (plain form), AWS::NoValue.
     """
 
-    def __init__(self, template: dict[str, Any], stack: str, parameters: dict[str, str],
-                 physical: dict[str, str], attributes: dict[tuple[str, str], str]) -> None:
+    def __init__(
+        self,
+        template: dict[str, Any],
+        stack: str,
+        parameters: dict[str, str],
+        physical: dict[str, str],
+        attributes: dict[tuple[str, str], str],
+    ) -> None:
         self.template = template
         declared = template.get("Parameters", {})
         given = {k: str(v.get("Default", "")) for k, v in declared.items()} | parameters
         lists = {k for k, v in declared.items() if v["Type"].startswith("List<") or v["Type"] == "CommaDelimitedList"}
         self.values: dict[str, Any] = {k: v.split(",") if k in lists else v for k, v in given.items()}
-        self.values |= physical | {"AWS::StackName": stack, "AWS::Region": "us-east-1",
-                                   "AWS::AccountId": "123456789012", "AWS::Partition": "aws"}
+        self.values |= physical | {
+            "AWS::StackName": stack,
+            "AWS::Region": "us-east-1",
+            "AWS::AccountId": "123456789012",
+            "AWS::Partition": "aws",
+        }
         self.attributes = attributes
 
     def condition(self, name: str) -> bool:
@@ -101,7 +111,7 @@ class Resolver:
         if not isinstance(value, dict):
             return value
         if len(value) == 1:
-            (fn, arg), = value.items()
+            ((fn, arg),) = value.items()
             if fn == "Ref":
                 return _NO_VALUE if arg == "AWS::NoValue" else self.values[arg]
             if fn == "Condition":
@@ -133,7 +143,9 @@ def make_network() -> tuple[str, list[str]]:
     ec2 = boto3.client("ec2")
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     subnets = [
-        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"us-east-1{az}")["Subnet"]["SubnetId"]
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"us-east-1{az}")["Subnet"][
+            "SubnetId"
+        ]
         for i, az in enumerate("ab")
     ]
     return vpc, subnets
@@ -184,8 +196,13 @@ def deploy_stack(stack: str, parameters: dict[str, str], network: tuple[str, lis
     if "code" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
         s3.create_bucket(Bucket="code")
         s3.put_object(Bucket="code", Key="app.zip", Body=lambda_zip())
-    parameters = {"CodeS3Bucket": "code", "CodeS3Key": "app.zip", "VpcId": vpc,
-                  "SubnetIds": ",".join(subnets), **parameters}
+    parameters = {
+        "CodeS3Bucket": "code",
+        "CodeS3Key": "app.zip",
+        "VpcId": vpc,
+        "SubnetIds": ",".join(subnets),
+        **parameters,
+    }
     template = translate(load_template())
     skipped = {name: r for name, r in template["Resources"].items() if r["Type"] in MOTO_SKIPS}
     for name in skipped:
@@ -199,14 +216,18 @@ def deploy_stack(stack: str, parameters: dict[str, str], network: tuple[str, lis
     }
     cfn = boto3.client("cloudformation")
     cfn.create_stack(
-        StackName=stack, TemplateBody=json.dumps(replace(template, fixed)), Capabilities=["CAPABILITY_IAM"],
+        StackName=stack,
+        TemplateBody=json.dumps(replace(template, fixed)),
+        Capabilities=["CAPABILITY_IAM"],
         Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
     )
     described = cfn.describe_stacks(StackName=stack)["Stacks"][0]
     assert described["StackStatus"] == "CREATE_COMPLETE", described.get("StackStatusReason")
-    physical = {r["LogicalResourceId"]: r["PhysicalResourceId"]
-                for r in cfn.list_stack_resources(StackName=stack)["StackResourceSummaries"]
-                if r["LogicalResourceId"]}
+    physical = {
+        r["LogicalResourceId"]: r["PhysicalResourceId"]
+        for r in cfn.list_stack_resources(StackName=stack)["StackResourceSummaries"]
+        if r["LogicalResourceId"]
+    }
     attributes = {(name, "GroupId"): pid for name, pid in physical.items() if name.endswith("SecurityGroup")}
     if "ProxyRole" in physical:
         attributes["ProxyRole", "Arn"] = boto3.client("iam").get_role(RoleName=physical["ProxyRole"])["Role"]["Arn"]
@@ -225,18 +246,30 @@ def deploy_stack(stack: str, parameters: dict[str, str], network: tuple[str, lis
             from moto.core import DEFAULT_ACCOUNT_ID
             from moto.rds.models import rds_backends
 
-            rds_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].db_proxies[props["DBProxyName"]].endpoint = proxy_endpoint(stack)
+            rds_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].db_proxies[props["DBProxyName"]].endpoint = proxy_endpoint(
+                stack
+            )
         elif resource["Type"] == "AWS::RDS::DBProxyTargetGroup":
-            rds.register_db_proxy_targets(DBProxyName=props["DBProxyName"],
-                                          DBInstanceIdentifiers=props["DBInstanceIdentifiers"])
+            rds.register_db_proxy_targets(
+                DBProxyName=props["DBProxyName"], DBInstanceIdentifiers=props["DBInstanceIdentifiers"]
+            )
             pool = props["ConnectionPoolConfigurationInfo"]
-            rds.modify_db_proxy_target_group(DBProxyName=props["DBProxyName"], TargetGroupName=props["TargetGroupName"],
-                                             ConnectionPoolConfig={k: int(v) for k, v in pool.items()})
+            rds.modify_db_proxy_target_group(
+                DBProxyName=props["DBProxyName"],
+                TargetGroupName=props["TargetGroupName"],
+                ConnectionPoolConfig={k: int(v) for k, v in pool.items()},
+            )
         else:
-            cloudwatch.put_metric_alarm(AlarmName=f"{stack}-{name}", **_numbers(
-                props, ("Period", "EvaluationPeriods", "DatapointsToAlarm", "Threshold")))
-    return {"outputs": {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])},
-            "physical": physical, "skipped": sorted(skipped), "made": made}
+            cloudwatch.put_metric_alarm(
+                AlarmName=f"{stack}-{name}",
+                **_numbers(props, ("Period", "EvaluationPeriods", "DatapointsToAlarm", "Threshold")),
+            )
+    return {
+        "outputs": {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])},
+        "physical": physical,
+        "skipped": sorted(skipped),
+        "made": made,
+    }
 
 
 class MotoGaps:
@@ -259,7 +292,7 @@ class MotoGaps:
         self._stubs.append((item["operation_name"], expected, item["response"]))
 
     def _match(self, model: Any, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
-        for i, (operation, expected, response) in enumerate(self._stubs):
+        for i, (operation, expected, _response) in enumerate(self._stubs):
             if operation == model.name and all(params.get(k) == v for k, v in expected.items()):
                 context["moto_gaps_response"] = self._stubs.pop(i)[2]
                 return

@@ -42,8 +42,13 @@ def test_table_covers_the_common_families_and_caps_at_5000():
 
 @pytest.mark.parametrize(
     ("family", "large_gib", "largest"),
-    [("r7g", 16, "16xlarge"), ("m7g", 8, "16xlarge"), ("r7i", 16, "48xlarge"), ("m7i", 8, "48xlarge"),
-     ("r8g", 16, "48xlarge")],
+    [
+        ("r7g", 16, "16xlarge"),
+        ("m7g", 8, "16xlarge"),
+        ("r7i", 16, "48xlarge"),
+        ("m7i", 8, "48xlarge"),
+        ("r8g", 16, "48xlarge"),
+    ],
 )
 def test_current_instance_classes_every_size_with_rds_formula(family, large_gib, largest):
     # GIVEN the current classes (memory doubles with each size; 12xlarge is 24 x .large)
@@ -55,7 +60,7 @@ def test_current_instance_classes_every_size_with_rds_formula(family, large_gib,
         # THEN max_connections is RDS's default formula, LEAST({DBInstanceClassMemory/9531392}, 5000)
         assert default_max_connections(cls) == min(instance_class_memory(cls) // 9531392, 5000), cls
     # AND a size the family does not offer is refused, not guessed
-    for missing in ("32xlarge", *sizes[sizes.index(largest) + 1:]):
+    for missing in ("32xlarge", *sizes[sizes.index(largest) + 1 :]):
         assert f"db.{family}.{missing}" not in INSTANCE_CLASS_GIB
     assert default_max_connections(f"db.{family}.large") == (1720 if large_gib == 16 else 846)
     assert default_max_connections(f"db.{family}.{largest}") == 5000
@@ -63,14 +68,22 @@ def test_current_instance_classes_every_size_with_rds_formula(family, large_gib,
 
 def test_burstable_t4g_every_size():
     assert [INSTANCE_CLASS_GIB[f"db.t4g.{s}"] for s in ("micro", "small", "medium", "large", "xlarge", "2xlarge")] == [
-        1, 2, 4, 8, 16, 32]
+        1,
+        2,
+        4,
+        8,
+        16,
+        32,
+    ]
     assert default_max_connections("db.t4g.micro") == 81 and default_max_connections("db.t4g.2xlarge") == 3468
     assert default_max_connections(" DB.R7G.Large ") == default_max_connections("db.r7g.large")  # as AWS prints it
 
 
 def test_parameter_group_formula_number_and_absent_value():
     cls = "db.t4g.medium"
-    assert max_connections_from_parameter("LEAST({DBInstanceClassMemory/9531392},5000)", cls) == default_max_connections(cls)
+    assert max_connections_from_parameter(
+        "LEAST({DBInstanceClassMemory/9531392},5000)", cls
+    ) == default_max_connections(cls)
     assert max_connections_from_parameter("{DBInstanceClassMemory/9531392}", cls) == default_max_connections(cls)
     assert max_connections_from_parameter("250", cls) == 250
     assert max_connections_from_parameter(None, cls) == default_max_connections(cls)

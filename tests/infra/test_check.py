@@ -19,17 +19,32 @@ from tests.infra.infra_support import lambda_zip, make_network
 def make_deployment(subnets: list[str]) -> dict[str, str]:
     """A database (max_connections 100 via its parameter group) behind an RDS Proxy at 60 %."""
     rds = boto3.client("rds")
-    rds.create_db_parameter_group(DBParameterGroupName="orders", DBParameterGroupFamily="postgres16",
-                                  Description="orders")
-    rds.modify_db_parameter_group(DBParameterGroupName="orders", Parameters=[
-        {"ParameterName": "max_connections", "ParameterValue": "100", "ApplyMethod": "pending-reboot"}])
-    rds.create_db_instance(DBInstanceIdentifier="orders", DBInstanceClass="db.t4g.medium", Engine="postgres",
-                           MasterUsername="app", MasterUserPassword="not-a-real-one", AllocatedStorage=20,
-                           DBParameterGroupName="orders")
+    rds.create_db_parameter_group(
+        DBParameterGroupName="orders", DBParameterGroupFamily="postgres16", Description="orders"
+    )
+    rds.modify_db_parameter_group(
+        DBParameterGroupName="orders",
+        Parameters=[{"ParameterName": "max_connections", "ParameterValue": "100", "ApplyMethod": "pending-reboot"}],
+    )
+    rds.create_db_instance(
+        DBInstanceIdentifier="orders",
+        DBInstanceClass="db.t4g.medium",
+        Engine="postgres",
+        MasterUsername="app",
+        MasterUserPassword="not-a-real-one",
+        AllocatedStorage=20,
+        DBParameterGroupName="orders",
+    )
     role = boto3.client("iam").create_role(RoleName="fn", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     secret = boto3.client("secretsmanager").create_secret(Name="orders", SecretString="{}")["ARN"]
-    rds.create_db_proxy(DBProxyName="orders", EngineFamily="POSTGRESQL", RoleArn=role, VpcSubnetIds=subnets,
-                        RequireTLS=True, Auth=[{"AuthScheme": "SECRETS", "SecretArn": secret, "IAMAuth": "REQUIRED"}])
+    rds.create_db_proxy(
+        DBProxyName="orders",
+        EngineFamily="POSTGRESQL",
+        RoleArn=role,
+        VpcSubnetIds=subnets,
+        RequireTLS=True,
+        Auth=[{"AuthScheme": "SECRETS", "SecretArn": secret, "IAMAuth": "REQUIRED"}],
+    )
     rds.register_db_proxy_targets(DBProxyName="orders", DBInstanceIdentifiers=["orders"])
     pool_config(60)
     address = rds.describe_db_instances(DBInstanceIdentifier="orders")["DBInstances"][0]["Endpoint"]["Address"]
@@ -44,25 +59,48 @@ def deployment(network):
 
 def pool_config(percent: int) -> None:
     boto3.client("rds").modify_db_proxy_target_group(
-        DBProxyName="orders", TargetGroupName="default",
-        ConnectionPoolConfig={"MaxConnectionsPercent": percent, "MaxIdleConnectionsPercent": percent // 2})
+        DBProxyName="orders",
+        TargetGroupName="default",
+        ConnectionPoolConfig={"MaxConnectionsPercent": percent, "MaxIdleConnectionsPercent": percent // 2},
+    )
 
 
 def function(role: str, name: str, env: dict[str, str], reserved: int | None) -> None:
     lam = boto3.client("lambda")
-    lam.create_function(FunctionName=name, Runtime="python3.12", Role=role, Handler="app.handler",
-                        Code={"ZipFile": lambda_zip()}, Environment={"Variables": env})
+    lam.create_function(
+        FunctionName=name,
+        Runtime="python3.12",
+        Role=role,
+        Handler="app.handler",
+        Code={"ZipFile": lambda_zip()},
+        Environment={"Variables": env},
+    )
     if reserved is not None:
         lam.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=reserved)
 
 
 def proxied(deployment, name: str, reserved: int | None, per_instance: int = 1) -> None:
-    function(deployment["role"], name, {"LAMBDAPOOL_POOLER": "rds-proxy", "LAMBDAPOOL_PROXY_NAME": "orders",
-                                        "LAMBDAPOOL_MAX_PER_INSTANCE": str(per_instance)}, reserved)
+    function(
+        deployment["role"],
+        name,
+        {
+            "LAMBDAPOOL_POOLER": "rds-proxy",
+            "LAMBDAPOOL_PROXY_NAME": "orders",
+            "LAMBDAPOOL_MAX_PER_INSTANCE": str(per_instance),
+        },
+        reserved,
+    )
 
 
-def endpointed(deployment, name: str, reserved: int | None, per_instance: int = 1, *,
-               variable: str = "LAMBDAPOOL_DSN", pooler: str | None = "rds-proxy") -> None:
+def endpointed(
+    deployment,
+    name: str,
+    reserved: int | None,
+    per_instance: int = 1,
+    *,
+    variable: str = "LAMBDAPOOL_DSN",
+    pooler: str | None = "rds-proxy",
+) -> None:
     """A function given the proxy's hostname, as the infra/ templates do (no LAMBDAPOOL_PROXY_NAME)."""
     dsn = f"postgresql://app:hunter2-secret@{deployment['endpoint'].upper()}:5432/orders"  # hosts are case-blind
     env = {variable: dsn, "LAMBDAPOOL_MAX_PER_INSTANCE": str(per_instance)}
@@ -124,9 +162,16 @@ def test_an_endpoint_deployment_that_overcommits_names_the_function(deployment, 
 
 def test_a_function_named_for_another_proxy_is_not_its_client(deployment, capsys):
     # proxy_name wins over the DSN's host in the adapter, so check follows the name
-    function(deployment["role"], "elsewhere", {
-        "LAMBDAPOOL_POOLER": "rds-proxy", "LAMBDAPOOL_PROXY_NAME": "billing",
-        "LAMBDAPOOL_DSN": f"postgresql://{deployment['endpoint']}:5432"}, 100)
+    function(
+        deployment["role"],
+        "elsewhere",
+        {
+            "LAMBDAPOOL_POOLER": "rds-proxy",
+            "LAMBDAPOOL_PROXY_NAME": "billing",
+            "LAMBDAPOOL_DSN": f"postgresql://{deployment['endpoint']}:5432",
+        },
+        100,
+    )
     code, out = check(capsys)
     assert code == 0 and "not counted: elsewhere goes through rds-proxy billing" in out
 
@@ -161,13 +206,15 @@ def test_messages_name_checks_own_flags_and_the_deployed_settings(deployment, ca
     code, out = check(capsys)
     # THEN the fix names what to change in the deployment, not a flag of another command
     assert code == 1 and not foreign_flags(out), out
-    assert ("route cron through RDS Proxy orders (its endpoint as the host of LAMBDAPOOL_DSN)" in out), out
+    assert "route cron through RDS Proxy orders (its endpoint as the host of LAMBDAPOOL_DSN)" in out, out
     direct(deployment, "report", None)
     code, out = check(capsys)
     assert code == 1 and not foreign_flags(out), out
     # AND bad limits are named by check's flags
-    for argv, needle in ((["--reserved", "-1"], "--reserved -1: must be a whole number >= 0"),
-                         (["--max-connections", "0"], "--max-connections 0: must be a whole number >= 1")):
+    for argv, needle in (
+        (["--reserved", "-1"], "--reserved -1: must be a whole number >= 0"),
+        (["--max-connections", "0"], "--max-connections 0: must be a whole number >= 1"),
+    ):
         code, out = check(capsys, *argv)
         assert code == 2 and needle in out and not foreign_flags(out), out
 
@@ -175,8 +222,13 @@ def test_messages_name_checks_own_flags_and_the_deployed_settings(deployment, ca
 def test_max_connections_flag_wins_over_a_class_lambdapool_cannot_size(network, capsys):
     # GIVEN an instance of a class not in lambdapool's table, its parameter group silent
     boto3.client("rds").create_db_instance(
-        DBInstanceIdentifier="big", DBInstanceClass="db.x2g.large", Engine="postgres", MasterUsername="app",
-        MasterUserPassword="not-a-real-one", AllocatedStorage=20)
+        DBInstanceIdentifier="big",
+        DBInstanceClass="db.x2g.large",
+        Engine="postgres",
+        MasterUsername="app",
+        MasterUserPassword="not-a-real-one",
+        AllocatedStorage=20,
+    )
     # THEN without the flag the error says to give it; with it, check runs
     assert main(["check", "--db-instance", "big"]) == 2
     assert "--max-connections N" in capsys.readouterr().err
@@ -208,14 +260,29 @@ def test_flags_override_what_aws_says(deployment, capsys):
 
 def test_formula_and_class_default_from_the_parameter_group(network, capsys):
     rds = boto3.client("rds")
-    rds.create_db_parameter_group(DBParameterGroupName="formula", DBParameterGroupFamily="postgres16",
-                                  Description="formula")
-    rds.modify_db_parameter_group(DBParameterGroupName="formula", Parameters=[{
-        "ParameterName": "max_connections", "ParameterValue": "LEAST({DBInstanceClassMemory/9531392},5000)",
-        "ApplyMethod": "pending-reboot"}])
+    rds.create_db_parameter_group(
+        DBParameterGroupName="formula", DBParameterGroupFamily="postgres16", Description="formula"
+    )
+    rds.modify_db_parameter_group(
+        DBParameterGroupName="formula",
+        Parameters=[
+            {
+                "ParameterName": "max_connections",
+                "ParameterValue": "LEAST({DBInstanceClassMemory/9531392},5000)",
+                "ApplyMethod": "pending-reboot",
+            }
+        ],
+    )
     for name, group in (("with-formula", {"DBParameterGroupName": "formula"}), ("with-default", {})):
-        rds.create_db_instance(DBInstanceIdentifier=name, DBInstanceClass="db.r6g.large", Engine="postgres",
-                               MasterUsername="app", MasterUserPassword="not-a-real-one", AllocatedStorage=20, **group)
+        rds.create_db_instance(
+            DBInstanceIdentifier=name,
+            DBInstanceClass="db.r6g.large",
+            Engine="postgres",
+            MasterUsername="app",
+            MasterUserPassword="not-a-real-one",
+            AllocatedStorage=20,
+            **group,
+        )
         assert main(["check", "--db-instance", name]) == 0
         out = capsys.readouterr().out
         assert f"database {name} (db.r6g.large): max_connections {default_max_connections('db.r6g.large')}" in out
@@ -234,8 +301,13 @@ def test_console_script_against_moto_server(moto_url, monkeypatch):
     direct(deployment, "cron", 40)
     # WHEN `lambdapool check` runs as a command, told the endpoint by --endpoint-url only
     env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
-    out = subprocess.run([sys.executable, "-m", "lambdapool", "check", "--endpoint-url", moto_url,
-                          "--proxy-name", "orders"], capture_output=True, text=True, env=env, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "lambdapool", "check", "--endpoint-url", moto_url, "--proxy-name", "orders"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     # THEN it exits 1 naming the function, and never prints the DSN's password
     assert out.returncode == 1, out.stdout + out.stderr
     assert "FAIL: cron breaks the budget: over by 5" in out.stdout
@@ -245,9 +317,14 @@ def test_console_script_against_moto_server(moto_url, monkeypatch):
 def test_lambda_managed_instances_count_every_process():
     from lambdapool.tools.cli.check import processes_per_environment
 
-    managed = {"CapacityProviderConfig": {"LambdaManagedInstancesCapacityProviderConfig": {
-        "CapacityProviderArn": "arn:aws:lambda:us-east-1:123456789012:capacity-provider:cp",
-        "PerExecutionEnvironmentMaxConcurrency": 8}}}
+    managed = {
+        "CapacityProviderConfig": {
+            "LambdaManagedInstancesCapacityProviderConfig": {
+                "CapacityProviderArn": "arn:aws:lambda:us-east-1:123456789012:capacity-provider:cp",
+                "PerExecutionEnvironmentMaxConcurrency": 8,
+            }
+        }
+    }
     assert processes_per_environment(managed) == 8
     assert processes_per_environment({"FunctionName": "api"}) == 1
     # the path read is the one in Lambda's API model (moto does not return it)

@@ -32,9 +32,18 @@ def gaps(aws):
     assert not stubs.unused, f"stubbed but never called: {stubs.unused}"
 
 
-def managed_function(deployment: dict[str, str], gaps: MotoGaps, name: str, *, via_proxy: bool = False,
-                     memory: int = 4096, per_environment: int | None = None, max_environments: int | None = None,
-                     max_vcpus: int | None = None, gib_per_vcpu: float | None = None) -> None:
+def managed_function(
+    deployment: dict[str, str],
+    gaps: MotoGaps,
+    name: str,
+    *,
+    via_proxy: bool = False,
+    memory: int = 4096,
+    per_environment: int | None = None,
+    max_environments: int | None = None,
+    max_vcpus: int | None = None,
+    gib_per_vcpu: float | None = None,
+) -> None:
     """A function published on a capacity provider: moto holds it (one published version), the
     stubs add what moto drops."""
     if via_proxy:
@@ -44,8 +53,9 @@ def managed_function(deployment: dict[str, str], gaps: MotoGaps, name: str, *, v
     lam = boto3.client("lambda")
     lam.update_function_configuration(FunctionName=name, MemorySize=memory)
     lam.publish_version(FunctionName=name)
-    config: dict[str, Any] = {k: v for k, v in lam.get_function_configuration(FunctionName=name).items()
-                              if k != "ResponseMetadata"}
+    config: dict[str, Any] = {
+        k: v for k, v in lam.get_function_configuration(FunctionName=name).items() if k != "ResponseMetadata"
+    }
     managed: dict[str, Any] = {"CapacityProviderArn": PROVIDER}
     if per_environment is not None:
         managed["PerExecutionEnvironmentMaxConcurrency"] = per_environment
@@ -55,16 +65,26 @@ def managed_function(deployment: dict[str, str], gaps: MotoGaps, name: str, *, v
     config.pop("VpcConfig", None)  # a Managed Instances function takes its network from the provider
     gaps.add("get_function_configuration", config, FunctionName=name)
     scaling = {} if max_environments is None else {"MaxExecutionEnvironments": max_environments}
-    gaps.add("get_function_scaling_config", {"AppliedFunctionScalingConfig": {"MinExecutionEnvironments": 0,
-                                                                               **scaling}},
-             FunctionName=name, Qualifier="1")
+    gaps.add(
+        "get_function_scaling_config",
+        {"AppliedFunctionScalingConfig": {"MinExecutionEnvironments": 0, **scaling}},
+        FunctionName=name,
+        Qualifier="1",
+    )
     provider_scaling = {} if max_vcpus is None else {"MaxVCpuCount": max_vcpus}
-    gaps.add("get_capacity_provider", {"CapacityProvider": {
-        "CapacityProviderArn": PROVIDER, "State": "Active",
-        "VpcConfig": {"SubnetIds": ["subnet-0123"], "SecurityGroupIds": []},
-        "PermissionsConfig": {"CapacityProviderOperatorRoleArn": deployment["role"]},
-        "CapacityProviderScalingConfig": {"ScalingMode": "Auto", **provider_scaling}}},
-        CapacityProviderName=PROVIDER)
+    gaps.add(
+        "get_capacity_provider",
+        {
+            "CapacityProvider": {
+                "CapacityProviderArn": PROVIDER,
+                "State": "Active",
+                "VpcConfig": {"SubnetIds": ["subnet-0123"], "SecurityGroupIds": []},
+                "PermissionsConfig": {"CapacityProviderOperatorRoleArn": deployment["role"]},
+                "CapacityProviderScalingConfig": {"ScalingMode": "Auto", **provider_scaling},
+            }
+        },
+        CapacityProviderName=PROVIDER,
+    )
 
 
 def test_a_managed_instances_function_that_fits(deployment, gaps, capsys):
@@ -88,12 +108,17 @@ def test_a_managed_instances_function_that_breaks_the_budget_is_named(deployment
     code, out = check(capsys, "--function", "worker")
     # THEN 4 x 32 = 128 overflows, and check says which knob fits it
     assert code == 1, out
-    assert "worker runs 32 processes per environment (default 16 per vCPU x 2 vCPU: MemorySize 4096 MiB / 2 GiB per vCPU)" in out
+    assert (
+        "worker runs 32 processes per environment (default 16 per vCPU x 2 vCPU: MemorySize 4096 MiB / 2 GiB per vCPU)"
+        in out
+    )
     assert "worker 4 environments x 32 processes x 1 conn = 128 (direct)" in out
     assert "used = 188 of 95 usable: OVER by 93" in out
-    assert ("FAIL: worker breaks the budget: over by 93; to fit, lower worker's execution environments from 4 to 1 "
-            "(MaxExecutionEnvironments in its scaling config, or its capacity provider's MaxVCpuCount); or lower "
-            "worker's PerExecutionEnvironmentMaxConcurrency from 32 to 8") in out
+    assert (
+        "FAIL: worker breaks the budget: over by 93; to fit, lower worker's execution environments from 4 to 1 "
+        "(MaxExecutionEnvironments in its scaling config, or its capacity provider's MaxVCpuCount); or lower "
+        "worker's PerExecutionEnvironmentMaxConcurrency from 32 to 8"
+    ) in out
 
 
 def test_the_capacity_provider_bounds_environments_when_the_function_does_not(deployment, gaps, capsys):
@@ -112,7 +137,9 @@ def test_an_unbounded_managed_instances_function_fails(deployment, gaps, capsys)
     code, out = check(capsys, "--function", "worker")
     assert code == 1, out
     assert "managed instances: worker environments = unbounded" in out
-    assert "FAIL: worker connect(s) directly from Lambda Managed Instances with no bound on execution environments" in out
+    assert (
+        "FAIL: worker connect(s) directly from Lambda Managed Instances with no bound on execution environments" in out
+    )
 
 
 def test_a_managed_instances_client_of_the_proxy_is_counted_as_its_client(deployment, gaps, capsys):

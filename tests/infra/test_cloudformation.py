@@ -58,11 +58,17 @@ def test_cfn_lint_with_the_plans_numbers_and_every_rule_on(tmp_path, capsys):
     # GIVEN the template with the plan's numbers and real-looking ids as defaults, and the
     # W1030 exception (empty defaults of optional parameters) taken out
     params = plan_parameters(PLAN, "api") | {
-        "CodeS3Bucket": "code", "CodeS3Key": "app.zip", "VpcId": "vpc-0123456789abcdef0",
-        "SubnetIds": "subnet-01234567,subnet-89abcdef", "ExistingDbInstanceId": "orders",
-        "ExistingDbSecurityGroupId": "sg-0123456789abcdef0", "ExistingProxyResourceId": PLACEHOLDER_PROXY_ID,
-        "ExistingProxySecurityGroupId": "sg-0123456789abcdef1", "ExistingProxyName": "orders",
-        "ExistingProxyEndpoint": proxy_endpoint("orders"), "ExistingDbResourceId": PLACEHOLDER_DBI_RESOURCE_ID,
+        "CodeS3Bucket": "code",
+        "CodeS3Key": "app.zip",
+        "VpcId": "vpc-0123456789abcdef0",
+        "SubnetIds": "subnet-01234567,subnet-89abcdef",
+        "ExistingDbInstanceId": "orders",
+        "ExistingDbSecurityGroupId": "sg-0123456789abcdef0",
+        "ExistingProxyResourceId": PLACEHOLDER_PROXY_ID,
+        "ExistingProxySecurityGroupId": "sg-0123456789abcdef1",
+        "ExistingProxyName": "orders",
+        "ExistingProxyEndpoint": proxy_endpoint("orders"),
+        "ExistingDbResourceId": PLACEHOLDER_DBI_RESOURCE_ID,
         "DbSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:orders-AbCdEf",
         "AlarmTopicArn": "arn:aws:sns:us-east-1:123456789012:alarms",
     }
@@ -113,7 +119,9 @@ def test_sam_template_translates(aws):
         "ConnectionBorrowTimeout": {"Ref": "ConnectionBorrowTimeout"},
     }
     assert {r["Properties"]["MetricName"] for r in resources.values() if r["Type"] == "AWS::CloudWatch::Alarm"} == {
-        "DatabaseConnections", "DatabaseConnectionsCurrentlySessionPinned", "DatabaseConnectionsBorrowLatency",
+        "DatabaseConnections",
+        "DatabaseConnectionsCurrentlySessionPinned",
+        "DatabaseConnectionsBorrowLatency",
     }
 
 
@@ -127,14 +135,19 @@ def _statements(role: str, policy: str) -> list[dict]:
 def _actions(role: str) -> set[str]:
     """Every action the role's inline policies allow."""
     iam = boto3.client("iam")
-    return {s["Action"] for name in iam.list_role_policies(RoleName=role)["PolicyNames"]
-            for s in _statements(role, name)}
+    return {
+        s["Action"] for name in iam.list_role_policies(RoleName=role)["PolicyNames"] for s in _statements(role, name)
+    }
 
 
 def _ingress_sources(group_id: str) -> list[str]:
     group = boto3.client("ec2").describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
-    return [pair["GroupId"] for perm in group["IpPermissions"] if perm.get("FromPort") == 5432
-            for pair in perm.get("UserIdGroupPairs", [])]
+    return [
+        pair["GroupId"]
+        for perm in group["IpPermissions"]
+        if perm.get("FromPort") == 5432
+        for pair in perm.get("UserIdGroupPairs", [])
+    ]
 
 
 def test_template_with_a_new_database_deploys_with_the_plans_numbers(network, capsys, monkeypatch):
@@ -144,8 +157,12 @@ def test_template_with_a_new_database_deploys_with_the_plans_numbers(network, ca
     stack = deploy_stack("orders", params, network, create_secret("orders-master"))
     physical = stack["physical"]
     assert stack["skipped"] == [
-        "BorrowLatencyAlarm", "DatabaseConnectionsAlarm", "PinnedConnectionsAlarm", "Proxy",
-        "ProxyConnectionsAlarm", "ProxyTargetGroup",
+        "BorrowLatencyAlarm",
+        "DatabaseConnectionsAlarm",
+        "PinnedConnectionsAlarm",
+        "Proxy",
+        "ProxyConnectionsAlarm",
+        "ProxyTargetGroup",
     ]
     # THEN the function has the plan's reserved concurrency and the lambdapool environment
     lam = boto3.client("lambda")
@@ -153,12 +170,18 @@ def test_template_with_a_new_database_deploys_with_the_plans_numbers(network, ca
     env = lam.get_function_configuration(FunctionName="api")["Environment"]["Variables"]
     # (the proxy's hostname in the DSN: no control-plane call at cold start)
     assert {k: str(v) for k, v in env.items()} == {
-        "LAMBDAPOOL_POOLER": "rds-proxy", "LAMBDAPOOL_DSN": f"postgresql://{proxy_endpoint('orders')}:5432",
-        "LAMBDAPOOL_DRIVER": "psycopg", "LAMBDAPOOL_USER": "app", "LAMBDAPOOL_DBNAME": "app",
-        "LAMBDAPOOL_MAX_PER_INSTANCE": "1", "LAMBDAPOOL_IAM_AUTH": "true",
+        "LAMBDAPOOL_POOLER": "rds-proxy",
+        "LAMBDAPOOL_DSN": f"postgresql://{proxy_endpoint('orders')}:5432",
+        "LAMBDAPOOL_DRIVER": "psycopg",
+        "LAMBDAPOOL_USER": "app",
+        "LAMBDAPOOL_DBNAME": "app",
+        "LAMBDAPOOL_MAX_PER_INSTANCE": "1",
+        "LAMBDAPOOL_IAM_AUTH": "true",
     }
     # AND its role may connect as the user through this proxy only, and call no RDS API at all
-    connect = [s for s in _statements(physical["FunctionRole"], "FunctionRolePolicy0") if s["Action"] == "rds-db:connect"]
+    connect = [
+        s for s in _statements(physical["FunctionRole"], "FunctionRolePolicy0") if s["Action"] == "rds-db:connect"
+    ]
     assert connect[0]["Resource"] == f"arn:aws:rds-db:us-east-1:123456789012:dbuser:{PLACEHOLDER_PROXY_ID}/app"
     assert _actions(physical["FunctionRole"]) == {"rds-db:connect"}
     # AND the network lets functions reach the proxy, and only the proxy reach the database
@@ -170,8 +193,10 @@ def test_template_with_a_new_database_deploys_with_the_plans_numbers(network, ca
     group = boto3.client("rds").describe_db_proxy_target_groups(DBProxyName="orders")["TargetGroups"][0]
     assert group["ConnectionPoolConfig"]["MaxConnectionsPercent"] == int(params["MaxConnectionsPercent"])
     assert group["ConnectionPoolConfig"]["MaxIdleConnectionsPercent"] == int(params["MaxIdleConnectionsPercent"])
-    alarms = {a["MetricName"] + "/" + a["Dimensions"][0]["Name"]: a["Threshold"]
-              for a in boto3.client("cloudwatch").describe_alarms()["MetricAlarms"]}
+    alarms = {
+        a["MetricName"] + "/" + a["Dimensions"][0]["Name"]: a["Threshold"]
+        for a in boto3.client("cloudwatch").describe_alarms()["MetricAlarms"]
+    }
     assert alarms["DatabaseConnections/ProxyName"] == float(params["ProxyConnectionsAlarmThreshold"])
     assert alarms["DatabaseConnections/DBInstanceIdentifier"] == float(params["DatabaseConnectionsAlarmThreshold"])
     # AND `lambdapool check` reads it all back and finds that it fits
@@ -217,12 +242,20 @@ def test_template_with_an_existing_database(network, capsys):
     vpc, subnets = network
     ec2, rds = boto3.client("ec2"), boto3.client("rds")
     db_sg = ec2.create_security_group(GroupName="orders-db", Description="db", VpcId=vpc)["GroupId"]
-    rds.create_db_instance(DBInstanceIdentifier="orders-db", DBInstanceClass="db.r6g.large", Engine="postgres",
-                           MasterUsername="app", MasterUserPassword="not-a-real-one", AllocatedStorage=20,
-                           VpcSecurityGroupIds=[db_sg])
+    rds.create_db_instance(
+        DBInstanceIdentifier="orders-db",
+        DBInstanceClass="db.r6g.large",
+        Engine="postgres",
+        MasterUsername="app",
+        MasterUserPassword="not-a-real-one",
+        AllocatedStorage=20,
+        VpcSecurityGroupIds=[db_sg],
+    )
     secret = create_secret("orders-db-app")
     params = plan_parameters(PLAN, "api") | {
-        "ExistingDbInstanceId": "orders-db", "ExistingDbSecurityGroupId": db_sg, "DbSecretArn": secret,
+        "ExistingDbInstanceId": "orders-db",
+        "ExistingDbSecurityGroupId": db_sg,
+        "DbSecretArn": secret,
         "AuthMode": "secret",
     }
     stack = deploy_stack("orders", params, network, secret)
@@ -246,8 +279,11 @@ def test_find_proxy_by_name_is_still_an_option(network, capsys):
     # THEN the function gets the name, no hostname, and may describe this proxy only
     env = boto3.client("lambda").get_function_configuration(FunctionName="api")["Environment"]["Variables"]
     assert env["LAMBDAPOOL_PROXY_NAME"] == "orders" and "LAMBDAPOOL_DSN" not in env
-    find = [s for s in _statements(stack["physical"]["FunctionRole"], "FunctionRolePolicy0")
-            if s["Action"] == "rds:DescribeDBProxies"]
+    find = [
+        s
+        for s in _statements(stack["physical"]["FunctionRole"], "FunctionRolePolicy0")
+        if s["Action"] == "rds:DescribeDBProxies"
+    ]
     assert [s["Resource"] for s in find] == [f"arn:aws:rds:us-east-1:123456789012:db-proxy:{PLACEHOLDER_PROXY_ID}"]
     # AND check finds the function by that name
     code = main(["check", "--proxy-name", "orders", "--admin", "5"])

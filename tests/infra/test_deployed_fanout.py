@@ -43,9 +43,16 @@ def test_burst_of_the_deployed_function_stays_under_max_connections(network, pg_
     lam = boto3.client("lambda")
     assert lam.get_function_concurrency(FunctionName="api")["ReservedConcurrentExecutions"] == RESERVED
     env = {k: str(v) for k, v in lam.get_function_configuration(FunctionName="api")["Environment"]["Variables"].items()}
-    with LocalProxy(backend=pg.dsn, max_connections_percent=config["MaxConnectionsPercent"],
-                    borrow_timeout=config["ConnectionBorrowTimeout"], auth="iam", iam_credentials=signing_keys(),
-                    region="us-east-1", tls=True, require_tls=True) as proxy:
+    with LocalProxy(
+        backend=pg.dsn,
+        max_connections_percent=config["MaxConnectionsPercent"],
+        borrow_timeout=config["ConnectionBorrowTimeout"],
+        auth="iam",
+        iam_credentials=signing_keys(),
+        region="us-east-1",
+        tls=True,
+        require_tls=True,
+    ) as proxy:
         from moto.core import DEFAULT_ACCOUNT_ID
         from moto.rds.models import rds_backends
 
@@ -56,12 +63,15 @@ def test_burst_of_the_deployed_function_stays_under_max_connections(network, pg_
         assert env["LAMBDAPOOL_DSN"] == f"postgresql://{deployed}:5432" and "LAMBDAPOOL_PROXY_NAME" not in env
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        monkeypatch.setenv("LAMBDAPOOL_DSN", env["LAMBDAPOOL_DSN"].replace(f"{deployed}:5432", f"{proxy.host}:{proxy.port}"))
+        monkeypatch.setenv(
+            "LAMBDAPOOL_DSN", env["LAMBDAPOOL_DSN"].replace(f"{deployed}:5432", f"{proxy.host}:{proxy.port}")
+        )
         monkeypatch.setenv("LAMBDAPOOL_SSL_CA_FILE", proxy.ca_file)
         instances = [lambdapool.Database.from_env() for _ in range(RESERVED)]  # one per environment
         try:
             handlers = []
             for db in instances:
+
                 @db.lambda_handler
                 def handler(event, context, db=db):
                     with db.connection() as conn:
@@ -76,7 +86,7 @@ def test_burst_of_the_deployed_function_stays_under_max_connections(network, pg_
                 barrier.wait()
                 try:
                     results.append(handler({}, LambdaContext()))  # everyone at once
-                except Exception as exc:  # noqa: BLE001 - asserted below
+                except Exception as exc:
                     results.append(exc)
 
             with BackendSampler(pg.dsn, interval=0.005) as sampler:
@@ -95,4 +105,3 @@ def test_burst_of_the_deployed_function_stays_under_max_connections(network, pg_
     print(f"peak backends {sampler.peak}, cap {cap}")
     assert 1 <= sampler.peak <= cap < 20 - 3, (sampler.peak, cap)
     assert stats["auth_failures"] == 0 and stats["pinned_sessions"] == 0
-

@@ -15,12 +15,16 @@ def test_sam_managed_instances_option_takes_the_plans_numbers(aws_env, capsys):
     managed = resources["ManagedFunction"]
     assert managed["Condition"] == "OnManagedInstances" and resources["Function"]["Condition"] == "OnStandardLambda"
     config = managed["Properties"]["CapacityProviderConfig"]["LambdaManagedInstancesCapacityProviderConfig"]
-    assert config == {"CapacityProviderArn": {"Ref": "CapacityProviderArn"},
-                      "PerExecutionEnvironmentMaxConcurrency": {"Ref": "PerEnvironmentMaxConcurrency"}}
+    assert config == {
+        "CapacityProviderArn": {"Ref": "CapacityProviderArn"},
+        "PerExecutionEnvironmentMaxConcurrency": {"Ref": "PerEnvironmentMaxConcurrency"},
+    }
     scaling = {"MaxExecutionEnvironments": {"Ref": "ManagedInstancesMaxEnvironments"}}
     assert managed["Properties"]["FunctionScalingConfig"] == scaling
     assert "VpcConfig" not in managed["Properties"] and "ReservedConcurrentExecutions" not in managed["Properties"]
     versions = [r for r in resources.values() if r["Type"] == "AWS::Lambda::Version"]
     assert [v["Properties"]["FunctionScalingConfig"] for v in versions] == [scaling]
     assert (params["ManagedInstancesMaxEnvironments"], params["PerEnvironmentMaxConcurrency"]) == ("4", "16")
-    assert template["Conditions"]["OnManagedInstances"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "CapacityProviderArn"}, ""]}]}
+    assert template["Conditions"]["OnManagedInstances"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "CapacityProviderArn"}, ""]}]
+    }

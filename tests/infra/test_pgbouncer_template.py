@@ -19,8 +19,19 @@ TEMPLATE = ROOT / "infra" / "pgbouncer" / "pgbouncer.ini"
 # Site-specific lines (addresses, files, users, TLS material) stay the launcher's; the rest of
 # the template's [pgbouncer] section (pool mode, timeouts) runs as shipped.
 SITE_SPECIFIC = {
-    "listen_addr", "listen_port", "unix_socket_dir", "auth_type", "auth_file", "admin_users", "stats_users",
-    "client_tls_sslmode", "client_tls_key_file", "client_tls_cert_file", "server_tls_sslmode", "logfile", "pidfile",
+    "listen_addr",
+    "listen_port",
+    "unix_socket_dir",
+    "auth_type",
+    "auth_file",
+    "admin_users",
+    "stats_users",
+    "client_tls_sslmode",
+    "client_tls_key_file",
+    "client_tls_cert_file",
+    "server_tls_sslmode",
+    "logfile",
+    "pidfile",
 }
 
 
@@ -47,18 +58,42 @@ def test_template_includes_the_budget_file():
 def test_planned_pgbouncer_caps_backends_and_clients(pg_factory, capsys):
     # GIVEN a database with max_connections 20 and a function fanning out to 24 instances
     pg = pg_factory(max_connections=20, password="pw")
-    assert main(["plan", "--max-connections", "20", "--admin", "2", "--function", "api=24",
-                 "--pooler", "pgbouncer", "--format", "pgbouncer"]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                "--max-connections",
+                "20",
+                "--admin",
+                "2",
+                "--function",
+                "api=24",
+                "--pooler",
+                "pgbouncer",
+                "--format",
+                "pgbouncer",
+            ]
+        )
+        == 0
+    )
     budget = ini_settings("[pgbouncer]\n" + capsys.readouterr().out)
-    assert budget == {"default_pool_size": "15", "max_db_connections": "15", "max_client_conn": "24",
-                      "reserve_pool_size": "0"}
+    assert budget == {
+        "default_pool_size": "15",
+        "max_db_connections": "15",
+        "max_client_conn": "24",
+        "reserve_pool_size": "0",
+    }
     settings = {k: v for k, v in ini_settings(TEMPLATE.read_text()).items() if k not in SITE_SPECIFIC}
     pool_mode = settings.pop("pool_mode")
     try:
-        bouncer = PgBouncer(pg, pool_mode=pool_mode, default_pool_size=int(budget["default_pool_size"]),
-                            max_client_conn=int(budget["max_client_conn"]),
-                            max_db_connections=int(budget["max_db_connections"]),
-                            extra={**settings, "reserve_pool_size": budget["reserve_pool_size"]})
+        bouncer = PgBouncer(
+            pg,
+            pool_mode=pool_mode,
+            default_pool_size=int(budget["default_pool_size"]),
+            max_client_conn=int(budget["max_client_conn"]),
+            max_db_connections=int(budget["max_db_connections"]),
+            extra={**settings, "reserve_pool_size": budget["reserve_pool_size"]},
+        )
         bouncer.start()
     except PgBouncerNotFound as exc:
         missing("PgBouncer", str(exc))
@@ -74,7 +109,7 @@ def test_planned_pgbouncer_caps_backends_and_clients(pg_factory, capsys):
                 with psycopg.connect(bouncer.dsn, prepare_threshold=None, connect_timeout=5) as conn:
                     barrier.wait()
                     conn.execute("SELECT pg_sleep(0.2)")
-            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            except Exception as exc:
                 errors.append(exc)
 
         with BackendSampler(pg.dsn, interval=0.005) as sampler:

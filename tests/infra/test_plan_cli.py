@@ -35,13 +35,18 @@ def test_json_from_a_toml_file_with_flags_overriding(tmp_path, capsys):
     data = json.loads(out)
     assert code == 0 and data["admin"] == 10 and data["max_connections"] == 408
     assert data["pgbouncer"] == {
-        "default_pool_size": 395, "max_db_connections": 395, "max_client_conn": 264, "reserve_pool_size": 0,
+        "default_pool_size": 395,
+        "max_db_connections": 395,
+        "max_client_conn": 264,
+        "reserve_pool_size": 0,
     }
 
 
 def test_json_config_file(tmp_path, capsys):
     cfg = tmp_path / "plan.json"
-    cfg.write_text(json.dumps({"max_connections": 50, "pooler": "direct", "functions": [{"name": "a", "concurrency": 5}]}))
+    cfg.write_text(
+        json.dumps({"max_connections": 50, "pooler": "direct", "functions": [{"name": "a", "concurrency": 5}]})
+    )
     code, out, _ = plan(capsys, "--config", str(cfg), "--format", "json")
     assert code == 0 and json.loads(out)["functions"][0]["largest_concurrency"] == 45
 
@@ -51,9 +56,13 @@ def test_cfn_overrides_and_params_file(capsys):
     code, out, _ = plan(capsys, *argv, "--format", "cfn", "--stack-function", "web")
     assert code == 0
     assert out.split() == [
-        "FunctionName=web", "ReservedConcurrency=10", "MaxPerInstance=4",
-        "MaxConnectionsPercent=95", "MaxIdleConnectionsPercent=47",
-        "ProxyConnectionsAlarmThreshold=95", "DatabaseConnectionsAlarmThreshold=95",
+        "FunctionName=web",
+        "ReservedConcurrency=10",
+        "MaxPerInstance=4",
+        "MaxConnectionsPercent=95",
+        "MaxIdleConnectionsPercent=47",
+        "ProxyConnectionsAlarmThreshold=95",
+        "DatabaseConnectionsAlarmThreshold=95",
     ]
     code, out, _ = plan(capsys, *argv, "--format", "cfn-json", "--stack-function", "api")
     params = {p["ParameterKey"]: p["ParameterValue"] for p in json.loads(out)}
@@ -63,8 +72,9 @@ def test_cfn_overrides_and_params_file(capsys):
 
 
 def test_tfvars_parse_as_hcl(capsys):
-    code, out, _ = plan(capsys, "--max-connections", "100", "--function", "api=50", "--function", "cron=5@direct",
-                        "--format", "tfvars")
+    code, out, _ = plan(
+        capsys, "--max-connections", "100", "--function", "api=50", "--function", "cron=5@direct", "--format", "tfvars"
+    )
     data = hcl2.loads(out, serialization_options=hcl2.SerializationOptions(strip_string_quotes=True))
     assert code == 0
     assert data["max_connections_percent"] == 90 and data["max_idle_connections_percent"] == 45
@@ -74,19 +84,27 @@ def test_tfvars_parse_as_hcl(capsys):
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["--max-connections", "100", "--function", "api=80", "--function", "worker=30", "--pooler", "direct"],
-         "worker breaks the budget: the connections overflow by 15"),
+        (
+            ["--max-connections", "100", "--function", "api=80", "--function", "worker=30", "--pooler", "direct"],
+            "worker breaks the budget: the connections overflow by 15",
+        ),
         (["--function", "api=1"], "give --max-connections N or --instance-class CLASS"),
         (["--instance-class", "db.t3.micro", "--function", "api"], "expected NAME=CONCURRENCY"),
-        (["--max-connections", "100", "--function", "api=1", "--pooler", "direct", "--format", "cfn"],
-         "--pooler rds-proxy"),
+        (
+            ["--max-connections", "100", "--function", "api=1", "--pooler", "direct", "--format", "cfn"],
+            "--pooler rds-proxy",
+        ),
         (["--max-connections", "10", "--reserved", "8", "--function", "api=1"], "nothing is left"),
         # a bad limit is named by the flag it came from, not by the library's argument name
-        (["--max-connections", "100", "--reserved", "-1", "--function", "api=1"],
-         "--reserved -1: must be a whole number >= 0"),
+        (
+            ["--max-connections", "100", "--reserved", "-1", "--function", "api=1"],
+            "--reserved -1: must be a whole number >= 0",
+        ),
         (["--max-connections", "0", "--function", "api=1"], "--max-connections 0: must be a whole number >= 1"),
-        (["--instance-class", "db.x9.huge", "--function", "api=1"],
-         "give the database's max_connections instead (--max-connections N"),
+        (
+            ["--instance-class", "db.x9.huge", "--function", "api=1"],
+            "give the database's max_connections instead (--max-connections N",
+        ),
     ],
 )
 def test_impossible_inputs_exit_2_with_a_clear_message(capsys, argv, needle):
@@ -97,16 +115,29 @@ def test_impossible_inputs_exit_2_with_a_clear_message(capsys, argv, needle):
 
 def test_console_script_refuses_without_traceback():
     out = subprocess.run(
-        [sys.executable, "-m", "lambdapool", "plan", "--max-connections", "20", "--function", "a=30",
-         "--pooler", "direct"], capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "lambdapool",
+            "plan",
+            "--max-connections",
+            "20",
+            "--function",
+            "a=30",
+            "--pooler",
+            "direct",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 2 and "a breaks the budget" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_the_processes_term_is_shown_and_explained(capsys):
     # GIVEN a Managed Instances function: 4 environments x 1 conn x 16 processes, connecting directly
-    code, out, _ = plan(capsys, "--max-connections", "100", "--function", "api=20", "--function",
-                        "worker=4x1x16@direct")
+    code, out, _ = plan(
+        capsys, "--max-connections", "100", "--function", "api=20", "--function", "worker=4x1x16@direct"
+    )
     assert code == 0
     assert "worker 4 environments x 16 processes x 1 conn = 64 (direct)" in out
     assert "processes: worker 4 environments x 16 processes (Lambda Managed Instances)" in out

@@ -100,8 +100,9 @@ def test_throttling_is_retried_until_the_lookup_succeeds(front: Front, code: str
 
 def test_async_lookup_retries_throttling_too(front: Front) -> None:
     front.failures = 2
-    found = asyncio.run(aresolve_proxy_endpoint("orders", "us-east-1", endpoint_url=front.url,
-                                                deadline=time.monotonic() + 30))
+    found = asyncio.run(
+        aresolve_proxy_endpoint("orders", "us-east-1", endpoint_url=front.url, deadline=time.monotonic() + 30)
+    )
     assert found == ("orders.proxy-abc.us-east-1.rds.amazonaws.com", 5432) and front.describes == 3
 
 
@@ -120,8 +121,9 @@ def test_throttling_that_lasts_stops_at_the_deadline_and_names_the_fix(front: Fr
 def test_throttling_that_lasts_stops_at_the_deadline_async(front: Front) -> None:
     front.failures = -1
     with pytest.raises(ConnectionUnavailable, match="budget ran out"):
-        asyncio.run(aresolve_proxy_endpoint("orders", "us-east-1", endpoint_url=front.url,
-                                            deadline=time.monotonic() + 1.0))
+        asyncio.run(
+            aresolve_proxy_endpoint("orders", "us-east-1", endpoint_url=front.url, deadline=time.monotonic() + 1.0)
+        )
     assert front.describes >= 1  # (a loaded machine may fit only one in 1 s: retrying is tested above)
 
 
@@ -136,8 +138,14 @@ def test_the_adapter_looks_up_once_per_instance_even_from_threads(front: Front) 
     import lambdapool
 
     front.failures = 1
-    db = lambdapool.Database(pooler="rds-proxy", proxy_name="orders", aws_endpoint_url=front.url, user="app",
-                             region="us-east-1", password="pw")
+    db = lambdapool.Database(
+        pooler="rds-proxy",
+        proxy_name="orders",
+        aws_endpoint_url=front.url,
+        user="app",
+        region="us-east-1",
+        password="pw",
+    )
     adapter = db.adapter
     barrier = threading.Barrier(8)
     found: list[object] = []

@@ -15,8 +15,16 @@ from lambdapool.tools.cli import main
 from tests.infra.infra_support import TERRAFORM
 
 OPTIONS = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False, with_comments=False)
-PLAN = ["--instance-class", "db.t4g.medium", "--function", "api=50", "--function", "web=20x2",
-        "--function", "cron=3@direct"]
+PLAN = [
+    "--instance-class",
+    "db.t4g.medium",
+    "--function",
+    "api=50",
+    "--function",
+    "web=20x2",
+    "--function",
+    "cron=3@direct",
+]
 USER_SUPPLIED = {"name", "vpc_id", "subnet_ids", "code_s3_bucket", "code_s3_key"}
 
 
@@ -53,9 +61,15 @@ def plan(capsys, fmt: str) -> str:
 def test_every_file_parses(module):
     assert {"terraform", "variable", "resource", "output", "locals", "data"} == set(module)
     resources = blocks(module, "resource")
-    for needed in ("aws_db_proxy.this", "aws_db_proxy_default_target_group.this", "aws_db_proxy_target.this",
-                   "aws_lambda_function.this", "aws_iam_role.function", "aws_db_instance.this",
-                   "aws_cloudwatch_metric_alarm.this"):
+    for needed in (
+        "aws_db_proxy.this",
+        "aws_db_proxy_default_target_group.this",
+        "aws_db_proxy_target.this",
+        "aws_lambda_function.this",
+        "aws_iam_role.function",
+        "aws_db_instance.this",
+        "aws_cloudwatch_metric_alarm.this",
+    ):
         assert needed in resources
 
 
@@ -86,8 +100,22 @@ def _resolve(value: str, tfvars: dict, each: dict | None = None):
 
 def test_managed_instances_functions_get_the_plans_environments_and_processes(module, capsys):
     # GIVEN a plan with a Managed Instances function: 4 environments x 16 processes x 1 conn
-    assert main(["plan", "--max-connections", "400", "--function", "api=50", "--function", "worker=4x1x16",
-                 "--format", "tfvars"]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                "--max-connections",
+                "400",
+                "--function",
+                "api=50",
+                "--function",
+                "worker=4x1x16",
+                "--format",
+                "tfvars",
+            ]
+        )
+        == 0
+    )
     tfvars = parse(capsys.readouterr().out)
     worker = tfvars["functions"]["worker"]
     assert worker["managed_instances"] == {"per_execution_environment_max_concurrency": 16}
@@ -95,17 +123,22 @@ def test_managed_instances_functions_get_the_plans_environments_and_processes(mo
     fn = resources["aws_lambda_function.this"]
     # THEN its processes are the plan's, it runs on its own capacity provider, no reserved concurrency
     config = fn["dynamic"][1]["capacity_provider_config"]["content"][0][
-        "lambda_managed_instances_capacity_provider_config"][0]
+        "lambda_managed_instances_capacity_provider_config"
+    ][0]
     assert config["per_execution_environment_max_concurrency"] == (
-        "${capacity_provider_config.value.per_execution_environment_max_concurrency}")
+        "${capacity_provider_config.value.per_execution_environment_max_concurrency}"
+    )
     assert config["capacity_provider_arn"] == "${aws_lambda_capacity_provider.this[each.key].arn}"
     assert _resolve(fn["reserved_concurrent_executions"], tfvars, worker) is None
     assert _resolve(fn["reserved_concurrent_executions"], tfvars, tfvars["functions"]["api"]) == 50
     # AND the provider's vCPU cap holds exactly the planned environments: 4 x 4096 MiB / 1024 / 2 GiB per vCPU
     scaling = resources["aws_lambda_capacity_provider.this"]["capacity_provider_scaling_config"][0]
     expression = scaling["max_vcpu_count"].removeprefix("${").removesuffix("}")
-    for name, value in (("each.value.reserved_concurrency", 4), ("var.memory_size", 4096),
-                        ("each.value.managed_instances.memory_gib_per_vcpu", 2)):
+    for name, value in (
+        ("each.value.reserved_concurrency", 4),
+        ("var.memory_size", 4096),
+        ("each.value.managed_instances.memory_gib_per_vcpu", 2),
+    ):
         expression = expression.replace(name, str(value))
     assert eval(expression, {"max": max, "ceil": math.ceil}) == 8  # our own module's arithmetic
 
@@ -118,7 +151,9 @@ def test_the_modules_numbers_are_the_plans(module, capsys):
     # THEN the proxy's pool settings resolve to the plan's percentages
     pool = resources["aws_db_proxy_default_target_group.this"]["connection_pool_config"][0]
     assert _resolve(pool["max_connections_percent"], tfvars) == expected["rds_proxy"]["max_connections_percent"]
-    assert _resolve(pool["max_idle_connections_percent"], tfvars) == expected["rds_proxy"]["max_idle_connections_percent"]
+    assert (
+        _resolve(pool["max_idle_connections_percent"], tfvars) == expected["rds_proxy"]["max_idle_connections_percent"]
+    )
     # AND each function through the proxy gets its planned concurrency and connections
     fn = resources["aws_lambda_function.this"]
     assert fn["for_each"] == "${var.functions}"
@@ -136,7 +171,9 @@ def test_the_modules_numbers_are_the_plans(module, capsys):
     assert _resolve(alarms["proxy-connections"]["threshold"], tfvars) == expected["rds_proxy"]["cap"]
     assert _resolve(alarms["database-connections"]["threshold"], tfvars) == expected["usable"]
     assert {a["metric"] for a in alarms.values()} == {
-        "DatabaseConnections", "DatabaseConnectionsCurrentlySessionPinned", "DatabaseConnectionsBorrowLatency",
+        "DatabaseConnections",
+        "DatabaseConnectionsCurrentlySessionPinned",
+        "DatabaseConnectionsBorrowLatency",
     }
     assert _resolve(resources["aws_db_instance.this"]["instance_class"], tfvars) == "db.t4g.medium"
 
@@ -144,14 +181,21 @@ def test_the_modules_numbers_are_the_plans(module, capsys):
 def test_rds_db_connect_is_scoped_to_the_proxy_and_user(module):
     locals_ = next(block for block in module["locals"] if "proxy_user_arn" in block)
     assert locals_["proxy_resource_id"] == '${split(":", aws_db_proxy.this.arn)[6]}'
-    policy = next(b for e in module["data"] for k, v in e.items() if k == "aws_iam_policy_document"
-                  for label, b in v.items() if label == "function")
+    policy = next(
+        b
+        for e in module["data"]
+        for k, v in e.items()
+        if k == "aws_iam_policy_document"
+        for label, b in v.items()
+        if label == "function"
+    )
     connect = _dynamic_statement(policy, "ConnectThroughTheProxy")
     assert connect["actions"] == ["rds-db:connect"] and connect["resources"] == ["${local.proxy_user_arn}"]
     # the expression, applied to a proxy ARN, gives the rds-db ARN of that proxy and user
     expression = locals_["proxy_user_arn"]
-    assert expression == ('${replace(replace(aws_db_proxy.this.arn, ":rds:", ":rds-db:"), ":db-proxy:", '
-                          '":dbuser:")}/${var.db_user}')
+    assert expression == (
+        '${replace(replace(aws_db_proxy.this.arn, ":rds:", ":rds-db:"), ":db-proxy:", ":dbuser:")}/${var.db_user}'
+    )
     arn = "arn:aws:rds:us-east-1:123456789012:db-proxy:prx-0123456789abcdef0"
     applied = arn.replace(":rds:", ":rds-db:").replace(":db-proxy:", ":dbuser:") + "/app"
     assert applied == "arn:aws:rds-db:us-east-1:123456789012:dbuser:prx-0123456789abcdef0/app"
@@ -162,16 +206,23 @@ def _dynamic_statement(policy: dict, sid: str) -> dict:
 
 
 def _function_policy(module: dict) -> dict:
-    return next(b for e in module["data"] for k, v in e.items() if k == "aws_iam_policy_document"
-                for label, b in v.items() if label == "function")
+    return next(
+        b
+        for e in module["data"]
+        for k, v in e.items()
+        if k == "aws_iam_policy_document"
+        for label, b in v.items()
+        if label == "function"
+    )
 
 
 def test_functions_get_the_proxys_endpoint_and_no_describe_permission(module):
     fn = blocks(module, "resource")["aws_lambda_function.this"]
     environment = fn["environment"][0]["variables"]
     # the endpoint when find_proxy_by is endpoint (the default), the name only when asked
-    assert ('var.find_proxy_by == "endpoint" ? {LAMBDAPOOL_DSN = '
-            '"postgresql://${aws_db_proxy.this.endpoint}:5432"} : {}') in environment
+    assert (
+        'var.find_proxy_by == "endpoint" ? {LAMBDAPOOL_DSN = "postgresql://${aws_db_proxy.this.endpoint}:5432"} : {}'
+    ) in environment
     assert 'var.find_proxy_by == "name" ? {LAMBDAPOOL_PROXY_NAME = aws_db_proxy.this.name} : {}' in environment
     assert "LAMBDAPOOL_PROXY_NAME = aws_db_proxy.this.name," not in environment  # not unconditionally
     assert blocks(module, "variable")["find_proxy_by"]["default"] == "endpoint"
@@ -207,7 +258,7 @@ def _validate(condition: str, name: str, value) -> bool:
     """Evaluate a simple validation condition (comparisons, &&, ||, contains) for one value."""
     expression = condition.removeprefix("${").removesuffix("}")
     expression = expression.replace("&&", " and ").replace("||", " or ").replace(f"var.{name}", repr(value))
-    return bool(eval(expression, {"__builtins__": {}, "contains": lambda seq, x: x in seq}))  # noqa: S307
+    return bool(eval(expression, {"__builtins__": {}, "contains": lambda seq, x: x in seq}))
 
 
 def test_validations_accept_the_plan_and_refuse_what_it_never_makes(module, capsys):
@@ -220,7 +271,7 @@ def test_validations_accept_the_plan_and_refuse_what_it_never_makes(module, caps
                 assert _validate(validation["condition"], name, tfvars[name]), name
                 checked += 1
     assert checked == 2
-    assert not _validate(variables["max_connections_percent"]["validation"][0]["condition"],
-                         "max_connections_percent", 0)
+    assert not _validate(
+        variables["max_connections_percent"]["validation"][0]["condition"], "max_connections_percent", 0
+    )
     assert not _validate(variables["driver"]["validation"][0]["condition"], "driver", "pg8000")
-

@@ -12,7 +12,9 @@ from lambdapool.tools.proxy.auth import AuthFailed, verify_iam_token
 AKID, SECRET = "AKIAPROXYTEST0000001", "proxy-test-secret-key"
 
 
-def make_token(host: str, port: int, user: str, *, akid: str = AKID, secret: str = SECRET, region: str = "us-east-1") -> str:
+def make_token(
+    host: str, port: int, user: str, *, akid: str = AKID, secret: str = SECRET, region: str = "us-east-1"
+) -> str:
     import boto3
 
     session = boto3.session.Session(aws_access_key_id=akid, aws_secret_access_key=secret, region_name=region)
@@ -74,7 +76,7 @@ def test_iam_token_from_boto3_is_accepted_and_forgeries_refused(make_proxy):
 
 def test_iam_token_expiry_and_clock():
     token = make_token("127.0.0.1", 5555, "app")
-    args = dict(hosts={"127.0.0.1"}, port=5555, user="app", credentials={AKID: SECRET}, region="us-east-1")
+    args = {"hosts": {"127.0.0.1"}, "port": 5555, "user": "app", "credentials": {AKID: SECRET}, "region": "us-east-1"}
     now = datetime.datetime.now(datetime.timezone.utc)
     verify_iam_token(token, now=now, **args)
     verify_iam_token(token, now=now + datetime.timedelta(minutes=14), **args)

@@ -6,11 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from lambdapool.tools.cli import main
 from lambdapool.testing import free_port
+from lambdapool.tools.cli import main
 from tests.proxy.conftest import SERVER_PASSWORD
 
 
@@ -59,7 +60,7 @@ def test_cli_status_interval_zero_prints_no_status_and_idles(proxy_pg):
         ticks = os.sysconf("SC_CLK_TCK")
 
         def cpu_seconds() -> float:
-            fields = open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
             return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
 
         before = cpu_seconds()

@@ -63,6 +63,7 @@ def test_asyncpg_default_statement_cache_neither_pins_nor_loses_statements(make_
     async def main() -> list[int]:
         conns = [await asyncpg.connect(proxy.dsn) for _ in range(5)]  # default statement_cache_size
         try:
+
             async def work(conn, n: int) -> int:
                 total = 0
                 for i in range(20):
@@ -180,9 +181,8 @@ def test_copy_pipeline_errors_and_cursors(make_proxy, proxy_pg):
             cursors = [conn.execute("SELECT %s::int", (i,), prepare=True) for i in range(20)]
         assert [c.fetchone()[0] for c in cursors] == list(range(20))
         with conn.transaction():
-            with pytest.raises(psycopg.errors.DivisionByZero):
-                with conn.transaction():
-                    conn.execute("SELECT 1/0")
+            with pytest.raises(psycopg.errors.DivisionByZero), conn.transaction():
+                conn.execute("SELECT 1/0")
             with conn.cursor(name="server_side") as cur:  # DECLARE inside the transaction
                 cur.execute("SELECT generate_series(1, 100)")
                 assert len(cur.fetchmany(40)) == 40

@@ -22,8 +22,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from lambdapool.tools.proto.encodings import python_codec
 from lambdapool.testing import LocalProxy, PostgresServer
+from lambdapool.tools.proto.encodings import python_codec
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -53,7 +53,9 @@ def encoded_databases(proxy_pg: PostgresServer) -> dict[str, str]:
     out = {}
     for encoding, name in DATABASES.items():
         if name is not None and not proxy_pg.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'"):
-            proxy_pg.psql(f"CREATE DATABASE {name} ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+            proxy_pg.psql(
+                f"CREATE DATABASE {name} ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+            )
         parts = urlsplit(proxy_pg.dsn)
         out[encoding] = urlunsplit(parts._replace(path="/" + (name or parts.path.lstrip("/"))))
     return out
@@ -125,7 +127,16 @@ def psycopg_session(dsn: str, client_encoding: str, text: str, *, via_set: bool)
         seen.append(("notices", list(notices)))
         # bytes the encoding may reject (not UTF-8, not EUC_JP): the server's verdict, unchanged
         res = conn.pgconn.exec_(b"SELECT '\xa4\xff\xfe'::text")
-        seen.append(("odd bytes", (res.status, res.error_field(psycopg.pq.DiagnosticField.SQLSTATE), res.get_value(0, 0) if res.ntuples else None)))
+        seen.append(
+            (
+                "odd bytes",
+                (
+                    res.status,
+                    res.error_field(psycopg.pq.DiagnosticField.SQLSTATE),
+                    res.get_value(0, 0) if res.ntuples else None,
+                ),
+            )
+        )
         conn.execute("SELECT 1")  # still usable (no FATAL)
         seen.append(("pinning statement", conn.execute(f"SELECT set_config('lp.note', '{text}', false)").fetchone()))
         seen.append(("setting kept", conn.execute("SELECT current_setting('lp.note')").fetchone()))
@@ -203,7 +214,9 @@ async def asyncpg_session(dsn: str, client_encoding: str, text: str) -> list[tup
         await step("simple", conn.execute(f"SELECT '{text}'"))  # no arguments: simple protocol
         await step("identifiers", conn.fetch(f'SELECT 1 AS "col {text}"'))
         await step("missing relation", conn.execute(f'SELECT * FROM "nope {text}"'))
-        await step("raise", conn.execute("DO $$BEGIN RAISE EXCEPTION USING MESSAGE = 'failed', ERRCODE = 'P0001'; END$$"))
+        await step(
+            "raise", conn.execute("DO $$BEGIN RAISE EXCEPTION USING MESSAGE = 'failed', ERRCODE = 'P0001'; END$$")
+        )
         await step("raise param", conn.fetchval("SELECT (SELECT 1 WHERE $1::text = '' OR 1/0 = 1)", text))
         await step("notice", conn.execute("DO $$BEGIN RAISE NOTICE 'note'; END$$"))
         await asyncio.sleep(0.05)  # log listeners are called soon, not at once

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 
 from lambdapool.errors import ConfigError
-from lambdapool.tools.proxy.config import BackendTarget
 from lambdapool.testing import LocalProxy, PostgresServer, wait_for
+from lambdapool.tools.proxy.config import BackendTarget
 from lambdapool.tools.testing.replication import ReplicatedPostgres
 
 

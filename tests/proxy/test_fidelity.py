@@ -5,14 +5,12 @@ session both ways and compares what the client saw. Pins are expected where RDS 
 from __future__ import annotations
 
 import threading
-
 from collections.abc import Callable
 
 import psycopg
 import pytest
 
 from lambdapool.testing import LocalProxy, PostgresServer
-
 from tests.proxy.conftest import need_binary, run
 
 Session = Callable[[str], object]
@@ -113,7 +111,13 @@ def large_param(dsn: str) -> object:
 def errors(dsn: str) -> object:
     out = []
     with psycopg.connect(dsn) as conn:
-        for sql in ["SELECT 1/0", "SELECT * FROM nope", "SELEC 1", "SELECT 'a'::int", "INSERT INTO t VALUES (NULL, 'x')"]:
+        for sql in [
+            "SELECT 1/0",
+            "SELECT * FROM nope",
+            "SELEC 1",
+            "SELECT 'a'::int",
+            "INSERT INTO t VALUES (NULL, 'x')",
+        ]:
             try:
                 conn.execute(sql)
             except psycopg.Error as exc:
@@ -145,15 +149,18 @@ def cancel(dsn: str) -> object:
 
 def psql_script(dsn: str) -> object:
     psql = need_binary("psql")
-    script = "\\set ON_ERROR_STOP 0\nSELECT 1 AS a \\gset\n\\echo :a\nCOPY (SELECT generate_series(1,3)) TO STDOUT;\nSELECT 1/0;\n\\copy t (id, v) FROM stdin\n7771\tpsql\n\\.\nDELETE FROM t WHERE id = 7771 RETURNING v;\n"
+    script = (
+        "\\set ON_ERROR_STOP 0\nSELECT 1 AS a \\gset\n\\echo :a\nCOPY (SELECT generate_series(1,3)) TO STDOUT;\n"
+        "SELECT 1/0;\n\\copy t (id, v) FROM stdin\n7771\tpsql\n\\.\nDELETE FROM t WHERE id = 7771 RETURNING v;\n"
+    )
     out = run([psql, "-X", "-q", "-A", "-t", dsn], input=script, timeout=60)
     return out.returncode, out.stdout, out.stderr.replace(dsn, "")
 
 
 FEATURES: dict[str, Session] = {
     "copy": copy_both_ways, "pipeline": pipeline, "notices": notices, "listen_notify": listen_notify,
-    "server_cursor": server_cursor, "two_phase": two_phase, "large": large, "errors": errors, "large_param": large_param,
-    "cancel": cancel, "psql": psql_script,
+    "server_cursor": server_cursor, "two_phase": two_phase, "large": large, "errors": errors,
+    "large_param": large_param, "cancel": cancel, "psql": psql_script,
 }  # fmt: skip
 
 
@@ -161,7 +168,8 @@ KNOWN_BROKEN: dict[str, str] = {}  # feature -> why it is skipped (none now)
 
 
 @pytest.mark.parametrize(
-    "feature", [pytest.param(f, marks=pytest.mark.skip(reason=KNOWN_BROKEN[f])) if f in KNOWN_BROKEN else f for f in FEATURES]
+    "feature",
+    [pytest.param(f, marks=pytest.mark.skip(reason=KNOWN_BROKEN[f])) if f in KNOWN_BROKEN else f for f in FEATURES],
 )
 def test_same_as_direct(feature: str, proxy_pg: PostgresServer, make_proxy: Callable[..., LocalProxy]) -> None:
     if feature == "two_phase":  # a fixture without two-phase commit fails here, never skips
@@ -179,9 +187,11 @@ def test_pgbench_same_as_direct(proxy_pg: PostgresServer, make_proxy: Callable[.
     results = {}
     for mode in ("simple", "extended", "prepared"):
         for name, dsn in (("direct", proxy_pg.dsn), ("proxy", proxy.dsn)):
-            out = run([pgbench, "-n", "-M", mode, "-t", "50", "-c", "4", "-f", "/dev/stdin", dsn],
-                      input="SELECT count(*) FROM t;\n\\set x random(1, 10)\nSELECT :x + 1;\n", timeout=120)  # fmt: skip
+            out = run(
+                [pgbench, "-n", "-M", mode, "-t", "50", "-c", "4", "-f", "/dev/stdin", dsn],
+                input="SELECT count(*) FROM t;\n\\set x random(1, 10)\nSELECT :x + 1;\n",
+                timeout=120,
+            )
             assert out.returncode == 0, out.stderr[-500:]
             results[mode, name] = "number of transactions actually processed: 200/200" in out.stdout
     assert all(results.values()), results
-

@@ -20,7 +20,9 @@ def _modules() -> dict[str, Path]:
     found = {}
     for package in PACKAGES:
         for path in sorted((ROOT / package).glob("*.py")):
-            name = f"lambdapool.tools.{package}" if path.stem == "__init__" else f"lambdapool.tools.{package}.{path.stem}"
+            name = (
+                f"lambdapool.tools.{package}" if path.stem == "__init__" else f"lambdapool.tools.{package}.{path.stem}"
+            )
             found[name] = path
     return found
 

@@ -63,7 +63,7 @@ def test_waiting_clients_are_served_in_arrival_order(make_proxy, proxy_pg):
         thread = threading.Thread(target=take_ticket, args=(n,))
         thread.start()
         threads.append(thread)
-        wait_for(lambda: proxy.stats()["waiting"] == n + 1, what=f"client {n} to queue")
+        wait_for(lambda: proxy.stats()["waiting"] == n + 1, what=f"client {n} to queue")  # noqa: B023  (called now)
     holder.commit()
     holder.close()
     for thread in threads:

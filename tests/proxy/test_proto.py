@@ -66,7 +66,10 @@ def test_frontend_session_fed_one_byte_at_a_time_gives_the_same_events_as_at_onc
     assert m.read_target(bytewise[8].body) == ("S", b"s1")
     assert m.read_sasl_initial(bytewise[9].body) == ("SCRAM-SHA-256", b"n,,n=,r=abc")
     # Raw frames are passed through untouched.
-    assert b"".join(e.data for e in bytewise[2:]) == CLIENT_SESSION[8 + len(m.startup_message({"user": "app", "database": "db", "application_name": "t"})) :]
+    assert (
+        b"".join(e.data for e in bytewise[2:])
+        == CLIENT_SESSION[8 + len(m.startup_message({"user": "app", "database": "db", "application_name": "t"})) :]
+    )
 
 
 def test_cancel_and_gssenc_requests_keep_the_startup_phase():
@@ -189,7 +192,7 @@ def test_any_split_of_valid_messages_yields_them_unchanged(msgs, cuts):
     parser = Parser(frontend=True)
     events = []
     start = 0
-    for cut in sorted(set(c for c in cuts if c < len(data))) + [len(data)]:
+    for cut in [*sorted({c for c in cuts if c < len(data)}), len(data)]:
         parser.receive_data(data[start:cut])
         events += parser.events()
         start = cut
@@ -244,7 +247,7 @@ def test_frames_are_the_messages_as_plain_tuples_at_any_split(msgs, cuts):
     by_frames, by_messages = Parser(frontend=True, startup=False), Parser(frontend=True, startup=False)
     frames, messages = [], []
     start = 0
-    for cut in sorted(set(c for c in cuts if c < len(data))) + [len(data)]:
+    for cut in [*sorted({c for c in cuts if c < len(data)}), len(data)]:
         by_frames.receive_data(data[start:cut])
         by_messages.receive_data(data[start:cut])
         frames += by_frames.frames()
@@ -262,7 +265,9 @@ def _nul_free(text: str) -> str:
 @given(
     msg=st.one_of(
         frontend_messages,
-        st.tuples(st.text(max_size=8), st.text(max_size=8)).map(lambda t: m.bind(_nul_free(t[0]), _nul_free(t[1]), (b"1",))),
+        st.tuples(st.text(max_size=8), st.text(max_size=8)).map(
+            lambda t: m.bind(_nul_free(t[0]), _nul_free(t[1]), (b"1",))
+        ),
     )
 )
 def test_readers_at_an_offset_read_the_frame_in_place_as_they_read_its_body(msg):

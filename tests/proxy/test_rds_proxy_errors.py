@@ -33,7 +33,7 @@ def when(condition: Callable[[], bool], action: Callable[[], object], what: str)
         try:
             wait_for(condition, what, timeout=60)  # (a safety net: it normally holds within ms)
             action()
-        except BaseException as exc:  # noqa: BLE001 - reported by the test through join()
+        except BaseException as exc:
             failures.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -107,7 +107,7 @@ def test_the_proxy_sends_rds_proxys_texts_and_sqlstates(make_proxy):
     async def refusal(dsn: str, **kwargs: object) -> BaseException:
         try:
             conn = await asyncpg.connect(dsn, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - the refusal is what we look at
+        except Exception as exc:
             return exc
         await conn.close()
         raise AssertionError(f"{dsn} let the client in")

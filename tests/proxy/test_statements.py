@@ -29,7 +29,9 @@ def test_random_prepare_execute_describe_close_across_backends(proxy_pg):
     )  # fmt: skip
     try:
         assert "listening on" in proc.stdout.readline()  # type: ignore[union-attr]
-        conns = [pq.PGconn.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres".encode()) for _ in range(3)]
+        conns = [
+            pq.PGconn.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres".encode()) for _ in range(3)
+        ]
         assert all(c.status == pq.ConnStatus.OK for c in conns), [c.error_message for c in conns]
         live: list[dict[bytes, int]] = [{} for _ in conns]  # name -> k of "SELECT $1::int + k"
         rng = random.Random(20261122)
@@ -66,7 +68,9 @@ def test_random_prepare_execute_describe_close_across_backends(proxy_pg):
                     assert res.error_field(pq.DiagnosticField.SQLSTATE) == b"26000", res.error_message
             elif op == "describe" and name in mine:
                 res = conn.describe_prepared(name)
-                assert res.status == pq.ExecStatus.COMMAND_OK and res.nparams == 1 and res.nfields == 1, res.error_message
+                assert res.status == pq.ExecStatus.COMMAND_OK and res.nparams == 1 and res.nfields == 1, (
+                    res.error_message
+                )
             elif op == "close" and name in mine:
                 res = conn.close_prepared(name)
                 assert res.status == pq.ExecStatus.COMMAND_OK, (step, res.error_message)

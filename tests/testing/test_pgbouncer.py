@@ -48,7 +48,7 @@ def test_transaction_pool_caps_server_backends(pgbouncer_bin, backend):
                 with psycopg.connect(pgb.dsn, prepare_threshold=None) as conn:
                     barrier.wait(10)
                     conn.execute("SELECT pg_sleep(0.3)")
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
 
         # WHEN 8 clients each run a transaction at once
@@ -111,6 +111,7 @@ def test_pgbouncer_dies_with_its_owner_and_the_sweep_removes_its_dir(pgbouncer_b
     )
     out = subprocess.run([sys.executable, "-c", code, backend.dsn], capture_output=True, text=True, timeout=30)
     pid, base_dir = json.loads(out.stdout)
+
     # THEN PgBouncer follows it (parent-death signal) and the sweep removes what it left
     def gone() -> bool:
         try:

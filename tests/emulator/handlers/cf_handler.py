@@ -21,9 +21,9 @@ def _connection():
 def fn(request):
     data = request.get_json(silent=True) or {}
     started = time.time()
-    (backend_pid,) = _connection().execute(
-        "SELECT pg_backend_pid() FROM pg_sleep(%s)", (data.get("sleep", 0),)
-    ).fetchone()
+    (backend_pid,) = (
+        _connection().execute("SELECT pg_backend_pid() FROM pg_sleep(%s)", (data.get("sleep", 0),)).fetchone()
+    )
     return {
         "pid": os.getpid(),
         "thread": threading.get_ident(),

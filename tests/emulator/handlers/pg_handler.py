@@ -43,9 +43,9 @@ def handler(event, context):
         raise ValueError(event["fail"])
     if event.get("echo"):  # no database: large payloads both ways
         return {"echo": event["echo"], "pad": "y" * event.get("pad", 0)}
-    (backend_pid,) = _connection().execute(
-        "SELECT pg_backend_pid() FROM pg_sleep(%s)", (event.get("sleep", 0),)
-    ).fetchone()
+    (backend_pid,) = (
+        _connection().execute("SELECT pg_backend_pid() FROM pg_sleep(%s)", (event.get("sleep", 0),)).fetchone()
+    )
     out = {
         "pid": os.getpid(),
         "backend_pid": backend_pid,

@@ -19,8 +19,13 @@ def http_api_v2(path: str, method: str = "GET") -> dict[str, Any]:
             "accountId": "123456789012",
             "apiId": "abc",
             "domainName": "abc.execute-api.eu-west-1.amazonaws.com",
-            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "192.0.2.1",
-                     "userAgent": "tests"},  # fmt: skip
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "192.0.2.1",
+                "userAgent": "tests",
+            },
             "requestId": request_id,
             "routeKey": "$default",
             "stage": "$default",

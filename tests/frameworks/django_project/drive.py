@@ -2,8 +2,9 @@
 
 ``python drive.py PLAN`` with PLAN a JSON object: ``paths`` (requests in order), ``kill_before``
 (indices of requests before which the parent terminates the server's backends: this prints
-``KILL`` and waits for a line on stdin). Prints one JSON line: each response's status and body, the server's client backends at the end
-(other than the admin's), and lambdapool's stats when the engine is lambdapool.django.
+``KILL`` and waits for a line on stdin). Prints one JSON line: each response's status and body,
+the server's client backends at the end (other than the admin's), and lambdapool's stats when the
+engine is lambdapool.django.
 """
 
 import asyncio
@@ -13,9 +14,9 @@ import sys
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
 
-import django  # noqa: E402
-import httpx  # noqa: E402
-import psycopg  # noqa: E402
+import django
+import httpx
+import psycopg
 
 django.setup()
 

@@ -29,6 +29,7 @@ DATABASES = {
         "ATOMIC_REQUESTS": os.environ.get("DJ_ATOMIC") == "1",
         "CONN_MAX_AGE": None if _max_age == "none" else int(_max_age),
         "OPTIONS": {"lambdapool": {"pooler": os.environ.get("DJ_POOLER", "direct")}}
-        if _engine == "lambdapool.django" else {},
+        if _engine == "lambdapool.django"
+        else {},
     }
 }

@@ -2,11 +2,10 @@
 
 import datetime
 
+from app.models import Item
 from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
-
-from app.models import Item
 
 
 def state(request: HttpRequest) -> JsonResponse:
@@ -25,8 +24,14 @@ def item(request: HttpRequest) -> JsonResponse:
     made = Item.objects.create(data=data, at=at)
     got = Item.objects.get(pk=made.pk)
     found = Item.objects.filter(data__nested__ok=True, at=at, pk=made.pk).exists()
-    return JsonResponse({"same": got.data == data and got.at == at, "aware": got.at.tzinfo is not None,
-                         "found": found, "at": got.at.isoformat()})
+    return JsonResponse(
+        {
+            "same": got.data == data and got.at == at,
+            "aware": got.at.tzinfo is not None,
+            "found": found,
+            "at": got.at.isoformat(),
+        }
+    )
 
 
 @transaction.non_atomic_requests
@@ -44,9 +49,18 @@ def fail(request: HttpRequest) -> HttpResponse:
 
 
 def count(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"left": Item.objects.filter(data__left="open").count(),
-                         "failed": Item.objects.filter(data__failed=True).count()})
+    return JsonResponse(
+        {
+            "left": Item.objects.filter(data__left="open").count(),
+            "failed": Item.objects.filter(data__failed=True).count(),
+        }
+    )
 
 
-urlpatterns = [path("state", state), path("item", item), path("left_open", left_open), path("fail", fail),
-               path("count", count)]
+urlpatterns = [
+    path("state", state),
+    path("item", item),
+    path("left_open", left_open),
+    path("fail", fail),
+    path("count", count),
+]
