@@ -1,8 +1,9 @@
 """Settings: from code or ``LAMBDAPOOL_*`` environment variables, validated once at init.
 
 Each setting resolves as argument, then environment variable, then default (Powertools'
-order). Defaults come with their reason in ``SETTINGS``; the README's settings table is made
-from the same table. Pooler-specific settings (``proxy_name``, ``secret_arn``...) are declared
+order). The schema is written once, as the fields of :class:`Settings` (each with its kind,
+default and why that default); ``SETTINGS`` reads it for validation, the environment and the
+docs' settings table. Pooler-specific settings (``proxy_name``, ``secret_arn``...) are declared
 by each adapter and validated the same way (:func:`coerce`).
 """
 
@@ -33,100 +34,14 @@ class Setting:
     why: str
 
 
-# name, type, default, and why that default. One table: validation, env and docs read it.
-SETTINGS: tuple[Setting, ...] = (
-    Setting("dsn", str, None, "libpq URI or key=value string; falls back to DATABASE_URL"),
-    Setting("driver", str, "psycopg", "psycopg (sync), psycopg-async or asyncpg"),
-    Setting("pooler", str, "direct", "direct, rds-proxy, pgbouncer, local, or a plugin's name"),
-    Setting("connect_timeout", float, 5.0, "seconds for one connect attempt; a healthy pooler answers in milliseconds"),
-    Setting(
-        "acquire_timeout",
-        float,
-        10.0,
-        "seconds to get a connection, retries included; never past the invocation's deadline",
-    ),
-    Setting(
-        "ping_after_idle",
-        float,
-        60.0,
-        "idle seconds after which a round-trip ping replaces the free socket check: "
-        "only a round trip finds a peer that vanished without a FIN (NAT, proxy timeouts)",
-    ),
-    Setting(
-        "invocation_timeout",
-        float,
-        60.0,
-        "seconds an invocation may run where the platform gives no deadline (Cloud Functions, local)",
-    ),
-    Setting(
-        "max_per_instance",
-        int,
-        4,
-        "connections one instance may hold for concurrent requests (Cloud Functions); "
-        "1 on Lambda, which sends a process one invocation at a time (a web server's tail of "
-        "one request then waits instead of opening a second). Fleet cost = instances x this",
-    ),
-    Setting(
-        "reset_session",
-        bool,
-        False,
-        "reset session state (SET, temp tables, LISTEN, advisory locks) after each "
-        "invocation; costs a round trip, and pins sessions behind RDS Proxy",
-    ),
-    Setting(
-        "prewarm",
-        bool,
-        False,
-        "connect during init (useful with provisioned concurrency / SnapStart is not: "
-        "connections are closed before the snapshot)",
-    ),
-    Setting(
-        "emit_metrics", bool, False, "print one CloudWatch Embedded Metric Format line per invocation (no API call)"
-    ),
-    Setting("application_name", str, None, "shown in pg_stat_activity; default lambdapool:<function name>"),
-    Setting("handle_sigterm", bool, True, "close connections on SIGTERM, chaining any handler already installed"),
-    Setting("password", str, None, "password (or a callable returning one) when it is not in the DSN"),
-    Setting(
-        "max_lifetime",
-        float,
-        3600.0,
-        "seconds after which a connection is replaced at the next acquire (never mid-invocation), "
-        "as psycopg_pool does: a backend's memory grows with its life, and new connections "
-        "spread over a proxy's or replica's new capacity; 0 keeps them forever",
-    ),
-    Setting(
-        "configure",
-        object,
-        None,
-        "callable run on every new connection (register adapters, set row_factory), as "
-        "psycopg_pool's configure; async drivers may give a coroutine function",
-    ),
-    Setting(
-        "connect_kwargs",
-        dict,
-        None,
-        "extra keyword arguments for the driver's connect (JSON object in the environment); "
-        "they win over the pooler's defaults",
-    ),
-    Setting(
-        "metrics_namespace",
-        str,
-        None,
-        "CloudWatch namespace of the metrics; default POWERTOOLS_METRICS_NAMESPACE, else lambdapool",
-    ),
-    Setting(
-        "metrics_dimensions",
-        dict,
-        None,
-        "metric dimensions (JSON object in the environment); default service=POWERTOOLS_SERVICE_NAME "
-        "when set, else FunctionName=<function>",
-    ),
-)
+def setting(kind: type, default: Any, why: str, *, repr: bool = True) -> Any:
+    """A field of :class:`Settings` that is a setting: its kind (for validation), default and why."""
+    return field(default=default, repr=repr, metadata={"kind": kind, "why": why})
+
 
 # The driver's connect arguments that are settings of their own (in the DSN or a setting).
 RESERVED_CONNECT_KWARGS = frozenset({"host", "port", "user", "password", "dbname", "database", "dsn", "conninfo"})
 
-_BY_NAME = {s.name: s for s in SETTINGS}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -353,27 +268,98 @@ def redact_values(values: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Settings:
-    """Validated core settings. Build with :meth:`build`; ``repr`` hides secrets."""
+    """Validated core settings, and their schema: each field a setting, its type, its default
+    and why that default (:func:`setting`); validation, the environment and the docs read them
+    through ``SETTINGS``. Build with :meth:`build`; ``repr`` hides secrets."""
 
-    dsn: str | None
-    driver: str
-    pooler: str
-    connect_timeout: float
-    acquire_timeout: float
-    ping_after_idle: float
-    invocation_timeout: float
-    max_per_instance: int
-    reset_session: bool
-    prewarm: bool
-    emit_metrics: bool
-    application_name: str | None
-    handle_sigterm: bool
-    password: PasswordSource = field(repr=False)
-    max_lifetime: float = 3600.0
-    configure: Callable[[Any], Any] | None = None
-    connect_kwargs: dict[str, Any] | None = field(default=None, repr=False)
-    metrics_namespace: str | None = None
-    metrics_dimensions: dict[str, str] | None = None
+    dsn: str | None = setting(str, None, "libpq URI or key=value string; falls back to DATABASE_URL")
+    driver: str = setting(str, "psycopg", "psycopg (sync), psycopg-async or asyncpg")
+    pooler: str = setting(str, "direct", "direct, rds-proxy, pgbouncer, local, or a plugin's name")
+    connect_timeout: float = setting(
+        float,
+        5.0,
+        "seconds for one connect attempt; a healthy pooler answers in milliseconds",
+    )
+    acquire_timeout: float = setting(
+        float,
+        10.0,
+        "seconds to get a connection, retries included; never past the invocation's deadline",
+    )
+    ping_after_idle: float = setting(
+        float,
+        60.0,
+        "idle seconds after which a round-trip ping replaces the free socket check: only a round "
+        "trip finds a peer that vanished without a FIN (NAT, proxy timeouts)",
+    )
+    invocation_timeout: float = setting(
+        float,
+        60.0,
+        "seconds an invocation may run where the platform gives no deadline (Cloud Functions, local)",
+    )
+    max_per_instance: int = setting(
+        int,
+        4,
+        "connections one instance may hold for concurrent requests (Cloud Functions); 1 on Lambda, "
+        "which sends a process one invocation at a time (a web server's tail of one request then "
+        "waits instead of opening a second). Fleet cost = instances x this",
+    )
+    reset_session: bool = setting(
+        bool,
+        False,
+        "reset session state (SET, temp tables, LISTEN, advisory locks) after each invocation; "
+        "costs a round trip, and pins sessions behind RDS Proxy",
+    )
+    prewarm: bool = setting(
+        bool,
+        False,
+        "connect during init (useful with provisioned concurrency / SnapStart is not: connections "
+        "are closed before the snapshot)",
+    )
+    emit_metrics: bool = setting(
+        bool,
+        False,
+        "print one CloudWatch Embedded Metric Format line per invocation (no API call)",
+    )
+    application_name: str | None = setting(str, None, "shown in pg_stat_activity; default lambdapool:<function name>")
+    handle_sigterm: bool = setting(bool, True, "close connections on SIGTERM, chaining any handler already installed")
+    password: PasswordSource = setting(
+        str,
+        None,
+        "password (or a callable returning one) when it is not in the DSN",
+        repr=False,
+    )
+    max_lifetime: float = setting(
+        float,
+        3600.0,
+        "seconds after which a connection is replaced at the next acquire (never mid-invocation), "
+        "as psycopg_pool does: a backend's memory grows with its life, and new connections spread "
+        "over a proxy's or replica's new capacity; 0 keeps them forever",
+    )
+    configure: Callable[[Any], Any] | None = setting(
+        object,
+        None,
+        "callable run on every new connection (register adapters, set row_factory), as "
+        "psycopg_pool's configure; async drivers may give a coroutine function",
+    )
+    connect_kwargs: dict[str, Any] | None = setting(
+        dict,
+        None,
+        "extra keyword arguments for the driver's connect (JSON object in the environment); they "
+        "win over the pooler's defaults",
+        repr=False,
+    )
+    metrics_namespace: str | None = setting(
+        str,
+        None,
+        "CloudWatch namespace of the metrics; default POWERTOOLS_METRICS_NAMESPACE, else lambdapool",
+    )
+    metrics_dimensions: dict[str, str] | None = setting(
+        dict,
+        None,
+        "metric dimensions (JSON object in the environment); default "
+        "service=POWERTOOLS_SERVICE_NAME when set, else FunctionName=<function>",
+    )
+    # derived, not settings
     parts: DsnParts = field(repr=False, default_factory=DsnParts)
     pooler_options: dict[str, Any] = field(default_factory=dict)
 
@@ -425,6 +411,13 @@ class Settings:
             seconds = int(parts.params["connect_timeout"])  # (libpq: 0 waits for ever; ours keeps its default)
             resolved["connect_timeout"] = float(seconds) if seconds > 0 else resolved["connect_timeout"]
         return cls(**resolved, parts=parts, pooler_options=extra)
+
+
+# The settings, in the order of the fields: validation, the environment and the docs read this.
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(f.name, f.metadata["kind"], f.default, f.metadata["why"]) for f in fields(Settings) if "kind" in f.metadata
+)
+_BY_NAME = {s.name: s for s in SETTINGS}
 
 
 def setting_names() -> list[str]:
