@@ -9,9 +9,12 @@ milliseconds on a cold start).
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lambdapool.errors import ConfigError
+
+if TYPE_CHECKING:
+    from .base import Adapter
 
 BUILTIN = {
     "direct": "lambdapool.adapters.direct:DirectAdapter",
@@ -35,7 +38,7 @@ def available() -> list[str]:
     return sorted(names)
 
 
-def load(name: str) -> type:
+def load(name: str) -> type[Adapter]:
     """The adapter class registered under ``name``, or ConfigError listing the known names."""
     if name in BUILTIN:
         try:

@@ -3,7 +3,7 @@ transaction is rolled back (the block does not commit for you: use ``conn.transa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlencode
 
 from lambdapool.drivers.base import ConnectParams, Probes
@@ -57,7 +57,7 @@ _SSL_FILES = frozenset(
 
 class AsyncpgDriver:
     name = "asyncpg"
-    is_async = True
+    is_async: Literal[True] = True
 
     async def connect(self, params: ConnectParams, timeout: float) -> Any:
         import asyncpg
@@ -129,7 +129,7 @@ class AsyncpgDriver:
     async def apply_user_settings(self, conn: Any, settings: dict[str, Any]) -> None:
         return None
 
-    async def end_transaction(self, conn: Any) -> str:
+    async def end_transaction(self, conn: Any) -> Literal["rollback"]:
         """A clean block left a transaction open: asyncpg.Pool's release rolls it back."""
         await self.rollback(conn)
         return "rollback"
@@ -157,3 +157,9 @@ class AsyncpgDriver:
 
     def backend_pid(self, conn: Any) -> int:
         return conn.get_server_pid()
+
+
+if TYPE_CHECKING:  # mypy checks that the glue keeps the driver contract
+    from lambdapool.drivers.contract import AsyncDriver
+
+    _: AsyncDriver = AsyncpgDriver()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from lambdapool.drivers.base import RESET_SQL, ConnectParams
 from lambdapool.drivers.psycopg_sync import (
@@ -44,7 +44,7 @@ class _autocommit:
 
 class AsyncPsycopgDriver:
     name = "psycopg-async"
-    is_async = True
+    is_async: Literal[True] = True
 
     async def connect(self, params: ConnectParams, timeout: float) -> Any:
         import asyncio
@@ -82,7 +82,7 @@ class AsyncPsycopgDriver:
             else:
                 setattr(conn, name, value)
 
-    async def end_transaction(self, conn: Any) -> str:
+    async def end_transaction(self, conn: Any) -> Literal["commit"]:
         """A clean block left a transaction open: psycopg_pool's connection() commits it."""
         await conn.commit()
         return "commit"
@@ -103,3 +103,9 @@ class AsyncPsycopgDriver:
 
     def backend_pid(self, conn: Any) -> int:
         return conn.info.backend_pid
+
+
+if TYPE_CHECKING:  # mypy checks that the glue keeps the driver contract
+    from lambdapool.drivers.contract import AsyncDriver
+
+    _: AsyncDriver = AsyncPsycopgDriver()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from lambdapool.drivers.base import RESET_SQL, ConnectParams, Probes
 from lambdapool.drivers.params import keepalive_options
@@ -162,7 +162,7 @@ def _connect_within(psycopg: Any, kwargs: dict[str, Any], timeout: float) -> Any
 
 class PsycopgDriver:
     name = "psycopg"
-    is_async = False
+    is_async: Literal[False] = False
 
     def connect(self, params: ConnectParams, timeout: float) -> Any:
         import psycopg
@@ -198,7 +198,7 @@ class PsycopgDriver:
         for name, value in settings.items():
             setattr(conn, name, value)
 
-    def end_transaction(self, conn: Any) -> str:
+    def end_transaction(self, conn: Any) -> Literal["commit"]:
         """A clean block left a transaction open: psycopg_pool's connection() commits it."""
         conn.commit()
         return "commit"
@@ -219,3 +219,9 @@ class PsycopgDriver:
 
     def backend_pid(self, conn: Any) -> int:
         return conn.info.backend_pid
+
+
+if TYPE_CHECKING:  # mypy checks that the glue keeps the driver contract
+    from lambdapool.drivers.contract import Driver
+
+    _: Driver = PsycopgDriver()
