@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lambdapool.config import Setting
 
 from .base import Adapter
+
+if TYPE_CHECKING:
+    from lambdapool.drivers.contract import AsyncDriver, Connection, Driver
 
 logger = logging.getLogger("lambdapool")
 
@@ -71,7 +74,7 @@ class DirectAdapter(Adapter):
     def _stale(self) -> bool:
         return time.monotonic() >= self._sample_due
 
-    def _record(self, row: tuple) -> None:
+    def _record(self, row: tuple[Any, ...]) -> None:
         max_connections, reserved, used = row
         ordinary = max(1, max_connections - reserved)
         self._utilisation = used / ordinary
@@ -84,7 +87,8 @@ class DirectAdapter(Adapter):
             self._utilisation = max(self._utilisation, 1.0)
             self._sample_due = time.monotonic() + self.options["guard_sample_interval"]
             self._update_ask_from()
-        return self._utilisation >= self.options["guard_threshold"]
+        threshold: float = self.options["guard_threshold"]
+        return self._utilisation >= threshold
 
     def _update_ask_from(self) -> None:
         full = self._utilisation >= self.options["guard_threshold"]
@@ -99,7 +103,7 @@ class DirectAdapter(Adapter):
         # never with the guard off).
         return time.monotonic() >= self._ask_from
 
-    def keep_warm(self, driver: Any, conn: Any, refused: bool) -> bool:
+    def keep_warm(self, driver: Driver, conn: Connection, refused: bool) -> bool:
         if not self.options["budget_guard"]:
             return True
         if not refused and self._stale():
@@ -110,7 +114,7 @@ class DirectAdapter(Adapter):
             self.zombies_terminated += driver.query_row(conn, ZOMBIE_SQL, self._zombie_args())[0]
         return False
 
-    async def akeep_warm(self, driver: Any, conn: Any, refused: bool) -> bool:
+    async def akeep_warm(self, driver: AsyncDriver, conn: Connection, refused: bool) -> bool:
         if not self.options["budget_guard"]:
             return True
         if not refused and self._stale():

@@ -69,7 +69,7 @@ class AsyncpgDriver:
 
     @staticmethod
     def is_closed(conn: Any) -> bool:
-        return conn.is_closed()
+        return bool(conn.is_closed())  # (asyncpg has no type information: bool() for mypy)
 
     @staticmethod
     def fileno(conn: Any) -> int | None:
@@ -81,7 +81,7 @@ class AsyncpgDriver:
 
     @staticmethod
     def in_transaction(conn: Any) -> bool:
-        return conn.is_in_transaction()
+        return bool(conn.is_in_transaction())
 
     @staticmethod
     def probes(conn: Any) -> Probes:
@@ -109,7 +109,7 @@ class AsyncpgDriver:
     async def ping(self, conn: Any) -> None:
         await conn.execute("SELECT 1")  # no arguments: simple protocol, no prepared statement
 
-    async def query_row(self, conn: Any, sql: str, params: tuple = ()) -> tuple:
+    async def query_row(self, conn: Any, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
         # asyncpg numbers its placeholders; internal queries are written with %s
         n = 0
 
@@ -156,7 +156,7 @@ class AsyncpgDriver:
         conn.terminate()
 
     def backend_pid(self, conn: Any) -> int:
-        return conn.get_server_pid()
+        return int(conn.get_server_pid())
 
 
 if TYPE_CHECKING:  # mypy checks that the glue keeps the driver contract
