@@ -110,6 +110,16 @@ def test_a_connection_refused_for_capacity_is_closed_by_the_budget_guard(fake):
     assert invoke(db, pid) == 2
 
 
+def test_a_reconnect_refused_for_capacity_is_closed_by_the_budget_guard_between_samples(fake):
+    db, driver = fake(acquire_timeout=0.6, budget_guard=True)
+    invoke(db)  # sampled: room (the next sample is seconds away)
+    driver.connections[0].die()
+    driver.connect_errors.append(too_many_clients())
+    assert invoke(db, pid) == 2
+    assert driver.calls[-4:] == ["connect", "connect", "apply_user_settings", "close"]
+    assert db.stats()["guard_closes"] == 1 and driver.calls.count("query_row") == 1
+
+
 def test_the_budget_guard_keeps_the_connection_while_the_server_has_room(fake):
     db, driver = fake(budget_guard=True)
     assert [invoke(db, pid) for _ in range(2)] == [1, 1]
@@ -161,6 +171,44 @@ def test_an_exception_in_the_block_rolls_back_and_keeps_the_connection(fake):
         invoke(db, fail)
     assert driver.calls == ["connect", "rollback"]
     assert invoke(db, pid) == 1
+
+
+def test_an_exception_in_a_block_rolls_back_before_the_next_block_of_the_invocation(fake):
+    db, driver = fake()
+
+    def fail(conn):
+        conn.execute("UPDATE t SET x = 1")
+        raise ValueError("caught by the handler")
+
+    def in_transaction(conn):
+        return conn.in_transaction
+
+    if db.is_async:
+
+        @db.lambda_handler
+        async def handler(event, context):
+            try:
+                async with db.connection() as conn:
+                    fail(conn)
+            except ValueError:
+                pass
+            async with db.connection() as conn:
+                return in_transaction(conn)
+
+    else:
+
+        @db.lambda_handler
+        def handler(event, context):
+            try:
+                with db.connection() as conn:
+                    fail(conn)
+            except ValueError:
+                pass
+            with db.connection() as conn:
+                return in_transaction(conn)
+
+    assert handler({}, LambdaContext()) is False
+    assert driver.calls == ["connect", "rollback"]
 
 
 def test_a_transaction_still_open_at_the_end_of_the_invocation_is_rolled_back(fake):
