@@ -177,7 +177,7 @@ class Database(Generic[BlockT]):
                 metrics.dimensions(settings.metrics_dimensions, self._function),
             )
         self._current = core.current
-        self._slots = core.lender.slots
+        self._slots = core.lender.slots  # (what tests look at)
         self.loop = InstanceLoop()  # for async handlers (lambdapool.loop)
         lifecycle.register(core, handle_sigterm=settings.handle_sigterm, snap_start=instance.init_type == "snap-start")
         if settings.prewarm:

@@ -4,12 +4,14 @@ test_warm_connection.py, test_transactions.py, test_user_settings.py and tests/f
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import pytest
 
 import lambdapool
 from lambdapool import drivers
+from lambdapool.drivers import contract
 from tests.core.fake_driver import AsyncFakeDriver, FakeDriver, FakeError, too_many_clients
 from tests.support import LambdaContext
 
@@ -57,6 +59,21 @@ def invoke(db, body=lambda conn: None):
 
 def pid(conn):
     return conn.pid
+
+
+def test_the_fake_keeps_the_driver_contract():
+    for fake_cls, protocol in ((FakeDriver, contract.Driver), (AsyncFakeDriver, contract.AsyncDriver)):
+        members = set()
+        for cls in protocol.__mro__:
+            if cls.__module__ == contract.__name__:
+                members.update(n for n in [*vars(cls), *vars(cls).get("__annotations__", {})] if not n.startswith("_"))
+        assert members and all(hasattr(fake_cls, name) for name in members), fake_cls
+        kinds = {
+            n: inspect.iscoroutinefunction(getattr(protocol, n))
+            for n in members
+            if callable(getattr(protocol, n, None))
+        }
+        assert kinds == {n: inspect.iscoroutinefunction(getattr(fake_cls, n)) for n in kinds}, fake_cls
 
 
 def test_a_quiet_recent_connection_is_reused_without_a_round_trip(fake):
