@@ -105,10 +105,10 @@ def client(service: str, region: str, endpoint_url: str | None = None, *, retrie
         return found
     with _clients_lock:  # threads racing at a cold start build one client, not one each
         if key not in _clients:
-            boto3 = _import("boto3", "aws")
+            boto3 = import_sdk("boto3", "aws")
             from botocore.config import Config
 
-            with _translated(f"create a boto3 {service} client", region=region):
+            with translated_errors(f"create a boto3 {service} client", region=region):
                 config = Config(**TIMEOUTS) if retries else Config(retries=NO_RETRIES, **TIMEOUTS)
                 _clients[key] = boto3.session.Session().client(
                     service, region_name=region, endpoint_url=endpoint_url, config=config
@@ -130,7 +130,7 @@ def reset_clients() -> None:
 def call(request: AwsCall) -> Any:
     """Make ``request`` with boto3; botocore errors come out as lambdapool errors."""
     api = client(request.service, request.region, request.endpoint_url)
-    with _translated(request.action, request.region, request.permission, request.not_found):
+    with translated_errors(request.action, request.region, request.permission, request.not_found):
         return getattr(api, request.method)(**request.params)
 
 
@@ -138,9 +138,9 @@ async def acall(request: AwsCall) -> Any:
     """Make ``request`` with aiobotocore; botocore errors come out as lambdapool errors."""
     global _aio_session
     if _aio_session is None:
-        session = _import("aiobotocore.session", "aws-async")
+        session = import_sdk("aiobotocore.session", "aws-async")
         _aio_session = session.get_session()
-    with _translated(request.action, request.region, request.permission, request.not_found):
+    with translated_errors(request.action, request.region, request.permission, request.not_found):
         from aiobotocore.config import AioConfig
 
         async with _aio_session.create_client(
@@ -152,7 +152,7 @@ async def acall(request: AwsCall) -> Any:
             return await getattr(api, request.method)(**request.params)
 
 
-def _import(module: str, extra: str) -> Any:
+def import_sdk(module: str, extra: str) -> Any:
     import importlib
 
     try:
@@ -165,7 +165,7 @@ def _import(module: str, extra: str) -> Any:
 
 
 @contextmanager
-def _translated(
+def translated_errors(
     action: str, region: str, permission: str | None = None, not_found: str | None = None
 ) -> Iterator[None]:
     """Turn botocore's exceptions into ConfigError / AuthError / ConnectionUnavailable."""

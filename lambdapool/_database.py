@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
@@ -25,7 +24,13 @@ if TYPE_CHECKING:
     import asyncpg
     import psycopg
 
+    from lambdapool._drivers.contract import AnyDriver
+    from lambdapool._lend import Lender
+    from lambdapool._lend_async import AsyncLender
     from lambdapool._protocols import AsyncBlock, SyncBlock
+    from lambdapool._warm import WarmConnection
+    from lambdapool._warm_async import AsyncWarmConnection
+    from lambdapool.adapters.base import Adapter
 
 logger = logging.getLogger("lambdapool")
 
@@ -156,48 +161,28 @@ class Database(Generic[BlockT]):
 
     def _setup(self, values: dict[str, Any], env: dict[str, str]) -> None:
         self.settings = settings = Settings.build(values, env=env)
-        self._instance = Instance(settings.invocation_timeout)
+        instance = Instance(settings.invocation_timeout)
         self._function = function_name()
         dsn_name = settings.parts.params.get("application_name")  # the user's, either way, wins over ours
         app_name = settings.application_name or dsn_name or f"lambdapool:{self._function}"[:63]
-        self.adapter = adapters.load(settings.pooler)(settings, application_name=app_name)
-        platform = self._instance.platform
+        self.adapter: Adapter = adapters.load(settings.pooler)(settings, application_name=app_name)
+        platform = instance.platform
         if not settings.dsn and not self.adapter.names_an_endpoint():
             if platform != "local":
                 raise ConfigError(NO_DSN.format(platform=platform))
             _warn_no_dsn()
-        self.driver = drivers.load(settings.driver)
+        self.driver: AnyDriver = drivers.load(settings.driver)
         self.is_async = bool(self.driver.is_async)
-        self._report: Callable[[dict[str, float], dict[str, Any]], None] | None = None
+        self._core = core = Core(settings, self.adapter, self.driver, instance)
         if settings.emit_metrics:
-            self._report = metrics.EmfSink(
+            core.report = metrics.EmfSink(
                 metrics.namespace(settings.metrics_namespace),
                 metrics.dimensions(settings.metrics_dimensions, self._function),
             )
-        self._lock = threading.Lock()
-        self._current: contextvars.ContextVar[InvocationState | None] = contextvars.ContextVar(
-            "lambdapool_invocation", default=None
-        )
+        self._current = core.current
+        self._slots = core.lender.slots  # (what tests look at)
         self.loop = InstanceLoop()  # for async handlers (lambdapool._loop)
-        if self.is_async:
-            from lambdapool._lend_async import AsyncLender
-            from lambdapool._slots import AsyncSlots
-            from lambdapool._warm_async import AsyncConnector, AsyncWarmConnection
-
-            connector = AsyncConnector(self.driver, self.adapter, settings)
-            self._slots: Any = AsyncSlots(settings.max_per_instance, lambda: AsyncWarmConnection(connector))
-            self._lender: Any = AsyncLender(self)
-        else:
-            from lambdapool._lend import Lender
-            from lambdapool._slots import Slots
-            from lambdapool._warm import Connector, WarmConnection
-
-            sync_connector = Connector(self.driver, self.adapter, settings)
-            self._slots = Slots(settings.max_per_instance, lambda: WarmConnection(sync_connector))
-            self._lender = Lender(self)
-        lifecycle.register(
-            self, handle_sigterm=settings.handle_sigterm, snap_start=self._instance.init_type == "snap-start"
-        )
+        lifecycle.register(core, handle_sigterm=settings.handle_sigterm, snap_start=instance.init_type == "snap-start")
         if settings.prewarm:
             self._prewarm()
 
@@ -229,37 +214,37 @@ class Database(Generic[BlockT]):
         whatever it holds is given back clean at the end. Yields :attr:`invocation`. Entered
         inside a running invocation, it joins that one.
         """
-        return InvocationScope(self, context)
+        return InvocationScope(self._core, context)
 
     def asgi(self, app: Any) -> Any:
         """Wrap an ASGI app so that each HTTP request is one invocation (lifespan untouched)."""
         from lambdapool.web import AsgiApp
 
-        return AsgiApp(self, app)
+        return AsgiApp(self._core, app)
 
     def wsgi(self, app: Any) -> Any:
         """Wrap a WSGI app so that each request is one invocation (until its response closes)."""
         from lambdapool.web import WsgiApp
 
-        return WsgiApp(self, app)
+        return WsgiApp(self._core, app)
 
     def sqlalchemy_engine(self, **engine_kwargs: Any) -> Any:
         """A ``sqlalchemy.Engine`` whose pool lends the invocation's warm connection."""
         from lambdapool.sqlalchemy import create_engine
 
-        return create_engine(self, **engine_kwargs)
+        return create_engine(self._core, **engine_kwargs)
 
     def sqlalchemy_async_engine(self, **engine_kwargs: Any) -> Any:
         """A ``sqlalchemy.ext.asyncio.AsyncEngine`` whose pool lends the invocation's warm connection."""
         from lambdapool.sqlalchemy import create_async_engine
 
-        return create_async_engine(self, **engine_kwargs)
+        return create_async_engine(self._core, **engine_kwargs)
 
     def add_metrics_to(self, powertools_metrics: Any) -> None:
         """Add lambdapool's per-invocation figures to a Powertools ``Metrics`` instead of printing
         an EMF line of our own: one blob and one ColdStart per invocation. Put
         ``@metrics.log_metrics`` outside ``@db.lambda_handler``, so it flushes after we add."""
-        self._report = metrics.PowertoolsSink(powertools_metrics)
+        self._core.report = metrics.PowertoolsSink(powertools_metrics)
 
     # -- what handlers see -----------------------------------------------------------------
     @property
@@ -267,19 +252,15 @@ class Database(Generic[BlockT]):
         """The running invocation (else the last one, else a placeholder numbered 0)."""
         state = self._current.get()
         if state is None or not state.number:
-            state = self._instance.last
+            state = self._core.instance.last
         if state is None:
-            state = InvocationState(self._instance, None, counted=False)
+            state = InvocationState(self._core.instance, None, counted=False)
         return state.view()
 
     def stats(self) -> StatsDict:
         """Counters since the instance started (keys in ``lambdapool.stats.KEYS``), plus
         ``open_connections``."""
-        holders = list(self._slots.all)
-        out = total([h.stats for h in holders])
-        out["invocations"], out["cold_starts"] = self._instance.invocations, self._instance.cold_starts
-        out["open_connections"] = sum(1 for h in holders if h.conn is not None)
-        return out
+        return self._core.stats()
 
     def connection(self) -> BlockT:
         """The invocation's connection: a context manager (``async with`` for async drivers)
@@ -291,20 +272,96 @@ class Database(Generic[BlockT]):
         back. Outside an invocation each outermost block is its own, and may end in another
         thread than it began (FastAPI's sync dependencies).
         """
-        return self._lender.block()
+        return self._core.lender.block()  # type: ignore[return-value]  # (BlockT: chosen by the driver, in __init__'s overloads)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _prewarm(self) -> None:
+        lender = self._core.lender
+        try:
+            if lender.is_async:
+                alender = lender
+
+                async def warm() -> None:
+                    async with self.invocation_scope(), alender:
+                        pass
+
+                self.loop.run(warm())
+            else:
+                with self.invocation_scope(), lender:
+                    pass
+        except Exception as exc:  # init must not fail for want of a connection: connect later
+            logger.warning("lambdapool: prewarm failed (%s); will connect on first use", type(exc).__name__)
+
+    def close(self) -> None:
+        """Close this instance's connections (they reopen lazily if used again)."""
+        lender = self._core.lender
+        if lender.is_async:
+            for holder in [h for h in lender.slots.all if h.conn is not None]:
+                loop = holder.loop
+                if loop is not None and loop.is_running() and asyncio._get_running_loop() is not loop:
+                    asyncio.run_coroutine_threadsafe(holder.discard(), loop).result(5)
+        self._core.shutdown("close")
+
+    async def aclose(self) -> None:
+        """Async drivers: close this instance's connections from inside a running loop."""
+        lender = self._core.lender
+        if lender.is_async:
+            for holder in list(lender.slots.all):
+                await holder.discard()
+        else:
+            for sync_holder in list(lender.slots.all):
+                sync_holder.discard()
+
+
+class Core:
+    """A Database's internals, as the lender, the invocation scope, the integrations and the
+    process hooks see them: the one interface they have of it (the Database is its facade)."""
+
+    def __init__(self, settings: Settings, adapter: Adapter, driver: AnyDriver, instance: Instance) -> None:
+        self.settings = settings
+        self.adapter = adapter
+        self.instance = instance
+        self.current: contextvars.ContextVar[InvocationState | None] = contextvars.ContextVar(
+            "lambdapool_invocation", default=None
+        )
+        self.report: Callable[[dict[str, float], dict[str, Any]], None] | None = None  # metrics sink
+        self.lender: Lender | AsyncLender
+        if driver.is_async:
+            from lambdapool._lend_async import AsyncLender
+            from lambdapool._slots import AsyncSlots
+            from lambdapool._warm_async import AsyncConnector, AsyncWarmConnection
+
+            connector = AsyncConnector(driver, adapter, settings)
+            self.lender = AsyncLender(
+                self, driver, AsyncSlots(settings.max_per_instance, lambda: AsyncWarmConnection(connector))
+            )
+        else:
+            from lambdapool._lend import Lender
+            from lambdapool._slots import Slots
+            from lambdapool._warm import Connector, WarmConnection
+
+            sync_connector = Connector(driver, adapter, settings)
+            self.lender = Lender(self, driver, Slots(settings.max_per_instance, lambda: WarmConnection(sync_connector)))
+
+    def stats(self) -> StatsDict:
+        holders: list[WarmConnection | AsyncWarmConnection] = list(self.lender.slots.all)
+        out = total([h.stats for h in holders])
+        out["invocations"], out["cold_starts"] = self.instance.invocations, self.instance.cold_starts
+        out["open_connections"] = sum(1 for h in holders if h.conn is not None)
+        return out
 
     # -- invocation bookkeeping (lambdapool._scope) -------------------------------------------
-    def _acquire_deadline(self, state: InvocationState) -> float:
+    def acquire_deadline(self, state: InvocationState) -> float:
         now = time.monotonic()
         margin = min(DEADLINE_MARGIN, DEADLINE_MARGIN_SHARE * max(0.0, state.deadline - now))
         return min(state.deadline - margin, now + self.settings.acquire_timeout)
 
-    def _after(self, state: InvocationState) -> None:
-        self._instance.last_end = time.monotonic()
-        if self._report is not None:
-            self._emit(state)
+    def after(self, state: InvocationState) -> None:
+        self.instance.last_end = time.monotonic()
+        if self.report is not None:
+            self._emit(self.report, state)
 
-    def _emit(self, state: InvocationState) -> None:
+    def _emit(self, report: Callable[[dict[str, float], dict[str, Any]], None], state: InvocationState) -> None:
         inv, outcome = state.view(), state.outcome
         figures = {
             "ColdStart": int(inv.cold_start),
@@ -312,43 +369,32 @@ class Database(Generic[BlockT]):
             "Reconnects": int(outcome == "reconnect"),
             "AcquireMs": round(state.acquire_ms, 3),
         }
-        assert self._report is not None
-        self._report(figures, {"invocation": inv.number, "requestId": inv.request_id})
+        report(figures, {"invocation": inv.number, "requestId": inv.request_id})
 
-    # -- lifecycle -------------------------------------------------------------------------
-    def _prewarm(self) -> None:
-        try:
-            if self.is_async:
-
-                async def warm() -> None:
-                    async with self.invocation_scope(), self._lender:
-                        pass
-
-                self.loop.run(warm())
-            else:
-                with self.invocation_scope(), self._lender:
-                    pass
-        except Exception as exc:  # init must not fail for want of a connection: connect later
-            logger.warning("lambdapool: prewarm failed (%s); will connect on first use", type(exc).__name__)
-
-    def _restored(self) -> None:
-        self._instance.restored()
+    # -- process hooks (lambdapool._lifecycle) ------------------------------------------------
+    def restored(self) -> None:
+        self.instance.restored()
         # A cached secret's age is kept on a monotonic clock, which may not count the time the
         # snapshot sat on disk: fetch credentials afresh after a restore.
         self.adapter.invalidate_credentials()
 
-    def _shutdown(self, reason: str) -> None:
+    def shutdown(self, reason: str) -> None:
         """Close every connection now (SIGTERM, exit, before a snapshot); never raises."""
-        holders = [h for h in self._slots.all if h.conn is not None]
+        lender = self.lender
+        holders = [h for h in lender.slots.all if h.conn is not None]
         if not holders:
             return
         logger.info("lambdapool: closing %d connection(s) (%s)", len(holders), reason)
-        for holder in holders:
-            if not self.is_async:
-                try:
-                    holder.discard()
-                except Exception:
-                    holder.terminate()
+        if not lender.is_async:
+            for sync_holder in lender.slots.all:
+                if sync_holder.conn is not None:
+                    try:
+                        sync_holder.discard()
+                    except Exception:
+                        sync_holder.terminate()
+            return
+        for holder in lender.slots.all:
+            if holder.conn is None:
                 continue
             loop = holder.loop  # a graceful close on the connection's own loop, where it is idle
             if loop is not None and not loop.is_running() and not loop.is_closed():
@@ -359,16 +405,7 @@ class Database(Generic[BlockT]):
                     pass
             holder.terminate()
 
-    def close(self) -> None:
-        """Close this instance's connections (they reopen lazily if used again)."""
-        if self.is_async:
-            for holder in [h for h in self._slots.all if h.conn is not None]:
-                loop = holder.loop
-                if loop is not None and loop.is_running() and asyncio._get_running_loop() is not loop:
-                    asyncio.run_coroutine_threadsafe(holder.discard(), loop).result(5)
-        self._shutdown("close")
 
-    async def aclose(self) -> None:
-        """Async drivers: close this instance's connections from inside a running loop."""
-        for holder in list(self._slots.all):
-            await holder.discard()
+def core_of(db: Database[Any]) -> Core:
+    """The Database's internals, for an integration handed the Database itself (Django)."""
+    return db._core

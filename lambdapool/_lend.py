@@ -18,12 +18,21 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Literal
 
 from lambdapool._drivers.base import read_only_error
+from lambdapool._drivers.contract import Connection
 from lambdapool._misuse import SyncBlockOnly
 from lambdapool._runtime import InvocationState
 from lambdapool.errors import LambdapoolError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from lambdapool._database import Core
+    from lambdapool._drivers.contract import Driver
+    from lambdapool._slots import Slots
+    from lambdapool._warm import WarmConnection
 
 logger = logging.getLogger("lambdapool")
 
@@ -37,14 +46,16 @@ ACROSS_CONTEXTS = (
 class Lender(SyncBlockOnly):
     """The instance's lender; within an invocation it is also the ``connection()`` block."""
 
-    def __init__(self, db: Any) -> None:
-        self.db = db
-        self.driver = db.driver
-        self.slots = db._slots
-        self.idle = db._slots.idle  # popped directly on the warm path (see slots._Bounded)
-        self.current = db._current
+    is_async: Literal[False] = False
 
-    def block(self) -> Any:
+    def __init__(self, core: Core, driver: Driver, slots: Slots[WarmConnection]) -> None:
+        self.core = core
+        self.driver = driver
+        self.slots = slots
+        self.idle = slots.idle  # popped directly on the warm path (see slots._Bounded)
+        self.current = core.current
+
+    def block(self) -> Lender | AdhocBlock:
         """What ``db.connection()`` returns: the lender itself inside an invocation (it keeps no
         state: the block finds its invocation in the context variable), else a block that is
         its own invocation."""
@@ -52,20 +63,22 @@ class Lender(SyncBlockOnly):
             return AdhocBlock(self)
         return self
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Connection:
         state = self.current.get()
         if state is None:  # a block kept from outside any invocation: it is its own
-            state = InvocationState(self.db._instance, None, counted=False)
+            state = InvocationState(self.core.instance, None, counted=False)
             state.token = self.current.set(state)
         return self.enter(state)
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         state = self.current.get()
         if state is None:
             raise LambdapoolError(ACROSS_CONTEXTS)
         self.exit(state, exc)
 
-    def enter(self, state: Any) -> Any:
+    def enter(self, state: InvocationState) -> Connection:
         conn = state.conn
         if conn is not None and not state.holder.is_open():
             conn = None  # closed by the user (or SQLAlchemy's NullPool): never handed out again
@@ -88,7 +101,7 @@ class Lender(SyncBlockOnly):
         state.depth += 1
         return conn
 
-    def exit(self, state: Any, exc: BaseException | None) -> None:
+    def exit(self, state: InvocationState, exc: BaseException | None) -> None:
         try:
             if state.depth == 1 and state.conn is not None:
                 if exc is not None:
@@ -103,16 +116,17 @@ class Lender(SyncBlockOnly):
             if state.token is not None and not state.depth:
                 self.end_adhoc(state)
 
-    def acquire(self, state: Any) -> Any:
+    def acquire(self, state: InvocationState) -> Connection:
         """After reuse() said no: wait for a slot, then verify or (re)connect."""
         started = time.monotonic()
-        holder, conn = state.holder, None
+        holder: WarmConnection | None = state.holder
+        conn = None
         try:
             if holder is None:  # every slot is lent: wait for one
-                holder = state.holder = self.slots.take(self.db._acquire_deadline(state) - started)
+                holder = state.holder = self.slots.take(self.core.acquire_deadline(state) - started)
                 conn = holder.reuse(state)  # (after a wait)
             if conn is None:
-                conn = holder.acquire(self.db._acquire_deadline(state))
+                conn = holder.acquire(self.core.acquire_deadline(state))
                 state.conn, state.outcome = conn, holder.outcome
         except BaseException:
             state.holder = None
@@ -123,7 +137,7 @@ class Lender(SyncBlockOnly):
         holder.stats.values["acquire_ms_total"] += state.acquire_ms
         return conn
 
-    def rollback_quietly(self, state: Any) -> None:
+    def rollback_quietly(self, state: InvocationState) -> None:
         conn = state.conn
         try:
             if self.driver.usable(conn) and self.driver.in_transaction(conn):
@@ -132,11 +146,11 @@ class Lender(SyncBlockOnly):
         except Exception:  # the handler's exception is the one that matters; release drops it
             pass
 
-    def finish_warm(self, state: Any) -> bool:
+    def finish_warm(self, state: InvocationState) -> bool:
         """End of the invocation when the connection needs nothing done (nothing left open,
         nothing to reset, nothing for the adapter to decide) or there is none: give the slot
         back as it is, with no round trip. False leaves it for finish()."""
-        holder = state.holder
+        holder: WarmConnection | None = state.holder
         if holder is None:
             return True
         try:
@@ -155,10 +169,11 @@ class Lender(SyncBlockOnly):
         self.slots.give(holder)
         return True
 
-    def finish(self, state: Any) -> None:
+    def finish(self, state: InvocationState) -> None:
         """End of the invocation (after finish_warm() said no): release the connection and give
         the slot back, always."""
-        holder, state.holder, state.conn = state.holder, None, None
+        holder: WarmConnection | None = state.holder
+        state.holder = state.conn = None
         if holder is None:
             return
         try:
@@ -172,22 +187,24 @@ class Lender(SyncBlockOnly):
         finally:
             self.slots.give(holder)
 
-    def abandon(self, state: Any) -> None:
+    def abandon(self, state: InvocationState) -> None:
         """Give the slot back with no round trip, dropping its connection (whose loop is gone)."""
-        holder, state.holder, state.conn = state.holder, None, None
+        holder: WarmConnection | None = state.holder
+        state.holder = state.conn = None
         if holder is not None:
             holder.terminate()
             self.slots.give(holder)
 
-    def end(self, state: Any) -> None:
+    def end(self, state: InvocationState) -> None:
         """End of an invocation: give back what it holds."""
         if not self.finish_warm(state):
             self.finish(state)
 
-    def end_adhoc(self, state: Any) -> None:
+    def end_adhoc(self, state: InvocationState) -> None:
         token, state.token = state.token, None
         try:
-            self.current.reset(token)
+            if token is not None:
+                self.current.reset(token)
         except ValueError:  # ended in another context (a worker thread): that copy is gone anyway
             pass
         self.end(state)
@@ -205,16 +222,20 @@ class AdhocBlock(SyncBlockOnly):
 
     def __init__(self, lender: Lender) -> None:
         self.lender = lender
-        self.state: Any = None
+        self.state: InvocationState | None = None
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Connection:
         lender = self.lender
         if self.state is not None:
             raise LambdapoolError("this connection() block is already in use: call db.connection() for each block")
-        state = self.state = InvocationState(lender.db._instance, None, counted=False)
+        state = self.state = InvocationState(lender.core.instance, None, counted=False)
         state.token = lender.current.set(state)  # nested connection() blocks find it there
         return lender.enter(state)
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         state, self.state = self.state, None
+        if state is None:
+            raise LambdapoolError("this connection() block was never entered")
         self.lender.exit(state, exc)

@@ -19,12 +19,22 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Literal
 
 from lambdapool._drivers.base import read_only_error
+from lambdapool._drivers.contract import Connection
+from lambdapool._loop import run_on  # async only
 from lambdapool._misuse import AsyncBlockOnly
 from lambdapool._runtime import InvocationState
 from lambdapool.errors import LambdapoolError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from lambdapool._database import Core
+    from lambdapool._drivers.contract import AsyncDriver
+    from lambdapool._slots import AsyncSlots
+    from lambdapool._warm_async import AsyncWarmConnection
 
 logger = logging.getLogger("lambdapool")
 
@@ -38,14 +48,16 @@ ACROSS_CONTEXTS = (
 class AsyncLender(AsyncBlockOnly):
     """The instance's lender; within an invocation it is also the ``connection()`` block."""
 
-    def __init__(self, db: Any) -> None:
-        self.db = db
-        self.driver = db.driver
-        self.slots = db._slots
-        self.idle = db._slots.idle  # popped directly on the warm path (see slots._Bounded)
-        self.current = db._current
+    is_async: Literal[True] = True
 
-    def block(self) -> Any:
+    def __init__(self, core: Core, driver: AsyncDriver, slots: AsyncSlots[AsyncWarmConnection]) -> None:
+        self.core = core
+        self.driver = driver
+        self.slots = slots
+        self.idle = slots.idle  # popped directly on the warm path (see slots._Bounded)
+        self.current = core.current
+
+    def block(self) -> AsyncLender | AsyncAdhocBlock:
         """What ``db.connection()`` returns: the lender itself inside an invocation (it keeps no
         state: the block finds its invocation in the context variable), else a block that is
         its own invocation."""
@@ -53,20 +65,22 @@ class AsyncLender(AsyncBlockOnly):
             return AsyncAdhocBlock(self)
         return self
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self) -> Connection:
         state = self.current.get()
         if state is None:  # a block kept from outside any invocation: it is its own
-            state = InvocationState(self.db._instance, None, counted=False)
+            state = InvocationState(self.core.instance, None, counted=False)
             state.token = self.current.set(state)
         return await self.enter(state)
 
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         state = self.current.get()
         if state is None:
             raise LambdapoolError(ACROSS_CONTEXTS)
         await self.exit(state, exc)
 
-    async def enter(self, state: Any) -> Any:
+    async def enter(self, state: InvocationState) -> Connection:
         conn = state.conn
         if conn is not None and not state.holder.is_open():
             conn = None  # closed by the user (or SQLAlchemy's NullPool): never handed out again
@@ -89,7 +103,7 @@ class AsyncLender(AsyncBlockOnly):
         state.depth += 1
         return conn
 
-    async def exit(self, state: Any, exc: BaseException | None) -> None:
+    async def exit(self, state: InvocationState, exc: BaseException | None) -> None:
         try:
             if state.depth == 1 and state.conn is not None:
                 if exc is not None:
@@ -104,16 +118,17 @@ class AsyncLender(AsyncBlockOnly):
             if state.token is not None and not state.depth:
                 await self.end_adhoc(state)
 
-    async def acquire(self, state: Any) -> Any:
+    async def acquire(self, state: InvocationState) -> Connection:
         """After reuse() said no: wait for a slot, then verify or (re)connect."""
         started = time.monotonic()
-        holder, conn = state.holder, None
+        holder: AsyncWarmConnection | None = state.holder
+        conn = None
         try:
             if holder is None:  # every slot is lent: wait for one
-                holder = state.holder = await self.slots.take(self.db._acquire_deadline(state) - started)
+                holder = state.holder = await self.slots.take(self.core.acquire_deadline(state) - started)
                 conn = holder.reuse(state)  # (after a wait)
             if conn is None:
-                conn = await holder.acquire(self.db._acquire_deadline(state))
+                conn = await holder.acquire(self.core.acquire_deadline(state))
                 state.conn, state.outcome = conn, holder.outcome
         except BaseException:
             state.holder = None
@@ -124,7 +139,7 @@ class AsyncLender(AsyncBlockOnly):
         holder.stats.values["acquire_ms_total"] += state.acquire_ms
         return conn
 
-    async def rollback_quietly(self, state: Any) -> None:
+    async def rollback_quietly(self, state: InvocationState) -> None:
         conn = state.conn
         try:
             if self.driver.usable(conn) and self.driver.in_transaction(conn):
@@ -133,11 +148,11 @@ class AsyncLender(AsyncBlockOnly):
         except Exception:  # the handler's exception is the one that matters; release drops it
             pass
 
-    def finish_warm(self, state: Any) -> bool:
+    def finish_warm(self, state: InvocationState) -> bool:
         """End of the invocation when the connection needs nothing done (nothing left open,
         nothing to reset, nothing for the adapter to decide) or there is none: give the slot
         back as it is, with no round trip. False leaves it for finish()."""
-        holder = state.holder
+        holder: AsyncWarmConnection | None = state.holder
         if holder is None:
             return True
         try:
@@ -156,10 +171,11 @@ class AsyncLender(AsyncBlockOnly):
         self.slots.give(holder)
         return True
 
-    async def finish(self, state: Any) -> None:
+    async def finish(self, state: InvocationState) -> None:
         """End of the invocation (after finish_warm() said no): release the connection and give
         the slot back, always."""
-        holder, state.holder, state.conn = state.holder, None, None
+        holder: AsyncWarmConnection | None = state.holder
+        state.holder = state.conn = None
         if holder is None:
             return
         try:
@@ -173,22 +189,38 @@ class AsyncLender(AsyncBlockOnly):
         finally:
             self.slots.give(holder)
 
-    def abandon(self, state: Any) -> None:
+    def abandon(self, state: InvocationState) -> None:
         """Give the slot back with no round trip, dropping its connection (whose loop is gone)."""
-        holder, state.holder, state.conn = state.holder, None, None
+        holder: AsyncWarmConnection | None = state.holder
+        state.holder = state.conn = None
         if holder is not None:
             holder.terminate()
             self.slots.give(holder)
 
-    async def end(self, state: Any) -> None:
+    async def end(self, state: InvocationState) -> None:
         """End of an invocation: give back what it holds."""
         if not self.finish_warm(state):
             await self.finish(state)
 
-    async def end_adhoc(self, state: Any) -> None:
+    # async only: begin
+
+    def end_from_sync(self, state: InvocationState) -> None:
+        """end() from synchronous code (Mangum's sync adapter around an async app): on the
+        connection's own loop, or with no round trip if that loop is gone."""
+        if self.finish_warm(state):
+            return
+        loop = state.holder.loop
+        if loop is None or loop.is_closed():
+            self.abandon(state)
+        else:
+            run_on(loop, self.finish(state))
+
+    # async only: end
+    async def end_adhoc(self, state: InvocationState) -> None:
         token, state.token = state.token, None
         try:
-            self.current.reset(token)
+            if token is not None:
+                self.current.reset(token)
         except ValueError:  # ended in another context (a worker thread): that copy is gone anyway
             pass
         await self.end(state)
@@ -206,16 +238,20 @@ class AsyncAdhocBlock(AsyncBlockOnly):
 
     def __init__(self, lender: AsyncLender) -> None:
         self.lender = lender
-        self.state: Any = None
+        self.state: InvocationState | None = None
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self) -> Connection:
         lender = self.lender
         if self.state is not None:
             raise LambdapoolError("this connection() block is already in use: call db.connection() for each block")
-        state = self.state = InvocationState(lender.db._instance, None, counted=False)
+        state = self.state = InvocationState(lender.core.instance, None, counted=False)
         state.token = lender.current.set(state)  # nested connection() blocks find it there
         return await lender.enter(state)
 
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         state, self.state = self.state, None
+        if state is None:
+            raise LambdapoolError("this connection() block was never entered")
         await self.lender.exit(state, exc)

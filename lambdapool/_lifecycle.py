@@ -16,20 +16,23 @@ import signal
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lambdapool._database import Core
 
 logger = logging.getLogger("lambdapool")
 
-_databases: weakref.WeakSet[Any] = weakref.WeakSet()
+_databases: weakref.WeakSet[Core] = weakref.WeakSet()  # (each Database's internals)
 _previous_sigterm: Any = None
 _installed = False
 _lock = threading.Lock()
 
 
-def register(db: Any, *, handle_sigterm: bool, snap_start: bool) -> None:
+def register(core: Core, *, handle_sigterm: bool, snap_start: bool) -> None:
     global _installed
     with _lock:
-        _databases.add(db)
+        _databases.add(core)
         if _installed:
             return
         _installed = True
@@ -41,11 +44,11 @@ def register(db: Any, *, handle_sigterm: bool, snap_start: bool) -> None:
 
 
 def _close_all(reason: str) -> None:
-    for db in list(_databases):
+    for core in list(_databases):
         try:
-            db._shutdown(reason)
+            core.shutdown(reason)
         except Exception:  # shutting down: never let cleanup mask the real exit
-            logger.debug("lambdapool: shutdown of %r failed", db, exc_info=True)
+            logger.debug("lambdapool: shutdown of %r failed", core.settings.driver, exc_info=True)
 
 
 def _install_sigterm() -> None:
@@ -83,8 +86,8 @@ def before_snapshot() -> None:
 
 
 def after_restore() -> None:
-    for db in list(_databases):
-        db._restored()
+    for core in list(_databases):
+        core.restored()
 
 
 def hooks() -> dict[str, Callable[[], None]]:

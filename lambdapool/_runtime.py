@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
+import operator
 import os
+import sys
 import time
 from collections.abc import Mapping
+from contextvars import Token
 from typing import Any
+
+from lambdapool._drivers.contract import Connection
 
 PLATFORMS = ("aws-lambda", "gcp-functions", "local")
 INIT_TYPES = ("on-demand", "provisioned-concurrency", "snap-start", "lambda-managed-instances")
@@ -148,8 +152,8 @@ class InvocationState:
         """Begin an invocation of ``instance`` (or, not ``counted``, an ad-hoc block).
 
         Numbering takes no lock although Cloud Functions begin invocations on several threads
-        (a lock cost more than the rest of this): next() on a count is one C call, atomic
-        under the GIL, and the invocation given the instance's _cold_number is the cold one.
+        (a lock cost more than the rest of this): next() on the instance's numbers is one C
+        call, atomic under the GIL, and the invocation given its _cold_number is the cold one.
         """
         self.instance = instance
         self.context = context
@@ -168,12 +172,14 @@ class InvocationState:
             self.number, self.cold_start, self.idle_gap = 0, False, None
         self._deadline: float | None = None
         self._view: Invocation | None = None
-        self.holder: Any = None  # the slot (warm connection holder) lent to this invocation
-        self.conn: Any = None
+        # The slot lent to this invocation: a WarmConnection or an AsyncWarmConnection, as the
+        # Database's driver is (the lender of that kind is the one that reads it).
+        self.holder: Any = None
+        self.conn: Connection = None
         self.depth = 0  # nesting of connection() blocks
         self.acquire_ms = 0.0
         self.outcome = ""  # reuse, connect or reconnect (for the per-invocation metrics)
-        self.token: Any = None  # an ad-hoc block's contextvar token
+        self.token: Token[InvocationState | None] | None = None  # an ad-hoc block's contextvar token
 
     @property
     def deadline(self) -> float:
@@ -205,13 +211,15 @@ class Instance:
         self.cold_starts = 0
         self.last: InvocationState | None = None
         self.last_end: float | None = None  # time.monotonic() when the last invocation ended
-        self._numbers = itertools.count(1)  # numbers invocations (see InvocationState)
+        # Numbers invocations (see InvocationState): a range iterator, because it also says
+        # exactly how many numbers are left (operator.length_hint), hence how many were given.
+        self._numbers = iter(range(1, sys.maxsize))
         self._cold_number = 1  # the number of the next cold start
 
     @property
     def invocations(self) -> int:
         """Invocations begun so far."""
-        return int(repr(self._numbers)[len("count(") : -1]) - 1  # (a count shows the next number it gives)
+        return sys.maxsize - 1 - operator.length_hint(self._numbers)
 
     def restored(self) -> None:
         """After a SnapStart restore the next invocation is this environment's first."""

@@ -13,11 +13,13 @@ wrapping twice (``@db.lambda_handler`` around ``Mangum(db.asgi(app))``) counts o
 from __future__ import annotations
 
 import contextvars
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lambdapool._loop import run_on
 from lambdapool._runtime import Invocation, InvocationState
 from lambdapool.errors import LambdapoolError
+
+if TYPE_CHECKING:
+    from lambdapool._database import Core
 
 
 class InvocationScope:
@@ -27,23 +29,23 @@ class InvocationScope:
     (for the deadline and request id), or None.
     """
 
-    __slots__ = ("_db", "_context", "_state", "_token")
+    __slots__ = ("_core", "_context", "_state", "_token")
 
-    def __init__(self, db: Any, context: Any = None) -> None:
-        self._db = db
+    def __init__(self, core: Core, context: Any = None) -> None:
+        self._core = core
         self._context = context
         self._state: InvocationState | None = None
-        self._token: contextvars.Token[Any] | None = None
+        self._token: contextvars.Token[InvocationState | None] | None = None
 
     def _begin(self) -> Invocation:
-        db = self._db
+        core = self._core
         if self._token is not None:
             raise LambdapoolError("this invocation_scope() is already in use: make one per invocation")
-        outer: InvocationState | None = db._current.get()
+        outer = core.current.get()
         if outer is not None and outer.number:  # inside a running invocation: part of it
             return outer.view()
-        state = self._state = InvocationState(db._instance, self._context)
-        self._token = db._current.set(state)
+        state = self._state = InvocationState(core.instance, self._context)
+        self._token = core.current.set(state)
         return state.view()
 
     def _end(self) -> InvocationState | None:
@@ -52,7 +54,7 @@ class InvocationScope:
             return None
         self._state = self._token = None
         try:
-            self._db._current.reset(token)
+            self._core.current.reset(token)
         except ValueError:  # ended in another context than it began: that copy is gone anyway
             pass
         return state
@@ -64,20 +66,10 @@ class InvocationScope:
         state = self._end()
         if state is None:
             return
-        db = self._db
-        lender = db._lender
         try:
-            if not lender.finish_warm(state):
-                if db.is_async:  # an async driver's connection, given back from sync code (Mangum)
-                    holder = state.holder
-                    if holder.loop is None or holder.loop.is_closed():
-                        lender.abandon(state)
-                    else:
-                        run_on(holder.loop, lender.finish(state))
-                else:
-                    lender.finish(state)
+            end_lend_sync(self._core, state)
         finally:
-            db._after(state)
+            self._core.after(state)
 
     async def __aenter__(self) -> Invocation:
         return self._begin()
@@ -86,12 +78,27 @@ class InvocationScope:
         state = self._end()
         if state is None:
             return
-        db = self._db
-        lender = db._lender
         try:
-            if db.is_async:
-                await lender.end(state)
-            else:  # an async app on a sync driver (FastAPI with psycopg)
-                lender.end(state)
+            await end_lend(self._core, state)
         finally:
-            db._after(state)
+            self._core.after(state)
+
+
+# Ending an invocation's lend, whichever the driver and the caller: one place for each kind of
+# caller (the lender's end() does the work: nothing to do, else release).
+def end_lend_sync(core: Core, state: InvocationState) -> None:
+    """Give back what ``state`` holds, from synchronous code."""
+    lender = core.lender
+    if lender.is_async:  # an async driver's connection, given back from sync code (Mangum)
+        lender.end_from_sync(state)
+    else:
+        lender.end(state)
+
+
+async def end_lend(core: Core, state: InvocationState) -> None:
+    """Give back what ``state`` holds, from async code."""
+    lender = core.lender
+    if lender.is_async:
+        await lender.end(state)
+    else:  # an async app on a sync driver (FastAPI with psycopg)
+        lender.end(state)

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Generic, TypeVar
 
 from lambdapool.errors import ConnectionUnavailable
 
@@ -27,17 +27,20 @@ def _exhausted(size: int, waited: float) -> ConnectionUnavailable:
     )
 
 
-class _Bounded:
-    def __init__(self, size: int, make: Callable[[], Any]) -> None:
+H = TypeVar("H")  # a slot: the warm connection (sync or async) it holds
+
+
+class _Bounded(Generic[H]):
+    def __init__(self, size: int, make: Callable[[], H]) -> None:
         self.size = size
         self._make = make
         # Idle slots, most recently given back last. Callers on the warm path pop from it
         # directly (``idle.pop()``: one C call, atomic under the GIL) and fall back to
         # take_idle() when it is empty; only growing and waiting take the lock.
-        self.idle: list[Any] = []
-        self.all: list[Any] = []
+        self.idle: list[H] = []
+        self.all: list[H] = []
 
-    def _free(self) -> Any:
+    def _free(self) -> H | None:
         """An idle slot, or a new one while under the bound, else None (caller holds the lock)."""
         try:
             return self.idle.pop()
@@ -50,8 +53,8 @@ class _Bounded:
         return None
 
 
-class Slots(_Bounded):
-    def __init__(self, size: int, make: Callable[[], Any]) -> None:
+class Slots(_Bounded[H]):
+    def __init__(self, size: int, make: Callable[[], H]) -> None:
         super().__init__(size, make)
         # One plain lock, entered directly (C speed), and only off the warm path; the
         # Condition on it is used only when every slot is lent. threading's Semaphore and
@@ -60,12 +63,12 @@ class Slots(_Bounded):
         self._cond = threading.Condition(self._lock)
         self.waiting = 0  # threads in take()
 
-    def take_idle(self) -> Any:
+    def take_idle(self) -> H | None:
         """A free slot (a new one while under the bound), else None."""
         with self._lock:
             return self._free()
 
-    def take(self, timeout: float) -> Any:
+    def take(self, timeout: float) -> H:
         """A free slot, waiting up to ``timeout`` seconds for one to be given back."""
         deadline = time.monotonic() + max(0.0, timeout)
         with self._lock:
@@ -84,7 +87,7 @@ class Slots(_Bounded):
             finally:
                 self.waiting -= 1
 
-    def give(self, holder: Any) -> None:
+    def give(self, holder: H) -> None:
         self.idle.append(holder)
         if self.waiting:
             self.wake()
@@ -95,22 +98,22 @@ class Slots(_Bounded):
             self._cond.notify()
 
 
-class AsyncSlots(_Bounded):
+class AsyncSlots(_Bounded[H]):
     """The same on the instance's event loop: no locks (one thread), and no task or timer
     unless every slot is lent (asyncio.wait_for per acquire cost more than the query)."""
 
-    def __init__(self, size: int, make: Callable[[], Any]) -> None:
+    def __init__(self, size: int, make: Callable[[], H]) -> None:
         super().__init__(size, make)
-        self.waiting: deque[asyncio.Future[Any]] = deque()  # tasks in take(), first come first
+        self.waiting: deque[asyncio.Future[H]] = deque()  # tasks in take(), first come first
 
-    def take_idle(self) -> Any:
+    def take_idle(self) -> H | None:
         return self._free()
 
-    async def take(self, timeout: float) -> Any:
+    async def take(self, timeout: float) -> H:
         holder = self._free()
         if holder is not None:
             return holder
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[H] = asyncio.get_running_loop().create_future()
         self.waiting.append(waiter)
         await asyncio.wait({waiter}, timeout=max(0.0, timeout))
         if waiter.done() and not waiter.cancelled():
@@ -119,7 +122,7 @@ class AsyncSlots(_Bounded):
         waiter.cancel()
         raise _exhausted(self.size, timeout)
 
-    def give(self, holder: Any) -> None:
+    def give(self, holder: H) -> None:
         self.idle.append(holder)
         if self.waiting:
             self.wake()

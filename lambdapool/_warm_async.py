@@ -31,22 +31,36 @@ import asyncio
 import inspect  # async only
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from lambdapool._drivers.base import (
     CONFIGURED_SQL,
+    NOT_WATCHED,
     READ_ONLY_SERVER,
     ReadOnlyServer,
+    Watch,
     classify_connect_error,
     connect_error_fix,
     socket_watch,
 )
+from lambdapool._drivers.contract import Connection
 from lambdapool._retry import CONNECT_DEADLINE, REFUSED_MEMORY, Backoff, describe_error, is_refusal
 from lambdapool._scrub import detach, driver_error
 from lambdapool.errors import AuthError, ConfigError, ConnectionUnavailable, LambdapoolError
 from lambdapool.stats import Stats
 
+if TYPE_CHECKING:
+    from lambdapool._config import Settings
+    from lambdapool._drivers.contract import AsyncDriver
+    from lambdapool._runtime import InvocationState
+    from lambdapool.adapters.base import Adapter
+
 logger = logging.getLogger("lambdapool")
+
+UserSettings = dict[str, Any]  # what the user set on a connection (the driver's user_settings)
+# A new connection, whether a connect attempt was refused for capacity, and what configure SET
+Opened = tuple[Connection, bool, str]
 
 # Seconds of retrying after which a connect says so at WARNING: a handler stuck connecting
 # should show why in its logs before its deadline, not only when it gives up.
@@ -56,7 +70,7 @@ RETRY_WARNING_AFTER = 3.0
 class AsyncConnector:
     """Opens connections for one Database: adapter parameters, driver, retries."""
 
-    def __init__(self, driver: Any, adapter: Any, settings: Any) -> None:
+    def __init__(self, driver: AsyncDriver, adapter: Adapter, settings: Settings) -> None:
         self.driver = driver
         self.adapter = adapter
         self.settings = settings
@@ -64,7 +78,7 @@ class AsyncConnector:
         self.refused_at = float("-inf")
         self.wants_writer = adapter.wants_writer
 
-    async def connect(self, deadline: float, stats: Stats, carried: Any = None) -> tuple[Any, bool, str]:
+    async def connect(self, deadline: float, stats: Stats, carried: UserSettings | None = None) -> Opened:
         """A new connection, set up as the user's own: ``configure`` run, then ``carried`` (the
         settings the user gave the connection it replaces, such as autocommit or row_factory)
         applied. Also: was an attempt refused for capacity (the server or pooler was full; the
@@ -79,7 +93,7 @@ class AsyncConnector:
         finally:
             CONNECT_DEADLINE.reset(token)
 
-    async def _attempts(self, deadline: float, stats: Stats, carried: Any) -> tuple[Any, bool, str]:
+    async def _attempts(self, deadline: float, stats: Stats, carried: UserSettings | None) -> Opened:
         started = time.monotonic()
         attempts = 0
         refreshed = False
@@ -157,7 +171,7 @@ class AsyncConnector:
             stats.add("connect_ms_total", (time.monotonic() - t0) * 1000.0)
             return conn, refused, await self._set_up(conn, carried)
 
-    async def _refuse_read_only(self, conn: Any, stats: Stats) -> None:
+    async def _refuse_read_only(self, conn: Connection, stats: Stats) -> None:
         """A writer is wanted and the server says it is read-only (the name still leads to a
         demoted writer, or to a standby): not kept; tried again, as a server not ready yet."""
         stats.incr("read_only_drops")
@@ -170,7 +184,7 @@ class AsyncConnector:
             "wanted; set target_session_attrs=read-only (or any) in the dsn if a reader will do"
         )
 
-    async def _set_up(self, conn: Any, carried: Any) -> str:
+    async def _set_up(self, conn: Connection, carried: UserSettings | None) -> str:
         """Run ``configure`` and apply ``carried``. With ``reset_session``, also read back what
         configure SET, as the statement that sets it again after each RESET ALL: the session
         the user configured is the one every invocation starts with."""
@@ -199,6 +213,10 @@ class AsyncConnector:
             raise
 
 
+def _no() -> bool:
+    return False  # (the probes of no connection)
+
+
 class AsyncWarmConnection:
     """One slot of an instance: at most one connection, lent to one invocation at a time."""
 
@@ -223,7 +241,7 @@ class AsyncWarmConnection:
         "carried",
         "configured",
         "wants_writer",
-        "loop",
+        "loop",  # async only
     )
 
     def __init__(self, connector: AsyncConnector) -> None:
@@ -236,23 +254,23 @@ class AsyncWarmConnection:
         self.may_close = connector.adapter.may_close
         self.stats = Stats()  # this slot's own counters: one request holds it at a time
         self.counts = self.stats.values  # (the same dict, one lookup nearer)
-        self.conn: Any = None
+        self.conn: Connection = None
         # The connection's probes, bound once per connection (see drivers.base.Probes)
-        self.is_open: Any = None
-        self.in_transaction: Any = None
-        self.watch: Any = None  # poller on the connection's socket
+        self.is_open: Callable[[], bool] = _no
+        self.in_transaction: Callable[[], bool] = _no
+        self.watch: Watch = NOT_WATCHED  # poller on the connection's socket
         self.last_used = 0.0
         self.expires = 0.0  # time.monotonic() after which the connection is replaced (max_lifetime)
         self.outcome = ""  # what the last acquire did: reuse, connect or reconnect
         self.refused = False  # was the last connect refused for capacity (the server or pooler was full)?
         # The user's settings of the connection, for its successor: read before the SDK runs a
         # statement of its own on it (a statement that kills it can leave the SDK's autocommit behind)
-        self.carried: Any = None
+        self.carried: UserSettings | None = None
         self.configured = ""  # the statement that sets configure's SETs again after a reset
         self.wants_writer = connector.wants_writer
-        self.loop: Any = None  # the event loop the connection is bound to
+        self.loop: asyncio.AbstractEventLoop | None = None  # the event loop the connection is bound to  # async only
 
-    def reuse(self, state: Any) -> Any:
+    def reuse(self, state: InvocationState) -> Connection:
         """Lend the warm connection to ``state`` (an InvocationState) if that needs no round
         trip (the common case): open, its socket quiet, used less than ``ping_after_idle`` ago,
         younger than ``max_lifetime``. Else None: call acquire()."""
@@ -276,7 +294,7 @@ class AsyncWarmConnection:
         state.conn = conn
         return conn
 
-    async def acquire(self, deadline: float) -> Any:
+    async def acquire(self, deadline: float) -> Connection:
         """After reuse() said no: verify the connection with a ping, or (re)connect."""
         conn = self.conn
         if conn is not None:
@@ -317,7 +335,7 @@ class AsyncWarmConnection:
         self.expires = time.monotonic() + self.max_lifetime
         self.loop = asyncio.get_running_loop()  # async only
 
-    async def _ping_ok(self, conn: Any) -> bool:
+    async def _ping_ok(self, conn: Connection) -> bool:
         self.stats.incr("pings")
         try:
             await self.driver.ping(conn)
@@ -355,10 +373,10 @@ class AsyncWarmConnection:
         if not keep:
             await self.discard(read_settings=False)
 
-    def _drop(self, read_settings: bool) -> Any:
+    def _drop(self, read_settings: bool) -> Connection:
         """Forget the connection. ``read_settings``: keep the user's settings of it for the next
         one (False where they were read before the SDK's own statements ran on it)."""
-        conn, self.conn, self.watch = self.conn, None, None
+        conn, self.conn, self.watch = self.conn, None, NOT_WATCHED
         if conn is not None and read_settings:
             self.carried = self.driver.user_settings(conn)
         return conn

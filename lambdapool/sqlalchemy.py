@@ -30,6 +30,10 @@ from lambdapool.errors import ConfigError, LambdapoolError
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from lambdapool._database import Core
+    from lambdapool._warm import WarmConnection
+    from lambdapool._warm_async import AsyncWarmConnection
+
 DIALECTS = {
     "psycopg": "postgresql+psycopg",
     "psycopg-async": "postgresql+psycopg_async",
@@ -66,32 +70,32 @@ def _unique_statement_name() -> str:
     return f"__asyncpg_{uuid.uuid4()}__"
 
 
-def _check_driver(db: Any, want_async: bool) -> None:
-    driver = db.settings.driver
-    if want_async and not db.is_async:
+def _check_driver(core: Core, want_async: bool) -> None:
+    driver = core.settings.driver
+    if want_async and not core.lender.is_async:
         raise ConfigError(
             f"db.sqlalchemy_async_engine() needs an async driver (driver='psycopg-async' or 'asyncpg'); "
             f"this Database uses driver={driver!r}: call db.sqlalchemy_engine() instead"
         )
-    if not want_async and db.is_async:
+    if not want_async and core.lender.is_async:
         raise ConfigError(
             f"db.sqlalchemy_engine() needs the sync driver (driver='psycopg'); this Database uses "
             f"driver={driver!r}: call db.sqlalchemy_async_engine() instead"
         )
 
 
-def _url(db: Any) -> sqlalchemy.URL:
+def _url(core: Core) -> sqlalchemy.URL:
     """The engine's URL: where, for display (engine.url); never the password. lambdapool connects."""
-    parts = db.settings.parts
+    parts = core.settings.parts
     try:
         return sqlalchemy.URL.create(
-            DIALECTS[db.settings.driver], username=parts.user, host=parts.host, port=parts.port, database=parts.dbname
+            DIALECTS[core.settings.driver], username=parts.user, host=parts.host, port=parts.port, database=parts.dbname
         )
     except Exception:  # a DSN SQLAlchemy's URL cannot spell (several hosts): the dialect is what matters
-        return sqlalchemy.URL.create(DIALECTS[db.settings.driver])
+        return sqlalchemy.URL.create(DIALECTS[core.settings.driver])
 
 
-def _pool(db: Any, kw: dict[str, Any]) -> LambdapoolPool:
+def _pool(core: Core, kw: dict[str, Any]) -> LambdapoolPool:
     for name, why in POOL_ARGS.items():
         if name in kw and not (name == "pool_pre_ping" and not kw[name]):
             raise ConfigError(f"{name} is not for a lambdapool engine: {why}")
@@ -104,9 +108,9 @@ def _pool(db: Any, kw: dict[str, Any]) -> LambdapoolPool:
             "so pass them as the Database's connect_kwargs (LAMBDAPOOL_CONNECT_KWARGS)"
         )
     if (
-        db.settings.driver == "asyncpg"
-        and db.settings.pooler == "pgbouncer"
-        and not db.adapter.options.get("pgbouncer_prepared_statements")
+        core.settings.driver == "asyncpg"
+        and core.settings.pooler == "pgbouncer"
+        and not core.adapter.options.get("pgbouncer_prepared_statements")
     ):
         # Transaction mode: SQLAlchemy's asyncpg dialect prepares every statement itself; cached
         # or clashing names break when the next transaction lands on another server connection.
@@ -121,25 +125,25 @@ def _pool(db: Any, kw: dict[str, Any]) -> LambdapoolPool:
         )
         if v in kw
     }
-    return LambdapoolPool(db, connect_args, **options)
+    return LambdapoolPool(core, connect_args, **options)
 
 
-def create_engine(db: Any, **engine_kwargs: Any) -> sqlalchemy.Engine:
+def create_engine(core: Core, **engine_kwargs: Any) -> sqlalchemy.Engine:
     """``db.sqlalchemy_engine()``: a :class:`sqlalchemy.Engine` (driver ``psycopg``)."""
-    _check_driver(db, want_async=False)
-    pool = _pool(db, engine_kwargs)
-    engine = sqlalchemy.create_engine(_url(db), pool=pool, **engine_kwargs)
+    _check_driver(core, want_async=False)
+    pool = _pool(core, engine_kwargs)
+    engine = sqlalchemy.create_engine(_url(core), pool=pool, **engine_kwargs)
     pool._adopt_dialect(engine)
     return engine
 
 
-def create_async_engine(db: Any, **engine_kwargs: Any) -> AsyncEngine:
+def create_async_engine(core: Core, **engine_kwargs: Any) -> AsyncEngine:
     """``db.sqlalchemy_async_engine()``: a :class:`sqlalchemy.ext.asyncio.AsyncEngine`."""
     from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 
-    _check_driver(db, want_async=True)
-    pool = _pool(db, engine_kwargs)
-    engine = sa_create_async_engine(_url(db), pool=pool, **engine_kwargs)
+    _check_driver(core, want_async=True)
+    pool = _pool(core, engine_kwargs)
+    engine = sa_create_async_engine(_url(core), pool=pool, **engine_kwargs)
     pool._adopt_dialect(engine.sync_engine)
     return engine
 
@@ -154,15 +158,15 @@ class _Record(_ConnectionRecord):
 class LambdapoolPool(Pool):
     """A SQLAlchemy pool that lends the invocation's warm lambdapool connection."""
 
-    def __init__(self, db: Any, adapter_args: dict[str, Any] | None = None, **kw: Any) -> None:
+    def __init__(self, core: Core, adapter_args: dict[str, Any] | None = None, **kw: Any) -> None:
         super().__init__(self._connect, **kw)
-        self._db = db
-        self._lender = db._lender
-        self._current = db._current
+        self._core = core
+        self._lender = core.lender
+        self._current = core.current
         self._adapter_args = dict(adapter_args or {})
         self._context: Any = None  # what the dialect would connect with (psycopg: its adapters map)
         self._records: dict[Any, _Record] = {}  # slot (WarmConnection) -> record of its connection
-        if db.is_async:
+        if core.lender.is_async:
             from sqlalchemy.util.concurrency import await_, in_greenlet
 
             self._await, self._in_greenlet = await_, in_greenlet
@@ -178,10 +182,9 @@ class LambdapoolPool(Pool):
     def _do_get(self) -> _Record:
         state = self._current.get()
         if state is None:  # outside any invocation (create_all at import): its own, until checkin
-            state = InvocationState(self._db._instance, None, counted=False)
+            state = InvocationState(self._core.instance, None, counted=False)
             state.token = self._current.set(state)
-        enter = self._lender.enter(state)
-        raw = self._await(enter) if self._db.is_async else enter
+        raw = self._enter(state)
         try:
             holder = state.holder
             rec = self._records.get(holder)
@@ -189,8 +192,7 @@ class LambdapoolPool(Pool):
                 raise LambdapoolError(CONCURRENT)
             if rec is not None and rec.dbapi_connection is not None and rec._soft_invalidate_time > rec.starttime:
                 holder.terminate()  # soft-invalidated by the user: a fresh connection, within this lend
-                again = self._lender.enter(state)
-                raw = self._await(again) if self._db.is_async else again
+                raw = self._enter(state)
                 self._exit(state)
                 rec = None
             if rec is None or rec.lp_raw is not raw or rec.dbapi_connection is None:
@@ -210,9 +212,13 @@ class LambdapoolPool(Pool):
         if state is not None:
             self._exit(state)
 
-    def _exit(self, state: Any) -> None:
+    def _enter(self, state: InvocationState) -> Any:
         lender = self._lender
-        if not self._db.is_async:
+        return self._await(lender.enter(state)) if lender.is_async else lender.enter(state)
+
+    def _exit(self, state: InvocationState) -> None:
+        lender = self._lender
+        if not lender.is_async:
             lender.exit(state, None)
         elif self._in_greenlet():
             self._await(lender.exit(state, None))
@@ -233,7 +239,7 @@ class LambdapoolPool(Pool):
         dialect = self._dialect
         if self._context is not None:
             _psycopg_setup(dialect, raw)
-        if not self._db.is_async:
+        if not self._core.lender.is_async:
             return raw
 
         async def ready(*_: Any, **__: Any) -> Any:
@@ -249,7 +255,8 @@ class LambdapoolPool(Pool):
         except Exception:
             raw = None
         if raw is not None:
-            for holder in list(self._db._slots.all):
+            holders: list[WarmConnection | AsyncWarmConnection] = list(self._lender.slots.all)
+            for holder in holders:
                 if holder.conn is raw:
                     holder.stats.incr("discarded")
                     holder.terminate()
@@ -273,7 +280,7 @@ class LambdapoolPool(Pool):
     def recreate(self) -> LambdapoolPool:
         self.logger.info("Pool recreating")
         pool = self.__class__(
-            self._db,
+            self._core,
             self._adapter_args,
             echo=self.echo,
             logging_name=self._orig_logging_name,
@@ -285,9 +292,9 @@ class LambdapoolPool(Pool):
         return pool
 
     def status(self) -> str:
-        s = self._db.stats()
+        s = self._core.stats()
         return (
-            f"LambdapoolPool driver={self._db.settings.driver} pooler={self._db.settings.pooler} "
+            f"LambdapoolPool driver={self._core.settings.driver} pooler={self._core.settings.pooler} "
             f"open={s['open_connections']} connects={s['connects']} reuses={s['reuses']}"
         )
 

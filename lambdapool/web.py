@@ -24,9 +24,13 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from lambdapool._scope import InvocationScope, end_lend, end_lend_sync
 from lambdapool.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lambdapool._database import Core
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -70,29 +74,21 @@ def lambda_context(scope: Scope) -> Any:
     return None
 
 
-async def give_back(db: Any) -> None:
+async def give_back(core: Core) -> None:
     """Before the last of the response goes out, give the slot back if no connection() block
     is open: the client (Lambda Web Adapter, a browser) may send its next request as soon as it
     has the response, and that request should find the warm connection idle rather than open a
     second one. The invocation goes on (a background task may take a connection again, lazily)."""
-    state = db._current.get()
-    if state is None or state.holder is None or state.depth:
-        return
-    lender = db._lender
-    if not lender.finish_warm(state):
-        if db.is_async:
-            await lender.finish(state)
-        else:
-            lender.finish(state)
-
-
-def give_back_sync(scope: Any) -> None:
-    """give_back() for WSGI (the sync driver), in the invocation's context."""
-    db: Any = getattr(scope, "_db", None)
-    state = db._current.get() if db is not None else None
+    state = core.current.get()
     if state is not None and state.holder is not None and not state.depth:
-        if not db._lender.finish_warm(state):
-            db._lender.finish(state)
+        await end_lend(core, state)
+
+
+def give_back_sync(core: Core) -> None:
+    """give_back() for WSGI (the sync driver), in the invocation's context."""
+    state = core.current.get()
+    if state is not None and state.holder is not None and not state.depth:
+        end_lend_sync(core, state)
 
 
 class AsgiApp:
@@ -105,30 +101,30 @@ class AsgiApp:
     requests, so the warm connection is reused.
     """
 
-    def __init__(self, db: Any, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+    def __init__(self, core: Core, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
         if not callable(app):
             raise ConfigError(
                 f"db.asgi() needs an ASGI app (async callable (scope, receive, send)), got {type(app).__name__}"
             )
-        self.db = db
+        self.core = core
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan, websocket: as they are
             await self.app(scope, receive, send)
             return
-        db = self.db
+        core = self.core
 
         async def send_last_unheld(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.body" and not message.get("more_body"):
-                await give_back(db)
+                await give_back(core)
             await send(message)
 
-        async with db.invocation_scope(lambda_context(scope)):
+        async with InvocationScope(core, lambda_context(scope)):
             await self.app(scope, receive, send_last_unheld)
 
     def __getattr__(self, name: str) -> Any:  # (app.state, app.router...: the app's own)
-        if name in ("db", "app"):
+        if name in ("core", "app"):
             raise AttributeError(name)
         return getattr(self.app, name)
 
@@ -137,10 +133,10 @@ class WsgiApp:
     """A WSGI app whose every request is one invocation (``db.wsgi(app)``), lasting until the
     server closes the response. Sync driver (psycopg) only: WSGI requests run in plain threads."""
 
-    def __init__(self, db: Any, app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]]) -> None:
-        if db.is_async:
+    def __init__(self, core: Core, app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]]) -> None:
+        if core.lender.is_async:
             raise ConfigError(
-                f"db.wsgi(): driver {db.settings.driver!r} is asynchronous, but a WSGI app serves its "
+                f"db.wsgi(): driver {core.settings.driver!r} is asynchronous, but a WSGI app serves its "
                 "requests in plain threads: choose driver='psycopg' (LAMBDAPOOL_DRIVER=psycopg), or "
                 "serve an ASGI app with db.asgi()"
             )
@@ -148,22 +144,22 @@ class WsgiApp:
             raise ConfigError(
                 f"db.wsgi() needs a WSGI app (callable (environ, start_response)), got {type(app).__name__}"
             )
-        self.db = db
+        self.core = core
         self.app = app
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         ctx = contextvars.copy_context()  # the invocation lives here, not in the server's thread
-        scope = self.db.invocation_scope()
+        scope = InvocationScope(self.core)
         ctx.run(scope.__enter__)
         try:
             result = ctx.run(self.app, environ, start_response)
         except BaseException:
             ctx.run(scope.__exit__, *sys.exc_info())
             raise
-        return ClosingResponse(ctx, scope, result)
+        return ClosingResponse(ctx, scope, result, self.core)
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("db", "app"):
+        if name in ("core", "app"):
             raise AttributeError(name)
         return getattr(self.app, name)
 
@@ -172,12 +168,13 @@ class ClosingResponse:
     """The app's response iterable, iterated in the invocation's context; ``close()`` closes
     the app's iterable, then ends the invocation (once, whatever happens)."""
 
-    __slots__ = ("_ctx", "_scope", "_result", "_it")
+    __slots__ = ("_ctx", "_scope", "_result", "_it", "_core")
 
-    def __init__(self, ctx: contextvars.Context, scope: Any, result: Iterable[bytes]) -> None:
+    def __init__(self, ctx: contextvars.Context, scope: InvocationScope, result: Iterable[bytes], core: Core) -> None:
         self._ctx = ctx
-        self._scope = scope
+        self._scope: InvocationScope | None = scope
         self._result = result
+        self._core = core
         self._it: Iterator[bytes] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
@@ -189,7 +186,7 @@ class ClosingResponse:
         try:
             return self._ctx.run(next, self._it)
         except StopIteration:  # the body is out: the slot goes back before the server's close()
-            self._ctx.run(give_back_sync, self._scope)
+            self._ctx.run(give_back_sync, self._core)
             raise
 
     def close(self) -> None:

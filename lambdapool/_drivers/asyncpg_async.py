@@ -3,7 +3,7 @@ transaction is rolled back (the block does not commit for you: use ``conn.transa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlencode
 
 from lambdapool._drivers.base import ConnectParams, Probes
@@ -57,7 +57,7 @@ _SSL_FILES = frozenset(
 
 class AsyncpgDriver:
     name = "asyncpg"
-    is_async = True
+    is_async: Literal[True] = True
 
     async def connect(self, params: ConnectParams, timeout: float) -> Any:
         import asyncpg
@@ -69,7 +69,7 @@ class AsyncpgDriver:
 
     @staticmethod
     def is_closed(conn: Any) -> bool:
-        return conn.is_closed()
+        return bool(conn.is_closed())  # (asyncpg has no type information: bool() for mypy)
 
     @staticmethod
     def fileno(conn: Any) -> int | None:
@@ -81,7 +81,7 @@ class AsyncpgDriver:
 
     @staticmethod
     def in_transaction(conn: Any) -> bool:
-        return conn.is_in_transaction()
+        return bool(conn.is_in_transaction())
 
     @staticmethod
     def probes(conn: Any) -> Probes:
@@ -109,7 +109,7 @@ class AsyncpgDriver:
     async def ping(self, conn: Any) -> None:
         await conn.execute("SELECT 1")  # no arguments: simple protocol, no prepared statement
 
-    async def query_row(self, conn: Any, sql: str, params: tuple = ()) -> tuple:
+    async def query_row(self, conn: Any, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
         # asyncpg numbers its placeholders; internal queries are written with %s
         n = 0
 
@@ -129,7 +129,7 @@ class AsyncpgDriver:
     async def apply_user_settings(self, conn: Any, settings: dict[str, Any]) -> None:
         return None
 
-    async def end_transaction(self, conn: Any) -> str:
+    async def end_transaction(self, conn: Any) -> Literal["rollback"]:
         """A clean block left a transaction open: asyncpg.Pool's release rolls it back."""
         await self.rollback(conn)
         return "rollback"
@@ -156,4 +156,10 @@ class AsyncpgDriver:
         conn.terminate()
 
     def backend_pid(self, conn: Any) -> int:
-        return conn.get_server_pid()
+        return int(conn.get_server_pid())
+
+
+if TYPE_CHECKING:  # mypy checks that the glue keeps the driver contract
+    from lambdapool._drivers.contract import AsyncDriver
+
+    _: AsyncDriver = AsyncpgDriver()

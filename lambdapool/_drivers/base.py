@@ -6,7 +6,7 @@ import re
 import select
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 # Runs after a rollback, outside any transaction. Not DISCARD ALL: that also drops prepared
 # statements the drivers have cached (psycopg copes, asyncpg does not).
@@ -56,12 +56,26 @@ class ConnectParams:
 Probes = tuple[Callable[[], bool], Callable[[], bool]]
 
 
+class Watch(Protocol):
+    """An idle connection's socket, watched (select.epoll / select.poll, or the two below)."""
+
+    def poll(self, timeout: int) -> list[tuple[int, int]]: ...
+
+
 class _Unwatchable:
     def poll(self, timeout: int) -> list[tuple[int, int]]:
         return [(-1, select.POLLIN)]  # cannot see the socket: report it readable, so it is pinged
 
 
-def socket_watch(fd: int | None) -> Any:
+class _NotWatched:
+    def poll(self, timeout: int) -> list[tuple[int, int]]:
+        return []  # (no connection: nothing to watch)
+
+
+NOT_WATCHED: Watch = _NotWatched()
+
+
+def socket_watch(fd: int | None) -> Watch:
     """A poller on an idle connection's socket, made once per connection: ``poll(0)`` is
     empty while nothing waits on it (one system call, no round trip).
 

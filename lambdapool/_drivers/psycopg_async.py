@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from lambdapool._drivers.base import RESET_SQL, ConnectParams
 from lambdapool._drivers.psycopg_sync import (
@@ -16,8 +16,11 @@ from lambdapool._drivers.psycopg_sync import (
     user_settings,
 )
 
+if TYPE_CHECKING:
+    import psycopg
 
-def _own_cursor(conn: Any) -> Any:
+
+def _own_cursor(conn: psycopg.AsyncConnection[Any]) -> Any:
     from psycopg import AsyncClientCursor, rows
 
     return AsyncClientCursor(conn, row_factory=rows.tuple_row)
@@ -26,7 +29,7 @@ def _own_cursor(conn: Any) -> Any:
 class _autocommit:
     __slots__ = ("conn", "was")
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self.conn = conn
 
     async def __aenter__(self) -> None:
@@ -44,7 +47,7 @@ class _autocommit:
 
 class AsyncPsycopgDriver:
     name = "psycopg-async"
-    is_async = True
+    is_async: Literal[True] = True
 
     async def connect(self, params: ConnectParams, timeout: float) -> Any:
         import asyncio
@@ -63,18 +66,21 @@ class AsyncPsycopgDriver:
 
     # As the sync driver: a cursor of the SDK's own, tuple rows, nothing prepared, and the
     # user's autocommit left as it was.
-    async def ping(self, conn: Any) -> None:
+    async def ping(self, conn: psycopg.AsyncConnection[Any]) -> None:
         async with _autocommit(conn):
             await _own_cursor(conn).execute("", prepare=False)
 
-    async def query_row(self, conn: Any, sql: str, params: tuple = ()) -> tuple:
+    async def query_row(
+        self, conn: psycopg.AsyncConnection[Any], sql: str, params: tuple[Any, ...] = ()
+    ) -> tuple[Any, ...]:
         async with _autocommit(conn):
             cur = await _own_cursor(conn).execute(sql, params or None, prepare=False)
-            return await cur.fetchone()
+            row: tuple[Any, ...] = await cur.fetchone()
+            return row
 
     user_settings = staticmethod(user_settings)
 
-    async def apply_user_settings(self, conn: Any, settings: dict[str, Any]) -> None:
+    async def apply_user_settings(self, conn: psycopg.AsyncConnection[Any], settings: dict[str, Any]) -> None:
         for name, value in settings.items():
             setter = getattr(conn, f"set_{name}", None)
             if setter is not None:  # autocommit, isolation_level...: async setters
@@ -82,24 +88,30 @@ class AsyncPsycopgDriver:
             else:
                 setattr(conn, name, value)
 
-    async def end_transaction(self, conn: Any) -> str:
+    async def end_transaction(self, conn: psycopg.AsyncConnection[Any]) -> Literal["commit"]:
         """A clean block left a transaction open: psycopg_pool's connection() commits it."""
         await conn.commit()
         return "commit"
 
-    async def rollback(self, conn: Any) -> None:
+    async def rollback(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.rollback()
 
-    async def reset(self, conn: Any, configured: str = "") -> None:
+    async def reset(self, conn: psycopg.AsyncConnection[Any], configured: str = "") -> None:
         sql = f"{RESET_SQL}; {configured}" if configured else RESET_SQL
         async with _autocommit(conn):
             await _own_cursor(conn).execute(sql, prepare=False)
 
-    async def close(self, conn: Any) -> None:
+    async def close(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.close()
 
-    def terminate(self, conn: Any) -> None:
+    def terminate(self, conn: psycopg.AsyncConnection[Any]) -> None:
         conn.pgconn.finish()  # sync: usable from a signal handler while the loop is busy
 
-    def backend_pid(self, conn: Any) -> int:
+    def backend_pid(self, conn: psycopg.AsyncConnection[Any]) -> int:
         return conn.info.backend_pid
+
+
+if TYPE_CHECKING:  # mypy checks that the glue keeps the driver contract
+    from lambdapool._drivers.contract import AsyncDriver
+
+    _: AsyncDriver = AsyncPsycopgDriver()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from lambdapool._drivers.base import RESET_SQL, ConnectParams, Probes
+
+if TYPE_CHECKING:
+    import psycopg
 from lambdapool._drivers.params import keepalive_options
 
 
@@ -39,19 +42,19 @@ _IDLE, _ACTIVE, _INTRANS, _INERROR, _UNKNOWN = range(5)
 _CONNECTION_OK = 0
 
 
-def is_closed(conn: Any) -> bool:
+def is_closed(conn: psycopg.BaseConnection[Any]) -> bool:
     return conn.broken or conn.pgconn.status != _CONNECTION_OK
 
 
-def fileno(conn: Any) -> int:
+def fileno(conn: psycopg.BaseConnection[Any]) -> int:
     return conn.pgconn.socket
 
 
-def in_transaction(conn: Any) -> bool:
+def in_transaction(conn: psycopg.BaseConnection[Any]) -> bool:
     return conn.pgconn.transaction_status in (_INTRANS, _INERROR)
 
 
-def probes(conn: Any) -> Probes:
+def probes(conn: psycopg.BaseConnection[Any]) -> Probes:
     pgconn = conn.pgconn  # (one for the connection's life)
 
     def is_open() -> bool:
@@ -63,7 +66,7 @@ def probes(conn: Any) -> Probes:
     return is_open, transaction_open
 
 
-def read_only(conn: Any) -> bool:
+def read_only(conn: psycopg.BaseConnection[Any]) -> bool:
     """Does the server say it is read-only? From the parameters it reports by itself
     (PostgreSQL 14+: in_hot_standby; default_transaction_read_only), no round trip; False when
     it reports neither (an older server, a pooler that does not pass them on)."""
@@ -71,7 +74,7 @@ def read_only(conn: Any) -> bool:
     return status(b"in_hot_standby") == b"on" or status(b"default_transaction_read_only") == b"on"
 
 
-def usable(conn: Any) -> bool:
+def usable(conn: psycopg.BaseConnection[Any]) -> bool:
     pgconn = conn.pgconn
     return not conn.broken and pgconn.status == _CONNECTION_OK and pgconn.transaction_status != _UNKNOWN
 
@@ -91,11 +94,11 @@ USER_SETTINGS = (
 )
 
 
-def user_settings(conn: Any) -> dict[str, Any]:
+def user_settings(conn: psycopg.BaseConnection[Any]) -> dict[str, Any]:
     return {name: getattr(conn, name) for name in USER_SETTINGS if hasattr(conn, name)}
 
 
-def _own_cursor(conn: Any) -> Any:
+def _own_cursor(conn: psycopg.Connection[Any]) -> Any:
     from psycopg import ClientCursor, rows
 
     # ClientCursor: parameters bound client-side, one simple-protocol query (no Parse/Bind,
@@ -108,7 +111,7 @@ class _autocommit:
 
     __slots__ = ("conn", "was")
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
 
     def __enter__(self) -> None:
@@ -162,7 +165,7 @@ def _connect_within(psycopg: Any, kwargs: dict[str, Any], timeout: float) -> Any
 
 class PsycopgDriver:
     name = "psycopg"
-    is_async = False
+    is_async: Literal[False] = False
 
     def connect(self, params: ConnectParams, timeout: float) -> Any:
         import psycopg
@@ -182,40 +185,47 @@ class PsycopgDriver:
     # The SDK's own statements run on a cursor of their own, with tuple rows and never
     # prepared, in autocommit (starting no transaction) and leave the user's settings as they
     # were: row_factory, prepare_threshold and autocommit are the user's.
-    def ping(self, conn: Any) -> None:
+    def ping(self, conn: psycopg.Connection[Any]) -> None:
         # psycopg_pool's check_connection: an empty query, outside any transaction.
         with _autocommit(conn):
             _own_cursor(conn).execute("", prepare=False)
 
-    def query_row(self, conn: Any, sql: str, params: tuple = ()) -> tuple:
+    def query_row(self, conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
         """One row of an internal query, in autocommit: it starts no transaction."""
         with _autocommit(conn):
-            return _own_cursor(conn).execute(sql, params or None, prepare=False).fetchone()
+            row: tuple[Any, ...] = _own_cursor(conn).execute(sql, params or None, prepare=False).fetchone()
+            return row
 
     user_settings = staticmethod(user_settings)
 
-    def apply_user_settings(self, conn: Any, settings: dict[str, Any]) -> None:
+    def apply_user_settings(self, conn: psycopg.Connection[Any], settings: dict[str, Any]) -> None:
         for name, value in settings.items():
             setattr(conn, name, value)
 
-    def end_transaction(self, conn: Any) -> str:
+    def end_transaction(self, conn: psycopg.Connection[Any]) -> Literal["commit"]:
         """A clean block left a transaction open: psycopg_pool's connection() commits it."""
         conn.commit()
         return "commit"
 
-    def rollback(self, conn: Any) -> None:
+    def rollback(self, conn: psycopg.Connection[Any]) -> None:
         conn.rollback()
 
-    def reset(self, conn: Any, configured: str = "") -> None:
+    def reset(self, conn: psycopg.Connection[Any], configured: str = "") -> None:
         """Session state back to a new connection's; ``configured``: what configure SET, again."""
         sql = f"{RESET_SQL}; {configured}" if configured else RESET_SQL
         with _autocommit(conn):
             _own_cursor(conn).execute(sql, prepare=False)  # no parameters: one simple-protocol round trip
 
-    def close(self, conn: Any) -> None:
+    def close(self, conn: psycopg.Connection[Any]) -> None:
         conn.close()
 
     terminate = close
 
-    def backend_pid(self, conn: Any) -> int:
+    def backend_pid(self, conn: psycopg.Connection[Any]) -> int:
         return conn.info.backend_pid
+
+
+if TYPE_CHECKING:  # mypy checks that the glue keeps the driver contract
+    from lambdapool._drivers.contract import Driver
+
+    _: Driver = PsycopgDriver()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from lambdapool.errors import ConfigError
 
 if TYPE_CHECKING:
-    from lambdapool.adapters.base import Adapter
+    from .base import Adapter
 
 BUILTIN = {
     "direct": "lambdapool.adapters.direct:DirectAdapter",
@@ -42,7 +42,8 @@ def load(name: str) -> type[Adapter]:
     """The adapter class registered under ``name``, or ConfigError listing the known names."""
     if name in BUILTIN:
         try:
-            return _import(BUILTIN[name])
+            builtin: type[Adapter] = _import(BUILTIN[name])
+            return builtin
         except ModuleNotFoundError as exc:
             if not exc.name or not exc.name.startswith("lambdapool.adapters"):
                 raise
@@ -51,7 +52,8 @@ def load(name: str) -> type[Adapter]:
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
-            return ep.load()
+            plugin: type[Adapter] = ep.load()
+            return plugin
     raise ConfigError(
         f"pooler must be one of {', '.join(available())} (or a name registered in the "
         f"'{ENTRY_POINT_GROUP}' entry-point group); got {name!r}"

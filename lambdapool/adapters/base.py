@@ -8,12 +8,15 @@ sync or async), and may veto keeping a connection warm (the direct adapter's bud
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from lambdapool._config import Setting, Settings, coerce, env_name
 from lambdapool._drivers.base import ConnectParams
 from lambdapool._drivers.params import wants_writer
 from lambdapool.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lambdapool._drivers.contract import AsyncDriver, Connection, Driver
 
 # Credentials, usable with every pooler: a password (DSN or ``password``), an IAM token, or a
 # Secrets Manager secret.
@@ -188,12 +191,12 @@ class Adapter:
         cls = type(self)
         return cls.keep_warm is not Adapter.keep_warm or cls.akeep_warm is not Adapter.akeep_warm
 
-    def keep_warm(self, driver: Any, conn: Any, refused: bool) -> bool:
+    def keep_warm(self, driver: Driver, conn: Connection, refused: bool) -> bool:
         """End of each invocation, connection idle (sync drivers): False closes it.
         ``refused``: its connect needed retries (the server or pooler was full)."""
         return True
 
-    async def akeep_warm(self, driver: Any, conn: Any, refused: bool) -> bool:
+    async def akeep_warm(self, driver: AsyncDriver, conn: Connection, refused: bool) -> bool:
         return True
 
     def describe(self) -> dict[str, Any]:

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lambdapool._config import Setting
 from lambdapool.adapters.base import Adapter
+
+if TYPE_CHECKING:
+    from lambdapool._drivers.contract import AsyncDriver, Connection, Driver
 
 logger = logging.getLogger("lambdapool")
 
@@ -70,7 +73,7 @@ class DirectAdapter(Adapter):
     def _stale(self) -> bool:
         return time.monotonic() >= self._sample_due
 
-    def _record(self, row: tuple) -> None:
+    def _record(self, row: tuple[Any, ...]) -> None:
         max_connections, reserved, used = row
         ordinary = max(1, max_connections - reserved)
         self._utilisation = used / ordinary
@@ -83,7 +86,8 @@ class DirectAdapter(Adapter):
             self._utilisation = max(self._utilisation, 1.0)
             self._sample_due = time.monotonic() + self.options["guard_sample_interval"]
             self._update_ask_from()
-        return self._utilisation >= self.options["guard_threshold"]
+        threshold: float = self.options["guard_threshold"]
+        return self._utilisation >= threshold
 
     def _update_ask_from(self) -> None:
         full = self._utilisation >= self.options["guard_threshold"]
@@ -98,7 +102,7 @@ class DirectAdapter(Adapter):
         # never with the guard off).
         return time.monotonic() >= self._ask_from
 
-    def keep_warm(self, driver: Any, conn: Any, refused: bool) -> bool:
+    def keep_warm(self, driver: Driver, conn: Connection, refused: bool) -> bool:
         if not self.options["budget_guard"]:
             return True
         if not refused and self._stale():
@@ -109,7 +113,7 @@ class DirectAdapter(Adapter):
             self.zombies_terminated += driver.query_row(conn, ZOMBIE_SQL, self._zombie_args())[0]
         return False
 
-    async def akeep_warm(self, driver: Any, conn: Any, refused: bool) -> bool:
+    async def akeep_warm(self, driver: AsyncDriver, conn: Connection, refused: bool) -> bool:
         if not self.options["budget_guard"]:
             return True
         if not refused and self._stale():

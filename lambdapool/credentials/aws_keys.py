@@ -26,7 +26,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +55,7 @@ class AwsKeys:
     source: str = "environment"
 
 
-def _from_environment(environ: os._Environ[str] | dict[str, str]) -> AwsKeys | None:
+def _from_environment(environ: Mapping[str, str]) -> AwsKeys | None:
     access_key = environ.get("AWS_ACCESS_KEY_ID")
     secret_key = environ.get("AWS_SECRET_ACCESS_KEY")
     if not access_key and not secret_key:
@@ -70,7 +70,7 @@ def _from_environment(environ: os._Environ[str] | dict[str, str]) -> AwsKeys | N
     return AwsKeys(access_key, secret_key, token, source="environment")
 
 
-def _container_request(environ: os._Environ[str] | dict[str, str]) -> tuple[str, dict[str, str]] | None:
+def _container_request(environ: Mapping[str, str]) -> tuple[str, dict[str, str]] | None:
     """The container endpoint's URL and headers, or None when the environment names none."""
     relative = environ.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
     full = environ.get("AWS_CONTAINER_CREDENTIALS_FULL_URI")
@@ -264,7 +264,7 @@ class AwsKeySource:
 
         with self._lock, _translated_chain():
             if self._sdk_credentials is None:
-                boto3 = aws._import("boto3", "aws")
+                boto3 = aws.import_sdk("boto3", "aws")
                 self._sdk_credentials = _found(boto3.session.Session().get_credentials())
             return _keys_of(self._sdk_credentials.get_frozen_credentials())
 
@@ -273,7 +273,7 @@ class AwsKeySource:
 
         with _translated_chain():
             if self._aio_credentials is None:
-                session = aws._import("aiobotocore.session", "aws-async").get_session()
+                session = aws.import_sdk("aiobotocore.session", "aws-async").get_session()
                 self._aio_credentials = _found(await session.get_credentials())
             return _keys_of(await self._aio_credentials.get_frozen_credentials())
 

@@ -28,7 +28,7 @@ LOOKUP_BUDGET = 10.0  # without a deadline from the caller
 
 
 class _Throttled(Exception):
-    """AWS said slow down (not a botocore exception, so aws._translated lets it through)."""
+    """AWS said slow down (not a botocore exception, so aws.translated_errors lets it through)."""
 
     def __init__(self, code: str) -> None:
         super().__init__(code)
@@ -89,12 +89,12 @@ async def aresolve_proxy_endpoint(
     import asyncio  # here, not at import: lambdapool's import stays cheap
 
     request = _request(proxy_name, aws.resolve_region(region), endpoint_url)
-    session = aws._import("aiobotocore.session", "aws-async").get_session()
+    session = aws.import_sdk("aiobotocore.session", "aws-async").get_session()
     from aiobotocore.config import AioConfig
 
     config = AioConfig(retries=aws.NO_RETRIES, **aws.TIMEOUTS)
     backoff = _Backoff(request, proxy_name, deadline)
-    with aws._translated("create an aiobotocore rds client", region=request.region):
+    with aws.translated_errors("create an aiobotocore rds client", region=request.region):
         async with session.create_client(
             "rds", region_name=request.region, endpoint_url=endpoint_url, config=config
         ) as api:
@@ -114,7 +114,7 @@ async def aresolve_proxy_endpoint(
 def _call(api: Any, request: aws.AwsCall) -> Any:
     import botocore.exceptions as bx
 
-    with aws._translated(request.action, request.region, request.permission, request.not_found):
+    with aws.translated_errors(request.action, request.region, request.permission, request.not_found):
         try:
             return getattr(api, request.method)(**request.params)
         except bx.ClientError as exc:
@@ -125,7 +125,7 @@ def _call(api: Any, request: aws.AwsCall) -> Any:
 async def _acall(api: Any, request: aws.AwsCall) -> Any:
     import botocore.exceptions as bx
 
-    with aws._translated(request.action, request.region, request.permission, request.not_found):
+    with aws.translated_errors(request.action, request.region, request.permission, request.not_found):
         try:
             return await getattr(api, request.method)(**request.params)
         except bx.ClientError as exc:

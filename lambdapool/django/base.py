@@ -209,9 +209,9 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
 
     def _close(self) -> None:
         if self._lend is None:  # Django's own connection (test-database maintenance)
-            return super()._close()
+            super()._close()
+            return
         self._lend.end()
-        return None
 
     def is_usable(self) -> bool:
         return self.connection is not None and bool(super().is_usable())

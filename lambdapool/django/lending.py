@@ -16,10 +16,15 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from lambdapool._database import core_of
 from lambdapool._runtime import InvocationState
 from lambdapool.errors import LambdapoolError
+
+if TYPE_CHECKING:
+    from lambdapool._database import Core, Database
+    from lambdapool._lend import Lender
 
 # id(invocation state) -> the Lend sharing that invocation's connection (gone with its wrapper).
 _SHARING: weakref.WeakValueDictionary[int, Lend] = weakref.WeakValueDictionary()
@@ -44,10 +49,10 @@ def _count_own(key: tuple[int, int], delta: int) -> None:
 class Lend:
     """A wrapper's hold on a warm connection (``conn``): shared with the invocation, or its own."""
 
-    __slots__ = ("db", "state", "conn", "own", "_own_key", "_finalizer", "__weakref__")
+    __slots__ = ("lender", "state", "conn", "own", "_own_key", "_finalizer", "__weakref__")
 
-    def __init__(self, db: Any, state: InvocationState, own: bool) -> None:
-        self.db = db
+    def __init__(self, lender: Lender, state: InvocationState, own: bool) -> None:
+        self.lender = lender
         self.state = state
         self.own = own
         self.conn: Any = None
@@ -55,12 +60,14 @@ class Lend:
         self._finalizer: Any = None
 
     @classmethod
-    def begin(cls, db: Any, wrapper: Any, alias: str) -> Lend:
+    def begin(cls, db: Database[Any], wrapper: Any, alias: str) -> Lend:
         """Lend ``wrapper`` a connection of ``db``: the invocation's if free, else a slot of its own."""
-        current = db._current.get()
+        core = core_of(db)
+        lender = _sync_lender(core)
+        current = core.current.get()
         if current is not None and _shareable(current):
-            lend = cls(db, current, own=False)
-            lend.conn = db._lender.enter(current)
+            lend = cls(lender, current, own=False)
+            lend.conn = lender.enter(current)
             _SHARING[id(current)] = lend
             return lend
         key = (id(db), threading.get_ident())
@@ -74,9 +81,8 @@ class Lend:
                 "connection first, use one alias, or raise max_per_instance in OPTIONS['lambdapool'] "
                 "(on AWS Lambda it is 1: one invocation, one connection)"
             )
-        state = InvocationState(db._instance, None, counted=False)
-        lend = cls(db, state, own=True)
-        lender = db._lender
+        state = InvocationState(core.instance, None, counted=False)
+        lend = cls(lender, state, own=True)
         try:
             lend.conn = lender.enter(state)
         except BaseException:
@@ -99,7 +105,7 @@ class Lend:
         if conn is None or state.holder is None:  # ended, or taken back by the end of its invocation
             self._forget()
             return
-        lender = self.db._lender
+        lender = self.lender
         try:
             # As a block that raised: the outermost rolls back whatever is open (a handler's own
             # block still open around ours keeps its transaction).
@@ -115,7 +121,7 @@ class Lend:
         """The wrapper was garbage-collected holding a slot of its own: drop it, no round trip."""
         if self.own and self.conn is not None:
             self.conn = None
-            self.db._lender.abandon(self.state)
+            self.lender.abandon(self.state)
         self._forget()
 
     def _forget(self) -> None:
@@ -127,6 +133,13 @@ class Lend:
             self._own_key = None
         if not self.own and _SHARING.get(id(self.state)) is self:
             del _SHARING[id(self.state)]
+
+
+def _sync_lender(core: Core) -> Lender:
+    lender = core.lender
+    if lender.is_async:  # (the backend makes its Database with the psycopg driver)
+        raise LambdapoolError("the Django backend needs the sync psycopg driver")
+    return lender
 
 
 def _shareable(state: InvocationState) -> bool:

@@ -71,7 +71,7 @@ def test_backend_killed_between_invocations_costs_no_failed_invocation(pg_factor
     db = make_db(pg.dsn, driver=driver, application_name="lp-killed")
     handler = query_handler(db)
     first = handler({}, LambdaContext())
-    for round_ in range(3):
+    for _round in range(3):
         # Between invocations (the instance is frozen on Lambda), the server ends the session.
         assert terminate(pg, first)  # (returns once the FATAL has reached the socket)
         second = handler({}, LambdaContext())
