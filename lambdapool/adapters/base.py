@@ -141,6 +141,8 @@ class Adapter:
         """Where to connect (sync code); the DSN's host and port unless an adapter looks it up."""
         return self.settings.parts.host, self.settings.parts.port
 
+    # The a* twins below are written by hand: each is the sync method with its one lookup or
+    # credential fetch awaited (a generator would be longer than the three methods).
     async def aendpoint(self) -> tuple[str | None, int | None]:
         return self.endpoint()
 

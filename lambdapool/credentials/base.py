@@ -78,7 +78,8 @@ class CachedProvider:
         return secret
 
     async def aget(self) -> Secret:
-        """The cached secret, or a freshly fetched one (async code); same cache as :meth:`get`."""
+        """The cached secret, or a freshly fetched one (async code); same cache as :meth:`get`.
+        Written by hand, not generated: threads wait on a lock, tasks await one shared fetch."""
         secret = self._cached()
         if secret is not None:
             return secret
