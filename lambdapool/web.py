@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapp
 from typing import TYPE_CHECKING, Any
 
 from lambdapool.errors import ConfigError
-from lambdapool.scope import InvocationScope, end_lend, end_lend_sync
+from lambdapool.scope import InvocationScope
 
 if TYPE_CHECKING:
     from lambdapool.database import Core
@@ -81,14 +81,14 @@ async def give_back(core: Core) -> None:
     second one. The invocation goes on (a background task may take a connection again, lazily)."""
     state = core.current.get()
     if state is not None and state.holder is not None and not state.depth:
-        await end_lend(core, state)
+        await core.end_from_async(state)
 
 
 def give_back_sync(core: Core) -> None:
     """give_back() for WSGI (the sync driver), in the invocation's context."""
     state = core.current.get()
     if state is not None and state.holder is not None and not state.depth:
-        end_lend_sync(core, state)
+        core.end_from_sync(state)
 
 
 class AsgiApp:
