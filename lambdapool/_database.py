@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from lambdapool import _drivers as drivers
@@ -326,22 +326,35 @@ class Core:
         )
         self.report: Callable[[dict[str, float], dict[str, Any]], None] | None = None  # metrics sink
         self.lender: Lender | AsyncLender
+        # How an invocation's lend ends (the lender's end(): nothing to do, else release), from
+        # synchronous code and from async code: chosen here once, called on every invocation.
+        self.end_from_sync: Callable[[InvocationState], None]
+        self.end_from_async: Callable[[InvocationState], Awaitable[None]]
         if driver.is_async:
             from lambdapool._lend_async import AsyncLender
             from lambdapool._slots import AsyncSlots
             from lambdapool._warm_async import AsyncConnector, AsyncWarmConnection
 
             connector = AsyncConnector(driver, adapter, settings)
-            self.lender = AsyncLender(
+            self.lender = lender = AsyncLender(
                 self, driver, AsyncSlots(settings.max_per_instance, lambda: AsyncWarmConnection(connector))
             )
+            self.end_from_sync, self.end_from_async = lender.end_from_sync, lender.end
         else:
             from lambdapool._lend import Lender
             from lambdapool._slots import Slots
             from lambdapool._warm import Connector, WarmConnection
 
             sync_connector = Connector(driver, adapter, settings)
-            self.lender = Lender(self, driver, Slots(settings.max_per_instance, lambda: WarmConnection(sync_connector)))
+            self.lender = sync_lender = Lender(
+                self, driver, Slots(settings.max_per_instance, lambda: WarmConnection(sync_connector))
+            )
+            self.end_from_sync = sync_lender.end
+
+            async def end_from_async(state: InvocationState) -> None:  # (an async app on psycopg: FastAPI)
+                sync_lender.end(state)
+
+            self.end_from_async = end_from_async
 
     def stats(self) -> StatsDict:
         holders: list[WarmConnection | AsyncWarmConnection] = list(self.lender.slots.all)

@@ -67,7 +67,7 @@ class InvocationScope:
         if state is None:
             return
         try:
-            end_lend_sync(self._core, state)
+            self._core.end_from_sync(state)
         finally:
             self._core.after(state)
 
@@ -79,26 +79,6 @@ class InvocationScope:
         if state is None:
             return
         try:
-            await end_lend(self._core, state)
+            await self._core.end_from_async(state)
         finally:
             self._core.after(state)
-
-
-# Ending an invocation's lend, whichever the driver and the caller: one place for each kind of
-# caller (the lender's end() does the work: nothing to do, else release).
-def end_lend_sync(core: Core, state: InvocationState) -> None:
-    """Give back what ``state`` holds, from synchronous code."""
-    lender = core.lender
-    if lender.is_async:  # an async driver's connection, given back from sync code (Mangum)
-        lender.end_from_sync(state)
-    else:
-        lender.end(state)
-
-
-async def end_lend(core: Core, state: InvocationState) -> None:
-    """Give back what ``state`` holds, from async code."""
-    lender = core.lender
-    if lender.is_async:
-        await lender.end(state)
-    else:  # an async app on a sync driver (FastAPI with psycopg)
-        lender.end(state)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from lambdapool._scope import InvocationScope, end_lend, end_lend_sync
+from lambdapool._scope import InvocationScope
 from lambdapool.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -81,14 +81,14 @@ async def give_back(core: Core) -> None:
     second one. The invocation goes on (a background task may take a connection again, lazily)."""
     state = core.current.get()
     if state is not None and state.holder is not None and not state.depth:
-        await end_lend(core, state)
+        await core.end_from_async(state)
 
 
 def give_back_sync(core: Core) -> None:
     """give_back() for WSGI (the sync driver), in the invocation's context."""
     state = core.current.get()
     if state is not None and state.holder is not None and not state.depth:
-        end_lend_sync(core, state)
+        core.end_from_sync(state)
 
 
 class AsgiApp:

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from tests.support import LambdaContext, backends
+from tests.support import LambdaContext, backends, terminate
 
 
 def test_a_dict_row_factory_does_not_break_the_budget_guard(pg_server, make_db):
@@ -60,7 +60,7 @@ def test_the_users_settings_follow_the_connection_that_replaces_a_dead_one(pg_fa
             return conn.execute("SELECT 1 AS one").fetchone(), conn.autocommit
 
     assert handler({"set": True}, LambdaContext()) == ({"one": 1}, True)
-    pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'lambdapool:%'")
+    terminate(pg, *[h.driver.backend_pid(h.conn) for h in db._slots.all if h.conn is not None])  # (and its FATAL sent)
     assert handler({}, LambdaContext()) == ({"one": 1}, True)
     assert db.stats()["reconnects"] == 1
 
@@ -100,7 +100,7 @@ def test_configure_runs_on_every_new_connection(pg_factory, make_db):
 
     assert handler({}, LambdaContext()) == {"two": 2}
     assert handler({}, LambdaContext()) == {"two": 2}
-    pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'lambdapool:%'")
+    terminate(pg, seen[-1])  # (and its FATAL sent: the next invocation must see it)
     assert handler({}, LambdaContext()) == {"two": 2}
     assert len(seen) == 2 and seen[0] != seen[1]
 
