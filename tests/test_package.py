@@ -95,15 +95,14 @@ def test_the_runtime_top_level_is_its_public_api():
 def test_the_pytest_plugin_is_opt_in(tmp_path):
     """A project that installs lambdapool and pytest gets no fixture, and nothing runs at its session
     start, unless it asks with -p lambdapool.testing (or pytest_plugins = ["lambdapool.testing"])."""
-    root = Path(__file__).resolve().parents[1]
-    wheels = tmp_path / "wheels"
-    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(root)]
-    subprocess.run(build, check=True, capture_output=True, timeout=300)
+    from lambdapool.tools.cli.packaging import build_wheel
+
+    # (from a clean copy, as `lambdapool package` builds it: setuptools writes build/ beside the sources)
+    wheel = build_wheel(Path(__file__).resolve().parents[1], tmp_path)
     # A fresh environment that sees this one's packages (pytest, psycopg) and has its own lambdapool
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
     python = str(venv / "bin" / "python")
-    (wheel,) = wheels.glob("lambdapool-*.whl")
     subprocess.run(
         [python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, capture_output=True, timeout=300
     )
