@@ -1,6 +1,6 @@
 """Lending the instance's warm connections to invocations (sync drivers).
 
-DO NOT EDIT: generated from ``lend_async.py`` by ``tools/unasync.py``.
+DO NOT EDIT: generated from ``_lend_async.py`` by ``tools/unasync.py``.
 
 An invocation takes a slot (``max_per_instance`` bound) and its warm connection the first
 time it asks, keeps both until it ends, and hands them back clean. ``connection()`` blocks
@@ -11,7 +11,7 @@ The lender is itself the ``with db.connection()`` block, and keeps no state of i
 own: a block finds its invocation in the context variable, so ``db.connection()`` makes
 nothing. This is every warm invocation's path, and on it each call and each object counted:
 the common case (an idle slot whose connection is lent and given back as it is) is plain
-calls, awaiting nothing (``reuse``, ``finish_warm``).
+calls, with no round trip (``reuse``, ``finish_warm``).
 """
 
 from __future__ import annotations
@@ -188,7 +188,8 @@ class Lender(SyncBlockOnly):
             self.slots.give(holder)
 
     def abandon(self, state: InvocationState) -> None:
-        """Give the slot back with no round trip, dropping its connection (whose loop is gone)."""
+        """Give the slot back with no round trip, dropping its connection (it cannot be used
+        cleanly any more: its loop is gone, or the process is going)."""
         holder: WarmConnection | None = state.holder
         state.holder = state.conn = None
         if holder is not None:

@@ -1,6 +1,6 @@
 """Lending the instance's warm connections to invocations (asyncio drivers).
 
-Written by hand; ``lend.py`` (sync drivers) is generated from it by ``tools/unasync.py``:
+Written by hand; ``_lend.py`` (sync drivers) is generated from it by ``tools/unasync.py``:
 edit this file, then run ``python tools/unasync.py``.
 
 An invocation takes a slot (``max_per_instance`` bound) and its warm connection the first
@@ -12,7 +12,7 @@ The lender is itself the ``async with db.connection()`` block, and keeps no stat
 own: a block finds its invocation in the context variable, so ``db.connection()`` makes
 nothing. This is every warm invocation's path, and on it each call and each object counted:
 the common case (an idle slot whose connection is lent and given back as it is) is plain
-calls, awaiting nothing (``reuse``, ``finish_warm``).
+calls, with no round trip (``reuse``, ``finish_warm``).
 """
 
 from __future__ import annotations
@@ -190,7 +190,8 @@ class AsyncLender(AsyncBlockOnly):
             self.slots.give(holder)
 
     def abandon(self, state: InvocationState) -> None:
-        """Give the slot back with no round trip, dropping its connection (whose loop is gone)."""
+        """Give the slot back with no round trip, dropping its connection (it cannot be used
+        cleanly any more: its loop is gone, or the process is going)."""
         holder: AsyncWarmConnection | None = state.holder
         state.holder = state.conn = None
         if holder is not None:

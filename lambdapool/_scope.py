@@ -59,6 +59,8 @@ class InvocationScope:
             pass
         return state
 
+    # The with/async with twins differ in one line (how the lend ends: Core chose it once per
+    # Database), so they are written out rather than generated.
     def __enter__(self) -> Invocation:
         return self._begin()
 

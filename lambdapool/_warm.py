@@ -1,6 +1,6 @@
 """The warm connection an instance keeps across invocations (sync drivers).
 
-DO NOT EDIT: generated from ``warm_async.py`` by ``tools/unasync.py``.
+DO NOT EDIT: generated from ``_warm_async.py`` by ``tools/unasync.py``.
 
 Theory of operation
 -------------------
@@ -14,7 +14,7 @@ acquire (first ``db.connection()`` of an invocation):
     ping is a reuse, a bad one drops it and connects anew - a *reconnect*;
   * all before any user statement runs, so no statement is ever sent twice.
 release (end of the invocation): when nothing is open, nothing is to be reset and the adapter
-has no say, the lender gives the slot back as it is (lend_async.Lender.finish_warm);
+has no say, the lender gives the slot back as it is (the lender's ``finish_warm``);
 otherwise release(): roll back whatever is open, reset session state if asked, drop a
 connection left broken or one the adapter does not want kept warm.
 connect: retries transient errors (server or pooler full, refused, not ready) with backoff

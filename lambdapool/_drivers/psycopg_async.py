@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     import psycopg
 
 
+# _own_cursor and _autocommit have sync twins in psycopg_sync.py, written out: a few lines each,
+# one per psycopg connection class (AsyncClientCursor / ClientCursor, awaited set_autocommit).
 def _own_cursor(conn: psycopg.AsyncConnection[Any]) -> Any:
     from psycopg import AsyncClientCursor, rows
 
