@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 import lambdapool
+from lambdapool.testing import wait_for
 from tests.support import DRIVERS, LambdaContext, query_handler
 
 
@@ -68,8 +69,15 @@ def test_refusal_that_clears_is_absorbed_by_the_retries(full_server, make_db, dr
     pg, app_dsn, hogs = full_server
     db = make_db(app_dsn, driver=driver, acquire_timeout=10)
     handler = query_handler(db)
-    threading.Timer(0.4, hogs.pop().close).start()  # a slot frees up while we back off
-    assert isinstance(handler({}, LambdaContext()), int)
+    result: list[object] = []
+    invocation = threading.Thread(target=lambda: result.append(handler({}, LambdaContext())))
+    invocation.start()
+    # a slot frees up once the server has refused us, while we back off (not after a fixed time:
+    # a slow start once reached the server only after the slot was free, and nothing was retried)
+    wait_for(lambda: db.stats()["connect_failures"] >= 1, "the server to refuse the first attempt", timeout=10)
+    hogs.pop().close()
+    invocation.join(15)
+    assert len(result) == 1 and isinstance(result[0], int)
     assert db.stats()["connect_retries"] >= 1 and db.stats()["connects"] == 1
 
 
