@@ -1,5 +1,6 @@
 """Real parts for tests, yours and ours: throwaway Postgres servers (one, or a primary with a
-streaming hot standby), PgBouncer, the local proxy, and a pytest plugin with fixtures for them.
+streaming hot standby), PgBouncer, the local proxy, Google's metadata server (for Cloud SQL IAM
+logins), and a pytest plugin with fixtures for them.
 
 The plugin is opt-in: an installation of lambdapool with pytest gets no fixture and runs nothing
 at session start unless asked, in the top conftest.py or on the command line::
@@ -11,6 +12,7 @@ here is imported by ``import lambdapool``.
 """
 
 from lambdapool.tools.proxy import LocalProxy
+from lambdapool.tools.testing.metadata import MetadataServer
 from lambdapool.tools.testing.pgbouncer import PgBouncer, PgBouncerNotFound, PgBouncerStartError
 from lambdapool.tools.testing.postgres import (
     ExternalPostgres,
@@ -30,6 +32,7 @@ pytest_plugins = ["lambdapool.tools.testing.pytest_plugin"]
 __all__ = [
     "ExternalPostgres",
     "LocalProxy",
+    "MetadataServer",
     "PgBouncer",
     "PgBouncerNotFound",
     "PgBouncerStartError",
