@@ -1,5 +1,10 @@
 """Authentication for the local proxy: clients (SCRAM, IAM-style tokens, trust) and the server.
 
+Cloud SQL IAM (``auth="cloud-sql-iam"``): the password is an OAuth2 access token that a
+:class:`TokenIssuer` (``lambdapool.testing.MetadataServer``) handed out; it is good while that
+issuer says it is valid (issued there, not expired, not revoked), for its service account's
+database user only (:func:`verify_cloud_sql_token`).
+
 Client side, the proxy behaves like RDS Proxy: SCRAM-SHA-256 against a user list (``scramp``
 does the cryptography), or the password is an IAM auth token as
 ``boto3.client("rds").generate_db_auth_token(host, port, user, region)`` makes it. A token is a
@@ -16,6 +21,7 @@ import datetime
 import hashlib
 import hmac
 import secrets
+from typing import Protocol
 from urllib.parse import parse_qsl, quote
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -180,6 +186,34 @@ def verify_iam_token(
     expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, params["X-Amz-Signature"]):
         raise AuthFailed(f"{bad}: the token's signature does not match (forged or signed with another key)")
+
+
+class TokenIssuer(Protocol):
+    """What the proxy needs of a metadata server (``lambdapool.testing.MetadataServer`` is one)."""
+
+    @property
+    def db_user(self) -> str: ...
+
+    def token_status(self, token: str) -> str:
+        """``"valid"``, ``"expired"``, ``"revoked"`` or ``"unknown"``."""
+        ...
+
+
+_TOKEN_REASONS = {
+    "expired": "the access token has expired; fetch a new one from the metadata server",
+    "revoked": "the access token was revoked; fetch a new one from the metadata server",
+    "unknown": "the password is not an access token the metadata server issued",
+}
+
+
+def verify_cloud_sql_token(token: str, *, user: str, issuer: TokenIssuer) -> None:
+    """Raise :class:`AuthFailed` (with the reason, never the token) unless ``token`` is a valid
+    access token of ``issuer`` and ``user`` is its service account's database user."""
+    if user != issuer.db_user:
+        raise AuthFailed(f"the token's service account logs in as {issuer.db_user!r}, not {user!r}")
+    status = issuer.token_status(token)
+    if status != "valid":
+        raise AuthFailed(_TOKEN_REASONS.get(status, f"the metadata server says the token is {status!r}"))
 
 
 def md5_password(user: str, password: str, salt: bytes) -> bytes:

@@ -8,12 +8,19 @@ Defaults follow RDS Proxy where it has a knob: ``borrow_timeout`` 120 s (Connect
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote
 
 from lambdapool.errors import ConfigError
 from lambdapool.tools.proxy.roles import TARGET_SESSION_ATTRS, wanted_attrs
 
-AUTH_MODES = ("trust", "scram", "iam")
+if TYPE_CHECKING:
+    from lambdapool.tools.proxy.auth import TokenIssuer
+
+# "iam": RDS IAM tokens (SigV4, checked here); "cloud-sql-iam": Google access tokens, checked
+# with the metadata server that issued them
+AUTH_MODES = ("trust", "scram", "iam", "cloud-sql-iam")
+IAM_MODES = ("iam", "cloud-sql-iam")  # a cleartext password that is a token: TLS only
 ADMIN_DATABASES = ("lambdapool", "pgbouncer")
 
 
@@ -236,6 +243,7 @@ class ProxySettings:
     users: dict[str, str] = field(default_factory=dict, repr=False)
     iam_credentials: dict[str, str] = field(default_factory=dict, repr=False)
     region: str | None = None
+    metadata: TokenIssuer | None = field(default=None, repr=False)  # auth="cloud-sql-iam"
     tls: bool = False
     require_tls: bool = False
     cert_file: str | None = None
@@ -270,6 +278,13 @@ class ProxySettings:
             raise ConfigError('auth="scram" needs users={"name": "password", ...}')
         if self.auth == "iam" and not self.iam_credentials:
             raise ConfigError('auth="iam" needs iam_credentials={"ACCESS_KEY_ID": "secret access key"}')
+        if self.auth == "cloud-sql-iam" and self.metadata is None:
+            raise ConfigError(
+                'auth="cloud-sql-iam" needs metadata=MetadataServer(...) (lambdapool.testing): the proxy accepts '
+                "exactly the access tokens that metadata server issued, for its service account's user"
+            )
+        if self.metadata is not None and self.auth != "cloud-sql-iam":
+            raise ConfigError(f'metadata: only used with auth="cloud-sql-iam" (auth={self.auth!r} was given)')
         if self.require_tls and not self.tls:
             raise ConfigError("require_tls=True needs tls=True (a certificate, given or self-signed)")
         if bool(self.cert_file) != bool(self.key_file):

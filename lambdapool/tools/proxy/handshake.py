@@ -18,8 +18,10 @@ Each :class:`Phase` accepts a few events; anything else raises
                             \\-> (trust) ---------------------------+-> [BORROWING] -> READY | ADMIN
     any refusal, CancelRequest, Terminate -> CLOSED
 
-The refusals are RDS Proxy's (TLS required, client cap, connection rate, IAM throttled);
-what they count and check lives in the proxy, seen through :class:`LoginContext`.
+PASSWORD takes an RDS IAM token (``auth="iam"``) or a Google access token (``"cloud-sql-iam"``).
+The refusals are RDS Proxy's (TLS required, client cap, connection rate, IAM throttled) and
+Cloud SQL's for its IAM logins (``cloud_sql_errors``); what they count and check lives in the
+proxy, seen through :class:`LoginContext`.
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ from lambdapool.tools.proto import (
 )
 from lambdapool.tools.proto import messages as m
 from lambdapool.tools.proto.encodings import python_codec
+from lambdapool.tools.proxy import cloud_sql_errors as cloud_sql
 from lambdapool.tools.proxy import rds_errors as rds
 from lambdapool.tools.proxy.admin import READY_IDLE, Console
-from lambdapool.tools.proxy.auth import AuthFailed, verify_iam_token
-from lambdapool.tools.proxy.config import ADMIN_DATABASES
+from lambdapool.tools.proxy.auth import AuthFailed, verify_cloud_sql_token, verify_iam_token
+from lambdapool.tools.proxy.config import ADMIN_DATABASES, IAM_MODES
 from lambdapool.tools.proxy.rds_errors import PROXY
 from lambdapool.tools.proxy.startup_settings import wanted_settings
 
@@ -233,11 +236,15 @@ class ClientHandshake:
         settings = ctx.settings
         self.user = params["user"]
         self.database = params.get("database") or self.user
-        if settings.auth == "iam" and not self.tls and ctx.tls_offered:
-            # RDS Proxy takes IAM tokens over TLS only (without tls=True the proxy has no
-            # certificate to offer, so it lets plaintext tokens through for tests)
+        if settings.auth in IAM_MODES and not self.tls and ctx.tls_offered:
+            # RDS Proxy and Cloud SQL take IAM tokens over TLS only (without tls=True the proxy
+            # has no certificate to offer, so it lets plaintext tokens through for tests)
+            hint = f"({PROXY}: auth={settings.auth!r} takes tokens over TLS only; connect with sslmode=require)"
+            if settings.auth == "cloud-sql-iam":
+                code, text = cloud_sql.NO_ENCRYPTION
+                where = {"host": ctx.settings.host, "user": self.user, "database": self.database}
+                return self._refuse("auth_failures", code, f"{text.format(**where)} {hint}")
             code, text = rds.IAM_NEEDS_TLS
-            hint = f'({PROXY}: auth="iam" takes tokens over TLS only; connect with sslmode=require)'
             return self._refuse("auth_failures", code, f"{text} {hint}")
         if settings.require_tls and not self.tls:
             code, text = rds.REQUIRES_TLS
@@ -264,7 +271,7 @@ class ClientHandshake:
         if settings.auth == "scram":
             self.phase = Phase.SASL_INITIAL
             return [Send(m.auth_sasl(["SCRAM-SHA-256"]))]
-        if settings.auth == "iam":
+        if settings.auth in IAM_MODES:
             self.phase = Phase.PASSWORD
             return [Send(m.auth_request(m.AUTH_CLEARTEXT))]
         return self._auth_ok()
@@ -272,6 +279,8 @@ class ClientHandshake:
     def _auth(self, body: bytes) -> list[HandshakeAction]:
         ctx = self.ctx
         try:
+            if self.phase is Phase.PASSWORD and ctx.settings.auth == "cloud-sql-iam":
+                return self._cloud_sql_login(m.read_password(body))
             if self.phase is Phase.PASSWORD:
                 if ctx.take_iam_throttle():  # fault injection (throttle_iam), not a bad token
                     code, text = rds.IAM_COMPETING
@@ -301,6 +310,17 @@ class ClientHandshake:
         except AuthFailed as exc:
             return self._refuse("auth_failures", "28P01", f"{PROXY}: {exc}")
         return [Send(m.auth_request(m.AUTH_SASL_FINAL, final)), *self._auth_ok()]
+
+    def _cloud_sql_login(self, token: str) -> list[HandshakeAction]:
+        issuer = self.ctx.settings.metadata
+        try:
+            if issuer is None:  # validate() requires it
+                raise AuthFailed("no metadata server is set up on this proxy")
+            verify_cloud_sql_token(token, user=self.user, issuer=issuer)
+        except AuthFailed as exc:
+            code, text = cloud_sql.IAM_AUTH_FAILED
+            return self._refuse("auth_failures", code, f"{text.format(user=self.user)} ({PROXY}: {exc})")
+        return self._auth_ok()
 
     def _auth_ok(self) -> list[HandshakeAction]:
         if self.ctx.settings.borrow_on_connect and self.database not in ADMIN_DATABASES:

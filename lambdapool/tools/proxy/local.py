@@ -12,13 +12,16 @@ import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from lambdapool.errors import ConfigError
 from lambdapool.tools.proxy.config import BackendTarget, ProxySettings, parse_listen
 from lambdapool.tools.proxy.roles import wanted_attrs
 from lambdapool.tools.proxy.server import ProxyServer
+
+if TYPE_CHECKING:
+    from lambdapool.tools.proxy.auth import TokenIssuer
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -49,11 +52,14 @@ class LocalProxy:
             to proxy exceeded"); None: no limit.
         borrow_on_connect: borrow a backend during each login, as RDS Proxy does, so a full
             pool fails the connect itself after ``borrow_timeout``.
-        auth: ``"trust"``, ``"scram"`` (against ``users``) or ``"iam"`` (tokens signed with one of
-            ``iam_credentials`` = ``{access_key_id: secret_access_key}``, for ``region``).
+        auth: ``"trust"``, ``"scram"`` (against ``users``), ``"iam"`` (tokens signed with one of
+            ``iam_credentials`` = ``{access_key_id: secret_access_key}``, for ``region``) or
+            ``"cloud-sql-iam"`` (Cloud SQL's IAM login: the password is an access token that
+            ``metadata``, a :class:`~lambdapool.testing.MetadataServer`, issued and still holds
+            valid, the user its ``db_user``; refusals read as Cloud SQL's).
         tls / require_tls / cert_file / key_file: TLS for clients (self-signed if no cert given).
-        user: the user name put in :attr:`dsn` (default: the first of ``users``, else the
-            backend's user).
+        user: the user name put in :attr:`dsn` (default: the first of ``users``, the metadata
+            server's ``db_user`` with ``"cloud-sql-iam"``, else the backend's user).
     """
 
     def __init__(
@@ -74,6 +80,7 @@ class LocalProxy:
         users: dict[str, str] | None = None,
         iam_credentials: dict[str, str] | None = None,
         region: str | None = None,
+        metadata: TokenIssuer | None = None,
         tls: bool = False,
         require_tls: bool = False,
         cert_file: str | None = None,
@@ -102,6 +109,7 @@ class LocalProxy:
             users=dict(users or {}),
             iam_credentials=dict(iam_credentials or {}),
             region=region,
+            metadata=metadata,
             tls=tls,
             require_tls=require_tls,
             cert_file=cert_file,
@@ -109,7 +117,8 @@ class LocalProxy:
             role=role,
         )
         self.settings.validate()
-        self.user = user or next(iter(self.settings.users), target.user)
+        default_user = metadata.db_user if metadata is not None else target.user
+        self.user = user or next(iter(self.settings.users), default_user)
         self._server: ProxyServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
