@@ -147,3 +147,50 @@ def test_asyncpg_logs_in_and_a_refusal_carries_sqlstate_28000(iam_proxy, metadat
         asyncio.run(login(access_token))
     assert info.value.sqlstate == "28000" and REFUSAL in str(info.value)
     assert classify_connect_error(info.value) == "auth"
+
+
+# -- `lambdapool proxy --auth cloud-sql-iam --gce-metadata EMAIL` --------------------------------
+def test_the_cli_runs_a_metadata_server_beside_the_proxy_and_takes_its_tokens(pg_server):
+    import http.client
+    import json
+    import signal
+    from urllib.parse import quote
+
+    import psycopg
+
+    from lambdapool.testing import free_port
+    from tests.proxy.test_cli import read_banner, start_cli
+
+    port = free_port()
+    proc = start_cli("--backend", pg_server.dsn, "--listen", f"127.0.0.1:{port}", "--tls", "--status-interval", "0",
+                     "--auth", "cloud-sql-iam", "--gce-metadata", EMAIL)  # fmt: skip
+    try:
+        assert "auth=cloud-sql-iam" in read_banner(proc)
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert f"user {DB_USER}" in line, line
+        host, metadata_port = line.rsplit("GCE_METADATA_HOST=", 1)[1].strip().rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(metadata_port), timeout=10)
+        conn.request("GET", "/computeMetadata/v1/instance/service-accounts/default/token",
+                     headers={"Metadata-Flavor": "Google"})  # fmt: skip
+        access_token = json.loads(conn.getresponse().read())["access_token"]
+        conn.close()
+        database = BackendTarget.from_dsn(pg_server.dsn).database
+        dsn = f"postgresql://{quote(DB_USER, safe='')}@127.0.0.1:{port}/{database}?sslmode=require"
+        with psycopg.connect(dsn, password=access_token) as db:
+            assert db.execute("SELECT 1").fetchone() == (1,)
+        with pytest.raises(psycopg.OperationalError, match="Cloud SQL IAM service account authentication failed"):
+            psycopg.connect(dsn, password="ya29.c.not-issued-here")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert access_token not in out + err
+
+
+def test_the_cli_mode_and_its_metadata_flag_go_together(pg_server, capsys):
+    from lambdapool.tools.cli import main
+
+    assert main(["proxy", "--backend", pg_server.dsn, "--auth", "cloud-sql-iam"]) == 2
+    assert "--gce-metadata" in capsys.readouterr().err
+    assert main(["proxy", "--backend", pg_server.dsn, "--gce-metadata", EMAIL]) == 2
+    assert "only with --auth cloud-sql-iam" in capsys.readouterr().err

@@ -70,7 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--backend-max-lifetime", type=float, help="close backends older than this many seconds")
     parser.add_argument(
-        "--auth", choices=("trust", "scram", "iam"), default="trust", help="client authentication (default trust)"
+        "--auth",
+        choices=("trust", "scram", "iam", "cloud-sql-iam"),
+        default="trust",
+        help="client authentication (default trust); cloud-sql-iam needs --gce-metadata",
     )
     parser.add_argument(
         "--user", action="append", default=[], metavar="NAME=PASSWORD", help="a SCRAM user (repeatable)"
@@ -83,6 +86,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="test credentials IAM tokens must be signed with (repeatable)",
     )
     parser.add_argument("--region", help="the region IAM tokens must be signed for")
+    parser.add_argument(
+        "--gce-metadata",
+        metavar="EMAIL",
+        help=(
+            "with --auth cloud-sql-iam: run a metadata-server emulator for this service account "
+            "(NAME@PROJECT.iam.gserviceaccount.com) beside the proxy; point functions at it with the "
+            "GCE_METADATA_HOST the banner prints. The proxy takes the tokens it issues"
+        ),
+    )
+    parser.add_argument(
+        "--token-ttl", type=float, default=3600.0, help="seconds a --gce-metadata access token lives (default 3600)"
+    )
     parser.add_argument("--tls", action="store_true", help="offer TLS to clients (self-signed unless --cert-file)")
     parser.add_argument("--require-tls", action="store_true", help="refuse clients without TLS (implies --tls)")
     parser.add_argument("--cert-file", help="PEM certificate for client TLS")
@@ -113,6 +128,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--backend: give the server's URI (postgresql://user:pw@host:port/db) or set LAMBDAPOOL_PROXY_BACKEND"
         )
+    if args.auth == "cloud-sql-iam" and not args.gce_metadata:
+        raise ConfigError("--auth cloud-sql-iam: give --gce-metadata EMAIL (the service account whose tokens it takes)")
+    if args.gce_metadata and args.auth != "cloud-sql-iam":
+        raise ConfigError("--gce-metadata: only with --auth cloud-sql-iam")
+    metadata = None
+    if args.gce_metadata:
+        from lambdapool.tools.testing.metadata import MetadataServer
+
+        metadata = MetadataServer(args.gce_metadata, args.token_ttl)
     proxy = LocalProxy(
         args.backend,
         listen=args.listen,
@@ -129,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         users=_pairs(args.user, "--user"),
         iam_credentials=_pairs(args.iam_credential, "--iam-credential"),
         region=args.region,
+        metadata=metadata,
         tls=args.tls or args.require_tls,
         require_tls=args.require_tls,
         cert_file=args.cert_file,
@@ -153,6 +178,12 @@ def run(args: argparse.Namespace) -> int:
             f"(max_backends={server.pool.cap}, auth={proxy.settings.auth}, tls={tls}{role}){ca_file}",
             flush=True,
         )
+        if metadata is not None:
+            print(
+                f"lambdapool proxy: metadata server for {metadata.email} (user {metadata.db_user}): "
+                f"GCE_METADATA_HOST={metadata.host}",
+                flush=True,
+            )
         try:
             if args.status_interval <= 0:
                 await stop.wait()
@@ -169,7 +200,11 @@ def run(args: argparse.Namespace) -> int:
 
     loop = new_event_loop()
     try:
+        if metadata is not None:
+            metadata.start()  # its own thread: the function fetches tokens from it over HTTP
         loop.run_until_complete(main())
     finally:
         loop.close()
+        if metadata is not None:
+            metadata.stop()
     return 0
