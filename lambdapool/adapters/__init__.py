@@ -1,9 +1,10 @@
 """Poolers, one module each, chosen by ``pooler=`` name (shipped as ``lambdapool.adapters``).
 
-Built in: ``direct``, ``rds-proxy``, ``pgbouncer``, ``local``. A third party ships its own by
-registering an :class:`~lambdapool.adapters.base.Adapter` subclass in the entry-point group
-``lambdapool.poolers``; built-in names are resolved without reading entry points (that costs
-milliseconds on a cold start).
+Built in: ``direct``, ``rds-proxy``, ``pgbouncer``, ``local``, and for Google Cloud SQL
+``cloud-sql`` and ``cloud-sql-pooler`` (its Managed Connection Pooling). A third party ships
+its own by registering an :class:`~lambdapool.adapters.base.Adapter` subclass in the
+entry-point group ``lambdapool.poolers``; built-in names are resolved without reading entry
+points (that costs milliseconds on a cold start).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ BUILTIN = {
     "rds-proxy": "lambdapool.adapters.rds_proxy:RdsProxyAdapter",
     "pgbouncer": "lambdapool.adapters.pgbouncer:PgBouncerAdapter",
     "local": "lambdapool.adapters.local:LocalProxyAdapter",
+    "cloud-sql": "lambdapool.adapters.cloud_sql:CloudSqlAdapter",
+    "cloud-sql-pooler": "lambdapool.adapters.cloud_sql:CloudSqlPoolerAdapter",
 }
 ENTRY_POINT_GROUP = "lambdapool.poolers"
 

@@ -55,7 +55,7 @@ class Adapter:
         opts = self.options
         if opts["iam_auth"] and opts["secret_arn"]:
             raise ConfigError("iam_auth and secret_arn: choose one way to authenticate")
-        if opts["iam_auth"] or opts["secret_arn"] or opts.get("proxy_name"):
+        if self._calls_aws():
             from lambdapool import _aws as aws
 
             aws.resolve_region(opts["region"])  # no region: fail at init, not at the first connect
@@ -89,6 +89,13 @@ class Adapter:
                 source = env_name(opt.name) if isinstance(value, str) and opt.kind is not str else ""
                 out[opt.name] = coerce(opt.name, value, opt.kind, source=source)
         return out
+
+    def _calls_aws(self) -> bool:
+        """Do these settings need AWS (an RDS IAM token, Secrets Manager, a proxy lookup)? Then a
+        region must be known at init. An adapter for another cloud says no, and makes its own
+        ``iam_auth`` credentials in ``_credentials_for``."""
+        opts = self.options
+        return bool(opts["iam_auth"] or opts["secret_arn"] or opts.get("proxy_name"))
 
     def _credentials(self) -> Any:
         """A credentials provider (lambdapool.credentials), or None. IAM tokens are made once

@@ -1,10 +1,12 @@
-"""Credentials for a database login: static, a callable, an IAM token, a Secrets Manager secret.
+"""Credentials for a database login: static, a callable, an IAM token (RDS's or Cloud SQL's), a
+Secrets Manager secret.
 
 Every provider has the same small interface (:class:`CredentialProvider`): ``get()`` for sync
 code, ``aget()`` for async code, both served from one cache; ``invalidate()`` after the server
 rejected what was served; ``can_refresh`` (is a retry after invalidate() worth it?) and
 ``fetches`` (how many real fetches were made). Importing this package imports no AWS SDK, and
-an IAM token signed with keys from the environment or a container endpoint never imports one.
+an IAM token signed with keys from the environment or a container endpoint never imports one;
+nor does a Cloud SQL IAM token from the metadata server import a google library.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from lambdapool.credentials.aws_keys import AwsKeys, AwsKeySource
     from lambdapool.credentials.base import CredentialProvider, Secret
+    from lambdapool.credentials.gcp_metadata import CloudSqlIamToken
     from lambdapool.credentials.iam import IamAuthToken
     from lambdapool.credentials.proxy_endpoint import aresolve_proxy_endpoint, resolve_proxy_endpoint
     from lambdapool.credentials.secrets_manager import SecretsManagerSecret
@@ -27,6 +30,7 @@ _HOMES = {
     "AwsKeySource": "aws_keys",
     "CredentialProvider": "base",
     "Secret": "base",
+    "CloudSqlIamToken": "gcp_metadata",
     "IamAuthToken": "iam",
     "aresolve_proxy_endpoint": "proxy_endpoint",
     "resolve_proxy_endpoint": "proxy_endpoint",
@@ -55,6 +59,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "AwsKeySource",
     "AwsKeys",
+    "CloudSqlIamToken",
     "CredentialProvider",
     "IamAuthToken",
     "PasswordCallable",

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from lambdapool.credentials import _http
 from lambdapool.errors import AuthError, ConfigError
 
 CONTAINER_HOST = "169.254.170.2"  # where AWS_CONTAINER_CREDENTIALS_RELATIVE_URI points
@@ -39,9 +40,6 @@ CONTAINER_HOST = "169.254.170.2"  # where AWS_CONTAINER_CREDENTIALS_RELATIVE_URI
 # so that a stray variable cannot send the authorization token anywhere else.
 CONTAINER_HOSTS = {CONTAINER_HOST, "169.254.170.23", "fd00:ec2::23", "localhost"}
 REFRESH_BEFORE = 15 * 60.0  # seconds of life left at which container keys are fetched anew
-FETCH_TIMEOUT = 2.0  # seconds per attempt, as botocore
-FETCH_ATTEMPTS = 3
-FETCH_PAUSES = (0.1, 0.5)  # between attempts; botocore sleeps 1 s, long for a cold start
 
 
 @dataclass(frozen=True)
@@ -130,47 +128,23 @@ def _parse_expiration(text: str) -> float:
     return moment.timestamp()
 
 
-def _get(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
-    import http.client  # psycopg and asyncpg have it loaded already; only this path needs it
-
-    parts = urlsplit(url)
-    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = kind(parts.hostname or "", parts.port, timeout=FETCH_TIMEOUT)
-    try:
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-        conn.request("GET", target, headers=headers)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
 def fetch_container_keys(url: str, headers: dict[str, str]) -> AwsKeys:
     """GET the container endpoint (retried like botocore: 3 attempts) and parse its answer."""
     what = "the container credentials endpoint (AWS_CONTAINER_CREDENTIALS_*_URI)"
-    for attempt in range(FETCH_ATTEMPTS):
-        try:
-            status, body = _get(url, headers)
-        except (OSError, ValueError) as exc:  # refused, timed out, unresolvable, bad URL
-            failure = f"could not reach {what}: {type(exc).__name__}"
-            if attempt + 1 < FETCH_ATTEMPTS:
-                time.sleep(FETCH_PAUSES[attempt])
-                continue
-            raise AuthError(f"AWS credentials: {failure}; is the variable right for this platform?") from None
-        if status in (401, 403):  # a wrong token does not get better by retrying
-            raise AuthError(
-                f"AWS credentials: {what} refused the request (HTTP {status}); check "
-                "AWS_CONTAINER_AUTHORIZATION_TOKEN / AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"
-            )
-        if status == 200:
-            return _parse_container_keys(body, what)
-        if attempt + 1 < FETCH_ATTEMPTS:
-            time.sleep(FETCH_PAUSES[attempt])
-            continue
+    try:
+        status, body = _http.get_retried(url, headers, final=frozenset({401, 403}))
+    except (OSError, ValueError) as exc:  # refused, timed out, unresolvable, bad URL
+        raise AuthError(
+            f"AWS credentials: could not reach {what}: {type(exc).__name__}; is the variable right for this platform?"
+        ) from None
+    if status in (401, 403):  # a wrong token does not get better by retrying
+        raise AuthError(
+            f"AWS credentials: {what} refused the request (HTTP {status}); check "
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN / AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"
+        )
+    if status != 200:
         raise AuthError(f"AWS credentials: {what} answered HTTP {status}")
-    raise AssertionError("unreachable")  # pragma: no cover
+    return _parse_container_keys(body, what)
 
 
 def _parse_container_keys(body: bytes, what: str) -> AwsKeys:
