@@ -10,6 +10,11 @@ burst against a limit is expected to meet them), unless ``--allow-failures``.
 The handler is ``app.py:handler`` or Lambda's ``app.handler``; a Cloud Function (``(request)``,
 ``(cloud_event)``) runs on functions-framework servers, told from its signature or
 ``--platform gcp``.
+``--gce-metadata EMAIL`` runs Google's metadata server (:class:`lambdapool.testing.MetadataServer`)
+for that service account during the run and puts its ``GCE_METADATA_HOST`` in the handler's
+environment; ``--pooler cloud-sql`` puts a local proxy taking Cloud SQL IAM logins (that
+server's access tokens, over TLS) in front of the database, with ``LAMBDAPOOL_POOLER=cloud-sql``
+and ``LAMBDAPOOL_IAM_AUTH=true``.
 ``--max-concurrency N`` runs the environments as Lambda Managed Instances (N worker processes
 each, by awslambdaric's own multi-process mode); ``--setup FILE.sql`` runs a script once as the
 database's owner before the bursts. The throwaway database's role (``app``) owns a schema of
@@ -54,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="NAME",
         help=(
-            "direct, local, pgbouncer or rds-proxy; repeat (or comma-separate) to compare side by side (default: local)"
+            "direct, local, pgbouncer, rds-proxy or cloud-sql (Cloud SQL IAM logins with the --gce-metadata "
+            "account's tokens); repeat (or comma-separate) to compare side by side (default: local)"
         ),
     )
     parser.add_argument(
@@ -106,6 +112,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME=VALUE",
         help="an environment variable for the handler (repeatable)",
+    )
+    parser.add_argument(
+        "--gce-metadata",
+        metavar="EMAIL",
+        help=(
+            "run Google's metadata server for this service account (NAME@PROJECT.iam.gserviceaccount.com) "
+            "and give the handler its GCE_METADATA_HOST: its access token and email come from there "
+            "(default with --pooler cloud-sql: lambdapool-fn@lambdapool-local.iam.gserviceaccount.com)"
+        ),
     )
     parser.add_argument("--chart", type=Path, metavar="PNG", help="write the backends-over-time chart here")
     parser.add_argument(
@@ -270,7 +285,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--setup {args.setup}: no such file (a SQL script to run before the bursts)")
     env = _env_pairs(args.env)
     progress = ProgressLine()
-    with database(args.dsn, args.max_connections) as target:
+    with contextlib.ExitStack() as stack:
+        metadata = None
+        if args.gce_metadata or "cloud-sql" in kinds:
+            metadata = stack.enter_context(_metadata_server(args.gce_metadata))
+            env = {**metadata.environ, **env}  # --env wins
+        target = stack.enter_context(database(args.dsn, args.max_connections))
         if args.setup is not None:
             fanout.run_setup(target, args.setup)
         width = burst.describe() + (f" + {burst.light} light instances" if burst.light else "")
@@ -293,9 +313,23 @@ def run(args: argparse.Namespace) -> int:
                 budget_guard=not args.no_guard,
                 env=env,
                 progress=progress,
+                metadata=metadata,
             )
     print(summary_table(report))
     return report_errors(report, args.allow_failures, lambda: write_outputs(report, args.chart, args.json, sys.stdout))
+
+
+@contextlib.contextmanager
+def _metadata_server(email: str | None) -> Iterator[Any]:
+    """Google's metadata server for the run (for ``email``, or a default account), announced on stderr."""
+    from lambdapool.tools.testing.metadata import MetadataServer
+
+    with MetadataServer(email) if email else MetadataServer() as server:
+        print(
+            f"metadata server for {server.email} (database user {server.db_user}): GCE_METADATA_HOST={server.host}",
+            file=sys.stderr,
+        )
+        yield server
 
 
 def report_errors(report: Any, allow_failures: bool, write: Any) -> int:

@@ -21,6 +21,10 @@ Theory of operation
   just kills.
 * Launches run on one long-lived thread of the fleet: a child's parent-death signal fires
   when the thread that started it ends, and callers' threads come and go.
+* ``metadata``: a started :class:`~lambdapool.testing.MetadataServer` stands in for Google's
+  metadata server: its ``GCE_METADATA_HOST`` (and ``GCE_METADATA_IP``, google-auth's ping) go
+  into every instance's environment, so the function's service-account token and email (Cloud
+  SQL IAM logins) come from it, as on Cloud Run.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lambdapool.errors import ConfigError
 from lambdapool.tools.emulator import processes
@@ -51,6 +55,9 @@ from lambdapool.tools.emulator.cf_server import ERRORS_FILE
 from lambdapool.tools.emulator.failures import traceback_text
 from lambdapool.tools.emulator.results import InvocationResult, throttled
 from lambdapool.tools.spawning import child_setup, free_port
+
+if TYPE_CHECKING:
+    from lambdapool.tools.testing.metadata import MetadataServer
 
 SIGNATURES = ("http", "cloudevent")
 START_TIMEOUT = 30.0
@@ -96,6 +103,8 @@ class CloudFunctionFleet(Fleet):
     ``signature`` is ``"http"`` (the event is POSTed as JSON; the payload is the JSON or text
     answer) or ``"cloudevent"`` (the event is the data of a binary-mode CloudEvent).
     ``instances`` caps the instance count, ``concurrency`` the requests in flight per instance.
+    ``metadata``: a started :class:`~lambdapool.testing.MetadataServer` the instances take their
+    service account from (``GCE_METADATA_HOST``); ``env`` wins over it.
     """
 
     def __init__(
@@ -114,6 +123,7 @@ class CloudFunctionFleet(Fleet):
         service: str = "lambdapool-emulated",
         python: str = sys.executable,
         host: str = "127.0.0.1",
+        metadata: MetadataServer | None = None,
     ) -> None:
         if signature not in SIGNATURES:
             raise ConfigError(f"signature={signature!r} is not one of {', '.join(SIGNATURES)}")
@@ -134,6 +144,7 @@ class CloudFunctionFleet(Fleet):
         self.service = service
         self.python = python
         self.host = host
+        self.metadata = metadata
         super().__init__()
         self._instances: list[_Instance] = []
         self._cond = threading.Condition()
@@ -301,6 +312,7 @@ class CloudFunctionFleet(Fleet):
             "K_REVISION": f"{self.service}-00001-{secrets.token_hex(2)}",
             "K_CONFIGURATION": self.service,
             "PORT": str(inst.port),
+            **(self.metadata.environ if self.metadata is not None else {}),  # read now: started by now
             **self.env,
         }
         inst.log_path = self.log_dir / f"{inst.id}.log"

@@ -4,7 +4,9 @@ This is what ``lambdapool emulate``, ``lambdapool demo`` and ``benchmarks/bench_
 share. A scenario sets up what its pooler needs (nothing for ``direct``; a
 :class:`~lambdapool.tools.proxy.LocalProxy` capped at ``cap`` for ``local``; a throwaway PgBouncer
 whose pool is ``cap`` for ``pgbouncer``; moto's server holding an RDS Proxy whose endpoint is
-an IAM- and TLS-checking local proxy for ``rds-proxy``), points the handler at it through
+an IAM- and TLS-checking local proxy for ``rds-proxy``; a local proxy taking the access tokens of
+a :class:`~lambdapool.testing.MetadataServer`, over TLS, for ``cloud-sql``, Cloud SQL's IAM
+login), points the handler at it through
 ``LAMBDAPOOL_*`` variables, runs the burst on a :class:`LambdaFleet` (forked environments, for
 width; a :class:`CloudFunctionFleet` for Cloud Functions) and/or a :class:`LightFleet`, samples
 the database's backends at 50 Hz, and adds the scenario to a :class:`Report`.
@@ -54,7 +56,7 @@ from lambdapool.tools.emulator import (
 from lambdapool.tools.emulator.handler_ref import HandlerRef
 from lambdapool.tools.waiting import WaitTimeout, wait_for
 
-POOLERS = ("direct", "local", "pgbouncer", "rds-proxy")
+POOLERS = ("direct", "local", "pgbouncer", "rds-proxy", "cloud-sql")
 PROXY_NAME = "lambdapool-emulated-proxy"
 REGION = "us-east-1"
 REFUSALS = ("too many clients", "connection slots are reserved")
@@ -266,8 +268,13 @@ class _Pooler:
 
 
 @contextlib.contextmanager
-def pooler(kind: str, target: Target, *, cap: int, budget_guard: bool = True) -> Iterator[_Pooler]:
-    """Start what ``kind`` needs in front of ``target``; yields the handlers' settings."""
+def pooler(
+    kind: str, target: Target, *, cap: int, budget_guard: bool = True, metadata: Any = None
+) -> Iterator[_Pooler]:
+    """Start what ``kind`` needs in front of ``target``; yields the handlers' settings.
+
+    ``metadata``: the started MetadataServer whose tokens ``cloud-sql`` takes (default: one of its own).
+    """
     if kind not in POOLERS:
         raise ConfigError(f"--pooler {kind!r}: not one of {', '.join(POOLERS)}")
     if cap < 1:
@@ -284,6 +291,9 @@ def pooler(kind: str, target: Target, *, cap: int, budget_guard: bool = True) ->
     elif kind == "pgbouncer":
         with _pgbouncer(target, cap) as (pgb, sampler):
             yield _Pooler(_sdk_env(pgb.dsn, "pgbouncer"), cap, lambda: {"pooler_peak": sampler.peak})
+    elif kind == "cloud-sql":
+        with _cloud_sql(target, cap, metadata) as pooled:
+            yield pooled
     else:
         with _rds_proxy(target, cap) as pooled:
             yield pooled
@@ -374,6 +384,22 @@ def _rds_proxy(target: Target, cap: int) -> Iterator[_Pooler]:
         restore_environment(saved)
 
 
+@contextlib.contextmanager
+def _cloud_sql(target: Target, cap: int, metadata: Any) -> Iterator[_Pooler]:
+    """Cloud SQL with IAM database login: the proxy takes the metadata server's tokens, over TLS."""
+    from lambdapool.tools.proxy import LocalProxy
+    from lambdapool.tools.testing.metadata import MetadataServer
+
+    with contextlib.ExitStack() as stack:
+        if metadata is None:
+            metadata = stack.enter_context(MetadataServer())
+        proxy = stack.enter_context(
+            LocalProxy(backend=target.dsn, max_backends=cap, auth="cloud-sql-iam", metadata=metadata, tls=True)
+        )
+        env = {**_sdk_env(proxy.dsn, "cloud-sql"), "LAMBDAPOOL_IAM_AUTH": "true", **metadata.environ}
+        yield _Pooler(env, cap, lambda: _proxy_stats(proxy))
+
+
 def scenario_name(kind: str, budget_guard: bool = True) -> str:
     return "direct (no guard)" if kind == "direct" and not budget_guard else kind
 
@@ -403,17 +429,19 @@ def run_scenario(
     env: Mapping[str, str] | None = None,
     name: str | None = None,
     progress: Progress | None = None,
+    metadata: Any = None,
 ) -> Scenario:
     """Run ``burst`` through pooler ``kind`` against ``target``; add the scenario to ``report``.
 
     ``env`` adds the handlers' own variables (they win over the pooler's). ``progress`` is
-    called a few times a second from a thread of its own while the burst runs.
+    called a few times a second from a thread of its own while the burst runs. ``metadata``: the
+    MetadataServer ``cloud-sql`` takes tokens from (default: one of the scenario's own).
     """
     burst.validate()
     name = name or scenario_name(kind, budget_guard)
     cap = cap if cap is not None else default_cap(target)
     baseline = target.backends()
-    with pooler(kind, target, cap=cap, budget_guard=budget_guard) as pooled:
+    with pooler(kind, target, cap=cap, budget_guard=budget_guard, metadata=metadata) as pooled:
         fleets = _Fleets(handler, {**pooled.env, **(env or {})}, burst, pooled.preload)
         try:
             fleets.start()  # the fork server's imports before the clock starts: the chart shows the burst

@@ -10,6 +10,12 @@ Each is a factory: call it as often as the test needs; what it started is stoppe
   :class:`~lambdapool.tools.emulator.LightFleet` (in-process instances, for width).
 * ``backend_sampler(pg, interval=0.02)``: a started
   :class:`~lambdapool.tools.emulator.BackendSampler` counting the database's backends.
+* ``metadata_server(email="fn@PROJECT.iam.gserviceaccount.com", token_ttl=3600, **settings)``: a
+  started :class:`~lambdapool.testing.MetadataServer` (Google's metadata server, for Cloud SQL
+  IAM logins: pair it with ``local_proxy(pg, auth="cloud-sql-iam", metadata=server, tls=True)``).
+* ``cloud_function_fleet("src/main.py:fn", env={...}, metadata=server, **settings)``: a started
+  :class:`~lambdapool.tools.emulator.CloudFunctionFleet` (real functions-framework servers);
+  with ``metadata``, its instances get the server's ``GCE_METADATA_HOST``.
 
 A test of your own fan-out then reads::
 
@@ -106,6 +112,26 @@ def _light_fleet(handler: str, *, env: dict[str, str] | None = None, **settings:
     return LightFleet(module_factory(ref.task_root, ref.handler), env=env, **settings).start()
 
 
+@_started(lambda server: server.stop())
+def _metadata_server(email: str = "lambdapool-fn@lambdapool-local.iam.gserviceaccount.com", **settings: Any) -> Any:
+    """``metadata_server(email=..., token_ttl=3600, **settings)``: a started MetadataServer."""
+    from lambdapool.tools.testing.metadata import MetadataServer
+
+    return MetadataServer(email, **settings).start()
+
+
+@_started(lambda fleet: fleet.close())
+def _cloud_function_fleet(function: str, *, env: dict[str, str] | None = None, **settings: Any) -> Any:
+    """``cloud_function_fleet("src/main.py:fn", env={...}, metadata=server, **settings)``: a started
+    CloudFunctionFleet (``signature="cloudevent"`` for a CloudEvent function)."""
+    _need("functions_framework", "gcp")
+    from lambdapool.tools.emulator import CloudFunctionFleet
+    from lambdapool.tools.emulator.fanout import HandlerRef
+
+    ref = HandlerRef.parse(str(function))
+    return CloudFunctionFleet(ref.path, ref.function, env=env, **settings).start()
+
+
 @_started(lambda sampler: sampler.stop())
 def _backend_sampler(database: Any, interval: float = 0.02, application_name_like: str | None = None) -> Any:
     """``backend_sampler(pg, interval=0.02)``: a started BackendSampler (stop it to end the timeline)."""
@@ -118,5 +144,14 @@ local_proxy = pytest.fixture(_local_proxy, name="local_proxy")
 lambda_fleet = pytest.fixture(_lambda_fleet, name="lambda_fleet")
 light_fleet = pytest.fixture(_light_fleet, name="light_fleet")
 backend_sampler = pytest.fixture(_backend_sampler, name="backend_sampler")
+metadata_server = pytest.fixture(_metadata_server, name="metadata_server")
+cloud_function_fleet = pytest.fixture(_cloud_function_fleet, name="cloud_function_fleet")
 
-__all__ = ["backend_sampler", "lambda_fleet", "light_fleet", "local_proxy"]
+__all__ = [
+    "backend_sampler",
+    "cloud_function_fleet",
+    "lambda_fleet",
+    "light_fleet",
+    "local_proxy",
+    "metadata_server",
+]
