@@ -20,6 +20,11 @@ Contenders (psycopg, all through the bundled local proxy, on 127.0.0.1, no TLS):
                    the environment as on Lambda (target: <= 1.15x and <= +8 MiB over lp password)
   * lp IAM boto3:  the previous implementation, for comparison: the token from
                    ``boto3.client("rds").generate_db_auth_token`` (the child swaps it in)
+  * lp Cloud SQL IAM: ``pooler="cloud-sql"``, ``iam_auth=True`` against the proxy in Cloud SQL
+                   IAM mode (TLS), the token and email from the metadata emulator
+                   (``GCE_METADATA_HOST``), as on Cloud Run (target: <= 1.05x and <= +2 MiB over
+                   lp password TLS)
+  * lp password TLS: ``lp password`` over TLS, the Cloud SQL row's reference (IAM logins use TLS)
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "bench-cold-Pw-1"
 AKID, SECRET = "AKIABENCHCOLD0000001", "bench-cold-secret-key"
 REGION = "us-east-1"
+SERVICE_ACCOUNT = "bench-fn@bench-project.iam.gserviceaccount.com"
 
 CHILDREN = {
     "hand-held": """
@@ -74,7 +80,29 @@ CHILDREN = {
             assert conn.execute("SELECT 1").fetchone() == (1,)
     """,
 }
-PAIRS = [("lp password", "hand-held"), ("lp IAM", "lp password"), ("lp IAM boto3", "lp password")]
+CHILDREN["lp password TLS"] = """
+        import lambdapool
+        db = lambdapool.Database({scram_tls_dsn_pw!r}, pooler="cloud-sql")
+        with db.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    """
+CHILDREN["lp Cloud SQL IAM"] = """
+        import lambdapool
+        db = lambdapool.Database({cloud_sql_dsn!r}, pooler="cloud-sql", iam_auth=True)
+        with db.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    """
+PAIRS = [
+    ("lp password", "hand-held"),
+    ("lp IAM", "lp password"),
+    ("lp IAM boto3", "lp password"),
+    ("lp Cloud SQL IAM", "lp password TLS"),
+]
+TARGETS = {
+    ("lp password", "hand-held"): "<= 1.05x",
+    ("lp IAM", "lp password"): "<= 1.15x, <= +8 MiB",
+    ("lp Cloud SQL IAM", "lp password TLS"): "<= 1.05x, <= +2 MiB",
+}
 
 
 def child_env() -> dict[str, str]:
@@ -87,12 +115,12 @@ def child_env() -> dict[str, str]:
     }  # fmt: skip
 
 
-def run_child(code: str) -> tuple[float, float, float]:
+def run_child(code: str, extra_env: dict[str, str] | None = None) -> tuple[float, float, float]:
     """CPU ms (user + sys), peak RSS MiB and wall ms of one fresh process running ``code``."""
     import time
 
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code], env=child_env(), cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**child_env(), **(extra_env or {})}, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     _, status, usage = os.wait4(proc.pid, 0)
     wall = (time.perf_counter() - started) * 1000
@@ -126,41 +154,48 @@ def main() -> None:
     args = parser.parse_args()
     names = args.only or list(CHILDREN)
 
-    from lambdapool.testing import LocalProxy, PostgresServer
+    from lambdapool.testing import LocalProxy, MetadataServer, PostgresServer
 
-    with PostgresServer(password=PASSWORD) as pg, \
+    with PostgresServer(password=PASSWORD) as pg, MetadataServer(email=SERVICE_ACCOUNT) as metadata, \
          LocalProxy(backend=pg.dsn, auth="scram", users={"postgres": PASSWORD}) as scram, \
-         LocalProxy(backend=pg.dsn, auth="iam", iam_credentials={AKID: SECRET}, region=REGION) as iam:  # fmt: skip
+         LocalProxy(backend=pg.dsn, auth="scram", users={"postgres": PASSWORD}, tls=True) as scram_tls, \
+         LocalProxy(backend=pg.dsn, auth="iam", iam_credentials={AKID: SECRET}, region=REGION) as iam, \
+         LocalProxy(backend=pg.dsn, auth="cloud-sql-iam", metadata=metadata, tls=True) as cloud_sql:  # fmt: skip
         values = {
             "scram_dsn": f"postgresql://postgres@{scram.host}:{scram.port}/postgres",
             "scram_dsn_pw": f"postgresql://postgres:{PASSWORD}@{scram.host}:{scram.port}/postgres",
+            "scram_tls_dsn_pw": f"postgresql://postgres:{PASSWORD}@{scram_tls.host}:{scram_tls.port}/postgres"
+            "?sslmode=require",
             "iam_dsn": f"postgresql://postgres@{iam.host}:{iam.port}/postgres",
+            "cloud_sql_dsn": f"postgresql://{cloud_sql.host}:{cloud_sql.port}/postgres",
             "password": PASSWORD,
         }
         codes = {name: textwrap.dedent(CHILDREN[name]).format(**values) for name in names}
+        # Every child gets the metadata server's address, as every process on Cloud Run can reach one.
+        env = {"GCE_METADATA_HOST": metadata.host}
         samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}
         for round_no in range(args.rounds + 1):
             order = random.sample(names, len(names))
             for name in order:
-                measured = run_child(codes[name])
+                measured = run_child(codes[name], env)
                 if round_no:  # round 0 warms the page cache, the proxy and the server
                     samples[name].append(measured)
             print(f"round {round_no}/{args.rounds}", file=sys.stderr, end="\r")
-        proxy_failures = scram.stats()["auth_failures"] + iam.stats()["auth_failures"]
+        proxies = (scram, scram_tls, iam, cloud_sql)
+        proxy_failures = sum(proxy.stats()["auth_failures"] for proxy in proxies)
 
     print(f"\nbench_cold: fresh process -> import -> Database -> first row; {args.rounds} rounds, medians")
     print(f"machine: {machine()}")
-    print(f"\n{'contender':<14} {'CPU ms':>8} {'wall ms':>8} {'peak RSS MiB':>13}")
+    print(f"\n{'contender':<18} {'CPU ms':>8} {'wall ms':>8} {'peak RSS MiB':>13}")
     for name in names:
         cpu, rss, wall = (statistics.median(s[i] for s in samples[name]) for i in range(3))
-        print(f"{name:<14} {cpu:>8.1f} {wall:>8.1f} {rss:>13.1f}")
-    print(f"\n{'paired (median of per-round)':<32} {'CPU ratio':>9} {'RSS delta MiB':>14}  target")
-    targets = {("lp password", "hand-held"): "<= 1.05x", ("lp IAM", "lp password"): "<= 1.15x, <= +8 MiB"}
+        print(f"{name:<18} {cpu:>8.1f} {wall:>8.1f} {rss:>13.1f}")
+    print(f"\n{'paired (median of per-round)':<36} {'CPU ratio':>9} {'RSS delta MiB':>14}  target")
     for a, b in PAIRS:
         if a in samples and b in samples:
             ratio = statistics.median(x[0] / y[0] for x, y in zip(samples[a], samples[b]))
             delta = statistics.median(x[1] - y[1] for x, y in zip(samples[a], samples[b]))
-            print(f"{a + ' / ' + b:<32} {ratio:>8.3f}x {delta:>+14.1f}  {targets.get((a, b), '')}")
+            print(f"{a + ' / ' + b:<36} {ratio:>8.3f}x {delta:>+14.1f}  {TARGETS.get((a, b), '')}")
     print(f"\nproxy auth failures: {proxy_failures}")
 
 
