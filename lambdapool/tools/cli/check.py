@@ -10,6 +10,8 @@ budget, 0 when it fits.
 
 A Lambda Managed Instances function (``CapacityProviderConfig`` in its configuration) counts
 environments x processes x connections (lambdapool/tools/cli/managed.py says where each comes from).
+
+``--platform gcp`` reads Cloud Run functions and Cloud SQL instead (check_gcp.py).
 """
 
 from __future__ import annotations
@@ -32,13 +34,22 @@ from lambdapool.tools.budget import (
     max_connections_from_parameter,
     tally,
 )
+from lambdapool.tools.cli import check_gcp
 from lambdapool.tools.cli.plan import add_limit_arguments, limits_from
 
-HELP = "read the deployed functions, proxy and database from AWS and check the fan-out fits"
+HELP = "read the deployed functions, proxy and database from AWS (or Google Cloud) and check the fan-out fits"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--region", help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION)")
+    parser.add_argument(
+        "--platform",
+        choices=("aws", "gcp"),
+        default="aws",
+        help="aws (default: Lambda, RDS Proxy, RDS) or gcp (Cloud Run functions, Cloud SQL; --instance, --project)",
+    )
+    parser.add_argument(
+        "--region", help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION); gcp: the functions' region"
+    )
     parser.add_argument("--endpoint-url", help="AWS endpoint (moto, LocalStack)")
     parser.add_argument("--proxy-name", help="the RDS Proxy in front of the database")
     parser.add_argument("--db-instance", help="the RDS instance (default: the proxy's target)")
@@ -54,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ),
     )
     add_limit_arguments(parser)
+    check_gcp.add_arguments(parser)
 
 
 @dataclass(frozen=True)
@@ -469,6 +481,8 @@ def _limits(api: _Aws, args: argparse.Namespace) -> tuple[Limits, dict[str, Any]
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "platform", "aws") == "gcp":
+        return check_gcp.run(args)
     if not (args.proxy_name or args.db_instance):
         raise ConfigError("give --proxy-name NAME (its target is the database) or --db-instance ID")
     api = _Aws(args.region, args.endpoint_url)

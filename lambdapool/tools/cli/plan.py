@@ -3,6 +3,7 @@
 Inputs come from flags or a small JSON/TOML file (flags win); outputs are a table, JSON,
 CloudFormation parameter overrides for ``infra/sam/template.yaml``, a Terraform tfvars file for
 ``infra/terraform``, or the ``[pgbouncer]`` lines that ``infra/pgbouncer/pgbouncer.ini`` includes.
+``--platform gcp`` plans Cloud Run functions against Cloud SQL instead (plan_gcp.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from lambdapool.errors import ConfigError
 from lambdapool.tools.budget import POOLERS, Function, Limits, Plan, default_max_connections, plan
+from lambdapool.tools.budget_gcp import GCP_POOLERS
 
 HELP = "compute the connection budget and the pooler settings that keep the fan-out under it"
 
@@ -27,13 +29,24 @@ _SPEC = re.compile(r"(?P<name>[A-Za-z0-9_.:-]+)=(?P<c>\d+)(?:x(?P<k>\d+))?(?:x(?
 def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     """The database limit and reserved slots; shared with `lambdapool check`."""
     parser.add_argument("--max-connections", type=int, help="the database's max_connections")
-    parser.add_argument("--instance-class", help="derive max_connections from an RDS class (e.g. db.t4g.medium)")
+    parser.add_argument(
+        "--instance-class",
+        help="derive max_connections from an RDS class (e.g. db.t4g.medium) or, with --platform gcp, a Cloud SQL "
+        "machine type (e.g. db-custom-2-7680)",
+    )
     parser.add_argument("--reserved", type=int, help="superuser_reserved_connections (default 3)")
     parser.add_argument("--replication", type=int, help="slots kept for replication (default 0)")
     parser.add_argument("--admin", type=int, help="slots kept for people and migrations (default 2)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--platform",
+        choices=("aws", "gcp"),
+        default="aws",
+        help="aws (default: Lambda against RDS) or gcp (Cloud Run functions against Cloud SQL: "
+        "--function NAME=INSTANCESxCONCURRENCY[xCONNS][@POOLER])",
+    )
     parser.add_argument("--config", type=Path, help="a JSON or TOML file with the same inputs (flags override it)")
     add_limit_arguments(parser)
     parser.add_argument(
@@ -45,11 +58,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "a function sharing the database: reserved concurrency (or max instances), connections per "
             "process (max_per_instance), processes per environment; repeat for each. xPROCS marks a Lambda "
             "Managed Instances function: CONCURRENCY is then its execution environments and PROCS its "
-            "PerExecutionEnvironmentMaxConcurrency (default 16 per vCPU)"
+            "PerExecutionEnvironmentMaxConcurrency (default 16 per vCPU). With --platform gcp: "
+            "NAME=INSTANCESxCONCURRENCY[xCONNS][@POOLER], max_instance_count x max_instance_request_concurrency x "
+            "connections per instance"
         ),
     )
-    parser.add_argument("--pooler", choices=POOLERS, help="how functions reach the database (default rds-proxy)")
-    parser.add_argument("--poolers", type=int, help="pooler instances sharing the database (default 1)")
+    parser.add_argument(
+        "--pooler",
+        choices=POOLERS + GCP_POOLERS,
+        help="how functions reach the database (default rds-proxy; on gcp cloud-sql, or cloud-sql-pooler for "
+        "Managed Connection Pooling)",
+    )
+    parser.add_argument(
+        "--poolers",
+        type=int,
+        help="pooler instances sharing the database (default 1; on gcp the managed poolers, default one per 4 "
+        "vCPUs of --instance-class)",
+    )
     parser.add_argument(
         "--format",
         choices=FORMATS,
@@ -58,7 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "table (default: the arithmetic and the settings); json (every input and output); cfn "
             "(Key=Value overrides for infra/sam/template.yaml, for aws cloudformation deploy "
             "--parameter-overrides); cfn-json (the same as a parameters file); tfvars (for infra/terraform); "
-            "pgbouncer (the [pgbouncer] lines infra/pgbouncer/pgbouncer.ini includes)"
+            "pgbouncer (the [pgbouncer] lines infra/pgbouncer/pgbouncer.ini includes); with --platform gcp: "
+            "table, json, tfvars (for infra/gcp)"
         ),
     )
     parser.add_argument("--stack-function", metavar="NAME", help="cfn formats: the function whose stack this is")
@@ -269,5 +295,9 @@ def render(p: Plan, fmt: str, stack_function: str | None = None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "platform", "aws") == "gcp":
+        from lambdapool.tools.cli import plan_gcp
+
+        return plan_gcp.run(args)
     print(render(build(args), args.format, args.stack_function))
     return 0
