@@ -46,9 +46,16 @@ _IAM = Setting(
 )
 
 
+# AWS-only settings are unknown here (a clear "unknown setting" error names the allowed ones);
+# secret_arn stays, to say why it is refused and what to do instead.
+_AWS_ONLY = frozenset({"secret_ttl", "region", "aws_endpoint_url"})
+
+
 class CloudSqlAdapter(Adapter):
     name = "cloud-sql"
-    OPTIONS: ClassVar[tuple[Setting, ...]] = tuple(_IAM if o.name == "iam_auth" else o for o in CREDENTIAL_OPTIONS)
+    OPTIONS: ClassVar[tuple[Setting, ...]] = tuple(
+        _IAM if o.name == "iam_auth" else o for o in CREDENTIAL_OPTIONS if o.name not in _AWS_ONLY
+    )
     default_port: ClassVar[int | None] = None  # a port the DSN may leave out (TCP only)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -155,6 +155,15 @@ def test_secret_arn_is_refused_by_name(no_aws):
                             secret_arn="arn:aws:secretsmanager:us-east-1:1:secret:x")  # fmt: skip
 
 
+@pytest.mark.parametrize("setting", ["region", "aws_endpoint_url", "secret_ttl"])
+def test_aws_only_settings_are_unknown_here(no_aws, setting):
+    value = 60.0 if setting == "secret_ttl" else "us-east-1"
+    with pytest.raises(
+        lambdapool.ConfigError, match=f"unknown setting {setting} for pooler 'cloud-sql'; allowed: .*iam_auth"
+    ):
+        lambdapool.Database("postgresql://10.0.0.5/app", pooler="cloud-sql", **{setting: value})
+
+
 @pytest.mark.parametrize("weak", ["disable", "allow", "prefer"])
 @pytest.mark.parametrize("pooler", POOLERS)
 def test_iam_over_tcp_refuses_a_weak_sslmode(pooler, weak):
