@@ -80,7 +80,9 @@ def test_a_revoked_token_is_refreshed_once_when_the_connection_is_dropped(functi
     wait_for(lambda: proxy.stats()["clients"] == 0, "the proxy to drop its client")
     second = fleet.invoke({})
     # THEN the reconnect's login with the cached token is refused, a new token is fetched once, and it works
-    assert second.ok, (second.error_type, second.error_message)
+    # (once in a loaded CI run, asyncpg: "connection was closed in the middle of operation" on the
+    # handler's statement, not reproduced since: the trace and the proxy's counters say where, if again)
+    assert second.ok, (second.error_type, second.error_message, second.error_trace, proxy.stats())
     assert (second.payload["connects"], second.payload["auth_refreshes"]) == (2, 1)
     assert server.tokens_issued == 2 and proxy.stats()["auth_failures"] == 1
 
