@@ -31,7 +31,7 @@ def test_every_stats_key_is_documented():
 
 
 def test_ci_runs_the_readme_test_command():
-    command = "python3 -m pip install -q -e '.[dev]' && python3 -m pytest"
+    command = "python3 -m pip install -q -e '.[dev]' && python3 -m pytest -n auto"
     assert command in README
     assert command in (ROOT / ".ci" / "run").read_text()
 
@@ -91,7 +91,7 @@ def test_users_are_pointed_at_the_testing_extra_not_dev():
     for page in PAGES:
         for line in page.read_text().splitlines():
             if "[dev]" in line:
-                assert "python3 -m pip install -q -e '.[dev]' && python3 -m pytest" in line, (page.name, line)
+                assert "python3 -m pip install -q -e '.[dev]' && python3 -m pytest -n auto" in line, (page.name, line)
     for module in ROOT.glob("lambdapool/**/*.py"):
         assert "lambdapool[dev]" not in module.read_text(), module
 

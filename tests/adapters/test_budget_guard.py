@@ -60,6 +60,7 @@ def burst(pg, *, guard: bool, deadline_ms: int) -> tuple[list[object], int, list
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # (a burst against a small server: CPU starvation would look like refusals)
 def test_guarded_burst_completes_every_invocation_within_the_limit(small_pg):
     results, peak, dbs = burst(small_pg, guard=True, deadline_ms=20_000)
     try:
@@ -76,6 +77,7 @@ def test_guarded_burst_completes_every_invocation_within_the_limit(small_pg):
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # (a burst against a small server: CPU starvation would look like refusals)
 def test_control_unguarded_burst_surfaces_refusals(small_pg):
     results, peak, dbs = burst(small_pg, guard=False, deadline_ms=2_000)
     try:

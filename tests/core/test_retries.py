@@ -12,6 +12,8 @@ import lambdapool
 from lambdapool.testing import wait_for
 from tests.support import DRIVERS, LambdaContext, query_handler
 
+pytestmark = pytest.mark.alone  # (bounds on wall-clock time: a deadline is the promise)
+
 
 def connect_patiently(dsn: str) -> psycopg.Connection:
     """Connect, waiting out the slot of a psql backend that is still exiting."""

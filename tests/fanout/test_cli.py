@@ -17,6 +17,8 @@ from lambdapool.testing import free_port
 from lambdapool.tools.cli import main
 from tests.support import need_cli_parts
 
+pytestmark = pytest.mark.alone  # (demo and emulate run bursts that saturate the CPUs)
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lambda_psycopg" / "handler.py"
 PNG = b"\x89PNG\r\n\x1a\n"
 

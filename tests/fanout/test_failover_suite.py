@@ -43,7 +43,7 @@ from tests.fanout.conftest import (
     proxy_process,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]  # (a burst that saturates the CPUs)
 
 PROCESSES, LIGHT = 20, 100
 HOLD = 0.02  # each invocation keeps its transaction open 20 ms

@@ -28,7 +28,7 @@ from tests.fanout.conftest import (
     refused_attempts,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]  # (a burst that saturates the CPUs)
 
 PROCESSES, LIGHT = 100, 1000
 # The cold wave's pause outlasts its dispatch, so every invocation of the wave is its own

@@ -33,7 +33,7 @@ from tests.fanout.conftest import (
 )
 from tests.support import terminate
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]  # (a burst that saturates the CPUs)
 
 HOLD = 0.03
 

@@ -35,7 +35,7 @@ from tests.fanout.conftest import (
     proxy_process,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]  # (a burst that saturates the CPUs)
 
 ENVIRONMENTS, PROCESSES = 4, 16
 WIDTH = ENVIRONMENTS * PROCESSES
