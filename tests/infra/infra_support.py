@@ -16,6 +16,7 @@ PLACEHOLDER_PROXY_ID = "prx-0123456789abcdef0"
 PLACEHOLDER_DBI_RESOURCE_ID = "db-ABCDEFGHIJKLMNOPQRSTUVWXY0"  # moto has no DBInstance.DbiResourceId
 SAM_TEMPLATE = ROOT / "infra" / "sam" / "template.yaml"
 TERRAFORM = ROOT / "infra" / "terraform"
+TERRAFORM_GCP = ROOT / "infra" / "gcp"
 
 # SAM asks IAM for managed-policy ARNs; offline we give it the two it uses.
 MANAGED_POLICIES = {
@@ -314,3 +315,35 @@ class MotoGaps:
     @property
     def unused(self) -> list[str]:
         return [operation for operation, _, _ in self._stubs]
+
+
+# -- Terraform, read with python-hcl2 (no terraform binary here) ------------------------------------
+
+
+def parse_hcl(text: str) -> dict:
+    """HCL (a .tf file, or a tfvars file the plan wrote) as Python values, strings unquoted."""
+    import hcl2
+
+    options = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False, with_comments=False)
+    return hcl2.loads(text, serialization_options=options)
+
+
+def load_module(directory: Path) -> dict:
+    """Every top-level block of the module's .tf files, by kind (``{"resource": [...], ...}``)."""
+    merged: dict = {}
+    for path in sorted(directory.glob("*.tf")):
+        for key, value in parse_hcl(path.read_text()).items():
+            merged.setdefault(key, []).extend(value if isinstance(value, list) else [value])
+    return merged
+
+
+def blocks(module: dict, kind: str) -> dict[str, dict]:
+    """``{"aws_lambda_function.this": body}`` for resources, ``{"functions": body}`` for variables."""
+    out = {}
+    for entry in module[kind]:
+        for name, body in entry.items():
+            if kind == "variable":
+                out[name] = body
+            else:
+                out.update({f"{name}.{label}": inner for label, inner in body.items()})
+    return out

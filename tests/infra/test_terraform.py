@@ -8,13 +8,11 @@ import json
 import math
 import re
 
-import hcl2
 import pytest
 
 from lambdapool.tools.cli import main
-from tests.infra.infra_support import TERRAFORM
+from tests.infra.infra_support import TERRAFORM, blocks, load_module, parse_hcl
 
-OPTIONS = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False, with_comments=False)
 PLAN = [
     "--instance-class",
     "db.t4g.medium",
@@ -28,29 +26,9 @@ PLAN = [
 USER_SUPPLIED = {"name", "vpc_id", "subnet_ids", "code_s3_bucket", "code_s3_key"}
 
 
-def parse(text: str) -> dict:
-    return hcl2.loads(text, serialization_options=OPTIONS)
-
-
 @pytest.fixture(scope="module")
 def module() -> dict:
-    merged: dict = {}
-    for path in sorted(TERRAFORM.glob("*.tf")):
-        for key, value in parse(path.read_text()).items():
-            merged.setdefault(key, []).extend(value if isinstance(value, list) else [value])
-    return merged
-
-
-def blocks(module: dict, kind: str) -> dict[str, dict]:
-    """``{"aws_lambda_function.this": body}`` for resources, ``{"functions": body}`` for variables."""
-    out = {}
-    for entry in module[kind]:
-        for name, body in entry.items():
-            if kind == "variable":
-                out[name] = body
-            else:
-                out.update({f"{name}.{label}": inner for label, inner in body.items()})
-    return out
+    return load_module(TERRAFORM)
 
 
 def plan(capsys, fmt: str) -> str:
@@ -75,7 +53,7 @@ def test_every_file_parses(module):
 
 def test_plan_tfvars_fill_exactly_the_module_variables(module, capsys):
     variables = blocks(module, "variable")
-    tfvars = parse(plan(capsys, "tfvars"))
+    tfvars = parse_hcl(plan(capsys, "tfvars"))
     assert set(tfvars) <= set(variables)
     required = {name for name, body in variables.items() if "default" not in body}
     assert required - set(tfvars) == USER_SUPPLIED  # the rest comes from the plan
@@ -116,7 +94,7 @@ def test_managed_instances_functions_get_the_plans_environments_and_processes(mo
         )
         == 0
     )
-    tfvars = parse(capsys.readouterr().out)
+    tfvars = parse_hcl(capsys.readouterr().out)
     worker = tfvars["functions"]["worker"]
     assert worker["managed_instances"] == {"per_execution_environment_max_concurrency": 16}
     resources = blocks(module, "resource")
@@ -146,7 +124,7 @@ def test_managed_instances_functions_get_the_plans_environments_and_processes(mo
 def test_the_modules_numbers_are_the_plans(module, capsys):
     # GIVEN the same inputs planned as JSON and as tfvars
     expected = json.loads(plan(capsys, "json"))
-    tfvars = parse(plan(capsys, "tfvars"))
+    tfvars = parse_hcl(plan(capsys, "tfvars"))
     resources = blocks(module, "resource")
     # THEN the proxy's pool settings resolve to the plan's percentages
     pool = resources["aws_db_proxy_default_target_group.this"]["connection_pool_config"][0]
@@ -263,7 +241,7 @@ def _validate(condition: str, name: str, value) -> bool:
 
 def test_validations_accept_the_plan_and_refuse_what_it_never_makes(module, capsys):
     variables = blocks(module, "variable")
-    tfvars = parse(plan(capsys, "tfvars"))
+    tfvars = parse_hcl(plan(capsys, "tfvars"))
     checked = 0
     for name, body in variables.items():
         for validation in body.get("validation", []):

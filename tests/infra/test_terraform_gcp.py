@@ -8,14 +8,11 @@ from __future__ import annotations
 import json
 import re
 
-import hcl2
 import pytest
 
 from lambdapool.tools.cli import main
-from tests.infra.infra_support import ROOT
+from tests.infra.infra_support import TERRAFORM_GCP, blocks, load_module, parse_hcl
 
-GCP = ROOT / "infra" / "gcp"
-OPTIONS = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False, with_comments=False)
 PLAN = [
     "plan",
     "--platform",
@@ -32,28 +29,9 @@ PLAN = [
 USER_SUPPLIED = {"project", "region", "name", "source_bucket", "source_object"}
 
 
-def parse(text: str) -> dict:
-    return hcl2.loads(text, serialization_options=OPTIONS)
-
-
 @pytest.fixture(scope="module")
 def module() -> dict:
-    merged: dict = {}
-    for path in sorted(GCP.glob("*.tf")):
-        for key, value in parse(path.read_text()).items():
-            merged.setdefault(key, []).extend(value if isinstance(value, list) else [value])
-    return merged
-
-
-def blocks(module: dict, kind: str) -> dict[str, dict]:
-    out = {}
-    for entry in module[kind]:
-        for name, body in entry.items():
-            if kind == "variable":
-                out[name] = body
-            else:
-                out.update({f"{name}.{label}": inner for label, inner in body.items()})
-    return out
+    return load_module(TERRAFORM_GCP)
 
 
 def plan(capsys, fmt: str) -> str:
@@ -89,7 +67,7 @@ def test_every_file_parses(module):
 
 def test_plan_tfvars_fill_only_the_module_variables(module, capsys):
     variables = blocks(module, "variable")
-    tfvars = parse(plan(capsys, "tfvars"))
+    tfvars = parse_hcl(plan(capsys, "tfvars"))
     assert set(tfvars) <= set(variables)
     required = {name for name, body in variables.items() if "default" not in body}
     assert required - set(tfvars) == USER_SUPPLIED  # the rest comes from the plan
@@ -101,7 +79,7 @@ def test_plan_tfvars_fill_only_the_module_variables(module, capsys):
 def test_the_plans_numbers_land_on_the_functions_and_the_pool(module, capsys):
     # GIVEN the same inputs planned as JSON and as tfvars
     expected = json.loads(plan(capsys, "json"))
-    tfvars = parse(plan(capsys, "tfvars"))
+    tfvars = parse_hcl(plan(capsys, "tfvars"))
     resources = blocks(module, "resource")
     fn = resources["google_cloudfunctions2_function.this"]
     assert fn["for_each"] == "${var.functions}"
@@ -186,7 +164,7 @@ def _function(**given) -> dict:
 
 def test_validations_accept_the_plan_and_refuse_what_cloud_run_refuses(module, capsys):
     variables = blocks(module, "variable")
-    tfvars = parse(plan(capsys, "tfvars"))
+    tfvars = parse_hcl(plan(capsys, "tfvars"))
     functions = {name: _function(**fn) for name, fn in tfvars["functions"].items()}
     assert _valid(variables, "functions", functions)
     assert _valid(variables, "pooler", tfvars["pooler"]) and _valid(variables, "max_pool_size", tfvars["max_pool_size"])
