@@ -5,8 +5,8 @@ kin into ``os.environ`` and never takes them back: a CloudEvent app made in one 
 later app into a CloudEvent one (GET answered 405, a served one never came up), and
 FUNCTION_TARGET makes every later Database believe it runs on Cloud Functions.
 
-Tests run in parallel (pytest-xdist, ``-n`` in pyproject's addopts), so what one test does to the
-machine must not change the next either: a test marked ``alone`` (a burst of hundreds of
+Tests run in parallel (pytest-xdist: the README's test command says ``-n auto``), so what one test
+does to the machine must not change the next either: a test marked ``alone`` (a burst of hundreds of
 instances that saturates the CPUs, or a bound on wall-clock time) runs with no other test beside
 it. Every test holds a lock on one file for its whole run, setup and teardown included: shared
 for ordinary tests, exclusive for ``alone`` ones.
