@@ -165,6 +165,7 @@ class CloudSqlIamToken(CachedProvider):
                 "iam_auth with Cloud SQL off Google Cloud (no GCE_METADATA_HOST, K_SERVICE or CLOUD_RUN_JOB) "
                 f"needs google-auth: {ADC_HINT}"
             ) from None
+        failure: Exception | None = None  # raised after the except blocks: google-auth's must not stay reachable
         try:
             if self._adc is None:
                 self._adc, _ = google.auth.default(scopes=[LOGIN_SCOPE])
@@ -172,16 +173,18 @@ class CloudSqlIamToken(CachedProvider):
             transport: Any = google.auth.transport.urllib3  # (untyped)
             self._adc.refresh(transport.Request(urllib3.PoolManager()))
         except google.auth.exceptions.DefaultCredentialsError:
-            raise ConfigError(
+            failure = ConfigError(
                 "Cloud SQL IAM login: no application default credentials: run "
                 "'gcloud auth application-default login' or set GOOGLE_APPLICATION_CREDENTIALS"
-            ) from None
+            )
         except google.auth.exceptions.GoogleAuthError as exc:
-            # (its text may quote a token endpoint's answer: only the kind is kept)
-            raise AuthError(
+            # (its text may quote a token endpoint's answer: only the kind is kept, not even as __context__)
+            failure = AuthError(
                 f"Cloud SQL IAM login: refreshing application default credentials failed ({type(exc).__name__}); "
                 "run 'gcloud auth application-default login' again or check GOOGLE_APPLICATION_CREDENTIALS"
-            ) from None
+            )
+        if failure is not None:
+            raise failure
         expiry = getattr(self._adc, "expiry", None)  # naive UTC datetime, or None
         if expiry is None:
             return self._adc.token, 3600.0

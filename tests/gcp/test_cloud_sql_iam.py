@@ -216,12 +216,15 @@ class TokenEndpoint:
         import http.server
 
         self.email, self.tokens, self.grants = email, [], []
+        self.refusal: dict | None = None  # set: every grant is refused with this body (HTTP 400)
         endpoint = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"])).decode()
                 endpoint.grants.append(body.split("grant_type=", 1)[1].split("&", 1)[0])
+                if endpoint.refusal is not None:
+                    return self._send(endpoint.refusal, 400)
                 token = f"ya29.adc-{len(endpoint.tokens)}"
                 endpoint.tokens.append(token)
                 self._send({"access_token": token, "expires_in": 3599, "token_type": "Bearer"})
@@ -294,6 +297,33 @@ def test_a_service_account_key_gives_the_token_and_user_through_google_auth(
         assert "application default credentials" in repr(creds)
     finally:
         endpoint.close()
+
+
+def _refresh_error() -> Exception:
+    """The error of a fetch from application default credentials, caught in a frame whose
+    locals hold nothing of the token endpoint's answer."""
+    try:
+        CloudSqlIamToken(environ={}).get()
+    except Exception as error:
+        return error
+    raise AssertionError("the fetch did not fail")
+
+
+def test_a_refused_refresh_is_an_auth_error_that_keeps_nothing_of_the_answer(
+    tmp_path, monkeypatch, no_google_environment
+):
+    endpoint = TokenEndpoint(EMAIL)
+    endpoint.refusal = {"error": "invalid_grant", "error_description": "Invalid JWT Signature Qx7-ANSWER-MARK"}
+    try:
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", service_account_file(tmp_path, endpoint.url, EMAIL))
+        error = _refresh_error()
+    finally:
+        endpoint.close()
+    assert isinstance(error, AuthError), error
+    assert "refreshing application default credentials failed (RefreshError)" in str(error)
+    # google-auth's exception quotes the endpoint's answer: it is neither chained nor kept as context
+    assert error.__cause__ is None and error.__context__ is None
+    assert "ANSWER-MARK" not in reachable_text(error)
 
 
 def test_a_user_account_is_its_full_email(tmp_path, monkeypatch, no_google_environment):
