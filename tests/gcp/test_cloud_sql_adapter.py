@@ -13,7 +13,7 @@ import pytest
 import lambdapool
 from lambdapool.adapters.pgbouncer import PgBouncerAdapter
 from lambdapool.testing import LocalProxy, MetadataServer
-from tests.core.test_secrets import reachable_text
+from tests.core.test_secrets import _error_of, reachable_text
 from tests.support import DRIVERS, LambdaContext, query_handler
 
 EMAIL = "orders-fn@shop-prod.iam.gserviceaccount.com"
@@ -121,15 +121,6 @@ def test_the_metadata_path_imports_no_google_library_and_nothing_of_aws(pg, meta
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "google: [] aws: []"
     assert metadata.token_requests == 1
-
-
-def _error_of(handler) -> BaseException:
-    """The handler's error, caught in a frame whose locals hold no token."""
-    try:
-        handler({}, LambdaContext())
-    except lambdapool.LambdapoolError as error:
-        return error
-    raise AssertionError("the handler did not fail")
 
 
 # -- settings -----------------------------------------------------------------------------------
